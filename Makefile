@@ -1,0 +1,46 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Debian packages the end-to-end tests and the benchmarks drive (installed by scripts/install-packages).
+TEST_PACKAGES  := unbound prometheus knot-dnsutils bind9-dnsutils
+BENCH_PACKAGES := dnsperf gdnsd pdns-server pdns-backend-geoip nginx wrk
+
+.PHONY: demo demo-load test lint typecheck bench cache-tests test-packages bench-packages clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/georouter demo
+
+demo-load: $(STAMP)
+	$(BIN)/georouter demo --load
+
+test-packages:
+	scripts/install-packages $(TEST_PACKAGES)
+
+bench-packages:
+	scripts/install-packages $(BENCH_PACKAGES)
+
+test: $(STAMP) test-packages
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check georouter edge tests benchmarks
+	$(BIN)/ruff format --check georouter edge tests benchmarks
+	$(BIN)/mypy
+
+bench: $(STAMP) test-packages bench-packages
+	$(BIN)/python -m benchmarks
+
+cache-tests: $(STAMP)
+	$(BIN)/python -m edge.cache_tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,70 @@
+"""`georouter` command line: serve, check, locate, demo.
+
+Every expected failure (bad config, bad GeoIP file) ends as one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from georouter.config import DEFAULT_CONFIG
+from georouter.errors import GeoRouterError
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="georouter", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="topology TOML")
+        p.add_argument("--geoip", type=Path, help="MaxMind-format City or Country database")
+
+    serve = sub.add_parser("serve", help="run the authoritative DNS server and control API")
+    with_config(serve)
+    serve.add_argument("--dns", help="override router.dns_listen (HOST:PORT)")
+    serve.add_argument("--control", help="override router.control_listen (HOST:PORT)")
+
+    check = sub.add_parser("check", help="validate a config (and GeoIP database) and exit")
+    with_config(check)
+
+    locate = sub.add_parser("locate", help="show where addresses are and which region serves them")
+    with_config(locate)
+    locate.add_argument("addresses", nargs="+", metavar="IP")
+
+    demo = sub.add_parser("demo", help="run a whole CDN on loopback: origin, six edges, router")
+    with_config(demo)
+    demo.add_argument("--load", action="store_true", help="add a bounded synthetic workload")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            from georouter.server import serve
+
+            return serve(args.config, args.geoip, dns=args.dns, control=args.control)
+        if args.command == "check":
+            from georouter.geo import check
+
+            return check(args.config, args.geoip)
+        if args.command == "locate":
+            from georouter.geo import locate_command
+
+            return locate_command(args.config, args.geoip, args.addresses)
+        from georouter.demo import run_demo
+
+        return run_demo(args.config, args.geoip, load=args.load)
+    except GeoRouterError as exc:
+        print(f"georouter: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

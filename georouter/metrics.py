@@ -1,0 +1,149 @@
+"""Every Prometheus metric the router exports: one catalogue, one registry per router.
+
+The per-query counters are plain dict increments on the hot path (tens of nanoseconds);
+`HotPathCollector` turns them into Prometheus samples only when /metrics is scraped.
+Label values are bounded: transports, qtypes, rcodes, region and node names from config.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+QUERY_DURATION_BUCKETS = (
+    25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3,
+)
+ECS_SCOPE_BUCKETS = (0, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64, 128)
+
+
+@dataclass(slots=True)
+class HotPathTallies:
+    """Counts kept by the DNS path without locks or label lookups (one event loop owns them)."""
+
+    queries: Tally[tuple[str, str, str]] = field(default_factory=Tally)  # transport, qtype, rcode
+    answers: Tally[tuple[str, str]] = field(default_factory=Tally)  # region, node
+    decisions: Tally[str] = field(default_factory=Tally)  # reason
+    geoip_lookups: int = 0
+    geoip_cache_hits: int = 0
+
+
+class HotPathCollector(Collector):
+    def __init__(self, tallies: HotPathTallies) -> None:
+        self.tallies = tallies
+
+    def collect(self) -> Iterator[Metric]:
+        t = self.tallies
+        queries = CounterMetricFamily(
+            "georouter_dns_queries",
+            "DNS queries answered, by transport, question type and response code.",
+            labels=["transport", "qtype", "rcode"],
+        )
+        for key, n in list(t.queries.items()):
+            queries.add_metric(list(key), n)
+        yield queries
+        answers = CounterMetricFamily(
+            "georouter_answers",
+            "Edge node addresses handed out in A/AAAA answers, by region and node.",
+            labels=["region", "node"],
+        )
+        for key, n in list(t.answers.items()):
+            answers.add_metric(list(key), n)
+        yield answers
+        decisions = CounterMetricFamily(
+            "georouter_decisions",
+            "Routing decisions by reason: geo (client's own region), drained (own region, a "
+            "draining node skipped), spillover (own region saturated), failover (own region "
+            "down), fail_open (nothing healthy anywhere: configured nodes served).",
+            labels=["reason"],
+        )
+        for reason, n in list(t.decisions.items()):
+            decisions.add_metric([reason], n)
+        yield decisions
+        yield CounterMetricFamily(
+            "georouter_geoip_lookups",
+            "Client locations resolved (GeoIP database reads plus cache hits).",
+            value=t.geoip_lookups,
+        )
+        yield CounterMetricFamily(
+            "georouter_geoip_cache_hits",
+            "Client locations served from the per-network GeoIP cache.",
+            value=t.geoip_cache_hits,
+        )
+
+
+class RouterMetrics:
+    """The router's registry and its metrics; one instance per running router."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.tallies = HotPathTallies()
+        self.registry.register(HotPathCollector(self.tallies))
+        r = self.registry
+        self.query_duration = Histogram(
+            "georouter_dns_query_duration_seconds",
+            "Time from a query's arrival to its response leaving, by transport.",
+            ["transport"], buckets=QUERY_DURATION_BUCKETS, registry=r,
+        )
+        self.ecs_scope = Histogram(
+            "georouter_ecs_scope_prefix_length",
+            "SCOPE PREFIX-LENGTH returned in ECS answers (RFC 7871 §7.2.1).",
+            buckets=ECS_SCOPE_BUCKETS, registry=r,
+        )
+        self.dropped = Counter(
+            "georouter_dns_dropped",
+            "Datagrams or connections dropped without an answer, by reason.",
+            ["reason"], registry=r,
+        )
+        self.tcp_connections = Gauge(
+            "georouter_dns_tcp_connections", "Open DNS-over-TCP connections.", registry=r,
+        )
+        self.node_healthy = Gauge(
+            "georouter_node_healthy",
+            "1 if the node is eligible for answers (up and not draining), else 0.",
+            ["region", "node"], registry=r,
+        )
+        self.node_state = Gauge(
+            "georouter_node_state",
+            "1 for the node's current state (unknown, up, down, draining, saturated).",
+            ["node", "state"], registry=r,
+        )
+        self.node_utilization = Gauge(
+            "georouter_node_utilization",
+            "Utilisation (0..1+) from the node's latest load report.",
+            ["region", "node"], registry=r,
+        )
+        self.node_report_age = Gauge(
+            "georouter_node_report_age_seconds",
+            "Seconds since the node's latest accepted load report.",
+            ["node"], registry=r,
+        )
+        self.reports = Counter(
+            "georouter_reports",
+            "Load reports received, by result (accepted, rejected, unauthorized, unknown_node, stale).",
+            ["result"], registry=r,
+        )
+        self.probes = Counter(
+            "georouter_probes",
+            "Active health probes, by node and result (ok, fail).",
+            ["node", "result"], registry=r,
+        )
+        self.state_changes = Counter(
+            "georouter_node_state_changes",
+            "Node state transitions, by node and new state.",
+            ["node", "state"], registry=r,
+        )
+        self.reloads = Counter(
+            "georouter_reloads",
+            "Config and GeoIP reloads (SIGHUP), by result (ok, failed).",
+            ["result"], registry=r,
+        )
+        self.snapshot_version = Gauge(
+            "georouter_fleet_snapshot_version",
+            "Version of the fleet snapshot the DNS path is answering from.",
+            registry=r,
+        )

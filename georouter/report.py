@@ -1,0 +1,78 @@
+"""The load report an edge pushes to every router: one definition for sender and receiver."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, cast
+
+from georouter.errors import ReportError
+
+EdgeStatus = Literal["up", "degraded", "draining"]
+EDGE_STATUSES: frozenset[str] = frozenset({"up", "degraded", "draining"})
+MAX_REPORT_BYTES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    node: str
+    seq: int
+    status: EdgeStatus
+    inflight: int
+    rps: float
+    capacity_rps: float
+    utilization: float
+    cache_hit_ratio: float
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes) -> LoadReport:
+        """Decode and validate; every defect raises ReportError naming the field."""
+        if len(body) > MAX_REPORT_BYTES:
+            raise ReportError(f"report larger than {MAX_REPORT_BYTES} bytes")
+        try:
+            raw = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ReportError(f"report is not JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ReportError("report must be a JSON object")
+        return cls(
+            node=_field(raw, "node", str),
+            seq=_field(raw, "seq", int),
+            status=cast(EdgeStatus, _status(raw)),
+            inflight=_field(raw, "inflight", int),
+            rps=_number(raw, "rps"),
+            capacity_rps=_number(raw, "capacity_rps"),
+            utilization=_number(raw, "utilization"),
+            cache_hit_ratio=_number(raw, "cache_hit_ratio"),
+        )
+
+
+def _field(raw: dict[str, Any], key: str, kind: type) -> Any:
+    value = raw.get(key)
+    # bool is an int subclass; a JSON true is never a count.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ReportError(f"{key}: expected {kind.__name__}, got {value!r}")
+    if kind is int and value < 0:
+        raise ReportError(f"{key}: must not be negative")
+    if kind is str and not value:
+        raise ReportError(f"{key}: must not be empty")
+    return value
+
+
+def _number(raw: dict[str, Any], key: str) -> float:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ReportError(f"{key}: expected a number, got {value!r}")
+    if not 0 <= value < float("inf"):
+        raise ReportError(f"{key}: must be a finite number >= 0")
+    return float(value)
+
+
+def _status(raw: dict[str, Any]) -> str:
+    status = _field(raw, "status", str)
+    if status not in EDGE_STATUSES:
+        raise ReportError(f"status: expected one of {sorted(EDGE_STATUSES)}, got {status!r}")
+    return str(status)
