@@ -1,0 +1,274 @@
+"""Fleet state: what the router believes about every edge node, as immutable snapshots.
+
+Theory of operation. Two independent signals say whether a node can take clients:
+
+* Active probes (the router pulls `GET {control_url}/healthz`). They drive a hysteresis
+  state `probe_health`: unknown → up after ONE success (probing starts at boot, so nodes
+  become usable within one probe round, ~1 s); `fall` consecutive failures → down;
+  from down, `rise` consecutive successes → up.
+* Load reports (the edge pushes `LoadReport` about once a second). A node that has
+  reported before and whose reports stop for `report_expiry_s` is down ("report_expired")
+  until a fresh report arrives. A node that never reported is judged by probes alone.
+  Reports arrive with a per-edge sequence number: one not above the last seen is stale
+  (a duplicate, or overtaken by a newer one) and ignored, except that a sequence number
+  of at most RESTART_SEQ_MAX below a larger one means the edge process restarted (edges
+  count from 1), so it is accepted and becomes the new baseline.
+
+The state shown to operators and used for selection is derived from both, in this order:
+drained by the API → draining; probe down or report expired → down; edge reports
+"draining" → draining; no probe success and no fresh report yet → unknown; utilisation at
+or above policy.saturation_threshold → saturated (up, but takes no new clients);
+otherwise up ("degraded" edges stay up, with reason edge_degraded).
+
+Every change that matters to selection publishes a new FleetSnapshot (version + 1) that
+holds, per address family and region, the eligible nodes with their spare capacity, so
+the DNS path does no filtering. The module is pure: `now` is always passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from georouter.config import Node, RouterConfig
+from georouter.report import LoadReport
+
+NodeState = Literal["unknown", "up", "down", "draining", "saturated"]
+NODE_STATES: tuple[NodeState, ...] = ("unknown", "up", "down", "draining", "saturated")
+ProbeHealth = Literal["unknown", "up", "down"]
+ReportResult = Literal["accepted", "stale", "unknown_node"]
+Family = Literal[4, 6]
+FAMILIES: tuple[Family, ...] = (4, 6)
+
+RESTART_SEQ_MAX = 4  # a report seq this small, below the last seen, means the edge restarted
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """Everything the router knows about one node; replaced, never mutated."""
+
+    node: Node
+    state: NodeState = "unknown"
+    reason: str = "no_data"
+    probe_health: ProbeHealth = "unknown"
+    probe_streak: int = 0  # > 0: consecutive successes, < 0: consecutive failures
+    last_probe_ok: bool | None = None
+    last_probe_at: float | None = None
+    report: LoadReport | None = None
+    report_at: float | None = None
+    report_expired: bool = False
+    api_drained: bool = False
+
+    @property
+    def utilization(self) -> float:
+        return self.report.utilization if self.report is not None else 0.0
+
+    @property
+    def degraded(self) -> bool:
+        return self.report is not None and self.report.status == "degraded"
+
+    def report_age(self, now: float) -> float | None:
+        return None if self.report_at is None else now - self.report_at
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An eligible node as the selector sees it."""
+
+    node: Node
+    capacity_rps: float
+    load_rps: float  # utilisation * configured capacity, from the latest report (0 if none)
+    headroom_rps: float  # load it can still take before the saturation threshold
+    reported_at: float | None  # when the latest accepted report arrived
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """One region's nodes that have an address of one family."""
+
+    eligible: tuple[Candidate, ...]  # up and below the saturation threshold
+    saturated: tuple[Candidate, ...]  # up but at or above it
+    draining: bool  # a draining node was left out
+    configured: tuple[Node, ...]  # every configured node, for fail-open
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSnapshot:
+    version: int
+    pools: Mapping[int, Mapping[str, Pool]]  # family → region → pool
+
+    def pool(self, region: str, family: Family) -> Pool:
+        return self.pools[family][region]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A node's derived (state, reason) changed; `old == new` means only the reason did."""
+
+    node: str
+    region: str
+    old: NodeState
+    new: NodeState
+    reason: str
+
+
+Publish = Callable[[FleetSnapshot], None]
+Observe = Callable[[Transition], None]
+
+
+def _ignore(_: Transition) -> None:
+    return None
+
+
+class Fleet:
+    """The node state machines of one router; publishes a snapshot after every change."""
+
+    def __init__(self, config: RouterConfig, publish: Publish, observe: Observe = _ignore) -> None:
+        self._publish = publish
+        self._observe = observe
+        self._config = config
+        self._statuses: dict[str, NodeStatus] = {n.name: NodeStatus(n) for n in config.nodes}
+        self._version = 0
+        self.snapshot = self._rebuild()
+
+    @property
+    def statuses(self) -> Mapping[str, NodeStatus]:
+        return self._statuses
+
+    def apply_report(self, report: LoadReport, now: float) -> ReportResult:
+        status = self._statuses.get(report.node)
+        if status is None:
+            return "unknown_node"
+        if status.report is not None and not _is_newer(report.seq, status.report.seq):
+            return "stale"
+        self._set(replace(status, report=report, report_at=now, report_expired=False), publish=True)
+        return "accepted"
+
+    def apply_probe(self, name: str, ok: bool, now: float) -> None:
+        status = self._statuses.get(name)
+        if status is None:  # removed by a reload while the probe was in flight
+            return
+        streak = max(status.probe_streak, 0) + 1 if ok else min(status.probe_streak, 0) - 1
+        health = _probe_health(status.probe_health, streak, self._config)
+        updated = replace(
+            status, probe_streak=streak, probe_health=health, last_probe_ok=ok, last_probe_at=now
+        )
+        self._set(updated, publish=False)
+
+    def tick(self, now: float) -> None:
+        """Expire the reports of nodes that stopped reporting."""
+        expiry = self._config.health.report_expiry_s
+        for status in list(self._statuses.values()):
+            age = status.report_age(now)
+            if age is not None and age > expiry and not status.report_expired:
+                self._set(replace(status, report_expired=True), publish=False)
+
+    def drain(self, name: str) -> bool:
+        return self._set_drained(name, True)
+
+    def undrain(self, name: str) -> bool:
+        return self._set_drained(name, False)
+
+    def reconfigure(self, config: RouterConfig) -> None:
+        """Adopt a reloaded config; nodes that still exist with the same control URL keep
+        their state, the others start unknown."""
+        old = self._statuses
+        self._config = config
+        self._statuses = {n.name: _carry_over(old.get(n.name), n) for n in config.nodes}
+        for status in list(self._statuses.values()):
+            self._set(status, publish=False)
+        self._publish_new()
+
+    def _set_drained(self, name: str, drained: bool) -> bool:
+        status = self._statuses.get(name)
+        if status is None:
+            return False
+        self._set(replace(status, api_drained=drained), publish=False)
+        return True
+
+    def _set(self, status: NodeStatus, publish: bool) -> None:
+        state, reason = _derive(status, self._config.policy.saturation_threshold)
+        name = status.node.name
+        before = self._statuses.get(name)
+        self._statuses[name] = replace(status, state=state, reason=reason)
+        changed = before is None or (before.state, before.reason) != (state, reason)
+        if changed:
+            old = before.state if before is not None else "unknown"
+            self._observe(Transition(name, status.node.region, old, state, reason))
+        if publish or (before is not None and before.state != state):
+            self._publish_new()
+
+    def _publish_new(self) -> None:
+        self.snapshot = self._rebuild()
+        self._publish(self.snapshot)
+
+    def _rebuild(self) -> FleetSnapshot:
+        self._version += 1
+        threshold = self._config.policy.saturation_threshold
+        pools = {
+            family: {
+                region.name: _pool(self._members(region.name, family), threshold)
+                for region in self._config.regions
+            }
+            for family in FAMILIES
+        }
+        return FleetSnapshot(self._version, pools)
+
+    def _members(self, region: str, family: Family) -> list[NodeStatus]:
+        return [
+            s
+            for s in self._statuses.values()
+            if s.node.region == region and has_family(s.node, family)
+        ]
+
+
+def has_family(node: Node, family: Family) -> bool:
+    return (node.ipv4 if family == 4 else node.ipv6) is not None
+
+
+def _is_newer(seq: int, last: int) -> bool:
+    return seq > last or (seq <= RESTART_SEQ_MAX < last)
+
+
+def _probe_health(health: ProbeHealth, streak: int, config: RouterConfig) -> ProbeHealth:
+    if streak > 0 and (health == "unknown" or streak >= config.health.rise):
+        return "up"
+    if streak < 0 and -streak >= config.health.fall:
+        return "down"
+    return health
+
+
+def _derive(s: NodeStatus, threshold: float) -> tuple[NodeState, str]:
+    if s.api_drained:
+        return "draining", "api_drain"
+    if s.probe_health == "down":
+        return "down", "probe_failures"
+    if s.report_expired:
+        return "down", "report_expired"
+    if s.report is not None and s.report.status == "draining":
+        return "draining", "edge_draining"
+    if s.probe_health == "unknown" and s.report is None:
+        return "unknown", "no_data"
+    if s.utilization >= threshold:
+        return "saturated", "utilization"
+    return "up", "edge_degraded" if s.degraded else "healthy"
+
+
+def _carry_over(old: NodeStatus | None, node: Node) -> NodeStatus:
+    if old is None or old.node.control_url != node.control_url:
+        return NodeStatus(node)
+    return replace(old, node=node)
+
+
+def _candidate(s: NodeStatus, threshold: float) -> Candidate:
+    capacity = s.node.capacity_rps
+    load = s.utilization * capacity
+    return Candidate(s.node, capacity, load, max(capacity * threshold - load, 0.0), s.report_at)
+
+
+def _pool(members: list[NodeStatus], threshold: float) -> Pool:
+    eligible = tuple(_candidate(s, threshold) for s in members if s.state == "up")
+    saturated = tuple(_candidate(s, threshold) for s in members if s.state == "saturated")
+    draining = any(s.state == "draining" for s in members)
+    return Pool(eligible, saturated, draining, tuple(s.node for s in members))
