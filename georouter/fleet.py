@@ -96,7 +96,7 @@ class Pool:
 @dataclass(frozen=True, slots=True)
 class FleetSnapshot:
     version: int
-    pools: Mapping[int, Mapping[str, Pool]]  # family → region → pool
+    pools: Mapping[Family, Mapping[str, Pool]]  # family → region → pool
 
     def pool(self, region: str, family: Family) -> Pool:
         return self.pools[family][region]
@@ -131,6 +131,7 @@ class Fleet:
         self._statuses: dict[str, NodeStatus] = {n.name: NodeStatus(n) for n in config.nodes}
         self._version = 0
         self.snapshot = self._rebuild()
+        publish(self.snapshot)
 
     @property
     def statuses(self) -> Mapping[str, NodeStatus]:

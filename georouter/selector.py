@@ -1,17 +1,162 @@
-"""Choose the edge nodes named in an answer: spread by spare capacity, never herd."""
+"""Choose the edge nodes named in an answer: spread by spare capacity, never herd.
+
+Model. A load report is always a little old, so a node that looks least loaded would
+collect every answer handed out until the next report shows the flood (herding). We
+therefore draw nodes at random, weighted by their spare capacity, and subtract from that
+spare capacity the load the answers given since the node's latest report will bring:
+
+* An answer is cached by the resolver for the answer TTL, and its clients send their
+  requests to the first address in it. So each answer stands for about
+  r = reported_rps / live_answers requests per second, where live_answers counts the
+  answers naming the node first, decaying exponentially with time constant TTL (answers
+  still in resolver caches). r is learnt per node from its own reports; it needs no knob,
+  and when several routers share the fleet each one's r grows in step with them.
+* weight = max(headroom_rps - answers_since_report * r, capacity_rps * MIN_WEIGHT_SHARE)
+  where headroom_rps = capacity * saturation_threshold - reported load. The floor keeps
+  every unsaturated node drawable when the estimate overshoots.
+
+Up to policy.answers_per_response distinct nodes are drawn without replacement, best
+(first drawn) first. Order of preference: the client's own region; else the first region
+in its failover order with an eligible node ("spillover" if the own region's nodes are up
+but saturated, "failover" if they are down or draining); else, when every node that is up
+is saturated, the saturated nodes of the nearest such region (still "spillover"); else
+nothing is up anywhere: policy.all_down "fail-open" answers with the own region's
+configured nodes ("fail_open"), "servfail" with no nodes ("fail_closed").
+"""
 
 from __future__ import annotations
 
+import math
+import random
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from georouter.config import Node
+from georouter.config import Node, Policy, Region
+from georouter.fleet import Candidate, Family, FleetSnapshot, Pool
 
 DecisionReason = Literal["geo", "drained", "spillover", "failover", "fail_open", "fail_closed"]
+
+MIN_WEIGHT_SHARE = 0.01  # weight floor, as a share of capacity
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     region: str  # the region whose nodes answer (the client's own unless spilled or failed over)
-    nodes: tuple[Node, ...]  # best first; each has an address of the asked family; () only if fail_closed
+    nodes: tuple[
+        Node, ...
+    ]  # best first; each has an address of the asked family; () only if fail_closed
     reason: DecisionReason
+
+
+EMPTY_SNAPSHOT = FleetSnapshot(0, {4: {}, 6: {}})
+
+
+class Selector:
+    """The DNS path's Picker: reads the latest FleetSnapshot, counts the answers it gives."""
+
+    def __init__(self, policy: Policy, regions: Iterable[Region], rng: random.Random) -> None:
+        self._rng = rng
+        self._snapshot = EMPTY_SNAPSHOT
+        self._since: dict[str, int] = {}  # answers naming the node first since its report
+        self._live: dict[str, float] = {}  # decaying count of answers still cached
+        self._reported_at: dict[str, float] = {}
+        self.reconfigure(policy, regions)
+
+    def reconfigure(self, policy: Policy, regions: Iterable[Region]) -> None:
+        self._count = policy.answers_per_response
+        self._ttl = float(policy.answer_ttl)
+        self._fail_open = policy.all_down == "fail-open"
+        self._failover: Mapping[str, tuple[str, ...]] = {r.name: r.failover for r in regions}
+
+    @property
+    def snapshot(self) -> FleetSnapshot:
+        return self._snapshot
+
+    def answers_since_report(self, name: str) -> int:
+        return self._since.get(name, 0)
+
+    def update(self, snapshot: FleetSnapshot) -> None:
+        """Adopt a new snapshot; a node with a newer report starts a new answer count."""
+        for regions in snapshot.pools.values():
+            for pool in regions.values():
+                for candidate in pool.eligible + pool.saturated:
+                    self._note_report(candidate)
+        self._snapshot = snapshot
+
+    def pick(self, region: str, family: Family) -> Decision:
+        pools = self._snapshot.pools[family]
+        own = pools.get(region)
+        if own is not None and own.eligible:
+            return Decision(region, self._draw(own.eligible), "drained" if own.draining else "geo")
+        spilled = own is not None and bool(own.saturated)
+        for other in self._failover.get(region, ()):
+            pool = pools.get(other)
+            if pool is not None and pool.eligible:
+                reason: DecisionReason = "spillover" if spilled else "failover"
+                return Decision(other, self._draw(pool.eligible), reason)
+        return self._last_resort(region, pools)
+
+    def _last_resort(self, region: str, pools: Mapping[str, Pool]) -> Decision:
+        order = (region, *self._failover.get(region, ()))
+        for name in order:
+            pool = pools.get(name)
+            if pool is not None and pool.saturated:
+                return Decision(name, self._draw(pool.saturated), "spillover")
+        configured = [(name, pools[name].configured) for name in order if name in pools]
+        if not any(nodes for _, nodes in configured):
+            # No node has an address of this family at all: an empty (NODATA) answer.
+            return Decision(region, (), "geo")
+        if not self._fail_open:
+            return Decision(region, (), "fail_closed")
+        name, nodes = next((name, nodes) for name, nodes in configured if nodes)
+        return Decision(name, nodes[: self._count], "fail_open")
+
+    def _draw(self, candidates: tuple[Candidate, ...]) -> tuple[Node, ...]:
+        if len(candidates) == 1:
+            return self._answer((candidates[0].node,))
+        weights = [self._weight(c) for c in candidates]
+        total = sum(weights)
+        chosen: list[Node] = []
+        for _ in range(min(self._count, len(candidates))):
+            index = _index(weights, self._rng.random() * total)
+            chosen.append(candidates[index].node)
+            total -= weights[index]
+            weights[index] = 0.0
+        return self._answer(tuple(chosen))
+
+    def _weight(self, c: Candidate) -> float:
+        name = c.node.name
+        since = self._since.get(name, 0)
+        live = self._live.get(name, 0.0)
+        expected = c.load_rps * since / live if since and live > 0.0 else 0.0
+        return max(c.headroom_rps - expected, c.capacity_rps * MIN_WEIGHT_SHARE, 1e-9)
+
+    def _answer(self, nodes: tuple[Node, ...]) -> tuple[Node, ...]:
+        # Clients use the first address; it is the one whose load this answer brings.
+        first = nodes[0].name
+        self._since[first] = self._since.get(first, 0) + 1
+        return nodes
+
+    def _note_report(self, c: Candidate) -> None:
+        name = c.node.name
+        previous = self._reported_at.get(name)
+        if c.reported_at is None or c.reported_at == previous:
+            return
+        elapsed = c.reported_at - previous if previous is not None else 0.0
+        decay = math.exp(-max(elapsed, 0.0) / self._ttl) if self._ttl > 0 else 0.0
+        self._live[name] = self._live.get(name, 0.0) * decay + self._since.pop(name, 0)
+        self._reported_at[name] = c.reported_at
+
+
+def _index(weights: list[float], point: float) -> int:
+    """The index whose cumulative weight interval holds point (never a zero weight)."""
+    last = 0
+    acc = 0.0
+    for i, weight in enumerate(weights):
+        if weight > 0.0:
+            acc += weight
+            last = i
+            if point < acc:
+                return i
+    return last  # rounding left point at the very top
