@@ -1,0 +1,169 @@
+"""What `georouter demo` runs and prints, derived from the router config alone.
+
+- the origin listens on the router's control host, port 8000 (127.0.0.1:8000 by default);
+- each node's edge serves content on its ipv4, port 8080, and its control API on the host
+  and port of its `control_url`; it reports to the router's control address;
+- the router listens where `[router]` says.
+So a second config with other addresses runs a second, independent demo beside the first.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from georouter.config import HostPort, RouterConfig
+from georouter.demo.supervisor import ChildSpec, Transport
+
+ORIGIN_PORT = 8000
+CONTENT_PORT = 8080
+DEMO_DRAIN_S = 2.0  # edges drain this long on SIGTERM: Ctrl-C should not take 25 s
+DEMO_CACHE_SIZE = "64M"
+SAMPLE_OBJECT = "/img/cat.jpg"
+# Client subnets the embedded GeoLite2-City (2018) places in each default region
+# (checked with `georouter locate` and by tests/test_demo_e2e.py).
+SAMPLE_SUBNETS: dict[str, tuple[str, str]] = {
+    "eu": ("185.60.216.0/24", "IE"),
+    "na": ("8.8.8.0/24", "US"),
+    "ap": ("1.0.16.0/24", "JP"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EdgePlan:
+    name: str
+    region: str
+    content: HostPort
+    control: HostPort
+    capacity_rps: float
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPlan:
+    config_path: Path
+    geoip_path: Path | None
+    token: str
+    origin: HostPort
+    dns: HostPort
+    control: HostPort
+    service: str  # a geo-routed name without the trailing dot, e.g. cdn.example.com
+    edges: tuple[EdgePlan, ...]
+
+    @property
+    def control_url(self) -> str:
+        return f"http://{self.control}"
+
+    @property
+    def origin_url(self) -> str:
+        return f"http://{self.origin}"
+
+
+def _control_address(url: str) -> HostPort:
+    parts = urlsplit(url)
+    return HostPort(parts.hostname or "127.0.0.1", parts.port or 80)
+
+
+def make_plan(config: RouterConfig, config_path: Path, geoip_path: Path | None) -> DemoPlan:
+    """The demo for `config`: only nodes with an IPv4 address get an edge (content on it)."""
+    control = config.router.control_listen
+    edges = tuple(
+        EdgePlan(
+            name=node.name,
+            region=node.region,
+            content=HostPort(str(node.ipv4), CONTENT_PORT),
+            control=_control_address(node.control_url),
+            capacity_rps=node.capacity_rps,
+        )
+        for node in config.nodes
+        if node.ipv4 is not None
+    )
+    return DemoPlan(
+        config_path=config_path,
+        geoip_path=geoip_path if geoip_path is not None else config.router.geoip,
+        token=config.router.token,
+        origin=HostPort(control.host, ORIGIN_PORT),
+        dns=config.router.dns_listen,
+        control=control,
+        service=config.zones[0].services[0].rstrip("."),
+        edges=edges,
+    )
+
+
+def addresses_needed(plan: DemoPlan) -> list[tuple[str, int, Transport]]:
+    """Every address a child will listen on, for the busy-port check before starting."""
+    needed: list[tuple[str, int, Transport]] = [
+        (plan.origin.host, plan.origin.port, "tcp"),
+        (plan.dns.host, plan.dns.port, "udp"),
+        (plan.dns.host, plan.dns.port, "tcp"),
+        (plan.control.host, plan.control.port, "tcp"),
+    ]
+    for edge in plan.edges:
+        needed.append((edge.content.host, edge.content.port, "tcp"))
+        needed.append((edge.control.host, edge.control.port, "tcp"))
+    return needed
+
+
+def origin_spec(plan: DemoPlan) -> ChildSpec:
+    argv = (sys.executable, "-m", "georouter.demo.origin", "--listen", str(plan.origin))
+    return ChildSpec("origin", argv)
+
+
+def router_spec(plan: DemoPlan) -> ChildSpec:
+    argv = [sys.executable, "-m", "georouter", "serve", "--config", str(plan.config_path)]
+    if plan.geoip_path is not None:
+        argv += ["--geoip", str(plan.geoip_path)]
+    return ChildSpec("router", tuple(argv))
+
+
+def edge_spec(plan: DemoPlan, edge: EdgePlan) -> ChildSpec:
+    argv = (
+        sys.executable, "-m", "edge", "serve",
+        "--name", edge.name,
+        "--listen", str(edge.content),
+        "--control", str(edge.control),
+        "--origin", plan.origin_url,
+        "--router", plan.control_url,
+        "--token", plan.token,
+        "--capacity-rps", f"{edge.capacity_rps:g}",
+        "--cache-size", DEMO_CACHE_SIZE,
+        "--drain-s", f"{DEMO_DRAIN_S:g}",
+    )  # fmt: skip
+    return ChildSpec(edge.name, argv)
+
+
+def _first_edge(plan: DemoPlan, region: str) -> EdgePlan:
+    return next((e for e in plan.edges if e.region == region), plan.edges[0])
+
+
+def guide(plan: DemoPlan, log_dir: Path, pids: dict[str, int]) -> str:
+    """The commands to try, each runnable exactly as printed."""
+    dns, token = plan.dns, shlex.quote(f"Authorization: Bearer {plan.token}")
+    edge = _first_edge(plan, "eu")
+    obj = f"http://{edge.content}{SAMPLE_OBJECT}"
+    purge = shlex.quote(f'{{"url": "{obj}"}}')
+    lines = [f"georouter demo: a CDN on loopback (logs in {log_dir})", "", "Ask the router:"]
+    for region, (subnet, country) in SAMPLE_SUBNETS.items():
+        if any(e.region == region for e in plan.edges):
+            dig = f"dig @{dns.host} -p {dns.port} {plan.service} +subnet={subnet}"
+            lines.append(f"  {dig}    # {country} → {region}")
+    lines += [
+        "",
+        f"Fetch from {edge.name} twice (Cache-Status: miss, then hit), then purge it:",
+        f"  curl -sI {obj}",
+        f"  curl -sI {obj}",
+        f"  curl -s -H {token} -d {purge} http://{edge.control}/purge",
+        "",
+        "Watch the router:",
+        f"  curl -s {plan.control}/metrics | grep georouter_answers",
+        f"  curl -s {plan.control}/api/v1/nodes",
+        f"  curl -s -X POST -H {token} {plan.control_url}/api/v1/nodes/{edge.name}/drain",
+        "",
+        f"Crash {edge.name} and watch the answers move (the table below follows):",
+        f"  kill -9 {pids.get(edge.name, '<pid>')}",
+        "",
+        "Stop everything: Ctrl-C",
+    ]
+    return "\n".join(lines)

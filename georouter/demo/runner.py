@@ -1,0 +1,133 @@
+"""`georouter demo`: origin, one edge per node and the router as child processes.
+
+Start order: origin, router, edges (each waits for the previous to listen, so an edge's
+first load report finds the router up). Then the guide, then the live table until SIGINT
+or SIGTERM, when every child is stopped by PID and the demo exits 0. A busy port or a
+child that dies while starting ends the demo with one line and exit code 2. An edge that
+dies later is reported and the demo goes on (killing one is how to watch failover); the
+origin or the router dying ends it with exit code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import aiohttp
+
+from georouter.config import load_config
+from georouter.demo.plan import (
+    CONTENT_PORT,
+    DemoPlan,
+    addresses_needed,
+    edge_spec,
+    guide,
+    make_plan,
+    origin_spec,
+    router_spec,
+)
+from georouter.demo.status import STATUS_INTERVAL_S, STATUS_TIMEOUT_S, fetch_table
+from georouter.demo.supervisor import Child, Supervisor, check_ports_free
+
+ESSENTIAL = frozenset({"origin", "router"})
+EXIT_CHILD_DIED = 1
+
+
+def run_demo(config_path: Path, geoip_path: Path | None, load: bool = False) -> int:
+    """Run the demo CDN until SIGINT/SIGTERM; returns the process exit code.
+
+    Config and busy-port problems raise GeoRouterError (the CLI prints it, exit code 2).
+    """
+    plan = make_plan(load_config(config_path), config_path, geoip_path)
+    check_ports_free(addresses_needed(plan))
+    return asyncio.run(_run(plan, load))
+
+
+async def _run(plan: DemoPlan, load: bool) -> int:
+    log_dir = Path(tempfile.mkdtemp(prefix="georouter-demo-"))
+    supervisor = Supervisor(log_dir)
+    _cancel_on_signals()
+    load_task: asyncio.Task[None] | None = None
+    try:
+        await _start_all(supervisor, plan)
+        pids = {c.spec.name: c.pid for c in supervisor.children}
+        print(guide(plan, log_dir, pids), flush=True)
+        if load:
+            load_task = asyncio.create_task(_load(plan))
+        code = await _watch(supervisor, plan)
+    except asyncio.CancelledError:
+        _uncancel()
+        print("\ngeorouter demo: stopping", flush=True)
+        code = 0
+    finally:
+        if load_task is not None:
+            load_task.cancel()
+        await supervisor.stop_all()
+    shutil.rmtree(log_dir, ignore_errors=True)
+    return code
+
+
+def _cancel_on_signals() -> None:
+    """The first SIGINT/SIGTERM cancels the demo; later ones are ignored while it stops."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+
+    def cancel_once() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: None)
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, cancel_once)
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+async def _start_all(supervisor: Supervisor, plan: DemoPlan) -> None:
+    await supervisor.start(origin_spec(plan))
+    await supervisor.start(router_spec(plan))
+    await asyncio.gather(*(supervisor.start(edge_spec(plan, e)) for e in plan.edges))
+
+
+async def _watch(supervisor: Supervisor, plan: DemoPlan) -> int:
+    """Print the table every few seconds; report children that die; stop if one is essential."""
+    seen: set[int] = set()
+    timeout = aiohttp.ClientTimeout(total=STATUS_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        while True:
+            for child in _newly_exited(supervisor, seen):
+                print(f"georouter demo: {_death(child)}", flush=True)
+                if child.spec.name in ESSENTIAL:
+                    return EXIT_CHILD_DIED
+            print(await fetch_table(session, plan.control_url), flush=True)
+            await asyncio.sleep(STATUS_INTERVAL_S)
+
+
+def _newly_exited(supervisor: Supervisor, seen: set[int]) -> list[Child]:
+    fresh = [c for c in supervisor.exited() if c.pid not in seen]
+    seen.update(c.pid for c in fresh)
+    return fresh
+
+
+def _death(child: Child) -> str:
+    return f"{child.spec.name} (pid {child.pid}) exited with code {child.process.returncode}"
+
+
+async def _load(plan: DemoPlan) -> None:
+    # Imported here: the workload needs dnspython, which only --load uses.
+    from georouter.demo.workload import LOAD_DURATION_S, LOAD_MAX_REQUESTS, Workload
+
+    print(
+        f"georouter demo: synthetic load for {LOAD_DURATION_S:g} s "
+        f"(at most {LOAD_MAX_REQUESTS} requests)",
+        flush=True,
+    )
+    stats = await Workload(plan.dns, plan.service, CONTENT_PORT).run()
+    print(f"georouter demo: {stats.summary()}", flush=True)

@@ -1,0 +1,194 @@
+"""Start child processes, wait until they listen, and stop every one of them by PID.
+
+A child is ready when it writes its `event=listening key=value ...` line on stderr (the
+router, the edges and the demo origin all do). Until then a child that exits, or stays
+silent past a deadline, fails the start with its last log lines. Children run in their own
+session, so a terminal's Ctrl-C reaches only the supervisor, which then stops them in
+reverse start order: SIGTERM, a grace period, SIGKILL. On Linux each child also gets
+PR_SET_PDEATHSIG, so even a supervisor killed with SIGKILL leaves no orphans behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import signal
+import socket
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+from georouter.errors import GeoRouterError
+
+READY_EVENT = "event=listening"
+START_TIMEOUT_S = 15.0
+STOP_GRACE_S = 8.0
+LOG_TAIL_LINES = 8
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+Transport = Literal["tcp", "udp"]
+
+
+class DemoError(GeoRouterError):
+    """The demo cannot run: a port is busy or a child failed to start (exit code 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    name: str
+    argv: tuple[str, ...]
+    ready_event: str | None = READY_EVENT  # None: the caller decides when the child is ready
+
+
+@dataclass(slots=True)
+class Child:
+    spec: ChildSpec
+    process: asyncio.subprocess.Process
+    log_path: Path
+    ready: asyncio.Future[dict[str, str]]
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
+    pump: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def parse_logfmt(line: str) -> dict[str, str]:
+    """`event=listening dns=127.0.0.1:5300` → {"event": "listening", "dns": "127.0.0.1:5300"}."""
+    fields: dict[str, str] = {}
+    for word in line.split():
+        key, sep, value = word.partition("=")
+        if sep and key:
+            fields[key] = value.strip('"')
+    return fields
+
+
+def port_is_free(host: str, port: int, transport: Transport = "tcp") -> bool:
+    """True if a server could bind host:port now (SO_REUSEADDR, as aiohttp's servers set it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    kind = socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(family, kind) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def check_ports_free(addresses: Iterable[tuple[str, int, Transport]]) -> None:
+    """Raise DemoError naming the first address a child could not listen on."""
+    for host, port, transport in addresses:
+        if not port_is_free(host, port, transport):
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise DemoError(f"{where}/{transport} is already in use (is another demo running?)")
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: the child only calls it
+
+    def set_pdeathsig() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+    return set_pdeathsig
+
+
+class Supervisor:
+    """Owns the child processes of one demo or test run; writes their output under log_dir."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.children: list[Child] = []
+        self._preexec = _die_with_parent()
+
+    async def start(self, spec: ChildSpec, timeout_s: float = START_TIMEOUT_S) -> dict[str, str]:
+        """Start `spec` and return the fields of its ready line ({} if it has no ready event)."""
+        child = await self.spawn(spec)
+        if spec.ready_event is None:
+            return {}
+        try:
+            return await asyncio.wait_for(asyncio.shield(child.ready), timeout_s)
+        except TimeoutError:
+            raise DemoError(self._failure(child, f"not listening after {timeout_s:g} s")) from None
+
+    async def spawn(self, spec: ChildSpec) -> Child:
+        log_path = self.log_dir / f"{spec.name}.log"
+        log = log_path.open("w", encoding="utf-8")
+        process = await asyncio.create_subprocess_exec(
+            *spec.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=self._preexec,
+        )
+        ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        child = Child(spec, process, log_path, ready)
+        child.pump = asyncio.create_task(self._pump(child, log))
+        self.children.append(child)
+        return child
+
+    async def _pump(self, child: Child, log: IO[str]) -> None:
+        """Copy the child's stderr to its log (a full pipe would block it); spot the ready line."""
+        assert child.process.stderr is not None
+        with log:
+            async for raw in child.process.stderr:
+                line = raw.decode("utf-8", "replace").rstrip()
+                log.write(line + "\n")
+                log.flush()
+                child.tail.append(line)
+                event = child.spec.ready_event
+                if event and not child.ready.done() and event in line:
+                    child.ready.set_result(parse_logfmt(line))
+        await child.process.wait()
+        if not child.ready.done():
+            failure = self._failure(child, f"exited with code {child.process.returncode}")
+            child.ready.set_exception(DemoError(failure))
+
+    def _failure(self, child: Child, what: str) -> str:
+        tail = "".join(f"\n  | {line}" for line in child.tail)
+        return f"{child.spec.name} (pid {child.pid}) {what}; log {child.log_path}{tail}"
+
+    def exited(self) -> list[Child]:
+        """Children that have exited (on their own or killed), in start order."""
+        return [c for c in self.children if c.process.returncode is not None]
+
+    async def stop(self, child: Child, grace_s: float = STOP_GRACE_S) -> int:
+        """SIGTERM, wait up to grace_s, then SIGKILL; returns the exit code."""
+        if child.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(child.process.wait(), grace_s)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()
+        code = await child.process.wait()
+        if child.pump is not None:
+            await child.pump
+        with contextlib.suppress(asyncio.CancelledError, GeoRouterError):
+            await child.ready  # retrieve it, so an unread failure is not logged at exit
+        return code
+
+    def kill(self, child: Child) -> None:
+        """SIGKILL at once (a crash, as `kill -9` does it)."""
+        if child.process.returncode is None:
+            child.process.kill()
+
+    async def stop_all(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop every child, the last started first, all under one shared grace period."""
+        await asyncio.gather(*(self.stop(c, grace_s) for c in reversed(self.children)))
+
+    def by_name(self, name: str) -> Child:
+        """The most recently started child called `name`."""
+        for child in reversed(self.children):
+            if child.spec.name == name:
+                return child
+        raise KeyError(name)
