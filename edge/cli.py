@@ -1,0 +1,79 @@
+"""`edge` command line: serve a caching reverse proxy in front of one origin.
+
+Every expected failure (bad config file, bad flag value) ends as one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge.config import EVICTION_POLICIES, EdgeConfig, config_from_flags, load_config
+from edge.errors import ConfigError, EdgeError
+
+EXIT_CONFIG = 2
+
+# flag destination -> config key (section.key) it overrides
+_FLAG_KEYS = {
+    "name": "edge.name",
+    "listen": "edge.listen",
+    "control": "edge.control",
+    "origin": "edge.origin",
+    "router": "edge.routers",
+    "token": "edge.token",
+    "capacity_rps": "edge.capacity_rps",
+    "drain_s": "edge.drain_s",
+    "cache_size": "cache.size",
+    "eviction": "cache.eviction",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the caching proxy, its control port and reporter")
+    serve.add_argument("--config", type=Path, help="edge TOML (flags override its keys)")
+    serve.add_argument("--name", help="node name, as in the router's topology")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="content (proxy) address")
+    serve.add_argument("--control", metavar="HOST:PORT", help="/healthz, /metrics, /purge")
+    serve.add_argument("--origin", metavar="URL", help="origin base URL (http://host:port)")
+    serve.add_argument(
+        "--router", action="append", metavar="URL", help="router control URL (repeatable)"
+    )
+    serve.add_argument("--token", help="bearer token for load reports and purges")
+    serve.add_argument("--cache-size", metavar="SIZE", help="cache store size, e.g. 256M")
+    serve.add_argument("--capacity-rps", type=float, metavar="RPS", help="requests/s at 100%%")
+    serve.add_argument("--drain-s", type=float, metavar="S", help="seconds to serve on SIGTERM")
+    serve.add_argument("--eviction", choices=EVICTION_POLICIES, help="cache eviction policy")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> EdgeConfig:
+    """The config a `serve` invocation describes: --config, then each flag on top."""
+    overrides: dict[str, Any] = {key: getattr(args, dest) for dest, key in _FLAG_KEYS.items()}
+    if args.config is not None:
+        return load_config(args.config, overrides)
+    for required in ("name", "origin"):
+        if overrides[f"edge.{required}"] is None:
+            raise ConfigError("command line", f"--{required}", "required without --config")
+    return config_from_flags(overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        from edge.server import serve
+
+        return serve(cfg)
+    except EdgeError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

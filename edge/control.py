@@ -1,0 +1,135 @@
+"""The edge's control port: GET /healthz, GET /metrics, POST /purge.
+
+Purge takes one JSON object naming exactly one selector and answers how many stored
+responses it removed::
+
+    POST /purge  Authorization: Bearer <token>
+    {"url": "http://cdn.example.com/img/a.png?v=2"}   every variant of that URL
+    {"prefix": "http://cdn.example.com/img/"}         every URL of that host under a path
+    {"key": "product-42"}                             every response tagged Surrogate-Key
+    -> 200 {"purged": 3}
+
+One way in (no HTTP PURGE method): a POST with a body is what every client and proxy
+passes unchanged, and the control port is not the content port.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from edge.cache import Cache
+from edge.load import LoadSnapshot
+from edge.metrics import EdgeMetrics
+from edge.proxy import cache_host
+
+MAX_PURGE_BODY_BYTES = 8192
+_STATUSES = ("up", "degraded", "draining")
+
+
+def control_app(
+    cache: Cache,
+    metrics: EdgeMetrics,
+    snapshot: Callable[[], LoadSnapshot],
+    token: str,
+) -> web.Application:
+    """The control application; ``snapshot`` gives the current load figures."""
+    app = web.Application(client_max_size=MAX_PURGE_BODY_BYTES)
+    app.router.add_get("/healthz", _Health(snapshot).handle)
+    app.router.add_get("/metrics", _Metrics(cache, metrics, snapshot).handle)
+    app.router.add_post("/purge", _Purge(cache, metrics, token).handle)
+    return app
+
+
+class _Health:
+    def __init__(self, snapshot: Callable[[], LoadSnapshot]) -> None:
+        self._snapshot = snapshot
+
+    async def handle(self, request: web.Request) -> web.Response:
+        snap = self._snapshot()
+        # 503 while draining: a router's probe takes the node out even if reports are lost.
+        status = 503 if snap.status == "draining" else 200
+        return web.json_response(snap.as_dict(), status=status)
+
+
+class _Metrics:
+    def __init__(
+        self, cache: Cache, metrics: EdgeMetrics, snapshot: Callable[[], LoadSnapshot]
+    ) -> None:
+        self._cache = cache
+        self._metrics = metrics
+        self._snapshot = snapshot
+
+    async def handle(self, request: web.Request) -> web.Response:
+        # Gauges are read at scrape time, so the request path never pays for them.
+        m = self._metrics
+        snap = self._snapshot()
+        m.cache_objects.set(self._cache.objects)
+        m.cache_bytes.set(self._cache.bytes)
+        m.utilization.set(snap.utilization)
+        m.hit_ratio.set(snap.cache_hit_ratio)
+        for status in _STATUSES:
+            m.status.labels(status).set(1 if status == snap.status else 0)
+        body = generate_latest(m.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class _Purge:
+    def __init__(self, cache: Cache, metrics: EdgeMetrics, token: str) -> None:
+        self._cache = cache
+        self._metrics = metrics
+        self._expected = f"Bearer {token}".encode()
+        self._enabled = bool(token)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        given = request.headers.get("Authorization", "").encode()
+        # An edge without a token refuses every purge rather than allowing any.
+        if not self._enabled or not hmac.compare_digest(given, self._expected):
+            return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        try:
+            kind, value = _selector(json.loads(await request.read()))
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(400, str(exc))
+        purged = self._purge(kind, value)
+        self._metrics.purges.labels(kind).inc()
+        self._metrics.purged_objects.inc(purged)
+        return web.json_response({"purged": purged})
+
+    def _purge(self, kind: str, value: str) -> int:
+        if kind == "key":
+            return self._cache.purge_key(value)
+        host, target = _split_url(value)
+        if kind == "url":
+            return self._cache.purge_url(host, target)
+        return self._cache.purge_prefix(host, target)
+
+
+def _selector(body: Any) -> tuple[str, str]:
+    if not isinstance(body, dict) or len(body) != 1:
+        raise ValueError('expected one of {"url": ...}, {"prefix": ...}, {"key": ...}')
+    ((kind, value),) = body.items()
+    if kind not in ("url", "prefix", "key") or not isinstance(value, str) or not value:
+        raise ValueError(f"{kind}: expected a non-empty string selector url, prefix or key")
+    if kind != "key":
+        _split_url(value)
+    return kind, value
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    """('host[:port]', '/path?query') the way the cache keys requests."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an absolute http:// URL, got {url!r}")
+    host = cache_host(parts.netloc.rpartition("@")[2])
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return host, target
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)

@@ -1,0 +1,268 @@
+"""The edge's content handler: drives the sans-IO cache (edge/cache.py) and moves the bytes.
+
+Theory of operation, per request (design.md "The edge"; RFC 9111 §4):
+
+    not GET/HEAD  -> forwarded with its body, never stored; then invalidate (§4.4)
+    lookup fresh  -> answered from the cache (client conditionals, Range)
+    lookup stale  -> stale-while-revalidate: answered from the cache, one background
+                     refresh per key; else revalidated (If-None-Match/If-Modified-Since):
+                     304 freshens the entry (§4.3.4), a full response replaces it, an
+                     origin failure serves the stale entry if stale-if-error allows
+    lookup miss   -> one origin fetch per key at a time (edge/coalesce.py); stored if
+                     storable, streamed to the client while it is buffered for the store
+    lookup pass   -> forwarded, never stored (e.g. request no-store, HEAD miss)
+
+Every answer carries `Via` (RFC 9110 §7.6.3) and this cache's `Cache-Status` member
+(RFC 9211). Origin failures become 502/504 in exactly one place (`_origin_failed`).
+The origin gets the origin's own Host (from its URL); the client's Host travels in
+X-Forwarded-Host, its address in X-Forwarded-For.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from edge.cache import Cache, CacheEntry, Lookup, RequestInfo, cache_status
+from edge.coalesce import Coalescer, Flight
+from edge.config import EdgeConfig
+from edge.errors import OriginError
+from edge.load import CacheResult, LoadTracker
+from edge.metrics import EdgeMetrics
+from edge.origin import OriginClient, OriginResponse
+from edge.relay import Relay, Reply, origin_headers
+
+log = logging.getLogger("edge.proxy")
+
+_CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+_METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+def cache_host(host: str) -> str:
+    """The Host as the cache keys it: lower-case, without the default port (RFC 9110 §4.2.3)."""
+    host = host.lower()
+    return host[:-3] if host.endswith(":80") else host
+
+
+class Proxy:
+    """The content handler of one edge; `handle` is its only route."""
+
+    def __init__(
+        self,
+        cfg: EdgeConfig,
+        cache: Cache,
+        origin: OriginClient,
+        tracker: LoadTracker,
+        metrics: EdgeMetrics,
+        clock: Callable[[], float],
+        on_status_change: Callable[[], None],
+    ) -> None:
+        self.cfg = cfg
+        self.cache = cache
+        self.origin = origin
+        self.tracker = tracker
+        self.metrics = metrics
+        self.coalescer = Coalescer()
+        self._clock = clock
+        self._on_status_change = on_status_change
+        self._relay = Relay(cfg.name, cache, metrics, cfg.cache.max_object_bytes)
+        self._refreshes: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Cancel background refreshes (at shutdown)."""
+        for task in list(self._refreshes):
+            task.cancel()
+        await asyncio.gather(*self._refreshes, return_exceptions=True)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        start = self._clock()
+        self.tracker.begin(start)
+        self.metrics.inflight.inc()
+        result: CacheResult = "error"
+        status = 500
+        try:
+            reply = await self._answer(request)
+            result, status = reply.result, reply.response.status
+            return reply.response
+        finally:
+            end = self._clock()
+            self.tracker.end(end, result)
+            self.metrics.inflight.dec()
+            method = request.method if request.method in _METHOD_LABELS else "other"
+            self.metrics.requests.labels(result, method, str(status)).inc()
+            self.metrics.request_duration.labels(result).observe(max(0.0, end - start))
+
+    async def _answer(self, request: web.Request) -> Reply:
+        host = cache_host(request.host)
+        req = RequestInfo(request.method, host, request.raw_path, request.headers)
+        if req.method not in _CACHEABLE_METHODS:
+            return await self._forward_unsafe(request, req)
+        lookup = self.cache.lookup(req, self._clock())
+        if lookup.only_if_cached and lookup.outcome != "fresh":
+            # RFC 9111 §5.2.1.7: only-if-cached and nothing fit to serve.
+            return await self._relay.error(request, 504, "miss", "only-if-cached")
+        if lookup.outcome == "fresh" and lookup.entry is not None:
+            return await self._relay.entry(request, req, lookup.entry, "hit", self._clock())
+        if lookup.outcome == "stale" and lookup.serve_stale_while_revalidate:
+            return await self._stale_while_revalidate(request, req, lookup)
+        if lookup.outcome == "pass" or (req.method == "HEAD" and lookup.entry is None):
+            return await self._forward(request, req, lookup)
+        return await self._fetch_coalesced(request, req, lookup)
+
+    async def _stale_while_revalidate(
+        self, request: web.Request, req: RequestInfo, lookup: Lookup
+    ) -> Reply:
+        # RFC 5861 §3: serve the stale entry now; refresh it once in the background.
+        assert lookup.entry is not None
+        flight = self.coalescer.lead(lookup.key)
+        if flight is not None:
+            headers = origin_headers(request, self.cfg.name, fill=True)
+            headers.update(lookup.revalidate_headers)
+            task = asyncio.create_task(self._refresh(req, lookup, headers, flight))
+            self._refreshes.add(task)
+            task.add_done_callback(self._refreshes.discard)
+        detail = "stale-while-revalidate"
+        return await self._relay.entry(request, req, lookup.entry, "stale", self._clock(), detail)
+
+    async def _refresh(
+        self, req: RequestInfo, lookup: Lookup, headers: CIMultiDict[str], flight: Flight
+    ) -> None:
+        stored = False
+        try:
+            async with self.origin.fetch("GET", req.target, headers) as resp:
+                stored = await self._update_from(req, lookup, resp)
+        except OriginError as exc:
+            self._count_origin_error(exc.kind)
+            log.info("event=refresh_failed key=%r error=%r", lookup.key, exc.message)
+        finally:
+            self.coalescer.finish(flight, stored=stored)
+
+    async def _update_from(self, req: RequestInfo, lookup: Lookup, resp: OriginResponse) -> bool:
+        """Apply a background refresh's response to the cache; True if the cache has it."""
+        if resp.status == 304 and lookup.entry is not None:
+            self.cache.freshen(req, lookup.entry, resp.headers, resp.request_time, self._clock())
+            return True
+        if resp.status >= 500:
+            self._count_origin_error("status_5xx")
+        if self._uncacheable(req, resp) is not None:
+            return False
+        body = await self._relay.read_limited(resp)
+        if body is None:
+            return False
+        entry = self.cache.store(
+            req, resp.status, resp.headers, body, resp.request_time, self._clock()
+        )
+        return entry is not None
+
+    async def _fetch_coalesced(
+        self, request: web.Request, req: RequestInfo, lookup: Lookup
+    ) -> Reply:
+        flight = self.coalescer.lead(lookup.key)
+        if flight is not None:
+            return await self._fetch(request, req, lookup, flight)
+        current = self.coalescer.current(lookup.key)
+        assert current is not None
+        self.metrics.coalesced.inc()
+        await self.coalescer.follow(current, self.cfg.limits.coalesce_wait_s)
+        # Stored or not, the cache now knows best: serve what it holds, else fetch alone.
+        again = self.cache.lookup(req, self._clock())
+        if again.outcome == "fresh" and again.entry is not None:
+            return await self._relay.entry(request, req, again.entry, "hit", self._clock())
+        return await self._fetch(request, req, again, None)
+
+    async def _fetch(
+        self, request: web.Request, req: RequestInfo, lookup: Lookup, flight: Flight | None
+    ) -> Reply:
+        headers = origin_headers(request, self.cfg.name, fill=True)
+        stale = lookup.entry is not None and lookup.outcome == "stale"
+        if stale:
+            headers.update(lookup.revalidate_headers)
+        stored = False
+        try:
+            async with self.origin.fetch("GET", req.target, headers) as resp:
+                reply = await self._fetched(request, req, lookup, resp)
+                stored = reply.stored
+                return reply
+        except OriginError as exc:
+            return await self._origin_failed(request, req, lookup, exc)
+        finally:
+            if flight is not None:
+                self.coalescer.finish(flight, stored=stored)
+
+    async def _fetched(
+        self, request: web.Request, req: RequestInfo, lookup: Lookup, resp: OriginResponse
+    ) -> Reply:
+        entry = lookup.entry
+        if resp.status == 304 and entry is not None:
+            # RFC 9111 §4.3.4: the stored response, updated with the 304's header fields.
+            fresh = self.cache.freshen(req, entry, resp.headers, resp.request_time, self._clock())
+            reply = await self._relay.entry(
+                request, req, fresh, "revalidated", self._clock(), fwd="stale", fwd_status=304
+            )
+            reply.stored = True
+            return reply
+        if resp.status >= 500:
+            self._count_origin_error("status_5xx")
+            if entry is not None and lookup.stale_if_error:
+                # RFC 5861 §4 / RFC 9111 §4.2.4: a stale response beats a server error.
+                return await self._serve_stale(request, req, entry, f"origin-{resp.status}")
+        reason = self._uncacheable(req, resp)
+        fwd = "stale" if entry is not None else lookup.fwd or "miss"
+        member = cache_status("fwd", fwd=fwd, stored=reason is None, fwd_status=resp.status)
+        result: CacheResult = "miss" if reason is None else "pass"
+        return await self._relay.stream(request, req, resp, member, result, store=reason is None)
+
+    async def _forward(self, request: web.Request, req: RequestInfo, lookup: Lookup) -> Reply:
+        """A GET/HEAD the cache will not answer nor store (e.g. no-store, HEAD miss)."""
+        headers = origin_headers(request, self.cfg.name, fill=False)
+        try:
+            async with self.origin.fetch(req.method, req.target, headers) as resp:
+                member = cache_status("fwd", fwd=lookup.fwd or "bypass", fwd_status=resp.status)
+                return await self._relay.stream(request, req, resp, member, "pass", store=False)
+        except OriginError as exc:
+            return await self._origin_failed(request, req, lookup, exc)
+
+    async def _forward_unsafe(self, request: web.Request, req: RequestInfo) -> Reply:
+        """Any other method: passed through with its body, never stored; §4.4 invalidation."""
+        body = await request.read()  # bounded by client_max_size: 413 past it
+        headers = origin_headers(request, self.cfg.name, fill=False)
+        try:
+            async with self.origin.fetch(req.method, req.target, headers, body) as resp:
+                self.cache.invalidate(req, resp.status, resp.headers)
+                member = cache_status("fwd", fwd="method", fwd_status=resp.status)
+                return await self._relay.stream(request, req, resp, member, "pass", store=False)
+        except OriginError as exc:
+            return await self._origin_failed(request, req, None, exc)
+
+    async def _origin_failed(
+        self, request: web.Request, req: RequestInfo, lookup: Lookup | None, exc: OriginError
+    ) -> Reply:
+        """The one place an origin failure becomes an answer: stale if allowed, else 502/504."""
+        self._count_origin_error(exc.kind)
+        log.info("event=origin_error kind=%s target=%r error=%r", exc.kind, req.target, exc.message)
+        if self._relay.started(request):
+            # The head already went out: an incomplete response is the only honest signal.
+            return self._relay.abort(request)
+        if lookup is not None and lookup.entry is not None and lookup.stale_if_error:
+            return await self._serve_stale(request, req, lookup.entry, f"origin-{exc.kind}")
+        return await self._relay.error(request, exc.status, "error", f"origin-{exc.kind}")
+
+    async def _serve_stale(
+        self, request: web.Request, req: RequestInfo, entry: CacheEntry, detail: str
+    ) -> Reply:
+        return await self._relay.entry(request, req, entry, "stale", self._clock(), detail)
+
+    def _uncacheable(self, req: RequestInfo, resp: OriginResponse) -> str | None:
+        reason = self.cache.storable(req, resp.status, resp.headers)
+        if reason is not None:
+            self.metrics.uncacheable.labels(reason).inc()
+        return reason
+
+    def _count_origin_error(self, kind: str) -> None:
+        self.metrics.origin_errors.labels(kind).inc()
+        if self.tracker.origin_failed(self._clock()):
+            self._on_status_change()

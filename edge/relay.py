@@ -1,0 +1,251 @@
+"""Moving response bytes to the client: from the cache, streamed from the origin, or an error.
+
+Streaming (from the origin): the head is held back until the body has ended or
+STREAM_PREBUFFER_BYTES have arrived. Small bodies are thus whole before the status line
+goes out, so a broken one (bad chunking, shorter than its Content-Length) still becomes a
+clean 502; a large one streams, and if it breaks after the head went out the client
+connection is closed mid-body, the only honest signal left (RFC 9112 §8). A body being
+stored is buffered as it streams; past max_object_bytes the buffer is dropped and the
+rest only streams through. Nothing broken or truncated is ever stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from edge.cache import Cache, CacheEntry, Headers, RequestInfo, cache_status, strip_hop_by_hop
+from edge.load import CacheResult
+from edge.metrics import EdgeMetrics
+from edge.origin import OriginResponse
+
+STREAM_PREBUFFER_BYTES = 64 * 1024
+_STARTED = "edge.response"  # request key: the StreamResponse whose head went out
+# Client preconditions and Range are answered by the edge from a full stored response;
+# a fetch meant to fill the cache must not be narrowed by them (RFC 9111 §4.3.1, §3.3).
+_CLIENT_ONLY = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since",
+                "If-Range", "Range")  # fmt: skip
+_NO_BODY_STATUSES = frozenset({204, 304})
+# RFC 9110 §15.4.5: what a 304 carries of the stored response's fields.
+_NOT_MODIFIED_FIELDS = frozenset(
+    {"cache-control", "content-location", "date", "etag", "expires", "vary", "age",
+     "last-modified", "via", "cache-status"}
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Reply:
+    """A finished client response and what it counts as."""
+
+    response: web.StreamResponse
+    result: CacheResult
+    stored: bool = False
+
+
+def origin_headers(request: web.Request, name: str, *, fill: bool) -> CIMultiDict[str]:
+    """The request header fields to send to the origin (RFC 9110 §7.6).
+
+    ``fill``: the fetch is meant to fill the cache, so the client's own preconditions
+    and Range are not forwarded (the edge answers them from the full response).
+    """
+    headers = strip_hop_by_hop(request.headers)
+    for field in ("Host", "Content-Length", *(_CLIENT_ONLY if fill else ())):
+        headers.popall(field, None)
+    headers["X-Forwarded-Host"] = request.host
+    peer = request.remote or "unknown"
+    prior = request.headers.get("X-Forwarded-For")
+    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    headers["X-Forwarded-Proto"] = request.scheme
+    headers.add("Via", f"{_protocol(request)} {name}")
+    return headers
+
+
+def client_headers(headers: Headers, via: str, member: str) -> CIMultiDict[str]:
+    """Response fields for the client: end-to-end only, plus Via and our Cache-Status."""
+    out = strip_hop_by_hop(headers)
+    out.add("Via", via)
+    # RFC 9211 §2: each cache appends its member; the last is nearest the client.
+    prior = out.popall("Cache-Status", [])
+    out["Cache-Status"] = ", ".join([*prior, member])
+    return out
+
+
+async def send(
+    request: web.Request, status: int, headers: CIMultiDict[str], body: bytes, reason: str = ""
+) -> web.StreamResponse:
+    """One complete response with a known body (HEAD and 204/304 get the head only)."""
+    response = web.StreamResponse(status=status, reason=reason or None, headers=headers)
+    if status not in _NO_BODY_STATUSES and status >= 200:
+        response.content_length = len(body)
+    await response.prepare(request)
+    if body and request.method != "HEAD" and status not in _NO_BODY_STATUSES:
+        await response.write(body)
+    await response.write_eof()
+    return response
+
+
+class Relay:
+    """Writes client responses for one edge and counts the bytes."""
+
+    def __init__(
+        self, name: str, cache: Cache, metrics: EdgeMetrics, max_object_bytes: int
+    ) -> None:
+        self.name = name
+        self.cache = cache
+        self.metrics = metrics
+        self.max_object_bytes = max_object_bytes
+
+    async def entry(
+        self,
+        request: web.Request,
+        req: RequestInfo,
+        entry: CacheEntry,
+        result: CacheResult,
+        now: float,
+        detail: str | None = None,
+        *,
+        fwd: str | None = None,
+        fwd_status: int | None = None,
+    ) -> Reply:
+        """Answer from a stored response: client conditionals first, then the body."""
+        stored_headers = self.cache.response_headers(entry, now)
+        if fwd is not None:
+            member = cache_status("fwd", fwd=fwd, fwd_status=fwd_status, stored=True)
+        else:
+            member = cache_status("hit", detail=detail, ttl=_ttl(entry, stored_headers))
+        headers = client_headers(stored_headers, self._via(request), member)
+        condition = self.cache.client_conditional(req, entry)
+        if condition == 304:
+            kept = CIMultiDict((k, v) for k, v in headers.items() if _kept_in_304(k))
+            return Reply(await send(request, 304, kept, b""), result)
+        if condition is not None:
+            return Reply(await self._send_counted(request, condition, headers, b""), result)
+        return Reply(await self._send_counted(request, entry.status, headers, entry.body), result)
+
+    async def error(
+        self, request: web.Request, status: int, result: CacheResult, detail: str
+    ) -> Reply:
+        """An answer the edge makes itself (502/504, only-if-cached)."""
+        member = cache_status("fwd", fwd="miss", detail=detail)
+        plain = CIMultiDict({"Content-Type": "text/plain"})
+        headers = client_headers(plain, self._via(request), member)
+        headers["Cache-Control"] = "no-store"
+        body = f"{status} {detail}\n".encode()
+        return Reply(await self._send_counted(request, status, headers, body), result)
+
+    async def stream(
+        self,
+        request: web.Request,
+        req: RequestInfo,
+        resp: OriginResponse,
+        member: str,
+        result: CacheResult,
+        *,
+        store: bool,
+    ) -> Reply:
+        """Relay an origin response; store it whole if ``store`` and it fits."""
+        headers = client_headers(resp.headers, self._via(request), member)
+        chunks = resp.chunks()
+        head, ended = await _prebuffer(chunks)
+        if ended:
+            stored = store and self._store(req, resp, head)
+            response = await self._send_counted(request, resp.status, headers, head, resp.reason)
+            return Reply(response, result, stored)
+        buffer: list[bytes] | None = [head] if store else None
+        buffered = len(head)
+        response = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
+        request[_STARTED] = response
+        await response.prepare(request)
+        await self._write(request, response, head)
+        async for chunk in chunks:
+            await self._write(request, response, chunk)
+            buffered += len(chunk)
+            if buffer is not None and buffered <= self.max_object_bytes:
+                buffer.append(chunk)
+            else:
+                buffer = None  # too large to store: stream the rest through
+        await response.write_eof()
+        stored = buffer is not None and self._store(req, resp, b"".join(buffer))
+        return Reply(response, result, stored)
+
+    async def read_limited(self, resp: OriginResponse) -> bytes | None:
+        """The whole body if it fits max_object_bytes, else None (read to the end anyway)."""
+        parts: list[bytes] | None = []
+        size = 0
+        async for chunk in resp.chunks():
+            size += len(chunk)
+            if parts is not None and size <= self.max_object_bytes:
+                parts.append(chunk)
+            else:
+                parts = None
+        return None if parts is None else b"".join(parts)
+
+    def started(self, request: web.Request) -> bool:
+        """True once a streamed response's head went out (no error status possible)."""
+        return _STARTED in request
+
+    def abort(self, request: web.Request) -> Reply:
+        response: web.StreamResponse = request[_STARTED]
+        if request.transport is not None:
+            request.transport.close()
+        return Reply(response, "error")
+
+    def _store(self, req: RequestInfo, resp: OriginResponse, body: bytes) -> bool:
+        if len(body) > self.max_object_bytes:
+            return False
+        entry = self.cache.store(
+            req, resp.status, resp.headers, body, resp.request_time, resp.response_time
+        )
+        return entry is not None
+
+    async def _send_counted(
+        self,
+        request: web.Request,
+        status: int,
+        headers: CIMultiDict[str],
+        body: bytes,
+        reason: str = "",
+    ) -> web.StreamResponse:
+        response = await send(request, status, headers, body, reason)
+        if request.method != "HEAD":
+            self.metrics.bytes_served.inc(len(body))
+        return response
+
+    async def _write(self, request: web.Request, response: web.StreamResponse, data: bytes) -> None:
+        if request.method != "HEAD" and data:
+            await response.write(data)
+            self.metrics.bytes_served.inc(len(data))
+
+    def _via(self, request: web.Request) -> str:
+        return f"{_protocol(request)} {self.name}"
+
+
+async def _prebuffer(chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:
+    """Read up to STREAM_PREBUFFER_BYTES; (bytes, True) if the body ended within them."""
+    parts: list[bytes] = []
+    size = 0
+    while size < STREAM_PREBUFFER_BYTES:
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return b"".join(parts), True
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts), False
+
+
+def _ttl(entry: CacheEntry, headers: CIMultiDict[str]) -> float:
+    """Remaining freshness (RFC 9211 §2.5 ttl): lifetime minus the Age being sent."""
+    age = headers.get("Age", "0")
+    return entry.freshness_lifetime - (int(age) if age.isdigit() else 0)
+
+
+def _kept_in_304(field: str) -> bool:
+    return field.lower() in _NOT_MODIFIED_FIELDS
+
+
+def _protocol(request: web.Request) -> str:
+    return f"{request.version.major}.{request.version.minor}"

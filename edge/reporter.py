@@ -1,0 +1,129 @@
+"""Pushes this edge's load report to every router: every REPORT_INTERVAL_S, and at once
+when woken (a status change such as draining).
+
+Each round builds one `georouter.report.LoadReport` with the next sequence number (1 for
+the first report of the process, so a router can tell a restart) and posts it to every
+router whose back-off has expired. A router that is down or refuses costs one log line
+per outage, a capped exponential back-off, and an `edge_reports{result="failed"}` count;
+the edge keeps serving regardless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from edge.load import LoadSnapshot
+from edge.metrics import EdgeMetrics
+from georouter.report import LoadReport
+
+REPORT_TIMEOUT_S = 0.5
+MAX_BACKOFF_S = 10.0
+REPORT_PATH = "/api/v1/report"
+
+log = logging.getLogger("edge.reporter")
+
+
+@dataclass(slots=True)
+class _RouterState:
+    url: str
+    failures: int = 0
+    retry_at: float = 0.0
+
+
+class Reporter:
+    """Sends load reports; run() until cancelled, wake() for an immediate round."""
+
+    def __init__(
+        self,
+        name: str,
+        routers: tuple[str, ...],
+        token: str,
+        capacity_rps: float,
+        snapshot: Callable[[], LoadSnapshot],
+        metrics: EdgeMetrics,
+        interval_s: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.name = name
+        self.token = token
+        self.capacity_rps = capacity_rps
+        self.interval_s = interval_s
+        self._snapshot = snapshot
+        self._metrics = metrics
+        self._clock = clock
+        self._routers = [_RouterState(url) for url in routers]
+        self._wake = asyncio.Event()
+        self._seq = 0
+
+    def wake(self) -> None:
+        """Report now (to every router, back-off or not) instead of at the next tick."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=REPORT_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                forced = self._wake.is_set()
+                self._wake.clear()
+                await self.report_once(session, forced=forced)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.interval_s)
+
+    async def report_once(self, session: aiohttp.ClientSession, *, forced: bool) -> None:
+        """Post one report to every router that is due (all of them when forced)."""
+        now = self._clock()
+        due = [r for r in self._routers if forced or r.retry_at <= now]
+        if not due:
+            return
+        body = self._next_report().to_json()
+        await asyncio.gather(*(self._post(session, router, body) for router in due))
+
+    def _next_report(self) -> LoadReport:
+        self._seq += 1
+        snap = self._snapshot()
+        return LoadReport(
+            node=self.name,
+            seq=self._seq,
+            status=snap.status,
+            inflight=max(0, snap.inflight),
+            rps=snap.rps,
+            capacity_rps=self.capacity_rps,
+            utilization=snap.utilization,
+            cache_hit_ratio=snap.cache_hit_ratio,
+        )
+
+    async def _post(
+        self, session: aiohttp.ClientSession, router: _RouterState, body: bytes
+    ) -> None:
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        try:
+            async with session.post(router.url + REPORT_PATH, data=body, headers=headers) as resp:
+                await resp.read()
+                error = None if resp.status < 300 else f"status {resp.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            error = type(exc).__name__
+        if error is None:
+            self._succeeded(router)
+        else:
+            self._failed(router, error)
+
+    def _succeeded(self, router: _RouterState) -> None:
+        self._metrics.reports.labels(router.url, "ok").inc()
+        if router.failures:
+            log.info("event=report_recovered router=%s failures=%d", router.url, router.failures)
+        router.failures = 0
+        router.retry_at = 0.0
+
+    def _failed(self, router: _RouterState, error: str) -> None:
+        self._metrics.reports.labels(router.url, "failed").inc()
+        if not router.failures:
+            log.warning("event=report_failed router=%s error=%r", router.url, error)
+        router.failures += 1
+        backoff = min(MAX_BACKOFF_S, self.interval_s * 2 ** (router.failures - 1))
+        router.retry_at = self._clock() + backoff

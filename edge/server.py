@@ -1,0 +1,157 @@
+"""Wiring of one edge process: content server, control server, reporter, signals and drain.
+
+SIGTERM drains: the status turns `draining` (so /healthz answers 503 and a report goes
+to every router at once), the edge keeps serving for drain_s while resolvers' cached
+answers expire, then stops accepting, finishes what is in flight and exits 0.
+SIGINT stops at once, cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from edge.cache import Cache
+from edge.config import EdgeConfig
+from edge.control import control_app
+from edge.errors import ConfigError
+from edge.load import LoadSnapshot, LoadTracker
+from edge.metrics import EdgeMetrics
+from edge.origin import OriginClient
+from edge.proxy import Proxy
+from edge.reporter import Reporter
+from georouter.config import HostPort
+
+# In-flight requests get this long to finish once the edge stops accepting.
+SHUTDOWN_GRACE_S = 5.0
+LOG_FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+
+log = logging.getLogger("edge")
+
+
+class EdgeServer:
+    """One running edge; start() binds both ports, stop() closes everything."""
+
+    def __init__(self, cfg: EdgeConfig, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.metrics = EdgeMetrics()
+        policy = cfg.cache.eviction
+        self.cache = Cache(
+            capacity_bytes=cfg.cache.size_bytes,
+            policy=policy,
+            max_object_bytes=cfg.cache.max_object_bytes,
+            on_evict=lambda n: self.metrics.evictions.labels(policy).inc(n),
+        )
+        self.metrics.cache_capacity_bytes.set(cfg.cache.size_bytes)
+        self.tracker = LoadTracker(cfg.capacity_rps, clock())
+        self.origin = OriginClient(
+            cfg.origin,
+            cfg.limits.origin_connect_timeout_s,
+            cfg.limits.origin_read_timeout_s,
+            self.metrics,
+            clock,
+        )
+        self.reporter = Reporter(
+            cfg.name, cfg.routers, cfg.token, cfg.capacity_rps, self.snapshot,
+            self.metrics, cfg.report_interval_s, clock,
+        )  # fmt: skip
+        self.proxy = Proxy(
+            cfg, self.cache, self.origin, self.tracker, self.metrics, clock, self.reporter.wake
+        )
+        self._runners: list[web.AppRunner] = []
+        self._reporter_task: asyncio.Task[None] | None = None
+        self.content: HostPort | None = None
+        self.control: HostPort | None = None
+
+    def snapshot(self) -> LoadSnapshot:
+        return self.tracker.snapshot(self.clock())
+
+    async def start(self) -> None:
+        """Bind the content and control ports and start reporting."""
+        await self.origin.start()
+        limits = self.cfg.limits
+        content = web.Application(client_max_size=limits.max_body_bytes)
+        content.router.add_route("*", "/{tail:.*}", self.proxy.handle)
+        handler_args = {
+            "max_line_size": limits.max_line_bytes,
+            "max_field_size": limits.max_field_bytes,
+            "max_headers": limits.max_headers,
+        }
+        self.content = await self._bind(content, self.cfg.listen, "edge.listen", handler_args)
+        control = control_app(self.cache, self.metrics, self.snapshot, self.cfg.token)
+        self.control = await self._bind(control, self.cfg.control, "edge.control", {})
+        self._reporter_task = asyncio.create_task(self.reporter.run())
+
+    def drain(self) -> None:
+        """Turn `draining` and tell every router now; serving goes on until stop()."""
+        if self.tracker.drain():
+            log.info("event=draining name=%s drain_s=%s", self.cfg.name, self.cfg.drain_s)
+            self.reporter.wake()
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish, close every client and task."""
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        if self._reporter_task is not None:
+            self._reporter_task.cancel()
+            await asyncio.gather(self._reporter_task, return_exceptions=True)
+        await self.proxy.close()
+        await self.origin.close()
+
+    async def _bind(
+        self, app: web.Application, where: HostPort, key: str, handler_args: dict[str, int]
+    ) -> HostPort:
+        runner = web.AppRunner(
+            app, access_log=None, handler_args=handler_args, shutdown_timeout=SHUTDOWN_GRACE_S
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, where.host, where.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise ConfigError(self.cfg.source, key, f"cannot listen on {where}: {exc}") from None
+        sockname = runner.addresses[-1]
+        return HostPort(str(sockname[0]), int(sockname[1]))
+
+
+async def run(cfg: EdgeConfig) -> None:
+    """Run an edge until SIGINT, or SIGTERM plus drain_s."""
+    server = EdgeServer(cfg)
+    await server.start()
+    log.info(
+        "event=listening name=%s content=%s control=%s origin=%s",
+        cfg.name, server.content, server.control, cfg.origin,
+    )  # fmt: skip
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_sigterm() -> None:
+        server.drain()
+        loop.call_later(cfg.drain_s, stopping.set)
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        loop.remove_signal_handler(signal.SIGINT)
+        await server.stop()
+        log.info("event=stopped name=%s", cfg.name)
+
+
+def serve(cfg: EdgeConfig) -> int:
+    """The `edge serve` command: structured log lines on stderr, exit 0 on a clean stop."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    asyncio.run(run(cfg))
+    return 0
