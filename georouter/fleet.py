@@ -11,8 +11,10 @@ Theory of operation. Two independent signals say whether a node can take clients
   until a fresh report arrives. A node that never reported is judged by probes alone.
   Reports arrive with a per-edge sequence number: one not above the last seen is stale
   (a duplicate, or overtaken by a newer one) and ignored, except that a sequence number
-  of at most RESTART_SEQ_MAX below a larger one means the edge process restarted (edges
-  count from 1), so it is accepted and becomes the new baseline.
+  of at most RESTART_SEQ_MAX below the last seen means the edge process restarted (edges
+  count from 1), so it is accepted and becomes the new baseline. (A report reordered in
+  the network during an edge's first few seconds looks the same; accepting it costs one
+  out-of-date load figure, a second at most.)
 
 The state shown to operators and used for selection is derived from both, in this order:
 drained by the API → draining; probe down or report expired → down; edge reports
@@ -229,7 +231,7 @@ def has_family(node: Node, family: Family) -> bool:
 
 
 def _is_newer(seq: int, last: int) -> bool:
-    return seq > last or (seq <= RESTART_SEQ_MAX < last)
+    return seq > last or (seq < last and seq <= RESTART_SEQ_MAX)
 
 
 def _probe_health(health: ProbeHealth, streak: int, config: RouterConfig) -> ProbeHealth:

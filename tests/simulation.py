@@ -126,14 +126,9 @@ SELECTORS: dict[str, Callable[[RouterConfig, random.Random], Picker]] = {
 
 def sim_config(params: SimParams) -> RouterConfig:
     nodes = tuple(
-        Node(
-            f"node-{i}",
-            REGION,
-            cap,
-            f"http://127.0.0.{10 + i}:9080",
-            IPv4Address(f"127.0.0.{10 + i}"),
-        )
+        Node(f"node-{i}", REGION, cap, f"http://{host}:9080", IPv4Address(host))
         for i, cap in enumerate(params.capacities)
+        for host in [f"127.0.0.{10 + i}"]
     )
     policy = Policy(
         default_region=REGION,
@@ -141,19 +136,23 @@ def sim_config(params: SimParams) -> RouterConfig:
         answers_per_response=1,
         saturation_threshold=params.saturation_threshold,
     )
-    settings = RouterSettings(HostPort("127.0.0.1", 0), HostPort("127.0.0.1", 0), "sim")
     # Reports never expire here: the delay under study may exceed the default expiry.
     health = HealthSettings(report_expiry_s=1e9)
-    region = Region(REGION, 0.0, 0.0)
+    return make_config((Region(REGION, 0.0, 0.0),), nodes, policy, health)
+
+
+def make_config(
+    regions: tuple[Region, ...],
+    nodes: tuple[Node, ...],
+    policy: Policy,
+    health: HealthSettings | None = None,
+) -> RouterConfig:
+    """A RouterConfig without zones, for tests of the control plane alone."""
+    health = health or HealthSettings()
+    settings = RouterSettings(HostPort("127.0.0.1", 0), HostPort("127.0.0.1", 0), "test-token")
+    by_name = {r.name: r for r in regions}
     return RouterConfig(
-        Path("sim.toml"),
-        settings,
-        policy,
-        health,
-        (),
-        (region,),
-        nodes,
-        regions_by_name={REGION: region},
+        Path("test.toml"), settings, policy, health, (), regions, nodes, regions_by_name=by_name
     )
 
 

@@ -1,0 +1,254 @@
+"""Selector: in-region preference, spill and failover order, fail-open/closed, no herding."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from ipaddress import IPv4Address, IPv6Address
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from georouter.config import AllDownPolicy, Node, Policy, Region, RouterConfig
+from georouter.fleet import Fleet
+from georouter.report import LoadReport
+from georouter.selector import Selector
+from tests.simulation import SimParams, make_config, simulate
+
+REGIONS = (
+    Region("na", 39.8, -98.6, failover=("eu", "ap")),
+    Region("eu", 50.1, 8.7, failover=("na", "ap")),
+    Region("ap", 1.35, 103.8, failover=("eu", "na")),
+)
+
+
+def _node(name: str, region: str, host: int, capacity: float, v6: bool = True) -> Node:
+    ipv6 = IPv6Address(f"::ffff:127.0.0.{host}") if v6 else None
+    url = f"http://127.0.0.{host}:9080"
+    return Node(name, region, capacity, url, IPv4Address(f"127.0.0.{host}"), ipv6)
+
+
+NODES = (
+    _node("na-1", "na", 11, 2000),
+    _node("na-2", "na", 12, 1000, v6=False),
+    _node("na-3", "na", 17, 500),
+    _node("eu-1", "eu", 13, 2000),
+    _node("eu-2", "eu", 14, 1000),
+    _node("ap-1", "ap", 15, 2000),
+    _node("ap-2", "ap", 16, 1000),
+)
+
+
+def config(all_down: AllDownPolicy = "fail-open", answers: int = 2) -> RouterConfig:
+    return make_config(
+        REGIONS, NODES, Policy("na", answers_per_response=answers, all_down=all_down)
+    )
+
+
+def setup(cfg: RouterConfig | None = None, seed: int = 7) -> tuple[Fleet, Selector]:
+    cfg = cfg or config()
+    selector = Selector(cfg.policy, cfg.regions, random.Random(seed))
+    return Fleet(cfg, selector.update), selector
+
+
+def up(fleet: Fleet, *names: str) -> None:
+    for name in names or [n.name for n in NODES]:
+        fleet.apply_probe(name, True, 0.0)
+
+
+def load(fleet: Fleet, name: str, utilization: float, seq: int = 1, now: float = 0.0) -> None:
+    fleet.apply_report(LoadReport(name, seq, "up", 0, 0.0, 0.0, utilization, 0.0), now)
+
+
+def test_geo_answers_from_own_region_best_first() -> None:
+    fleet, selector = setup()
+    up(fleet)
+    decision = selector.pick("eu", 4)
+    assert decision.region == "eu" and decision.reason == "geo"
+    assert {n.name for n in decision.nodes} == {"eu-1", "eu-2"}
+
+
+def test_answer_count_is_policy_answers_per_response() -> None:
+    fleet, selector = setup(config(answers=1))
+    up(fleet)
+    assert len(selector.pick("na", 4).nodes) == 1
+
+
+def test_first_answer_spreads_by_spare_capacity() -> None:
+    fleet, selector = setup()
+    up(fleet)
+    load(fleet, "eu-1", 0.25)  # 2000 rps: headroom 2000 * 0.85 - 500 = 1200
+    load(fleet, "eu-2", 0.25)  # 1000 rps: headroom 600
+    first = Counter(selector.pick("eu", 4).nodes[0].name for _ in range(3000))
+    # Answers since the report shrink both weights alike, so the 2:1 ratio holds.
+    assert first["eu-1"] / first["eu-2"] == pytest.approx(2.0, rel=0.15)
+
+
+def test_answers_since_report_count_against_a_node() -> None:
+    fleet, selector = setup()
+    up(fleet)
+    # Equal headroom: eu-1 2000 * 0.85 - 1100 = 600, eu-2 1000 * 0.85 - 250 = 600.
+    load(fleet, "eu-1", 0.55, seq=1, now=0.0)
+    load(fleet, "eu-2", 0.25, seq=1, now=0.0)
+    fleet.drain("eu-2")
+    for _ in range(100):
+        selector.pick("eu", 4)
+    # 100 answers explain eu-1's 1100 rps: 11 rps each, learnt from this report.
+    load(fleet, "eu-1", 0.55, seq=2, now=1.0)
+    for _ in range(50):  # 550 rps on their way to eu-1 that no report shows yet
+        selector.pick("eu", 4)
+    assert selector.answers_since_report("eu-1") == 50
+    fleet.undrain("eu-2")
+    first = Counter(selector.pick("eu", 4).nodes[0].name for _ in range(200))
+    assert first["eu-2"] > 0.8 * 200  # without the model: an even split
+
+
+def test_family_6_skips_nodes_without_ipv6() -> None:
+    fleet, selector = setup()
+    up(fleet)
+    for _ in range(50):
+        decision = selector.pick("na", 6)
+        assert all(n.ipv6 is not None for n in decision.nodes)
+        assert "na-2" not in {n.name for n in decision.nodes}
+
+
+def test_drained_reason_when_a_draining_node_is_skipped() -> None:
+    fleet, selector = setup()
+    up(fleet)
+    fleet.drain("eu-2")
+    decision = selector.pick("eu", 4)
+    assert (decision.reason, [n.name for n in decision.nodes]) == ("drained", ["eu-1"])
+
+
+def test_spillover_when_own_region_is_saturated() -> None:
+    fleet, selector = setup()
+    up(fleet)
+    load(fleet, "eu-1", 0.9)
+    load(fleet, "eu-2", 0.85)
+    decision = selector.pick("eu", 4)
+    assert (decision.region, decision.reason) == ("na", "spillover")
+
+
+def test_failover_follows_region_order_when_own_region_is_down() -> None:
+    fleet, selector = setup()
+    up(fleet, "ap-1", "na-1")
+    decision = selector.pick("eu", 4)
+    assert (decision.region, decision.reason) == ("na", "failover")
+    assert [n.name for n in decision.nodes] == ["na-1"]
+
+
+def test_everything_saturated_keeps_serving_saturated_nodes_not_dead_ones() -> None:
+    fleet, selector = setup()
+    up(fleet, "eu-1", "ap-1")
+    load(fleet, "eu-1", 0.95)
+    load(fleet, "ap-1", 0.95)
+    decision = selector.pick("na", 4)
+    assert (decision.region, decision.reason, [n.name for n in decision.nodes]) == (
+        "eu",
+        "spillover",
+        ["eu-1"],
+    )
+
+
+def test_all_down_fail_open_answers_configured_nodes() -> None:
+    _, selector = setup()
+    decision = selector.pick("eu", 4)
+    assert decision.reason == "fail_open"
+    assert [n.name for n in decision.nodes] == ["eu-1", "eu-2"]
+
+
+def test_all_down_servfail_policy_fails_closed() -> None:
+    _, selector = setup(config(all_down="servfail"))
+    decision = selector.pick("eu", 4)
+    assert (decision.reason, decision.nodes) == ("fail_closed", ())
+
+
+def test_family_without_any_addresses_is_an_empty_answer_not_a_failure() -> None:
+    nodes = tuple(n for n in NODES if n.region == "eu")
+    cfg = make_config(
+        REGIONS,
+        tuple(Node(n.name, n.region, n.capacity_rps, n.control_url, n.ipv4) for n in nodes),
+        Policy("na", all_down="servfail"),
+    )
+    fleet, selector = setup(cfg)
+    up(fleet, "eu-1", "eu-2")
+    decision = selector.pick("eu", 6)
+    assert (decision.nodes, decision.reason) == ((), "geo")
+
+
+def test_reconfigure_changes_answer_count() -> None:
+    fleet, selector = setup()
+    up(fleet)
+    cfg = config(answers=1)
+    selector.reconfigure(cfg.policy, cfg.regions)
+    assert len(selector.pick("eu", 4).nodes) == 1
+
+
+NAMES = [n.name for n in NODES]
+STATES = st.sampled_from(["unknown", "up", "down", "draining", "saturated"])
+
+
+def _apply(fleet: Fleet, name: str, state: str) -> None:
+    if state in ("up", "saturated"):
+        fleet.apply_probe(name, True, 0.0)
+        load(fleet, name, 0.95 if state == "saturated" else 0.3)
+    elif state == "down":
+        fleet.apply_probe(name, False, 0.0)
+        fleet.apply_probe(name, False, 1.0)
+    elif state == "draining":
+        fleet.apply_probe(name, True, 0.0)
+        fleet.drain(name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    states=st.fixed_dictionaries({n: STATES for n in NAMES}),
+    region=st.sampled_from(["na", "eu", "ap"]),
+    family=st.sampled_from([4, 6]),
+    answers=st.integers(1, 4),
+    seed=st.integers(0, 2**32),
+)
+def test_selection_properties(
+    states: dict[str, str], region: str, family: int, answers: int, seed: int
+) -> None:
+    fleet, selector = setup(config(answers=answers), seed)
+    for name, state in states.items():
+        _apply(fleet, name, state)
+    decision = selector.pick(region, family)  # type: ignore[arg-type]
+    names = [n.name for n in decision.nodes]
+    by_name = {n.name: n for n in NODES}
+    has = {n: (by_name[n].ipv4 if family == 4 else by_name[n].ipv6) is not None for n in NAMES}
+    eligible = {n for n in NAMES if states[n] == "up" and has[n]}
+    assert len(names) == len(set(names)), "no duplicates"
+    assert 1 <= len(names) <= answers
+    assert all(has[n] for n in names), "every node has the asked family"
+    assert {by_name[n].region for n in names} == {decision.region}
+    if eligible:
+        assert all(states[n] == "up" for n in names), "never a down/draining/saturated node"
+        own = {n for n in eligible if by_name[n].region == region}
+        if own:
+            assert decision.region == region, "in-region preference"
+            assert len(names) == min(answers, len(own))
+        else:
+            order = next(r.failover for r in REGIONS if r.name == region)
+            first = next(r for r in order if any(by_name[n].region == r for n in eligible))
+            assert decision.region == first, "spill in failover order"
+            assert decision.reason in ("spillover", "failover")
+    elif any(states[n] == "saturated" and has[n] for n in NAMES):
+        assert decision.reason == "spillover"
+        assert all(states[n] == "saturated" for n in names)
+    else:
+        assert decision.reason == "fail_open"
+        assert decision.region == region
+
+
+def test_herding_simulation_ours_stays_balanced_and_least_loaded_herds() -> None:
+    # tests/simulation.py: 4 nodes (1000..4000 rps), reports measured over 1 s and 1 s late,
+    # 200 answers/s each bringing 1.25 rps for the 20 s TTL, 5 simulated minutes.
+    params = SimParams(report_delay_s=1.0)
+    ours = simulate("ours", params)
+    naive = simulate("least_loaded", params)
+    assert ours.peak_ratio <= 1.2
+    assert naive.peak_ratio > 1.2
+    assert ours.peak_utilization < params.saturation_threshold
