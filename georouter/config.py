@@ -1,14 +1,28 @@
 """Router configuration: TOML loaded once into frozen dataclasses.
 
 DNS names are stored absolute, lower-case, with the trailing dot ("cdn.example.com.").
+`load_config` validates everything once; each defect raises one
+`ConfigError(file, key path, expectation)`, e.g.
+`cdn.toml: nodes[2].region: unknown region 'apac' (known: ap, eu, na)`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from georouter.errors import ConfigError
+from georouter.tomltable import Table
+from georouter.zonedata import MAX_TTL_S, Zone, absolute_name, ip_address_of, read_zones
+from georouter.zonedata import RecordType as RecordType
+from georouter.zonedata import StaticRecord as StaticRecord
 
 AllDownPolicy = Literal["fail-open", "servfail"]
 IPNetwork = IPv4Network | IPv6Network
@@ -24,6 +38,22 @@ PROBE_TIMEOUT_S = 0.5
 PROBE_FALL = 2
 PROBE_RISE = 2
 REPORT_EXPIRY_S = 2.5
+
+MAX_ANSWERS = 8
+MAX_SATURATION = 1.5
+MAX_TIMER_S = 3600.0
+MAX_PROBE_COUNT = 100
+MAX_CAPACITY_RPS = 1e9
+EARTH_RADIUS_KM = 6371.0088
+CONTINENTS = frozenset({"AF", "AN", "AS", "EU", "NA", "OC", "SA"})  # MaxMind continent codes
+ALL_DOWN_POLICIES: tuple[AllDownPolicy, ...] = ("fail-open", "servfail")
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # region and node names (metric labels)
+_COUNTRY = re.compile(r"[A-Z]{2}")
+_HOST_PORT = re.compile(
+    r"\[(?P<v6>[0-9A-Fa-f:.]+)\]:(?P<p6>[0-9]{1,5})|(?P<host>[^:\[\]]+):(?P<port>[0-9]{1,5})"
+)
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # b64token, RFC 6750 §2.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,28 +92,6 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class StaticRecord:
-    name: str  # absolute
-    rtype: Literal["A", "AAAA", "CNAME", "TXT", "NS"]
-    value: str  # CNAME/NS targets absolute
-    ttl: int
-
-
-@dataclass(frozen=True, slots=True)
-class Zone:
-    origin: str  # absolute
-    ns: tuple[str, ...]  # absolute
-    soa_rname: str  # absolute
-    soa_serial: int
-    soa_refresh: int
-    soa_retry: int
-    soa_expire: int
-    negative_ttl: int  # SOA MINIMUM and the TTL of negative answers (RFC 2308 §5)
-    services: tuple[str, ...]  # absolute geo-routed names
-    records: tuple[StaticRecord, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
 class Region:
     name: str
     latitude: float
@@ -91,6 +99,13 @@ class Region:
     countries: frozenset[str] = frozenset()  # ISO 3166-1 alpha-2, upper-case
     continents: frozenset[str] = frozenset()  # MaxMind continent codes: AF AN AS EU NA OC SA
     failover: tuple[str, ...] = ()  # after loading: every other region, nearest first unless given
+
+    def distance_km(self, latitude: float, longitude: float) -> float:
+        """Great-circle (haversine) distance from this region's coordinates."""
+        lat1, lat2 = math.radians(self.latitude), math.radians(latitude)
+        dlat, dlon = lat2 - lat1, math.radians(longitude - self.longitude)
+        h = math.sin(dlat / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin(dlon / 2) ** 2
+        return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +144,267 @@ class RouterConfig:
         return self.regions_by_name[name]
 
 
+def parse_host_port(text: str) -> HostPort:
+    """Parse HOST:PORT, IPv6 as [::1]:53 (port 0 lets the OS choose); ValueError if malformed."""
+    match = _HOST_PORT.fullmatch(text)
+    if match is None:
+        raise ValueError(f"expected HOST:PORT (IPv6 as [::1]:53), got {text!r}")
+    host, port = match["v6"] or match["host"], int(match["p6"] or match["port"])
+    if port > 65535:
+        raise ValueError(f"port must be in 0..65535, got {port}")
+    if match["v6"]:
+        IPv6Address(host)  # raises ValueError naming the address
+    elif re.fullmatch(r"[0-9.]+", host):
+        IPv4Address(host)
+    else:
+        absolute_name(host)
+    return HostPort(host, port)
+
+
 def load_config(path: Path) -> RouterConfig:
-    """Read and validate a router config; every defect raises ConfigError(file, key, expectation)."""
-    raise NotImplementedError
+    """Read and validate a router config; each defect raises ConfigError(file, key, expectation)."""
+    path = Path(path)
+    with Table(str(path), "", _read_toml(path)) as top:
+        router = _router(top.table("router"), path.absolute().parent)
+        regions = _regions(top, top.tables("regions"))
+        policy = _policy(top.table("policy"), regions)
+        health = _health(top.table("health"))
+        zones = read_zones(top, top.tables("zones"))
+        nodes = _nodes(top.tables("nodes"), regions)
+        overrides = _overrides(top.tables("overrides"), regions)
+    return RouterConfig(
+        source=path,
+        router=router,
+        policy=policy,
+        health=health,
+        zones=zones,
+        regions=tuple(regions.values()),
+        nodes=nodes,
+        overrides=overrides,
+        regions_by_name=regions,
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), "", f"not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
+
+
+def _router(t: Table, config_dir: Path) -> RouterSettings:
+    with t:
+        return RouterSettings(
+            dns_listen=t.parsed("dns_listen", parse_host_port, DNS_LISTEN),
+            control_listen=t.parsed("control_listen", parse_host_port, CONTROL_LISTEN),
+            token=t.parsed("token", _bearer_token),
+            geoip=t.optional("geoip", lambda text: _file_path(text, config_dir)),
+        )
+
+
+def _bearer_token(text: str) -> str:
+    if not _BEARER_TOKEN.fullmatch(text):
+        raise ValueError(
+            "expected a non-empty bearer token (letters, digits, -._~+/ and trailing =)"
+        )
+    return text
+
+
+def _file_path(text: str, config_dir: Path) -> Path:
+    if not text:
+        raise ValueError("expected a file path")
+    return config_dir / Path(text).expanduser()  # an absolute path replaces config_dir
+
+
+def _policy(t: Table, regions: Mapping[str, Region]) -> Policy:
+    with t:
+        default_region = t.get("default_region", str, next(iter(regions)))
+        if default_region not in regions:
+            raise t.error("default_region", _unknown_region(default_region, regions))
+        return Policy(
+            default_region=default_region,
+            answer_ttl=t.integer("answer_ttl", 0, MAX_TTL_S, ANSWER_TTL_S),
+            answers_per_response=t.integer(
+                "answers_per_response", 1, MAX_ANSWERS, ANSWERS_PER_RESPONSE
+            ),
+            saturation_threshold=t.real(
+                "saturation_threshold", 0, MAX_SATURATION, SATURATION_THRESHOLD, lo_open=True
+            ),
+            all_down=t.parsed("all_down", _all_down, "fail-open"),
+        )
+
+
+def _all_down(text: str) -> AllDownPolicy:
+    if text not in ALL_DOWN_POLICIES:
+        raise ValueError(f"expected 'fail-open' or 'servfail', got {text!r}")
+    return text
+
+
+def _health(t: Table) -> HealthSettings:
+    def seconds(key: str, default: float) -> float:
+        return t.real(key, 0, MAX_TIMER_S, default, lo_open=True)
+
+    with t:
+        return HealthSettings(
+            probe_interval_s=seconds("probe_interval_s", PROBE_INTERVAL_S),
+            probe_timeout_s=seconds("probe_timeout_s", PROBE_TIMEOUT_S),
+            fall=t.integer("fall", 1, MAX_PROBE_COUNT, PROBE_FALL),
+            rise=t.integer("rise", 1, MAX_PROBE_COUNT, PROBE_RISE),
+            report_expiry_s=seconds("report_expiry_s", REPORT_EXPIRY_S),
+        )
+
+
+def _unique_name(t: Table, seen: set[str], what: str) -> str:
+    name: str = t.get("name", str)
+    if not _NAME.fullmatch(name):
+        raise t.error(
+            "name", f"expected a {what} name of letters, digits, '-', '_', '.', got {name!r}"
+        )
+    if name in seen:
+        raise t.error("name", f"duplicate {what} name {name!r}")
+    seen.add(name)
+    return name
+
+
+def _unknown_region(name: str, regions: Mapping[str, Region]) -> str:
+    return f"unknown region {name!r} (known: {', '.join(sorted(regions))})"
+
+
+def _known_region(t: Table, regions: Mapping[str, Region]) -> str:
+    name: str = t.get("region", str)
+    if name not in regions:
+        raise t.error("region", _unknown_region(name, regions))
+    return name
+
+
+# ---- regions ----------------------------------------------------------------------------
+
+
+def _regions(top: Table, tables: list[Table]) -> dict[str, Region]:
+    if not tables:
+        raise top.error("regions", "expected at least one [[regions]] table")
+    seen: set[str] = set()
+    claims: dict[str, str] = {}  # "country DE" / "continent EU" → region name
+    parsed = [_region(t, seen, claims) for t in tables]
+    regions = {region.name: region for region, _ in parsed}
+    for t, (region, failover) in zip(tables, parsed, strict=True):
+        order = _failover(t, failover, region, regions)
+        regions[region.name] = replace(region, failover=order)
+    return regions
+
+
+def _region(
+    t: Table, seen: set[str], claims: dict[str, str]
+) -> tuple[Region, list[tuple[str, str]]]:
+    with t:
+        name = _unique_name(t, seen, "region")
+        region = Region(
+            name=name,
+            latitude=t.real("latitude", -90, 90),
+            longitude=t.real("longitude", -180, 180),
+            countries=_codes(t, "countries", "country", name, claims),
+            continents=_codes(t, "continents", "continent", name, claims),
+        )
+        return region, t.strings("failover")
+
+
+def _codes(t: Table, key: str, what: str, region: str, claims: dict[str, str]) -> frozenset[str]:
+    """Country or continent codes, each claimed by at most one region (else placement is moot)."""
+    codes: set[str] = set()
+    for item_key, code in t.strings(key):
+        if what == "country" and not _COUNTRY.fullmatch(code):
+            raise t.error(item_key, f"expected an upper-case ISO 3166-1 alpha-2 code, got {code!r}")
+        if what == "continent" and code not in CONTINENTS:
+            raise t.error(
+                item_key, f"expected one of {', '.join(sorted(CONTINENTS))}, got {code!r}"
+            )
+        owner = claims.setdefault(f"{what} {code}", region)
+        if owner != region or code in codes:
+            raise t.error(item_key, f"{what} {code!r} already claimed by region {owner!r}")
+        codes.add(code)
+    return frozenset(codes)
+
+
+def _failover(
+    t: Table, items: list[tuple[str, str]], region: Region, regions: Mapping[str, Region]
+) -> tuple[str, ...]:
+    """The given failover regions, then every remaining region nearest first."""
+    given: list[str] = []
+    for key, name in items:
+        if name not in regions:
+            raise t.error(key, _unknown_region(name, regions))
+        if name == region.name:
+            raise t.error(key, "a region cannot fail over to itself")
+        if name in given:
+            raise t.error(key, f"region {name!r} listed twice")
+        given.append(name)
+    rest = [r for r in regions.values() if r.name != region.name and r.name not in given]
+    rest.sort(key=lambda r: region.distance_km(r.latitude, r.longitude))
+    return (*given, *(r.name for r in rest))
+
+
+# ---- nodes and overrides ----------------------------------------------------------------
+
+
+def _nodes(tables: list[Table], regions: Mapping[str, Region]) -> tuple[Node, ...]:
+    seen: set[str] = set()
+    return tuple(_node(t, seen, regions) for t in tables)
+
+
+def _node(t: Table, seen: set[str], regions: Mapping[str, Region]) -> Node:
+    with t:
+        node = Node(
+            name=_unique_name(t, seen, "node"),
+            region=_known_region(t, regions),
+            capacity_rps=t.real("capacity_rps", 0, MAX_CAPACITY_RPS, lo_open=True),
+            control_url=t.parsed("control_url", _http_url),
+            ipv4=t.optional("ipv4", lambda text: ip_address_of(text, IPv4Address)),
+            ipv6=t.optional("ipv6", lambda text: ip_address_of(text, IPv6Address)),
+        )
+    if node.ipv4 is None and node.ipv6 is None:
+        raise t.error("", "a node needs an ipv4 or an ipv6 address (or both)")
+    return node
+
+
+def _http_url(text: str) -> str:
+    problem = f"expected an http:// or https:// URL with a host, got {text!r}"
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError(problem) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ValueError(problem)
+    return text
+
+
+def _overrides(tables: list[Table], regions: Mapping[str, Region]) -> tuple[Override, ...]:
+    seen: set[IPNetwork] = set()
+    overrides = []
+    for t in tables:
+        with t:
+            network = t.parsed("network", _network)
+            if network in seen:
+                raise t.error("network", f"duplicate override for {network}")
+            seen.add(network)
+            overrides.append(Override(network, _known_region(t, regions)))
+    return tuple(overrides)
+
+
+def _network(text: str) -> IPNetwork:
+    if "/" not in text:
+        raise ValueError(f"expected a CIDR network such as 192.0.2.0/24, got {text!r}")
+    try:
+        return ip_network(text)
+    except ValueError:
+        pass
+    try:
+        fixed = ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"expected a CIDR network such as 192.0.2.0/24, got {text!r}") from None
+    raise ValueError(f"{text} has host bits set (did you mean {fixed}?)")

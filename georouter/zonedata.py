@@ -1,0 +1,208 @@
+"""The zones section of the router config: zone data types, DNS names, static records.
+
+Names a zone owns (services, record owners) are relative to the zone origin unless they end
+with a dot, and "@" is the origin itself, as in a master file (RFC 1035 §5.1). Names a zone
+points at (name servers, the SOA mailbox, CNAME and NS targets) usually lie outside it, so
+they are always read as fully qualified, trailing dot optional. Stored names are absolute,
+lower-case, with the trailing dot.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from typing import Literal, TypeVar, cast
+
+from georouter.tomltable import Table
+
+RecordType = Literal["A", "AAAA", "CNAME", "TXT", "NS"]
+AddressT = TypeVar("AddressT", IPv4Address, IPv6Address)
+
+RECORD_TYPES: tuple[RecordType, ...] = ("A", "AAAA", "CNAME", "TXT", "NS")
+RECORD_TTL_S = 300
+SOA_SERIAL = 1
+SOA_REFRESH_S = 3600
+SOA_RETRY_S = 600
+SOA_EXPIRE_S = 604800
+NEGATIVE_TTL_S = 60
+MAX_TTL_S = 2**31 - 1  # RFC 2181 §8: TTLs and SOA timers are 31-bit
+MAX_SERIAL = 2**32 - 1  # RFC 1982 serial numbers are 32-bit
+MAX_TXT_OCTETS = 255  # one <character-string> (RFC 1035 §3.3.14)
+MAX_NAME_OCTETS = 255  # RFC 1035 §2.3.4, counted in wire form
+# Host-name letters (RFC 1123 §2.1) plus "_" for service labels such as _dmarc (RFC 8552).
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+@dataclass(frozen=True, slots=True)
+class StaticRecord:
+    name: str  # absolute
+    rtype: RecordType
+    value: str  # CNAME/NS targets absolute
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class Zone:
+    origin: str  # absolute
+    ns: tuple[str, ...]  # absolute
+    soa_rname: str  # absolute
+    soa_serial: int
+    soa_refresh: int
+    soa_retry: int
+    soa_expire: int
+    negative_ttl: int  # SOA MINIMUM and the TTL of negative answers (RFC 2308 §5)
+    services: tuple[str, ...]  # absolute geo-routed names
+    records: tuple[StaticRecord, ...] = ()
+
+
+def absolute_name(text: str) -> str:
+    """A fully qualified name (trailing dot optional) in canonical form; ValueError if invalid."""
+    if not text.isascii():
+        raise ValueError(f"expected an ASCII domain name (IDNA 'xn--' form), got {text!r}")
+    name = text.lower().removesuffix(".")
+    for label in name.split("."):
+        if not _LABEL.fullmatch(label):
+            raise ValueError(f"expected a domain name, got {text!r} (bad label {label!r})")
+    # Wire form: a length octet per label, the label octets, and the root's zero octet.
+    if len(name) + 2 > MAX_NAME_OCTETS:
+        raise ValueError(f"domain name longer than {MAX_NAME_OCTETS} octets: {text!r}")
+    return name + "."
+
+
+def owner_name(text: str, origin: str) -> str:
+    """A name inside the zone `origin`: "@", relative to the origin, or absolute with a dot."""
+    if text == "@":
+        return origin
+    name = absolute_name(text if text.endswith(".") else f"{text}.{origin}")
+    if name != origin and not name.endswith("." + origin):
+        raise ValueError(f"{name} is not inside the zone {origin}")
+    return name
+
+
+def ip_address_of(text: str, kind: type[AddressT]) -> AddressT:
+    """`kind(text)` with a ValueError that says which address family was expected."""
+    family = "IPv4" if kind is IPv4Address else "IPv6"
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"expected an {family} address, got {text!r}") from None
+
+
+def read_zones(top: Table, tables: list[Table]) -> tuple[Zone, ...]:
+    """The `[[zones]]` tables of the config `top`: at least one, each origin once."""
+    if not tables:
+        raise top.error("zones", "expected at least one [[zones]] table")
+    seen: set[str] = set()
+    return tuple(_zone(t, seen) for t in tables)
+
+
+def _zone(t: Table, seen: set[str]) -> Zone:
+    with t:
+        origin = t.parsed("origin", absolute_name)
+        if origin in seen:
+            raise t.error("origin", f"duplicate zone {origin}")
+        seen.add(origin)
+        ns = tuple(t.item(key, text, absolute_name) for key, text in t.strings("ns"))
+        if not ns:
+            raise t.error("ns", "expected at least one name server name")
+        services = _services(t, origin)
+        records = _records(t.tables("records"), origin, services)
+        return Zone(
+            origin=origin,
+            ns=ns,
+            soa_rname=t.parsed("soa_rname", absolute_name, f"hostmaster.{origin}"),
+            soa_serial=t.integer("soa_serial", 0, MAX_SERIAL, SOA_SERIAL),
+            soa_refresh=t.integer("soa_refresh", 0, MAX_TTL_S, SOA_REFRESH_S),
+            soa_retry=t.integer("soa_retry", 0, MAX_TTL_S, SOA_RETRY_S),
+            soa_expire=t.integer("soa_expire", 0, MAX_TTL_S, SOA_EXPIRE_S),
+            negative_ttl=t.integer("negative_ttl", 0, MAX_TTL_S, NEGATIVE_TTL_S),
+            services=services,
+            records=records,
+        )
+
+
+def _services(t: Table, origin: str) -> tuple[str, ...]:
+    services: list[str] = []
+    for key, text in t.strings("services"):
+        name = t.item(key, text, lambda s: owner_name(s, origin))
+        if name in services:
+            raise t.error(key, f"service {name} listed twice")
+        services.append(name)
+    return tuple(services)
+
+
+def _records(
+    tables: list[Table], origin: str, services: tuple[str, ...]
+) -> tuple[StaticRecord, ...]:
+    records: list[StaticRecord] = []
+    types_at: dict[str, set[str]] = {}
+    ttl_of: dict[tuple[str, str], int] = {}  # RRset → its TTL
+    for t in tables:
+        record = _record(t, origin)
+        here = types_at.setdefault(record.name, set())
+        conflict = _conflict(record, origin, services, here)
+        rrset_ttl = ttl_of.setdefault((record.name, record.rtype), record.ttl)
+        if conflict is None and rrset_ttl != record.ttl:
+            conflict = (
+                f"TTL differs within the {record.rtype} RRset at {record.name} (RFC 2181 §5.2)"
+            )
+        if conflict is None and record in records:
+            conflict = "duplicate record"
+        if conflict is not None:
+            raise t.error("", conflict)
+        here.add(record.rtype)
+        records.append(record)
+    return tuple(records)
+
+
+def _record(t: Table, origin: str) -> StaticRecord:
+    with t:
+        name = t.parsed("name", lambda s: owner_name(s, origin))
+        rtype = t.parsed("type", _record_type)
+        return StaticRecord(
+            name=name,
+            rtype=rtype,
+            value=t.parsed("value", _RECORD_VALUES[rtype]),
+            ttl=t.integer("ttl", 0, MAX_TTL_S, RECORD_TTL_S),
+        )
+
+
+def _record_type(text: str) -> RecordType:
+    if text.upper() not in RECORD_TYPES:
+        raise ValueError(f"expected one of {', '.join(RECORD_TYPES)}, got {text!r}")
+    return cast(RecordType, text.upper())
+
+
+def _txt(text: str) -> str:
+    if len(text.encode()) > MAX_TXT_OCTETS:
+        raise ValueError(f"TXT value longer than {MAX_TXT_OCTETS} octets (RFC 1035 §3.3.14)")
+    return text
+
+
+_RECORD_VALUES: dict[RecordType, Callable[[str], str]] = {
+    "A": lambda text: str(ip_address_of(text, IPv4Address)),
+    "AAAA": lambda text: str(ip_address_of(text, IPv6Address)),
+    "CNAME": absolute_name,
+    "NS": absolute_name,
+    "TXT": _txt,
+}
+
+
+def _conflict(
+    record: StaticRecord, origin: str, services: tuple[str, ...], types_here: set[str]
+) -> str | None:
+    """Why `record` cannot coexist with the zone's other data at its name, if it cannot."""
+    where = record.name
+    if record.rtype == "CNAME" and where in services:
+        return f"CNAME at the geo-routed service {where} (RFC 1034 §3.6.2: no other data)"
+    if record.rtype == "CNAME" and where == origin:
+        return f"CNAME at the zone apex {where}, which has SOA and NS (RFC 1034 §3.6.2)"
+    if types_here and (record.rtype == "CNAME" or "CNAME" in types_here):
+        return f"CNAME alongside other data at {where} (RFC 1034 §3.6.2)"
+    if record.rtype in ("A", "AAAA") and where in services:
+        return f"static {record.rtype} at the geo-routed service {where}"
+    if record.rtype == "NS" and where == origin:
+        return "NS at the zone apex: the apex NS set comes from the zone's ns list"
+    return None
