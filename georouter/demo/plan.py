@@ -51,6 +51,8 @@ class DemoPlan:
     control: HostPort
     service: str  # a geo-routed name without the trailing dot, e.g. cdn.example.com
     edges: tuple[EdgePlan, ...]
+    content_port: int = CONTENT_PORT
+    drain_s: float = DEMO_DRAIN_S
 
     @property
     def control_url(self) -> str:
@@ -66,14 +68,25 @@ def _control_address(url: str) -> HostPort:
     return HostPort(parts.hostname or "127.0.0.1", parts.port or 80)
 
 
-def make_plan(config: RouterConfig, config_path: Path, geoip_path: Path | None) -> DemoPlan:
-    """The demo for `config`: only nodes with an IPv4 address get an edge (content on it)."""
+def make_plan(
+    config: RouterConfig,
+    config_path: Path,
+    geoip_path: Path | None,
+    *,
+    origin_port: int = ORIGIN_PORT,
+    content_port: int = CONTENT_PORT,
+    drain_s: float = DEMO_DRAIN_S,
+) -> DemoPlan:
+    """The demo for `config`: only nodes with an IPv4 address get an edge (content on it).
+
+    The keyword arguments exist for tests, which run whole CDNs on ports of their choosing.
+    """
     control = config.router.control_listen
     edges = tuple(
         EdgePlan(
             name=node.name,
             region=node.region,
-            content=HostPort(str(node.ipv4), CONTENT_PORT),
+            content=HostPort(str(node.ipv4), content_port),
             control=_control_address(node.control_url),
             capacity_rps=node.capacity_rps,
         )
@@ -84,11 +97,13 @@ def make_plan(config: RouterConfig, config_path: Path, geoip_path: Path | None) 
         config_path=config_path,
         geoip_path=geoip_path if geoip_path is not None else config.router.geoip,
         token=config.router.token,
-        origin=HostPort(control.host, ORIGIN_PORT),
+        origin=HostPort(control.host, origin_port),
         dns=config.router.dns_listen,
         control=control,
         service=config.zones[0].services[0].rstrip("."),
         edges=edges,
+        content_port=content_port,
+        drain_s=drain_s,
     )
 
 
@@ -129,7 +144,7 @@ def edge_spec(plan: DemoPlan, edge: EdgePlan) -> ChildSpec:
         "--token", plan.token,
         "--capacity-rps", f"{edge.capacity_rps:g}",
         "--cache-size", DEMO_CACHE_SIZE,
-        "--drain-s", f"{DEMO_DRAIN_S:g}",
+        "--drain-s", f"{plan.drain_s:g}",
     )  # fmt: skip
     return ChildSpec(edge.name, argv)
 

@@ -20,7 +20,6 @@ import aiohttp
 
 from georouter.config import load_config
 from georouter.demo.plan import (
-    CONTENT_PORT,
     DemoPlan,
     addresses_needed,
     edge_spec,
@@ -129,5 +128,5 @@ async def _load(plan: DemoPlan) -> None:
         f"(at most {LOAD_MAX_REQUESTS} requests)",
         flush=True,
     )
-    stats = await Workload(plan.dns, plan.service, CONTENT_PORT).run()
+    stats = await Workload(plan.dns, plan.service, plan.content_port).run()
     print(f"georouter demo: {stats.summary()}", flush=True)
