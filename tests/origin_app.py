@@ -1,0 +1,221 @@
+"""Test doubles at the edge's I/O boundary: a scripted origin, a raw-bytes origin, a
+recording fake router, and a helper that runs a real in-process edge in front of them.
+
+Everything binds 127.0.0.1 port 0 and is stopped by the test that started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from edge.config import CacheSettings, EdgeConfig, Limits
+from edge.server import EdgeServer
+from georouter.config import HostPort
+from georouter.report import LoadReport
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class Script:
+    """What the origin answers for one path. ``etag``: answer 304 to a matching
+    If-None-Match. ``gate``: hold the response until the test sets it. ``chunks``:
+    send the body in these pieces (chunked transfer coding)."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b"origin body"
+    etag: str | None = None
+    delay_s: float = 0.0
+    gate: asyncio.Event | None = None
+    chunks: int = 0
+
+
+@dataclass(frozen=True)
+class Seen:
+    method: str
+    path_qs: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+class ScriptedOrigin:
+    """An aiohttp origin whose answers the test scripts per path; it counts fetches."""
+
+    def __init__(self) -> None:
+        self.scripts: dict[str, Script] = {}
+        self.seen: list[Seen] = []
+        self.fetches: collections.Counter[str] = collections.Counter()
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    def script(self, path: str, **kwargs: object) -> Script:
+        script = self.scripts[path] = Script(**kwargs)  # type: ignore[arg-type]
+        return script
+
+    async def start(self) -> str:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, LOOPBACK, 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://{LOOPBACK}:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.seen.append(Seen(request.method, request.path_qs, request.headers, body))
+        self.fetches[request.path_qs] += 1
+        script = self.scripts.get(request.path_qs) or self.scripts.get(request.path)
+        if script is None:
+            return web.Response(status=404, text="not scripted")
+        if script.gate is not None:
+            await script.gate.wait()
+        if script.delay_s:
+            await asyncio.sleep(script.delay_s)  # a scripted slow origin, not synchronisation
+        headers = dict(script.headers)
+        if script.etag is not None:
+            headers["ETag"] = script.etag
+            if request.headers.get("If-None-Match") == script.etag:
+                return web.Response(status=304, headers=headers)
+        if not script.chunks:
+            return web.Response(status=script.status, headers=headers, body=script.body)
+        return await _chunked(request, script, headers)
+
+
+async def _chunked(
+    request: web.Request, script: Script, headers: dict[str, str]
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=script.status, headers=headers)
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    step = max(1, len(script.body) // script.chunks)
+    for start in range(0, len(script.body), step):
+        await response.write(script.body[start : start + step])
+    await response.write_eof()
+    return response
+
+
+class RawOrigin:
+    """A TCP origin that answers every connection with fixed bytes, then closes it
+    (malformed status lines, broken chunking, truncated bodies); ``hold`` keeps the
+    connection open after the bytes instead (a stalled body)."""
+
+    def __init__(self, payload: bytes, *, hold: bool = False) -> None:
+        self.payload = payload
+        self.hold = hold
+        self.connections = 0
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, LOOPBACK, 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://{LOOPBACK}:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(self.payload)
+        await writer.drain()
+        if not self.hold:
+            writer.close()
+
+
+class FakeRouter:
+    """Records the load reports POSTed to /api/v1/report; ``refuse`` answers 503."""
+
+    def __init__(self, token: str = "t0ken") -> None:
+        self.token = token
+        self.reports: list[LoadReport] = []
+        self.unauthorized = 0
+        self.refuse = False
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, port: int = 0) -> str:
+        app = web.Application()
+        app.router.add_post("/api/v1/report", self._report)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, LOOPBACK, port).start()
+        self.url = f"http://{LOOPBACK}:{self._runner.addresses[0][1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _report(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            self.unauthorized += 1
+            return web.Response(status=401)
+        if self.refuse:
+            return web.Response(status=503)
+        self.reports.append(LoadReport.from_json(await request.read()))
+        return web.Response(status=204)
+
+
+def edge_config(origin: str, **changes: object) -> EdgeConfig:
+    """An edge config on loopback port 0; ``changes`` may name EdgeConfig, Limits or
+    CacheSettings fields."""
+    limits = {k: v for k, v in changes.items() if k in Limits.__dataclass_fields__}
+    cache = {k: v for k, v in changes.items() if k in CacheSettings.__dataclass_fields__}
+    top = {k: v for k, v in changes.items() if k not in limits and k not in cache}
+    cfg = EdgeConfig(
+        source="test",
+        name="edge-test-1",
+        listen=HostPort(LOOPBACK, 0),
+        control=HostPort(LOOPBACK, 0),
+        origin=origin,
+        token="t0ken",
+        drain_s=0.5,
+        limits=dataclasses.replace(Limits(), **limits),  # type: ignore[arg-type]
+        cache=dataclasses.replace(CacheSettings(), **cache),  # type: ignore[arg-type]
+    )
+    return dataclasses.replace(cfg, **top)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running_edge(origin: str, **changes: object) -> AsyncIterator[EdgeServer]:
+    """A real edge (content and control ports bound) in this event loop."""
+    server = EdgeServer(edge_config(origin, **changes))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def poll(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait until ``predicate()`` holds, checking often; fail the test at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(0.01)

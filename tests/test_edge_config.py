@@ -1,0 +1,152 @@
+"""Edge config: TOML + flags into frozen dataclasses; every defect one line, exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge.cli import main
+from edge.config import (
+    DRAIN_S,
+    MAX_BODY_BYTES,
+    MiB,
+    load_config,
+    parse_hostport,
+    parse_size,
+)
+from edge.errors import ConfigError
+from georouter.config import ANSWER_TTL_S, HostPort
+
+GOOD = """
+[edge]
+name = "edge-eu-1"
+listen = "127.0.0.13:8080"
+control = "127.0.0.13:9080"
+origin = "http://127.0.0.1:8000"
+routers = ["http://127.0.0.1:9153", "http://127.0.0.2:9153/"]
+token = "s3cret"
+capacity_rps = 2000
+
+[cache]
+size = "128M"
+eviction = "lru"
+
+[limits]
+max_headers = 50
+coalesce_wait_s = 2.5
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "edge.toml"
+    path.write_text(text)
+    return path
+
+
+def test_full_config_loads(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.name == "edge-eu-1"
+    assert cfg.listen == HostPort("127.0.0.13", 8080)
+    assert cfg.routers == ("http://127.0.0.1:9153", "http://127.0.0.2:9153")
+    assert cfg.cache.size_bytes == 128 * MiB and cfg.cache.eviction == "lru"
+    assert cfg.limits.max_headers == 50 and cfg.limits.coalesce_wait_s == 2.5
+    assert cfg.limits.max_body_bytes == MAX_BODY_BYTES
+
+
+def test_default_drain_outlasts_the_routers_answer_ttl() -> None:
+    # Resolvers keep handing out a draining edge until their cached answer expires.
+    assert DRAIN_S >= ANSWER_TTL_S
+
+
+def test_flags_override_file(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD), {"edge.drain_s": 1.5, "cache.size": "1G"})
+    assert cfg.drain_s == 1.5 and cfg.cache.size_bytes == 1024 * MiB
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('name = "edge-eu-1"', ""), "edge.toml: edge.name: required"),
+        (('"http://127.0.0.1:8000"', '"ftp://x"'), "edge.toml: edge.origin: expected an http://"),
+        (('"lru"', '"fifo"'), "edge.toml: cache.eviction: expected lru | sieve | s3fifo"),
+        (('"128M"', '"lots"'), "edge.toml: cache.size: expected a size"),
+        (
+            ("max_headers = 50", "max_headers = 0"),
+            "edge.toml: limits.max_headers: expected a positive",
+        ),
+        (('"127.0.0.13:8080"', '"nowhere"'), "edge.toml: edge.listen: expected HOST:PORT"),
+        (("capacity_rps = 2000", "capacity_rps = 0"), "edge.toml: edge.capacity_rps: expected"),
+        (("[limits]", "[limits]\nbogus = 1"), "edge.toml: limits.bogus: unknown key"),
+        (("[edge]", "[edgy]\n[edge]"), "edge.toml: edgy: unknown key"),
+        (("[cache]", "[cache"), "edge.toml: not valid TOML"),
+    ],
+)
+def test_every_defect_is_one_line_naming_the_key(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, GOOD.replace(*change)))
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^nope.toml: cannot read"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_cli_config_error_exits_2_with_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('"lru"', '"fifo"'))
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge", "serve", "--config", str(path)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "edge: edge.toml: cache.eviction: expected lru | sieve | s3fifo, got 'fifo'"
+    ]
+
+
+def test_cli_flags_alone_need_name_and_origin(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--listen", "127.0.0.1:0"]) == 2
+    assert capsys.readouterr().err == "edge: command line: --name: required without --config\n"
+
+
+def test_cli_bad_flag_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["serve", "--name", "e", "--origin", "http://127.0.0.1:1", "--cache-size", "big"]
+    assert main(argv) == 2
+    assert "cache.size: expected a size" in capsys.readouterr().err
+
+
+def test_sizes() -> None:
+    assert parse_size("512K") == 512 * 1024
+    assert parse_size("256M") == 256 * MiB
+    assert parse_size("1GiB") == 1024 * MiB
+    assert parse_size(4096) == 4096
+    for bad in ("", "M", "-1", "1T", "1.5M"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+@given(st.integers(min_value=0, max_value=2**40), st.sampled_from(["", "K", "M", "G"]))
+def test_size_round_trip(number: int, unit: str) -> None:
+    factor = {"": 1, "K": 1024, "M": MiB, "G": 1024 * MiB}[unit]
+    assert parse_size(f"{number}{unit}") == number * factor
+
+
+@given(st.text(max_size=40))
+def test_hostport_parser_never_crashes(text: str) -> None:
+    try:
+        hp = parse_hostport(text)
+    except ValueError:
+        return
+    assert 0 <= hp.port <= 65535 and hp.host
+
+
+def test_hostport_ipv6() -> None:
+    assert parse_hostport("[::1]:0") == HostPort("::1", 0)
