@@ -1,0 +1,1 @@
+"""`make bench`: georouter and its edge measured against gdnsd, PowerDNS and nginx."""

@@ -1,0 +1,247 @@
+"""Child processes for the benchmarks: started and stopped by PID, CPU and memory read from /proc.
+
+Every server and load generator a benchmark runs goes through `Service`: it is started in
+its own session, waited for (a log line or a TCP/UDP probe, polled with a deadline), and
+stopped by its PID — SIGTERM, then SIGKILL after a grace period — in a `finally`. CPU time
+is the sum of utime+stime over the process and its live descendants (nginx and gdnsd work
+in child processes or threads), read from /proc/<pid>/stat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import resource
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+START_TIMEOUT_S = 30.0
+STOP_GRACE_S = 5.0
+POLL_S = 0.05
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run (a server did not start, a tool failed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A running server under test: where it listens and which process tree to account."""
+
+    name: str
+    host: str
+    port: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSample:
+    """CPU seconds used so far by a process tree, and when that was read."""
+
+    cpu_s: float
+    wall_s: float
+
+    def percent_since(self, earlier: CpuSample) -> float:
+        """CPU use between two samples, in % of one core."""
+        wall = self.wall_s - earlier.wall_s
+        return 100.0 * (self.cpu_s - earlier.cpu_s) / wall if wall > 0 else 0.0
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ")".
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            kids.extend(int(c) for c in task.read_text().split())
+    return kids
+
+
+def process_tree(pid: int) -> list[int]:
+    """The PID and every live descendant."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(_children(current))
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process tree (fields 14 and 15 of /proc/<pid>/stat)."""
+    total = 0
+    for member in process_tree(pid):
+        fields = _stat_fields(member)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+def cpu_sample(pid: int) -> CpuSample:
+    return CpuSample(cpu_seconds(pid), time.monotonic())
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process tree (field 24 of /proc/<pid>/stat, in pages)."""
+    total = 0
+    for member in process_tree(pid):
+        fields = _stat_fields(member)
+        if fields is not None:
+            total += int(fields[21]) * PAGE_BYTES
+    return total
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `predicate` until it is true; BenchError naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(POLL_S)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel just handed out for `host` (for daemons that cannot be told port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        tcp.bind((host, 0))
+        port: int = tcp.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind((host, port))  # the DNS peers need the UDP port free as well
+    return port
+
+
+def tcp_accepts(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+class Service:
+    """One child process, started in its own session, its stderr collected line by line."""
+
+    def __init__(self, name: str, argv: Sequence[str], *, cwd: Path | None = None) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.lines: list[str] = []
+        self._proc = subprocess.Popen(
+            self.argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def _collect(self) -> None:
+        assert self._proc.stderr is not None
+        for line in self._proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def wait_for_line(self, pattern: str, timeout_s: float = START_TIMEOUT_S) -> re.Match[str]:
+        """The first stderr line matching `pattern`; BenchError if the process dies first."""
+        regex = re.compile(pattern)
+        found: list[re.Match[str]] = []
+
+        def seen() -> bool:
+            found.extend(m for m in map(regex.search, list(self.lines)) if m)
+            if not found and not self.alive():
+                raise BenchError(f"{self.name} exited {self._proc.returncode}: {self.tail()}")
+            return bool(found)
+
+        wait_until(seen, timeout_s, f"{self.name} to log /{pattern}/")
+        return found[0]
+
+    def wait_ready(self, ready: Callable[[], bool], timeout_s: float = START_TIMEOUT_S) -> None:
+        def check() -> bool:
+            if not self.alive():
+                raise BenchError(f"{self.name} exited {self._proc.returncode}: {self.tail()}")
+            return ready()
+
+        wait_until(check, timeout_s, f"{self.name} to be ready")
+
+    def tail(self, lines: int = 5) -> str:
+        return " | ".join(self.lines[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL the process (a crash, for the failover benchmark) and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self._proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM by PID, SIGKILL after a grace period; always reaps."""
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+            try:
+                self._proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._reader.join(timeout=1.0)
+
+
+@contextlib.contextmanager
+def running(name: str, argv: Sequence[str], *, cwd: Path | None = None) -> Iterator[Service]:
+    """Start a Service and stop it by PID on the way out, whatever happens."""
+    service = Service(name, argv, cwd=cwd)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_tool(argv: Sequence[str], timeout_s: float) -> tuple[str, float]:
+    """Run a load generator to completion: its output and its CPU use in % of one core.
+
+    A finished tool's /proc entry is gone, so its CPU comes from the rusage of reaped
+    children, read before and after (the benchmarks reap nothing else meanwhile).
+    """
+    cpu_before, wall_before = _children_cpu_s(), time.monotonic()
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise BenchError(f"{argv[0]} did not finish within {timeout_s:.0f} s") from None
+    wall = time.monotonic() - wall_before
+    if proc.returncode != 0:
+        raise BenchError(f"{argv[0]} exited {proc.returncode}: {out[-500:]}")
+    return out, 100.0 * (_children_cpu_s() - cpu_before) / wall
