@@ -1,0 +1,203 @@
+"""The router's control API (aiohttp): metrics, health, load reports, node drain.
+
+    GET  /metrics                      Prometheus text format
+    GET  /healthz                      200 {"status", "snapshot_version", "nodes_up", "nodes_total"}
+    POST /api/v1/report                an edge's LoadReport (Bearer token)
+    GET  /api/v1/nodes                 every node's state, load, probe and answer counts
+    POST /api/v1/nodes/{name}/drain    take a node out of answers at once (Bearer token)
+    POST /api/v1/nodes/{name}/undrain  put it back (Bearer token)
+
+The handlers only translate HTTP to Fleet calls and back; decisions live in the Fleet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from georouter.errors import ReportError
+from georouter.fleet import NODE_STATES, Fleet, NodeStatus, Observe, Transition
+from georouter.metrics import RouterMetrics
+from georouter.report import MAX_REPORT_BYTES, LoadReport
+from georouter.selector import Selector
+
+log = logging.getLogger("georouter.fleet")
+
+# Headroom over the report codec's own limit so that it, not aiohttp, names the defect.
+MAX_BODY_BYTES = 2 * MAX_REPORT_BYTES
+
+
+@dataclass(slots=True)
+class ControlPlane:
+    """What the control API works on; a reload replaces `token` in place."""
+
+    fleet: Fleet
+    selector: Selector
+    metrics: RouterMetrics
+    token: str
+    clock: Callable[[], float] = time.monotonic
+    labelled: set[tuple[str, str]] = field(default_factory=set)  # (region, node) with series
+
+
+CONTROL = web.AppKey("control", ControlPlane)
+
+
+def observer(metrics: RouterMetrics) -> Observe:
+    """Log each node state change as one structured line and count it."""
+
+    def observe(t: Transition) -> None:
+        log.info("node=%s state=%s reason=%s", t.node, t.new, t.reason)
+        if t.old != t.new:
+            metrics.state_changes.labels(t.node, t.new).inc()
+
+    return observe
+
+
+def make_control_app(plane: ControlPlane) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[CONTROL] = plane
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_post("/api/v1/report", _report)
+    app.router.add_get("/api/v1/nodes", _nodes)
+    app.router.add_post("/api/v1/nodes/{name}/drain", _drain)
+    app.router.add_post("/api/v1/nodes/{name}/undrain", _undrain)
+    return app
+
+
+def refresh_node_gauges(plane: ControlPlane) -> None:
+    """Bring the per-node gauges up to date (done when scraped, not on every change)."""
+    m, now = plane.metrics, plane.clock()
+    current = {(s.node.region, name) for name, s in plane.fleet.statuses.items()}
+    for region, name in plane.labelled - current:  # removed by a reload
+        m.node_healthy.remove(region, name)
+        m.node_utilization.remove(region, name)
+        for state in NODE_STATES:
+            m.node_state.remove(name, state)
+        with contextlib.suppress(KeyError):  # only nodes that ever reported have one
+            m.node_report_age.remove(name)
+    plane.labelled = current
+    for name, s in plane.fleet.statuses.items():
+        m.node_healthy.labels(s.node.region, name).set(s.state in ("up", "saturated"))
+        m.node_utilization.labels(s.node.region, name).set(s.utilization)
+        for state in NODE_STATES:
+            m.node_state.labels(name, state).set(s.state == state)
+        age = s.report_age(now)
+        if age is not None:
+            m.node_report_age.labels(name).set(age)
+    m.snapshot_version.set(plane.fleet.snapshot.version)
+
+
+def _plane(request: web.Request) -> ControlPlane:
+    return request.app[CONTROL]
+
+
+def _authorized(request: web.Request) -> bool:
+    expected = f"Bearer {_plane(request).token}".encode()
+    given = request.headers.get("Authorization", "").encode()
+    return hmac.compare_digest(given, expected)
+
+
+def _unauthorized() -> web.Response:
+    # RFC 6750 §3: a missing or wrong bearer token gets a challenge.
+    return web.json_response(
+        {"error": "missing or wrong bearer token"},
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="georouter"'},
+    )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    plane = _plane(request)
+    refresh_node_gauges(plane)
+    body = generate_latest(plane.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    fleet = _plane(request).fleet
+    states = [s.state for s in fleet.statuses.values()]
+    return web.json_response(
+        {
+            "status": "ok",
+            "snapshot_version": fleet.snapshot.version,
+            "nodes_up": sum(state in ("up", "saturated") for state in states),
+            "nodes_total": len(states),
+        }
+    )
+
+
+async def _report(request: web.Request) -> web.Response:
+    plane = _plane(request)
+    reports = plane.metrics.reports
+    if not _authorized(request):
+        reports.labels("unauthorized").inc()
+        return _unauthorized()
+    try:
+        report = LoadReport.from_json(await request.read())
+    except ReportError as exc:
+        reports.labels("rejected").inc()
+        return web.json_response({"error": str(exc)}, status=400)
+    result = plane.fleet.apply_report(report, plane.clock())
+    reports.labels(result).inc()
+    if result == "unknown_node":
+        return web.json_response({"error": f"unknown node {report.node!r}"}, status=404)
+    return web.json_response({"result": result})
+
+
+async def _nodes(request: web.Request) -> web.Response:
+    plane = _plane(request)
+    now = plane.clock()
+    nodes = [_node_json(s, plane.selector, now) for s in plane.fleet.statuses.values()]
+    return web.json_response({"snapshot_version": plane.fleet.snapshot.version, "nodes": nodes})
+
+
+def _node_json(s: NodeStatus, selector: Selector, now: float) -> dict[str, Any]:
+    r = s.report
+    age = s.report_age(now)
+    return {
+        "name": s.node.name,
+        "region": s.node.region,
+        "state": s.state,
+        "reason": s.reason,
+        "capacity_rps": s.node.capacity_rps,
+        "utilization": s.utilization,
+        "rps": r.rps if r else None,
+        "inflight": r.inflight if r else None,
+        "cache_hit_ratio": r.cache_hit_ratio if r else None,
+        "edge_status": r.status if r else None,
+        "seq": r.seq if r else None,
+        "report_age_s": None if age is None else round(age, 3),
+        "drained": s.api_drained,
+        "probe_health": s.probe_health,
+        "last_probe_ok": s.last_probe_ok,
+        "last_probe_age_s": None if s.last_probe_at is None else round(now - s.last_probe_at, 3),
+        "answers_since_report": selector.answers_since_report(s.node.name),
+    }
+
+
+async def _drain(request: web.Request) -> web.Response:
+    return _set_drain(request, drained=True)
+
+
+async def _undrain(request: web.Request) -> web.Response:
+    return _set_drain(request, drained=False)
+
+
+def _set_drain(request: web.Request, drained: bool) -> web.Response:
+    if not _authorized(request):
+        return _unauthorized()
+    fleet = _plane(request).fleet
+    name = request.match_info["name"]
+    if not (fleet.drain(name) if drained else fleet.undrain(name)):
+        return web.json_response({"error": f"unknown node {name!r}"}, status=404)
+    log.info("event=%s node=%s", "drain" if drained else "undrain", name)
+    return web.json_response({"node": name, "state": fleet.statuses[name].state})

@@ -1,0 +1,304 @@
+"""Control API over a real loopback server, and the prober against fake edges."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections.abc import AsyncIterator
+from ipaddress import IPv4Address
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from georouter.config import HealthSettings, Node, Policy, Region
+from georouter.control import ControlPlane, make_control_app, observer
+from georouter.fleet import Fleet
+from georouter.metrics import RouterMetrics
+from georouter.prober import Prober
+from georouter.report import LoadReport
+from georouter.selector import Selector
+from tests.simulation import make_config
+
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+NODES = (
+    Node("edge-eu-1", "eu", 2000.0, "http://127.0.0.1:1", IPv4Address("127.0.0.13")),
+    Node("edge-eu-2", "eu", 1000.0, "http://127.0.0.1:1", IPv4Address("127.0.0.14")),
+)
+CONFIG = make_config((Region("eu", 50.1, 8.7),), NODES, Policy("eu"))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_plane(clock: Clock) -> ControlPlane:
+    metrics = RouterMetrics()
+    selector = Selector(CONFIG.policy, CONFIG.regions, random.Random(1))
+    fleet = Fleet(CONFIG, selector.update, observer(metrics))
+    return ControlPlane(fleet, selector, metrics, TOKEN, clock)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def plane(clock: Clock) -> ControlPlane:
+    return make_plane(clock)
+
+
+@pytest.fixture
+async def client(plane: ControlPlane) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    async with TestClient(TestServer(make_control_app(plane), host="127.0.0.1")) as c:
+        yield c
+
+
+def body(node: str = "edge-eu-1", seq: int = 1, utilization: float = 0.3) -> bytes:
+    return LoadReport(node, seq, "up", 4, 600.0, 2000.0, utilization, 0.8).to_json()
+
+
+def sample(text: str, name: str) -> float | None:
+    """The value of one exposition line by its exact series name, None if absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def test_report_with_token_is_accepted(client: Client, plane: ControlPlane) -> None:
+    response = await client.post("/api/v1/report", data=body(), headers=AUTH)
+    assert response.status == 200
+    assert (await response.json()) == {"result": "accepted"}
+    assert plane.fleet.statuses["edge-eu-1"].utilization == 0.3
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": f"bearer{TOKEN}"},
+        {"Authorization": TOKEN},
+    ],
+)
+async def test_report_without_right_token_is_401_rfc6750_3(
+    client: Client, plane: ControlPlane, headers: dict[str, str]
+) -> None:
+    response = await client.post("/api/v1/report", data=body(), headers=headers)
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert plane.fleet.statuses["edge-eu-1"].report is None
+
+
+@pytest.mark.parametrize(
+    ("data", "detail"),
+    [
+        (b"{not json", "not JSON"),
+        (b"[]", "JSON object"),
+        (b'{"node": "edge-eu-1"}', "seq"),
+        (body().replace(b'"up"', b'"sideways"'), "status"),
+        (b" " * 5000, "larger than"),
+    ],
+)
+async def test_bad_report_body_is_400_with_the_reason(
+    client: Client, data: bytes, detail: str
+) -> None:
+    response = await client.post("/api/v1/report", data=data, headers=AUTH)
+    assert response.status == 400
+    assert detail in (await response.json())["error"]
+
+
+async def test_oversized_report_is_refused_413(client: Client) -> None:
+    response = await client.post("/api/v1/report", data=b" " * 100_000, headers=AUTH)
+    assert response.status == 413
+
+
+async def test_report_for_unknown_node_is_404(client: Client) -> None:
+    response = await client.post("/api/v1/report", data=body("edge-mars-1"), headers=AUTH)
+    assert response.status == 404
+
+
+async def test_stale_report_is_acknowledged_but_ignored(
+    client: Client, plane: ControlPlane
+) -> None:
+    await client.post("/api/v1/report", data=body(seq=10, utilization=0.3), headers=AUTH)
+    response = await client.post("/api/v1/report", data=body(seq=9, utilization=0.9), headers=AUTH)
+    assert (response.status, await response.json()) == (200, {"result": "stale"})
+    assert plane.fleet.statuses["edge-eu-1"].utilization == 0.3
+
+
+async def test_reports_are_counted_by_result(client: Client) -> None:
+    await client.post("/api/v1/report", data=body(), headers=AUTH)
+    await client.post("/api/v1/report", data=body())
+    await client.post("/api/v1/report", data=b"{", headers=AUTH)
+    await client.post("/api/v1/report", data=body("edge-x"), headers=AUTH)
+    text = await (await client.get("/metrics")).text()
+    for result in ("accepted", "unauthorized", "rejected", "unknown_node"):
+        assert sample(text, f'georouter_reports_total{{result="{result}"}}') == 1.0
+
+
+async def test_drain_and_undrain(client: Client, plane: ControlPlane) -> None:
+    plane.fleet.apply_probe("edge-eu-1", True, 100.0)
+    response = await client.post("/api/v1/nodes/edge-eu-1/drain", headers=AUTH)
+    assert (response.status, await response.json()) == (
+        200,
+        {"node": "edge-eu-1", "state": "draining"},
+    )
+    assert plane.selector.pick("eu", 4).reason == "fail_open"  # at once, no eligible node
+    response = await client.post("/api/v1/nodes/edge-eu-1/undrain", headers=AUTH)
+    assert (await response.json())["state"] == "up"
+    assert [n.name for n in plane.selector.pick("eu", 4).nodes] == ["edge-eu-1"]
+
+
+@pytest.mark.parametrize("action", ["drain", "undrain"])
+async def test_drain_needs_the_token_and_a_known_node(client: Client, action: str) -> None:
+    assert (await client.post(f"/api/v1/nodes/edge-eu-1/{action}")).status == 401
+    response = await client.post(f"/api/v1/nodes/edge-mars-1/{action}", headers=AUTH)
+    assert response.status == 404
+
+
+async def test_nodes_lists_state_load_probe_and_answers(
+    client: Client, plane: ControlPlane, clock: Clock
+) -> None:
+    plane.fleet.apply_probe("edge-eu-1", True, 100.0)
+    await client.post("/api/v1/report", data=body(seq=3), headers=AUTH)
+    plane.selector.pick("eu", 4)
+    clock.now = 101.5
+    data = await (await client.get("/api/v1/nodes")).json()
+    node = next(n for n in data["nodes"] if n["name"] == "edge-eu-1")
+    assert node["state"] == "up" and node["region"] == "eu"
+    assert (node["utilization"], node["rps"], node["inflight"], node["seq"]) == (0.3, 600.0, 4, 3)
+    assert (node["report_age_s"], node["last_probe_ok"], node["last_probe_age_s"]) == (
+        1.5,
+        True,
+        1.5,
+    )
+    assert node["answers_since_report"] == 1
+    other = next(n for n in data["nodes"] if n["name"] == "edge-eu-2")
+    assert (other["state"], other["rps"], other["report_age_s"]) == ("unknown", None, None)
+
+
+async def test_healthz(client: Client, plane: ControlPlane) -> None:
+    plane.fleet.apply_probe("edge-eu-2", True, 100.0)
+    data = await (await client.get("/healthz")).json()
+    assert data == {
+        "status": "ok",
+        "snapshot_version": plane.fleet.snapshot.version,
+        "nodes_up": 1,
+        "nodes_total": 2,
+    }
+
+
+async def test_metrics_exposition_has_node_gauges(
+    client: Client, plane: ControlPlane, clock: Clock
+) -> None:
+    await client.post("/api/v1/report", data=body(utilization=0.4), headers=AUTH)
+    plane.fleet.apply_probe("edge-eu-2", False, 100.0)
+    plane.fleet.apply_probe("edge-eu-2", False, 101.0)
+    clock.now = 102.0
+    response = await client.get("/metrics")
+    assert response.headers["Content-Type"].startswith("text/plain; version=")
+    text = await response.text()
+    assert sample(text, 'georouter_node_healthy{node="edge-eu-1",region="eu"}') == 1.0
+    assert sample(text, 'georouter_node_healthy{node="edge-eu-2",region="eu"}') == 0.0
+    assert sample(text, 'georouter_node_state{node="edge-eu-2",state="down"}') == 1.0
+    assert sample(text, 'georouter_node_utilization{node="edge-eu-1",region="eu"}') == 0.4
+    assert sample(text, 'georouter_node_report_age_seconds{node="edge-eu-1"}') == 2.0
+    assert sample(text, 'georouter_node_state_changes_total{node="edge-eu-2",state="down"}') == 1
+    assert sample(text, "georouter_fleet_snapshot_version") == plane.fleet.snapshot.version
+
+
+async def test_gauges_of_nodes_removed_by_reload_disappear(
+    client: Client, plane: ControlPlane
+) -> None:
+    await client.post("/api/v1/report", data=body("edge-eu-2"), headers=AUTH)
+    series = (
+        'georouter_node_healthy{node="edge-eu-2",region="eu"}',
+        'georouter_node_state{node="edge-eu-2",state="up"}',
+        'georouter_node_report_age_seconds{node="edge-eu-2"}',
+    )
+    text = await (await client.get("/metrics")).text()
+    assert all(sample(text, name) is not None for name in series)
+    plane.fleet.reconfigure(make_config(CONFIG.regions, NODES[:1], CONFIG.policy))
+    text = await (await client.get("/metrics")).text()
+    assert all(sample(text, name) is None for name in series)
+
+
+# --- prober -----------------------------------------------------------------------------
+
+
+async def _fake_edge(status: int = 200, delay: float = 0.0, location: str = "") -> TestServer:
+    async def healthz(request: web.Request) -> web.Response:
+        if delay:
+            await asyncio.sleep(delay)  # a slow edge, not test synchronisation
+        headers = {"Location": location} if location else None
+        return web.json_response({"status": "up"}, status=status, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_prober_results_feed_the_fleet() -> None:
+    ok = await _fake_edge(200)
+    failing = await _fake_edge(503)
+    slow = await _fake_edge(200, delay=2.0)
+    redirect_target = await _fake_edge(200)
+    redirecting = await _fake_edge(302, location=str(redirect_target.make_url("/healthz")))
+    urls = {
+        "ok": str(ok.make_url("")),
+        "failing": str(failing.make_url("")),
+        "slow": str(slow.make_url("")),
+        "refused": f"http://127.0.0.1:{_closed_port()}",
+        "redirect": str(redirecting.make_url("")),
+    }
+    nodes = tuple(
+        Node(name, "eu", 1000.0, url, IPv4Address("127.0.0.1")) for name, url in urls.items()
+    )
+    health = HealthSettings(probe_interval_s=0.2, probe_timeout_s=0.3, fall=1)
+    config = make_config((Region("eu", 0.0, 0.0),), nodes, Policy("eu"), health)
+    metrics = RouterMetrics()
+    fleet = Fleet(config, lambda _: None)
+    prober = Prober(fleet, health, metrics)
+    await prober.start()
+    try:
+        await prober.probe_all()
+        states = {name: s.state for name, s in fleet.statuses.items()}
+        assert states == {
+            "ok": "up",
+            "failing": "down",
+            "slow": "down",
+            "refused": "down",
+            "redirect": "down",
+        }
+        assert metrics.probes.labels("ok", "ok")._value.get() >= 1
+        assert metrics.probes.labels("slow", "fail")._value.get() >= 1
+        # The background loop keeps probing at the interval: poll with a deadline.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while metrics.probes.labels("ok", "ok")._value.get() < 3:
+            assert loop.time() < deadline, "prober loop stalled"
+            await asyncio.sleep(0.05)
+    finally:
+        await prober.stop()
+        for server in (ok, failing, slow, redirect_target, redirecting):
+            await server.close()
