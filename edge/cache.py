@@ -5,28 +5,57 @@ does all I/O; the engine never reads a clock (``now`` is passed in) and never
 touches a socket.
 
     lookup(req, now)
-      pass   -> forward to origin, never store (not GET/HEAD, or request no-store)
+      pass   -> forward to origin, never store: not GET/HEAD, request no-store
+                without a usable entry, or If-Match / If-Unmodified-Since (only
+                the origin evaluates those, RFC 9111 §4.3.2)
       miss   -> fetch (coalesced on ``key``); storable() on the response headers
                 decides whether to buffer; store() the full body
-      fresh  -> client_conditional() (304/412) else serve response_headers()
-      stale  -> revalidate with ``revalidate_headers``; on 304 freshen(), on a
-                full response store(); if ``serve_stale_while_revalidate`` serve
-                the entry now and revalidate once in the background; if the
-                origin fails and ``stale_if_error`` serve the entry, else 504
-                (must-revalidate / proxy-revalidate / s-maxage forbid stale).
+      fresh  -> client_conditional() (304) else serve response_headers()
+      stale  -> revalidate with ``revalidate_headers`` (they replace the client's
+                own validators); on 304 freshen(), on a full response store();
+                if ``serve_stale_while_revalidate`` serve the entry now and
+                revalidate once in the background; if the origin fails and
+                ``stale_if_error`` serve the entry, else 502/504
+                (no-cache / must-revalidate / proxy-revalidate / s-maxage forbid
+                any stale use, RFC 9111 §4.2.4).
       only_if_cached and outcome != fresh -> 504 (RFC 9111 §5.2.1.7)
 
     after any unsafe request: invalidate(req, status, response headers) (§4.4)
+
+Fills are fetched with GET, without the client's Range and preconditions, so a
+HEAD request may drive a fill; never pass a HEAD response's (empty) body to
+store(): a Content-Length that disagrees with the body is refused anyway.
 """
 
 from __future__ import annotations
 
 import builtins
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from edge.eviction import make_policy
+from edge.rules import (
+    EMPTY_CACHE_CONTROL,
+    CacheControl,
+    corrected_initial_age,
+    freshness_lifetime,
+    has_explicit_freshness,
+    invalidation_targets,
+    not_modified,
+    parse_cache_control,
+    selecting_value,
+    storable_reason,
+    stored_headers,
+    strip_hop_by_hop,
+    update_headers,
+    vary_names,
+)
+from edge.store import Store
 
 __all__ = [
     "CACHE_NAME",
@@ -42,9 +71,12 @@ __all__ = [
 
 MiB = 1024 * 1024
 CACHE_NAME = "georouter-edge"
+# Bookkeeping charged per entry on top of body and header bytes (dicts, queues).
+ENTRY_OVERHEAD_BYTES: Final = 256
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 Outcome = Literal["fresh", "stale", "miss", "pass"]
+Vary = tuple[tuple[str, str | None], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,18 +91,30 @@ class RequestInfo:
 
 @dataclass(slots=True)
 class CacheEntry:
-    """One stored response (a full 200-class body; never a 206 partial)."""
+    """One stored response (a complete response; never a 206 partial).
+
+    The last four fields are the response's reuse rules, decided once at
+    store time so lookups do not parse Cache-Control again.
+    """
 
     status: int
-    headers: CIMultiDict[str]  # as stored: hop-by-hop and no-cache/private="field" fields removed
+    headers: CIMultiDict[str]  # as stored: hop-by-hop, Age, no-cache/private="field" removed
     body: bytes
     request_time: float
     response_time: float
     corrected_initial_age: float  # RFC 9111 §4.2.3
     freshness_lifetime: float  # RFC 9111 §4.2.1
-    vary: tuple[tuple[str, str | None], ...]  # selecting header name -> normalised value
+    vary: Vary  # selecting header name -> normalised value
     surrogate_keys: tuple[str, ...]
     size: int  # bytes charged against the store's capacity
+    no_cache: bool = False  # §5.2.2.4: always revalidate before use
+    no_stale: bool = False  # §4.2.4: no-cache/must-revalidate/proxy-revalidate/s-maxage
+    stale_while_revalidate: float | None = None  # RFC 5861 §3 window, seconds
+    stale_if_error: float | None = None  # RFC 5861 §4 window, seconds
+
+    def current_age(self, now: float) -> float:
+        """RFC 9111 §4.2.3 current_age at ``now``."""
+        return self.corrected_initial_age + max(0.0, now - self.response_time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +123,10 @@ class Lookup:
 
     ``fwd`` is the RFC 9211 §2.2 forward reason for Cache-Status when the
     outcome is not ``fresh`` ("bypass", "method", "uri-miss", "vary-miss",
-    "miss", "request", "stale"); ``only_if_cached`` means the client sent
-    ``only-if-cached``: answer 504 unless the outcome is ``fresh``.
+    "request", "stale"); ``only_if_cached`` means the client sent
+    ``only-if-cached``: answer 504 unless the outcome is ``fresh``. A
+    ``fresh`` outcome may be a stale entry the client accepted with max-stale
+    (``detail`` says so).
     """
 
     outcome: Outcome
@@ -106,28 +152,72 @@ class Cache:
     ) -> None:
         """``policy`` is "lru", "sieve" or "s3fifo"; ``on_evict(n)`` is called
         with the number of entries evicted to make room for a store."""
-        raise NotImplementedError
+        self._store: Store[CacheEntry] = Store(
+            capacity_bytes, make_policy(policy), max_object_bytes, on_evict
+        )
 
     @property
     def objects(self) -> int:
         """Stored responses (all variants)."""
-        raise NotImplementedError
+        return len(self._store)
 
     @property
     def bytes(self) -> int:
         """Bytes charged against capacity."""
-        raise NotImplementedError
+        return self._store.bytes
 
     def lookup(self, req: RequestInfo, now: float) -> Lookup:
         """Decide how to answer ``req`` (RFC 9111 §4, §5.2.1; RFC 5861)."""
-        raise NotImplementedError
+        key = req.host + req.target
+        if req.method not in ("GET", "HEAD"):
+            return _pass(key, "method", None)
+        if "If-Match" in req.headers or "If-Unmodified-Since" in req.headers:
+            return _pass(key, "request", "precondition")  # §4.3.2: not for a cache
+        req_cc = _request_cc(req)
+        entry, fwd = self._select(req)
+        only = "only-if-cached" in req_cc
+        if entry is None:
+            if "no-store" in req_cc:
+                return _pass(key, "request", "request-no-store")
+            return Lookup("miss", key, None, {}, False, False, None, fwd, only)
+        self._store.touch((req.host, req.target, entry.vary))
+        age = entry.current_age(now)
+        staleness = age - entry.freshness_lifetime
+        forced = _forced_revalidation(entry, req_cc, age, staleness)
+        if forced is None and staleness < 0:
+            return Lookup("fresh", key, entry, {}, False, False, None, None, only)
+        if forced is None and not entry.no_stale and _max_stale_allows(req_cc, staleness):
+            return Lookup("fresh", key, entry, {}, False, False, "max-stale", None, only)
+        if "no-store" in req_cc:
+            return _pass(key, "request", "request-no-store")
+        return Lookup(
+            "stale",
+            key,
+            entry,
+            _validators(entry.headers),
+            forced is None and _within(entry.stale_while_revalidate, staleness, entry),
+            _stale_if_error(entry, req_cc, staleness),
+            forced,
+            "stale" if forced is None else "request",
+            only,
+        )
 
     def storable(self, req: RequestInfo, status: int, headers: Headers) -> str | None:
         """None if the response may be stored (RFC 9111 §3), else a reason token:
-        method, status, no-store, private, authorization, vary-star, too-large,
-        partial, no-validator-or-freshness. Called on the response headers
+        method, status, partial, no-store, private, authorization, vary-star,
+        too-large, no-validator-or-freshness. Called on the response headers
         before the body streams, so the proxy knows whether to buffer."""
-        raise NotImplementedError
+        cc = parse_cache_control(headers)
+        method = "GET" if req.method == "HEAD" else req.method  # fills are GETs
+        reason = storable_reason(method, req.headers, _request_cc(req), status, headers, cc)
+        if reason is not None:
+            return reason
+        length = headers.get("Content-Length", "")
+        if length.isdigit() and not self._store.fits(int(length) + ENTRY_OVERHEAD_BYTES):
+            return "too-large"
+        if not _worth_storing(headers, cc):
+            return "no-validator-or-freshness"
+        return None
 
     def store(
         self,
@@ -138,9 +228,23 @@ class Cache:
         request_time: float,
         response_time: float,
     ) -> CacheEntry | None:
-        """Store a full response (replacing the variant it matches); None if
-        not storable or too large for the store."""
-        raise NotImplementedError
+        """Store a complete response (replacing the variant it matches); None if
+        not storable, incomplete (Content-Length disagrees) or too large."""
+        if self.storable(req, status, headers) is not None:
+            return None
+        length = headers.get("Content-Length")
+        if length is not None and length.strip() != str(len(body)):
+            return None  # §3.3: never keep an incomplete response
+        names = vary_names(headers) or ()
+        vary = tuple((name, selecting_value(req.headers, name)) for name in names)
+        keys = tuple(k for line in headers.getall("Surrogate-Key", []) for k in line.split())
+        cc = parse_cache_control(headers)
+        kept = stored_headers(headers, cc)
+        kept.popall("Age", None)  # regenerated on every use (§5.1)
+        entry = _entry(status, kept, body, vary, keys, cc, headers, request_time, response_time)
+        if not self._store.put((req.host, req.target, vary), entry, entry.size, keys):
+            return None
+        return entry
 
     def freshen(
         self,
@@ -150,36 +254,195 @@ class Cache:
         request_time: float,
         response_time: float,
     ) -> CacheEntry:
-        """Update ``entry`` from a 304 (RFC 9111 §4.3.4) and return the entry to serve."""
-        raise NotImplementedError
+        """Update ``entry`` from a 304 (RFC 9111 §4.3.4, fields per §3.2) and
+        return the entry to serve; it replaces the stored one, or leaves the
+        store if the updated fields forbid storing it (e.g. a new no-store)."""
+        merged = update_headers(entry.headers, not_modified_headers)
+        merged.popall("Age", None)
+        cc = parse_cache_control(merged)
+        fresh = _entry(
+            entry.status,
+            merged,
+            entry.body,
+            entry.vary,
+            entry.surrogate_keys,
+            cc,
+            not_modified_headers,  # the 304's own Date and Age give the new age
+            request_time,
+            response_time,
+        )
+        slot = (req.host, req.target, entry.vary)
+        reason = storable_reason("GET", req.headers, _request_cc(req), fresh.status, merged, cc)
+        if reason is not None or not self._store.put(slot, fresh, fresh.size, fresh.surrogate_keys):
+            self._store.remove(slot)
+        return fresh
 
     def client_conditional(self, req: RequestInfo, entry: CacheEntry) -> int | None:
-        """304 or 412 for the client's own preconditions against ``entry``
-        (RFC 9111 §4.3.2, RFC 9110 §13.2.2 precedence), else None."""
-        raise NotImplementedError
+        """304 when the client's If-None-Match (or, without it, If-Modified-Since)
+        is satisfied by ``entry`` (RFC 9111 §4.3.2, RFC 9110 §13.2.2), else None.
+
+        Never 412: If-Match / If-Unmodified-Since are not evaluated by a cache
+        (§4.3.2); lookup() passes such requests to the origin instead.
+        """
+        if req.method not in ("GET", "HEAD") or not 200 <= entry.status < 300:
+            return None  # RFC 9110 §13.2.1: preconditions only guard 2xx answers
+        if "If-None-Match" not in req.headers and "If-Modified-Since" not in req.headers:
+            return None
+        return 304 if not_modified(req.headers, entry.headers, entry.response_time) else None
 
     def response_headers(self, entry: CacheEntry, now: float) -> CIMultiDict[str]:
         """Stored headers plus Age (RFC 9111 §4.2.3, §5.1); the proxy adds
         Cache-Status and Via."""
-        raise NotImplementedError
+        headers = entry.headers.copy()
+        headers["Age"] = str(min(int(entry.current_age(now)), 2**31))
+        return headers
 
     def invalidate(self, req: RequestInfo, status: int, response_headers: Headers) -> int:
         """RFC 9111 §4.4: an unsafe request with a non-error response
         invalidates the target URI and same-host Location/Content-Location.
         Returns the number of entries removed."""
-        raise NotImplementedError
+        targets = invalidation_targets(req.host, req.target, req.method, status, response_headers)
+        return sum(self._store.remove_url(req.host, target) for target in targets)
 
     def purge_url(self, host: str, target: str) -> int:
         """Remove every variant stored for host+target; returns the count."""
-        raise NotImplementedError
+        return self._store.remove_url(host.lower(), target)
 
     def purge_prefix(self, host: str, prefix: str) -> int:
         """Remove every entry of ``host`` whose target starts with ``prefix``."""
-        raise NotImplementedError
+        return self._store.remove_prefix(host.lower(), prefix)
 
     def purge_key(self, key: str) -> int:
         """Remove every entry tagged with surrogate key ``key`` (Surrogate-Key header)."""
-        raise NotImplementedError
+        return self._store.remove_tag(key)
+
+    def _select(self, req: RequestInfo) -> tuple[CacheEntry | None, str]:
+        """§4.1: the newest stored variant whose selecting fields match ``req``."""
+        variants = self._store.variants(req.host, req.target)
+        if not variants:
+            return None, "uri-miss"
+        for _, entry in variants:
+            if all(selecting_value(req.headers, n) == v for n, v in entry.vary):
+                return entry, "miss"
+        return None, "vary-miss"
+
+
+def _pass(key: str, fwd: str, detail: str | None) -> Lookup:
+    return Lookup("pass", key, None, {}, False, False, detail, fwd)
+
+
+def _request_cc(req: RequestInfo) -> CacheControl:
+    if "Cache-Control" not in req.headers:
+        return EMPTY_CACHE_CONTROL  # the common case: no parsing on the hot path
+    return parse_cache_control(req.headers)
+
+
+def _forced_revalidation(
+    entry: CacheEntry, req_cc: CacheControl, age: float, staleness: float
+) -> str | None:
+    """Why a (possibly fresh) entry must be revalidated before use, or None."""
+    if entry.no_cache:
+        return "no-cache"  # §5.2.2.4
+    if "no-cache" in req_cc:
+        return "request-no-cache"  # §5.2.1.4
+    max_age = req_cc.seconds("max-age")
+    if max_age is not None and age > max_age:
+        return "request-max-age"  # §5.2.1.1
+    min_fresh = req_cc.seconds("min-fresh")
+    if min_fresh is not None and -staleness < min_fresh:
+        return "request-min-fresh"  # §5.2.1.3
+    return None
+
+
+def _max_stale_allows(req_cc: CacheControl, staleness: float) -> bool:
+    """§5.2.1.2: the client accepts this much staleness (no value: any)."""
+    if "max-stale" not in req_cc:
+        return False
+    if req_cc.directives["max-stale"] is None:
+        return True
+    limit = req_cc.seconds("max-stale")
+    return limit is not None and staleness <= limit
+
+
+def _within(window: float | None, staleness: float, entry: CacheEntry) -> bool:
+    return window is not None and not entry.no_stale and staleness <= window
+
+
+def _stale_if_error(entry: CacheEntry, req_cc: CacheControl, staleness: float) -> bool:
+    """RFC 5861 §4: the response's or the request's stale-if-error window."""
+    request_window = req_cc.seconds("stale-if-error")
+    window = entry.stale_if_error
+    if request_window is not None:
+        window = request_window if window is None else max(window, request_window)
+    return _within(window, staleness, entry)
+
+
+def _validators(headers: CIMultiDict[str]) -> dict[str, str]:
+    """§4.3.1: the stored validators as the conditional request fields."""
+    found: dict[str, str] = {}
+    etag = headers.get("ETag")
+    if etag is not None:
+        found["If-None-Match"] = _quoted_etag(etag.strip())
+    last_modified = headers.get("Last-Modified")
+    if last_modified is not None:
+        found["If-Modified-Since"] = last_modified
+    return found
+
+
+def _quoted_etag(etag: str) -> str:
+    # An origin that forgot the quotes still means an opaque tag; send it valid.
+    if etag.startswith(('"', 'W/"', 'w/"')):
+        return etag
+    return f'"{etag}"'
+
+
+def _worth_storing(headers: Headers, cc: CacheControl) -> bool:
+    """A response with no freshness, no validator and no stale-* allowance could
+    never be reused: don't spend memory on it."""
+    return (
+        has_explicit_freshness(headers, cc)
+        or "ETag" in headers
+        or "Last-Modified" in headers
+        or "stale-if-error" in cc
+        or "stale-while-revalidate" in cc
+    )
+
+
+def _entry(
+    status: int,
+    headers: CIMultiDict[str],
+    body: builtins.bytes,
+    vary: Vary,
+    keys: tuple[str, ...],
+    cc: CacheControl,
+    received: Headers,
+    request_time: float,
+    response_time: float,
+) -> CacheEntry:
+    no_cache = "no-cache" in cc and cc.fields("no-cache") is None
+    header_bytes = sum(len(k) + len(v) + 4 for k, v in headers.items())
+    swr = cc.seconds("stale-while-revalidate")
+    sie = cc.seconds("stale-if-error")
+    return CacheEntry(
+        status=status,
+        headers=headers,
+        body=body,
+        request_time=request_time,
+        response_time=response_time,
+        corrected_initial_age=corrected_initial_age(received, request_time, response_time),
+        freshness_lifetime=freshness_lifetime(status, headers, cc, response_time),
+        vary=vary,
+        surrogate_keys=keys,
+        size=len(body) + header_bytes + ENTRY_OVERHEAD_BYTES,
+        no_cache=no_cache,
+        no_stale=no_cache or any(d in cc for d in _NO_STALE),
+        stale_while_revalidate=None if swr is None else float(swr),
+        stale_if_error=None if sie is None else float(sie),
+    )
+
+
+_NO_STALE: Final = ("must-revalidate", "proxy-revalidate", "s-maxage")
+_TOKEN: Final = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*\Z")
 
 
 def cache_status(
@@ -193,11 +456,28 @@ def cache_status(
 ) -> str:
     """This cache's RFC 9211 §2 Cache-Status member, e.g. 'georouter-edge; hit; ttl=372'.
 
-    ``outcome_token`` is "hit" or "fwd" (then ``fwd`` names the reason).
+    ``outcome_token`` is "hit" or "fwd" (then ``fwd`` names the §2.2 reason).
     """
-    raise NotImplementedError
+    if outcome_token == "hit":
+        params = ["hit"]
+    elif outcome_token == "fwd" and fwd is not None and _TOKEN.match(fwd):
+        params = [f"fwd={fwd}"]
+    else:
+        raise ValueError(f"Cache-Status needs 'hit' or 'fwd' with a token reason, got {fwd!r}")
+    if fwd_status is not None:
+        params.append(f"fwd-status={int(fwd_status)}")
+    if stored:
+        params.append("stored")
+    if ttl is not None:
+        params.append(f"ttl={math.floor(ttl)}")
+    if detail is not None:
+        params.append(f"detail={_sf_string_or_token(detail)}")
+    return "; ".join([CACHE_NAME, *params])
 
 
-def strip_hop_by_hop(headers: Headers) -> CIMultiDict[str]:
-    """A copy of ``headers`` without hop-by-hop fields (RFC 9110 §7.6.1)."""
-    raise NotImplementedError
+def _sf_string_or_token(value: str) -> str:
+    """RFC 8941 §3.3.4 token if possible, else a §3.3.3 string (ASCII printable)."""
+    if _TOKEN.match(value):
+        return value
+    printable = "".join(ch for ch in value if " " <= ch <= "~")
+    return '"' + printable.replace("\\", "\\\\").replace('"', '\\"') + '"'
