@@ -1,0 +1,298 @@
+"""The DNS responder: one query message in, the response bytes out. No I/O, no clock.
+
+Theory of operation: every answer that does not depend on the client is encoded at
+construction, per (name, qtype), as a `Prepared` body (the sections after the question,
+without OPT). A query then costs a parse, one dict lookup and a header pack: the ID, the
+question exactly as received and the OPT record are the only per-query bytes. Geo-routed
+names resolve to a `Route`; the placer and picker choose the nodes, and the encoded answer
+for that node list is cached in a bounded dict.
+
+EDNS (RFC 6891): an OPT is answered with an OPT; the UDP payload size is clamped to
+[512, MAX_UDP_PAYLOAD]; VERSION > 0 gets BADVERS. An answer that does not fit is replaced by
+a header + question + OPT with TC set, so the client retries over TCP (RFC 7766 §8).
+
+ECS (RFC 7871): the option is echoed with SCOPE PREFIX-LENGTH = the placement's prefix for
+geo answers and 0 for everything else, negative answers included (§7.2.1, §7.4).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from dnslib.dns import QTYPE
+
+from georouter.config import Node, RouterConfig
+from georouter.geo import Placement
+from georouter.metrics import RouterMetrics
+from georouter.selector import Decision
+from georouter.wire import (
+    AA,
+    ECHOED_FLAGS,
+    HEADER,
+    OPCODE_MASK,
+    QR,
+    TC,
+    MalformedQuery,
+    Query,
+    encode_opt,
+    encode_rr,
+    parse,
+)
+from georouter.zones import (
+    CLASS_IN,
+    QUESTION_POINTER,
+    TYPE_A,
+    TYPE_AAAA,
+    TYPE_ANY,
+    TYPE_AXFR,
+    TYPE_CNAME,
+    TYPE_DS,
+    TYPE_IXFR,
+    TYPE_NS,
+    TYPE_SOA,
+    Kind,
+    Resolution,
+    Zones,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_UDP_PAYLOAD = 1232  # our EDNS payload size: unfragmented on any path (DNS flag day 2020)
+MIN_UDP_PAYLOAD = 512  # RFC 1035 §4.2.1 without EDNS; RFC 6891 §6.2.5 floor with it
+MAX_TCP_MESSAGE = 65535  # the two-octet length prefix (RFC 1035 §4.2.2)
+GEO_CACHE_ENTRIES = 4096  # encoded geo answers kept, oldest dropped first
+
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, BADVERS = 0, 1, 2, 3, 4, 5, 16
+_RCODE_LABELS = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP"}
+_RCODE_LABELS |= {5: "REFUSED", 16: "BADVERS"}
+_QTYPE_LABELS: dict[int, str] = dict(QTYPE.forward)  # bounded: unknown types count as "other"
+_NO_QUESTION = -1
+_UNSTORED_TYPE = 0  # a type no RRset has: stands for every other type a name lacks
+_TRANSFERS = (TYPE_AXFR, TYPE_IXFR)  # zone transfer is not offered (RFC 5936 §2.2.1)
+Transport = Literal["udp", "tcp"]
+
+
+class Placer(Protocol):
+    def place(self, address: str, source_prefix: int | None = None) -> Placement: ...
+
+
+class Picker(Protocol):
+    def pick(self, region: str, family: Literal[4, 6]) -> Decision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An encoded answer less header, question and OPT."""
+
+    flags: int  # QR, AA and the low four bits of the RCODE
+    rcode: int  # the full RCODE; bits above the fourth go in the OPT (RFC 6891 §6.1.3)
+    ancount: int = 0
+    nscount: int = 0
+    arcount: int = 0
+    body: bytes = b""
+
+    @classmethod
+    def error(cls, rcode: int) -> Prepared:
+        return cls(QR | (rcode & 0xF), rcode)
+
+    @classmethod
+    def of(cls, resolution: Resolution, qname: bytes) -> Prepared:
+        rcode = {Kind.NXDOMAIN: NXDOMAIN, Kind.REFUSED: REFUSED}.get(resolution.kind, NOERROR)
+        # A referral and a refusal carry no authoritative data (RFC 1034 §4.3.2 step 3b).
+        aa = 0 if resolution.kind in (Kind.REFERRAL, Kind.REFUSED) else AA
+        sections = (resolution.answer, resolution.authority, resolution.additional)
+        an, ns, ar = (sum(len(rrset.rdatas) for rrset in section) for section in sections)
+        body = b"".join(rrset.encoded(qname) for section in sections for rrset in section)
+        return cls(QR | aa | rcode, rcode, an, ns, ar, body)
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # identity hash: a cheap geo-cache key
+class Route:
+    """A geo-routed question: the static start of the answer, then the picker's nodes."""
+
+    family: Literal[4, 6]
+    owner: bytes  # owner of the address records: a pointer when it is the question name
+    prefix: Prepared  # the CNAME chain leading to the service, if any
+    nodata: Prepared  # when the decision holds no address of the family
+    first_cname: Prepared | None  # RFC 7871 §7.2.1: all an ECS-tailored chain should carry
+
+
+@dataclass(frozen=True, slots=True)
+class _GeoAnswer:
+    prepared: Prepared
+    tally_keys: tuple[tuple[str, str], ...]  # (region, node) per address given
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    plans: dict[int, Prepared | Route]
+    other: Prepared  # every qtype not in plans
+
+
+class Responder:
+    """Answers DNS queries for the configured zones; safe to share, cheap to replace."""
+
+    def __init__(
+        self, config: RouterConfig, placer: Placer, picker: Picker, metrics: RouterMetrics
+    ) -> None:
+        self._placer = placer
+        self._picker = picker
+        self._metrics = metrics
+        self._tallies = metrics.tallies
+        self._answer_ttl = config.policy.answer_ttl
+        self._answer_count = config.policy.answers_per_response
+        self._zones = Zones(config.zones)
+        self._refused = Prepared.error(REFUSED)
+        self._servfail = Prepared.error(SERVFAIL)
+        self._notimp = Prepared.error(NOTIMP)
+        self._badvers = Prepared.error(BADVERS)
+        self._geo_cache: dict[tuple[Route, tuple[str, ...]], _GeoAnswer] = {}
+        types = self._zones.data_types() | {TYPE_A, TYPE_AAAA, TYPE_CNAME, TYPE_ANY, TYPE_DS}
+        types |= {TYPE_NS, TYPE_SOA, *_TRANSFERS}
+        self._table = {
+            name: _Entry({t: self._plan(name, t) for t in types}, self._static(name))
+            for name in self._zones.names()
+        }
+
+    def respond(self, data: bytes, client_ip: str, transport: Transport) -> bytes | None:
+        """One query datagram/message in, the response out (None = drop silently)."""
+        try:
+            query = parse(data)
+        except MalformedQuery as exc:
+            return self._reject(exc, transport)
+        try:
+            return self._answer(query, client_ip, transport)
+        except Exception:  # the one guard: a bug costs this query a SERVFAIL, not the server
+            log.exception("answering %r failed", data)
+            return self._finish(query, self._servfail, 0, transport)
+
+    def _answer(self, query: Query, client_ip: str, transport: Transport) -> bytes:
+        if query.flags & OPCODE_MASK:
+            return self._finish(query, self._notimp, 0, transport)  # RFC 1035 §4.1.1
+        if query.edns is not None and query.edns.version:
+            return self._finish(query, self._badvers, 0, transport)  # RFC 6891 §6.1.3
+        if query.qclass != CLASS_IN:
+            return self._finish(query, self._refused, 0, transport)
+        entry = self._table.get(query.name)
+        if entry is None:
+            return self._finish(query, self._unlisted(query), 0, transport)
+        plan = entry.plans.get(query.qtype, entry.other)
+        if isinstance(plan, Route):
+            return self._route(query, plan, client_ip, transport)
+        return self._finish(query, plan, 0, transport)
+
+    def _unlisted(self, query: Query) -> Prepared:
+        """A name owning no data: NXDOMAIN, an empty non-terminal's NODATA, a referral."""
+        if query.qtype in _TRANSFERS:
+            return self._refused
+        return Prepared.of(self._zones.resolve(query.name, query.qtype), query.name)
+
+    def _route(self, query: Query, route: Route, client_ip: str, transport: Transport) -> bytes:
+        subnet = query.edns.subnet if query.edns is not None else None
+        if subnet is None or subnet.source_prefix == 0:
+            # No ECS, or ECS /0: the client opted out, so place by the resolver's own
+            # address and answer for everyone with scope 0 (RFC 7871 §7.1.2).
+            placement = self._placer.place(client_ip, None)
+            scope = 0
+        elif route.first_cname is not None:
+            return self._finish(query, route.first_cname, 0, transport)
+        else:
+            placement = self._placer.place(subnet.address_text, subnet.source_prefix)
+            scope = min(placement.prefix_len, 32 if subnet.family == 1 else 128)
+        decision = self._picker.pick(placement.region, route.family)
+        self._tallies.decisions[decision.reason] += 1
+        if decision.reason == "fail_closed":
+            return self._finish(query, self._servfail, 0, transport)
+        geo = self._geo_answer(route, decision.nodes)
+        for key in geo.tally_keys:
+            self._tallies.answers[key] += 1
+        # A negative answer is cached as if for every client (RFC 7871 §7.4): scope 0.
+        return self._finish(query, geo.prepared, scope if geo.tally_keys else 0, transport)
+
+    def _geo_answer(self, route: Route, nodes: tuple[Node, ...]) -> _GeoAnswer:
+        key = (route, tuple([node.name for node in nodes]))
+        found = self._geo_cache.get(key)
+        if found is None:
+            found = self._encode_geo(route, nodes)
+            if len(self._geo_cache) >= GEO_CACHE_ENTRIES:
+                del self._geo_cache[next(iter(self._geo_cache))]
+            self._geo_cache[key] = found
+        return found
+
+    def _encode_geo(self, route: Route, nodes: tuple[Node, ...]) -> _GeoAnswer:
+        chosen: dict[bytes, Node] = {}  # by address: an RRset has no duplicates (RFC 2181 §5)
+        for node in nodes:
+            address = node.ipv4 if route.family == 4 else node.ipv6
+            if address is not None and len(chosen) < self._answer_count:
+                chosen.setdefault(address.packed, node)
+        if not chosen:
+            return _GeoAnswer(route.nodata, ())
+        rtype = TYPE_A if route.family == 4 else TYPE_AAAA
+        records = b"".join(
+            encode_rr(route.owner, rtype, CLASS_IN, self._answer_ttl, packed) for packed in chosen
+        )
+        prefix = route.prefix
+        prepared = Prepared(
+            prefix.flags, NOERROR, prefix.ancount + len(chosen), body=prefix.body + records
+        )
+        return _GeoAnswer(prepared, tuple((node.region, node.name) for node in chosen.values()))
+
+    def _finish(self, query: Query, prepared: Prepared, scope: int, transport: Transport) -> bytes:
+        edns = query.edns
+        opt = b""
+        limit = MIN_UDP_PAYLOAD
+        if edns is not None:
+            subnet = edns.subnet
+            option = b""
+            if subnet is not None:
+                option = subnet.echo(scope)
+                self._metrics.ecs_scope.observe(scope)
+            opt = encode_opt(MAX_UDP_PAYLOAD, prepared.rcode, edns.dnssec_ok, option)
+            limit = min(max(edns.payload, MIN_UDP_PAYLOAD), MAX_UDP_PAYLOAD)
+        if transport == "tcp":
+            limit = MAX_TCP_MESSAGE
+        flags = prepared.flags | (query.flags & ECHOED_FLAGS)
+        body = prepared.body
+        an, ns, ar = prepared.ancount, prepared.nscount, prepared.arcount
+        if HEADER.size + len(query.question) + len(body) + len(opt) > limit:
+            flags |= TC
+            body = b""
+            an = ns = ar = 0
+        qtype = _QTYPE_LABELS.get(query.qtype, "other") if query.question else "none"
+        self._tallies.queries[(transport, qtype, _RCODE_LABELS[prepared.rcode])] += 1
+        qdcount = 1 if query.question else 0
+        header = HEADER.pack(query.id, flags, qdcount, an, ns, ar + (1 if opt else 0))
+        return header + query.question + body + opt
+
+    def _reject(self, exc: MalformedQuery, transport: Transport) -> bytes | None:
+        if exc.flags is None:
+            return None
+        # An opcode we do not implement is NOTIMP whatever follows (RFC 1035 §4.1.1).
+        prepared = self._notimp if exc.flags & OPCODE_MASK else Prepared.error(FORMERR)
+        question = exc.question
+        qtype = int.from_bytes(question[-4:-2]) if question else _NO_QUESTION
+        query = Query(exc.ident, exc.flags, question, b"", qtype, CLASS_IN, exc.edns)
+        return self._finish(query, prepared, 0, transport)
+
+    def _static(self, name: bytes) -> Prepared:
+        plan = self._plan(name, _UNSTORED_TYPE)
+        assert isinstance(plan, Prepared)  # only A and AAAA questions are geo-routed
+        return plan
+
+    def _plan(self, name: bytes, qtype: int) -> Prepared | Route:
+        if qtype in _TRANSFERS:
+            return self._refused
+        resolution = self._zones.resolve(name, qtype)
+        if resolution.service is None:
+            return Prepared.of(resolution, name)
+        nodata = self._zones.resolve(name, _UNSTORED_TYPE)
+        chain = resolution.answer
+        return Route(
+            family=4 if qtype == TYPE_A else 6,
+            owner=QUESTION_POINTER if resolution.service == name else resolution.service,
+            prefix=Prepared.of(resolution, name),
+            nodata=Prepared.of(nodata, name),
+            first_cname=Prepared.of(Resolution(Kind.ANSWER, chain[:1]), name) if chain else None,
+        )
