@@ -104,10 +104,9 @@ def answer_range(
     if not ranges:
         return RangeAnswer(416, {"Content-Range": f"bytes */{len(body)}"}, b"")
     if len(ranges) == 1:
-        r = ranges[0]
-        return RangeAnswer(
-            206, {"Content-Range": r.content_range(len(body))}, body[r.first : r.last + 1]
-        )
+        part = ranges[0]
+        content_range = {"Content-Range": part.content_range(len(body))}
+        return RangeAnswer(206, content_range, body[part.first : part.last + 1])
     return _multipart(ranges, stored.get("Content-Type"), body)
 
 
