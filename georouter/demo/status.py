@@ -1,7 +1,8 @@
 """The demo's live table: the router's view of every node, refreshed every few seconds.
 
 Plain text on stdout, one block per refresh, so it scrolls in any terminal and survives
-being piped to a file. Rows come from the router's `GET /api/v1/nodes`.
+being piped to a file. Rows come from the router's `GET /api/v1/nodes`; the answer counts
+from its `georouter_answers_total` series on /metrics.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 STATUS_INTERVAL_S = 3.0
 STATUS_TIMEOUT_S = 2.0
@@ -35,28 +37,39 @@ def _number(raw: Mapping[str, Any], key: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def row_from_json(raw: Mapping[str, Any]) -> NodeRow:
+def row_from_json(raw: Mapping[str, Any], answers: Mapping[str, int]) -> NodeRow:
     """One node of /api/v1/nodes; missing or malformed figures show as '-', never crash."""
-    report = raw.get("report")
-    load: Mapping[str, Any] = report if isinstance(report, dict) else raw
-    answers = _number(raw, "answers")
+    name = str(raw.get("name", "?"))
     return NodeRow(
-        node=str(raw.get("name", raw.get("node", "?"))),
+        node=name,
         region=str(raw.get("region", "?")),
         state=str(raw.get("state", "?")),
-        utilization=_number(load, "utilization"),
-        rps=_number(load, "rps"),
-        hit_ratio=_number(load, "cache_hit_ratio"),
-        answers=None if answers is None else int(answers),
+        utilization=_number(raw, "utilization"),
+        rps=_number(raw, "rps"),
+        hit_ratio=_number(raw, "cache_hit_ratio"),
+        answers=answers.get(name),
     )
 
 
-def rows_from_json(body: Any) -> list[NodeRow]:
-    """Rows from a /api/v1/nodes body: a list of nodes, or an object with a "nodes" list."""
-    items = body.get("nodes", []) if isinstance(body, dict) else body
+def rows_from_json(body: Any, answers: Mapping[str, int]) -> list[NodeRow]:
+    """Rows from a /api/v1/nodes body ({"nodes": [...]})."""
+    items = body.get("nodes") if isinstance(body, dict) else None
     if not isinstance(items, list):
         return []
-    return [row_from_json(item) for item in items if isinstance(item, dict)]
+    return [row_from_json(item, answers) for item in items if isinstance(item, dict)]
+
+
+def answers_by_node(metrics_text: str) -> dict[str, int]:
+    """Total answers naming each node, from the router's Prometheus text exposition."""
+    totals: dict[str, int] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "georouter_answers":
+            continue
+        for sample in family.samples:
+            if sample.name == "georouter_answers_total" and "node" in sample.labels:
+                node = sample.labels["node"]
+                totals[node] = totals.get(node, 0) + int(sample.value)
+    return totals
 
 
 def _fmt(value: float | int | None, spec: str) -> str:
@@ -91,6 +104,9 @@ async def fetch_table(session: aiohttp.ClientSession, control_url: str) -> str:
         async with session.get(f"{control_url}/api/v1/nodes") as response:
             response.raise_for_status()
             body = await response.json()
+        async with session.get(f"{control_url}/metrics") as response:
+            response.raise_for_status()
+            answers = answers_by_node(await response.text())
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        return f"-- {when} router not answering /api/v1/nodes: {exc or type(exc).__name__}"
-    return render_table(rows_from_json(body), when)
+        return f"-- {when} router not answering: {exc or type(exc).__name__}"
+    return render_table(rows_from_json(body, answers), when)
