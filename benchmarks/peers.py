@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -35,7 +36,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from benchmarks.processes import Endpoint, free_port, running
+from benchmarks.processes import Endpoint, free_port, running, tcp_accepts
 from georouter.config import Node, Region, RouterConfig, StaticRecord, Zone
 
 LOOPBACK = "127.0.0.1"
@@ -322,3 +323,59 @@ def versions() -> dict[str, str]:
         match = re.search(pattern, out.stdout + out.stderr)
         found[name] = match.group(1) if match else "?"
     return found
+
+
+# --- nginx -----------------------------------------------------------------------------
+
+
+def nginx_conf(origin_port: int, port: int, workdir: Path, *, as_root: bool) -> str:
+    """nginx proxy_cache in front of the loopback origin, one worker like one edge process.
+
+    proxy_cache_lock is nginx's request coalescing (one origin fetch per key), as our edge
+    does; the cache honours the origin's Cache-Control like ours.
+    """
+    temp = {kind: workdir / "tmp" / kind for kind in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    # A root master would hand the workers to "nobody", who cannot write a private workdir.
+    user = "user root;\n" if as_root else ""
+    return (
+        f"{user}worker_processes 1;\n"
+        "daemon off;\n"
+        f"pid {workdir / 'nginx.pid'};\n"
+        "error_log stderr warn;\n"
+        "events { worker_connections 4096; }\n"
+        "http {\n"
+        "  access_log off;\n"
+        f"  client_body_temp_path {temp['body']};\n"
+        f"  proxy_temp_path {temp['proxy']};\n"
+        f"  fastcgi_temp_path {temp['fastcgi']};\n"
+        f"  uwsgi_temp_path {temp['uwsgi']};\n"
+        f"  scgi_temp_path {temp['scgi']};\n"
+        f"  proxy_cache_path {workdir / 'cache'} levels=1:2 keys_zone=edge:10m max_size=256m"
+        " inactive=1h use_temp_path=off;\n"
+        "  server {\n"
+        f"    listen {LOOPBACK}:{port};\n"
+        "    location / {\n"
+        f"      proxy_pass http://{LOOPBACK}:{origin_port};\n"
+        "      proxy_http_version 1.1;\n"
+        '      proxy_set_header Connection "";\n'
+        "      proxy_cache edge;\n"
+        "      proxy_cache_lock on;\n"
+        "      add_header X-Cache-Status $upstream_cache_status;\n"
+        "    }\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+@contextlib.contextmanager
+def nginx(origin_port: int, workdir: Path) -> Iterator[Endpoint]:
+    """nginx on a free loopback port with the generated proxy_cache configuration."""
+    port = free_port()
+    conf = nginx_conf(origin_port, port, workdir, as_root=os.geteuid() == 0)
+    write_files(workdir, {"nginx.conf": conf})
+    for directory in ("tmp", "cache"):
+        (workdir / directory).mkdir(exist_ok=True)
+    argv = ["nginx", "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-e", "stderr"]
+    with running("nginx", argv) as service:
+        service.wait_ready(lambda: tcp_accepts(LOOPBACK, port))
+        yield Endpoint("nginx", LOOPBACK, port, service.pid)

@@ -1,0 +1,141 @@
+"""Our own programs under test, started as real processes on loopback: origin, edges, router.
+
+Each is the installed console entry point, exactly as an operator runs it, with ports
+chosen by the kernel (port 0) and read back from its `event=listening` line. The router's
+topology is data/cdn.toml with each node's control URL pointed at the edge started for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.processes import Endpoint, Service, free_port, running
+from georouter.config import RouterConfig
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_ROOT = REPO / "data" / "demo-origin"
+TOPOLOGY = REPO / "data" / "cdn.toml"
+LOOPBACK = "127.0.0.1"
+BENCH_TOKEN = "bench-token"
+NODES_UP_TIMEOUT_S = 20.0
+LISTENING = r"event=listening.*?{key}=(\S+):(\d+)"
+
+
+def _bound(service: Service, key: str) -> tuple[str, int]:
+    match = service.wait_for_line(LISTENING.format(key=key))
+    return match.group(1), int(match.group(2))
+
+
+@contextlib.contextmanager
+def origin() -> Iterator[Endpoint]:
+    """The demo origin (georouter.demo.origin) serving data/demo-origin."""
+    argv = [sys.executable, "-m", "georouter.demo.origin", "--listen", f"{LOOPBACK}:0"]
+    with running("origin", [*argv, "--root", str(DEMO_ROOT)]) as service:
+        host, port = _bound(service, "origin")
+        yield Endpoint("origin", host, port, service.pid)
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """A running edge: its content endpoint, its control port and its process."""
+
+    name: str
+    content: Endpoint
+    control_url: str
+    service: Service
+
+
+def start_edge(name: str, host: str, origin_url: str, routers: list[str]) -> Edge:
+    """`edge serve` on `host` with kernel-chosen ports; the caller stops it by PID."""
+    argv = [sys.executable, "-m", "edge", "serve", "--name", name, "--origin", origin_url]
+    argv += ["--listen", f"{host}:0", "--control", f"{host}:0", "--token", BENCH_TOKEN]
+    for router in routers:
+        argv += ["--router", router]
+    service = Service(name, argv)
+    try:
+        match = service.wait_for_line(r"event=listening.*content=(\S+):(\d+) control=(\S+)")
+    except BaseException:
+        service.stop()
+        raise
+    content = Endpoint(name, match.group(1), int(match.group(2)), service.pid)
+    return Edge(name, content, f"http://{match.group(3)}", service)
+
+
+@contextlib.contextmanager
+def edge(name: str, origin_url: str, routers: list[str] | None = None) -> Iterator[Edge]:
+    started = start_edge(name, LOOPBACK, origin_url, routers or [])
+    try:
+        yield started
+    finally:
+        started.service.stop()
+
+
+def bench_topology(config: RouterConfig, control_urls: dict[str, str]) -> str:
+    """data/cdn.toml with each node's control_url replaced and the bench token set."""
+    text = TOPOLOGY.read_text()
+    for node in config.nodes:
+        pattern = rf'(name = "{re.escape(node.name)}"[^\[]*?control_url = )"[^"]*"'
+        text = re.sub(pattern, rf'\1"{control_urls[node.name]}"', text, count=1)
+    return re.sub(r'(?m)^token = "[^"]*"', f'token = "{BENCH_TOKEN}"', text, count=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Router:
+    """A running `georouter serve`: its DNS endpoint and control base URL."""
+
+    dns: Endpoint
+    control_url: str
+    service: Service
+
+
+def all_nodes_up(router_url: str) -> bool:
+    """True when the router's /healthz counts every node of its topology up."""
+    try:
+        with urllib.request.urlopen(f"{router_url}/healthz", timeout=1.0) as response:
+            health = json.load(response)
+    except (OSError, ValueError):
+        return False
+    return bool(health.get("nodes_total")) and health["nodes_up"] == health["nodes_total"]
+
+
+@dataclass(frozen=True, slots=True)
+class Cdn:
+    """Six edges of data/cdn.toml and a router that probes them and takes their reports."""
+
+    router: Router
+    edges: dict[str, Edge]
+
+
+@contextlib.contextmanager
+def cdn(config: RouterConfig, workdir: Path, origin_url: str) -> Iterator[Cdn]:
+    """Every node of the topology as a real edge on its own loopback address, and a router.
+
+    The router's control port must be known before the edges start (they push reports to
+    it), so it is picked free first; the edges' ports come from their listening lines.
+    """
+    control_port = free_port()
+    router_url = f"http://{LOOPBACK}:{control_port}"
+    edges: dict[str, Edge] = {}
+    try:
+        for node in config.nodes:
+            host = str(node.ipv4) if node.ipv4 else LOOPBACK
+            edges[node.name] = start_edge(node.name, host, origin_url, [router_url])
+        config_path = workdir / "cdn.toml"
+        config_path.write_text(bench_topology(config, {n: e.control_url for n, e in edges.items()}))
+        argv = [sys.executable, "-m", "georouter", "serve", "--config", str(config_path)]
+        argv += ["--dns", f"{LOOPBACK}:0", "--control", f"{LOOPBACK}:{control_port}"]
+        with running("georouter", argv) as service:
+            match = service.wait_for_line(r"event=listening dns=(\S+):(\d+) control=(\S+)")
+            dns = Endpoint("georouter", match.group(1), int(match.group(2)), service.pid)
+            service.wait_ready(lambda: all_nodes_up(router_url), timeout_s=NODES_UP_TIMEOUT_S)
+            yield Cdn(Router(dns, router_url, service), edges)
+    finally:
+        for started in edges.values():
+            started.service.stop()

@@ -1,0 +1,103 @@
+"""Part 2: the cache-hit path of our edge and of nginx proxy_cache, both before the demo origin.
+
+Each server is warmed (one miss, then a request that must be a hit) and driven by wrk on
+loopback for a small and a large cached object; only hits are measured. wrk prints its
+latency percentiles with `--latency`.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.cdn import DEMO_ROOT
+from benchmarks.processes import BenchError, Endpoint, cpu_sample, run_tool
+
+WRK_THREADS = 1
+WRK_CONNECTIONS = 32
+OBJECT_TARGETS = (1024, 100 * 1024)  # the sizes the issue asks for, in bytes
+CACHEABLE_DIRS = ("img", "static")  # long max-age: nothing expires during a run
+HIT_MARKERS = ("hit", "HIT")
+
+
+@dataclass(frozen=True, slots=True)
+class CachedObject:
+    path: str  # URL path on the origin
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class HitRun:
+    server: str
+    path: str
+    size: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    server_cpu: float
+    tool_cpu: float
+
+
+def pick_objects(root: Path = DEMO_ROOT) -> list[CachedObject]:
+    """For each target size, the long-lived demo object closest to it (by size ratio)."""
+    files = [f for d in CACHEABLE_DIRS for f in (root / d).iterdir() if f.is_file()]
+    if not files:
+        raise BenchError(f"no cacheable objects under {root}")
+
+    def distance(target: int, file: Path) -> float:
+        size = file.stat().st_size
+        return max(size, target) / max(1, min(size, target))
+
+    chosen = [min(files, key=lambda f, t=target: distance(t, f)) for target in OBJECT_TARGETS]
+    return [CachedObject("/" + str(f.relative_to(root)), f.stat().st_size) for f in chosen]
+
+
+def cache_status(url: str) -> str:
+    """The cache verdict headers of one GET (ours: Cache-Status, nginx: X-Cache-Status)."""
+    with urllib.request.urlopen(url, timeout=5.0) as response:
+        response.read()
+        headers = response.headers
+        return f"{headers.get('Cache-Status', '')} {headers.get('X-Cache-Status', '')}"
+
+
+def warm(server: Endpoint, obj: CachedObject) -> None:
+    """Fill the cache and check the next request is a hit (else the run would time misses)."""
+    url = f"http://{server.host}:{server.port}{obj.path}"
+    cache_status(url)
+    verdict = cache_status(url)
+    if not any(marker in verdict for marker in HIT_MARKERS):
+        raise BenchError(f"{server.name} did not serve {obj.path} from cache: {verdict!r}")
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _latency_ms(output: str, percent: str) -> float:
+    match = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+    if match is None:
+        raise BenchError(f"wrk output has no {percent}% latency: {output[-300:]}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> tuple[float, float, float, int]:
+    """Requests/s, p50 and p99 latency (ms), and error count from `wrk --latency` output."""
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if rps is None:
+        raise BenchError(f"wrk output has no Requests/sec: {output[-300:]}")
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors += int(non2xx.group(1)) if non2xx else 0
+    return float(rps.group(1)), _latency_ms(output, "50"), _latency_ms(output, "99"), errors
+
+
+def run_wrk(server: Endpoint, obj: CachedObject, duration_s: float) -> HitRun:
+    url = f"http://{server.host}:{server.port}{obj.path}"
+    argv = ["wrk", "-t", str(WRK_THREADS), "-c", str(WRK_CONNECTIONS), "-d", f"{duration_s:g}s"]
+    before = cpu_sample(server.pid)
+    output, tool_cpu = run_tool([*argv, "--latency", url], timeout_s=duration_s + 30)
+    server_cpu = cpu_sample(server.pid).percent_since(before)
+    rps, p50, p99, errors = parse_wrk(output)
+    return HitRun(server.name, obj.path, obj.size, rps, p50, p99, errors, server_cpu, tool_cpu)
