@@ -10,7 +10,9 @@ Theory of operation, per request (design.md "The edge"; RFC 9111 §4):
                      origin failure serves the stale entry if stale-if-error allows
     lookup miss   -> one origin fetch per key at a time (edge/coalesce.py); stored if
                      storable, streamed to the client while it is buffered for the store
-    lookup pass   -> forwarded, never stored (e.g. request no-store, HEAD miss)
+    lookup pass   -> forwarded, never stored (e.g. request no-store)
+
+A HEAD miss fills the cache with a GET (as the cache engine expects) and answers the head.
 
 Every answer carries `Via` (RFC 9110 §7.6.3) and this cache's `Cache-Status` member
 (RFC 9211). Origin failures become 502/504 in exactly one place (`_origin_failed`).
@@ -109,7 +111,7 @@ class Proxy:
             return await self._relay.entry(request, req, lookup.entry, "hit", self._clock())
         if lookup.outcome == "stale" and lookup.serve_stale_while_revalidate:
             return await self._stale_while_revalidate(request, req, lookup)
-        if lookup.outcome == "pass" or (req.method == "HEAD" and lookup.entry is None):
+        if lookup.outcome == "pass":
             return await self._forward(request, req, lookup)
         return await self._fetch_coalesced(request, req, lookup)
 
@@ -217,7 +219,7 @@ class Proxy:
         return await self._relay.stream(request, req, resp, member, result, store=reason is None)
 
     async def _forward(self, request: web.Request, req: RequestInfo, lookup: Lookup) -> Reply:
-        """A GET/HEAD the cache will not answer nor store (e.g. no-store, HEAD miss)."""
+        """A GET/HEAD the cache will neither answer nor store (e.g. request no-store)."""
         headers = origin_headers(request, self.cfg.name, fill=False)
         try:
             async with self.origin.fetch(req.method, req.target, headers) as resp:

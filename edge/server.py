@@ -109,8 +109,9 @@ class EdgeServer:
     async def _bind(
         self, app: web.Application, where: HostPort, key: str, handler_args: dict[str, int]
     ) -> HostPort:
+        # The keyword arguments reach aiohttp's RequestHandler: the header limits.
         runner = web.AppRunner(
-            app, access_log=None, handler_args=handler_args, shutdown_timeout=SHUTDOWN_GRACE_S
+            app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S, **handler_args
         )
         await runner.setup()
         self._runners.append(runner)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from email.utils import formatdate
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
@@ -48,9 +50,11 @@ class Seen:
 
 
 class ScriptedOrigin:
-    """An aiohttp origin whose answers the test scripts per path; it counts fetches."""
+    """An aiohttp origin whose answers the test scripts per path; it counts fetches.
+    Its Date header follows ``clock`` (the edge's, when a test moves time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self.scripts: dict[str, Script] = {}
         self.seen: list[Seen] = []
         self.fetches: collections.Counter[str] = collections.Counter()
@@ -87,7 +91,7 @@ class ScriptedOrigin:
             await script.gate.wait()
         if script.delay_s:
             await asyncio.sleep(script.delay_s)  # a scripted slow origin, not synchronisation
-        headers = dict(script.headers)
+        headers = {"Date": formatdate(self.clock(), usegmt=True), **script.headers}
         if script.etag is not None:
             headers["ETag"] = script.etag
             if request.headers.get("If-None-Match") == script.etag:
@@ -200,10 +204,26 @@ def edge_config(origin: str, **changes: object) -> EdgeConfig:
     return dataclasses.replace(cfg, **top)  # type: ignore[arg-type]
 
 
+class FakeClock:
+    """Wall-clock time that only moves when the test says so (starts at the real time,
+    so the origin's Date headers agree with it)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @asynccontextmanager
-async def running_edge(origin: str, **changes: object) -> AsyncIterator[EdgeServer]:
+async def running_edge(
+    origin: str, clock: Callable[[], float] = time.time, **changes: object
+) -> AsyncIterator[EdgeServer]:
     """A real edge (content and control ports bound) in this event loop."""
-    server = EdgeServer(edge_config(origin, **changes))
+    server = EdgeServer(edge_config(origin, **changes), clock)
     await server.start()
     try:
         yield server

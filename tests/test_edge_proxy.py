@@ -1,0 +1,307 @@
+"""The edge as a caching reverse proxy, end to end: a real edge in front of a scripted
+origin on loopback, driven by aiohttp's client (and curl)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from multidict import CIMultiDict
+
+from edge.server import EdgeServer
+from tests.origin_app import FakeClock, ScriptedOrigin, poll, running_edge
+
+CACHEABLE = {"Cache-Control": "max-age=60"}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def origin(clock: FakeClock) -> AsyncIterator[ScriptedOrigin]:
+    scripted = ScriptedOrigin(clock)
+    await scripted.start()
+    yield scripted
+    await scripted.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+@pytest.fixture
+async def edge(origin: ScriptedOrigin, clock: FakeClock) -> AsyncIterator[EdgeServer]:
+    async with running_edge(origin.url, clock) as server:
+        yield server
+
+
+async def get(
+    client: aiohttp.ClientSession, edge: EdgeServer, path: str, method: str = "GET", **kw: object
+) -> tuple[int, CIMultiDict[str], bytes]:
+    url = f"http://{edge.content}{path}"
+    async with client.request(method, url, **kw) as resp:  # type: ignore[arg-type]
+        return resp.status, CIMultiDict(resp.headers), await resp.read()
+
+
+def metric(edge: EdgeServer, name: str, labels: dict[str, str] | None = None) -> float:
+    return edge.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+async def test_miss_then_hit_with_age_and_cache_status_rfc9211_2(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    origin.script("/a", headers=CACHEABLE, body=b"hello")
+    status, headers, body = await get(client, edge, "/a")
+    assert (status, body) == (200, b"hello")
+    assert headers["Cache-Status"].startswith("georouter-edge; fwd=")
+    assert "stored" in headers["Cache-Status"] and "fwd-status=200" in headers["Cache-Status"]
+    assert headers["Via"] == "1.1 edge-test-1"  # RFC 9110 §7.6.3
+    clock.advance(7)
+    status, headers, body = await get(client, edge, "/a")
+    assert (status, body) == (200, b"hello")
+    assert headers["Cache-Status"].startswith("georouter-edge; hit")
+    assert headers["Age"] == "7"  # RFC 9111 §5.1
+    assert origin.fetches["/a"] == 1
+    assert (
+        metric(edge, "edge_requests_total", {"cache": "hit", "method": "GET", "code": "200"}) == 1
+    )
+
+
+async def test_query_is_part_of_the_key_rfc9111_2(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession
+) -> None:
+    origin.script("/q", headers=CACHEABLE)
+    await get(client, edge, "/q?v=1")
+    await get(client, edge, "/q?v=2")
+    await get(client, edge, "/q?v=1")
+    assert origin.fetches["/q?v=1"] == 1 and origin.fetches["/q?v=2"] == 1
+
+
+async def test_head_hit_has_headers_and_no_body_rfc9110_9_3_2(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession
+) -> None:
+    origin.script("/h", headers=CACHEABLE, body=b"0123456789")
+    status, headers, body = await get(client, edge, "/h", method="HEAD")
+    assert (status, body) == (200, b"")
+    assert headers["Content-Length"] == "10"
+    # The HEAD miss filled the cache with a GET: the next GET and HEAD are hits.
+    assert [s.method for s in origin.seen] == ["GET"]
+    _, headers, body = await get(client, edge, "/h")
+    assert body == b"0123456789" and "hit" in headers["Cache-Status"]
+    _, headers, body = await get(client, edge, "/h", method="HEAD")
+    assert body == b"" and headers["Content-Length"] == "10"
+    assert origin.fetches["/h"] == 1
+
+
+async def test_post_passes_through_and_invalidates_rfc9111_4_4(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession
+) -> None:
+    origin.script("/p", headers=CACHEABLE, body=b"v1")
+    await get(client, edge, "/p")
+    status, headers, _ = await get(client, edge, "/p", method="POST", data=b"form=1")
+    assert status == 200 and "fwd=method" in headers["Cache-Status"]
+    post = origin.seen[-1]
+    assert (post.method, post.body) == ("POST", b"form=1")
+    origin.script("/p", headers=CACHEABLE, body=b"v2")
+    _, headers, body = await get(client, edge, "/p")
+    assert body == b"v2" and "hit" not in headers["Cache-Status"]
+    assert origin.fetches["/p"] == 3
+
+
+async def test_put_passes_through_untouched(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession
+) -> None:
+    # The cache-tests client configures its server this way.
+    origin.script("/config/abc", status=201, body=b"OK")
+    payload = b'[{"response_headers": [["Cache-Control", "max-age=1"]]}]'
+    status, _, body = await get(
+        client, edge, "/config/abc", method="PUT", data=payload,
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    assert (status, body) == (201, b"OK")
+    seen = origin.seen[-1]
+    assert (seen.method, seen.body) == ("PUT", payload)
+    assert seen.headers["Content-Type"] == "application/json"
+    await get(client, edge, "/config/abc", method="PUT", data=payload)
+    assert origin.fetches["/config/abc"] == 2
+
+
+async def test_forwarding_headers_to_origin_rfc9110_7_6(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession
+) -> None:
+    origin.script("/f", headers=CACHEABLE)
+    await get(
+        client, edge, "/f",
+        headers={"Host": "cdn.example.com", "X-Forwarded-For": "192.0.2.1",
+                 "Connection": "close, X-Secret", "X-Secret": "hop"},
+    )  # fmt: skip
+    seen = origin.seen[-1].headers
+    assert seen["Host"] == origin.url.removeprefix("http://")
+    assert seen["X-Forwarded-Host"] == "cdn.example.com"
+    assert seen["X-Forwarded-For"] == "192.0.2.1, 127.0.0.1"
+    assert seen["Via"] == "1.1 edge-test-1"
+    assert "X-Secret" not in seen  # named in Connection: hop-by-hop (RFC 9110 §7.6.1)
+
+
+async def test_revalidation_304_updates_stored_headers_rfc9111_4_3_4(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    origin.script("/r", headers={"Cache-Control": "max-age=10", "X-Version": "1"},
+                  body=b"body-1", etag='"e1"')  # fmt: skip
+    await get(client, edge, "/r")
+    clock.advance(20)
+    origin.script("/r", headers={"Cache-Control": "max-age=10", "X-Version": "2"},
+                  body=b"never sent", etag='"e1"')  # fmt: skip
+    status, headers, body = await get(client, edge, "/r")
+    assert (status, body) == (200, b"body-1")
+    assert origin.seen[-1].headers["If-None-Match"] == '"e1"'
+    assert headers["X-Version"] == "2"
+    assert "fwd=stale" in headers["Cache-Status"] and "fwd-status=304" in headers["Cache-Status"]
+    _, headers, _ = await get(client, edge, "/r")
+    assert "hit" in headers["Cache-Status"] and headers["X-Version"] == "2"
+    assert origin.fetches["/r"] == 2
+
+
+async def test_client_conditional_answered_from_cache_rfc9110_13_1_2(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession
+) -> None:
+    origin.script("/c", headers=CACHEABLE, body=b"body", etag='"v"')
+    await get(client, edge, "/c")
+    status, headers, body = await get(client, edge, "/c", headers={"If-None-Match": '"v"'})
+    assert (status, body) == (304, b"")
+    assert headers["ETag"] == '"v"' and "hit" in headers["Cache-Status"]
+    assert origin.fetches["/c"] == 1
+
+
+async def test_stale_while_revalidate_one_background_refresh_rfc5861_3(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    swr = {"Cache-Control": "max-age=10, stale-while-revalidate=60"}
+    origin.script("/s", headers=swr, body=b"old")
+    await get(client, edge, "/s")
+    clock.advance(15)
+    gate = asyncio.Event()
+    origin.script("/s", headers=swr, body=b"new", gate=gate)
+    answers = await asyncio.gather(*(get(client, edge, "/s") for _ in range(10)))
+    assert {body for _, _, body in answers} == {b"old"}
+    assert all("hit" in h["Cache-Status"] for _, h, _ in answers)
+    await poll(lambda: origin.fetches["/s"] == 2)
+    gate.set()
+    await poll(lambda: not edge.proxy.coalescer.current(_key(edge)))
+    _, headers, body = await get(client, edge, "/s")
+    assert body == b"new" and "hit" in headers["Cache-Status"]
+    assert origin.fetches["/s"] == 2  # exactly one refresh for ten stale answers
+
+
+def _key(edge: EdgeServer) -> str:
+    flights = list(edge.proxy.coalescer._flights)
+    return flights[0] if flights else ""
+
+
+async def test_stale_if_error_on_500_rfc5861_4(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    origin.script("/e", headers={"Cache-Control": "max-age=10, stale-if-error=600"}, body=b"old")
+    await get(client, edge, "/e")
+    clock.advance(20)
+    origin.script("/e", status=500, body=b"broken")
+    status, headers, body = await get(client, edge, "/e")
+    assert (status, body) == (200, b"old")
+    assert "hit" in headers["Cache-Status"]
+    assert edge.snapshot().status == "degraded"
+
+
+async def test_stale_if_error_origin_down_rfc5861_4(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    origin.script("/d", headers={"Cache-Control": "max-age=10, stale-if-error=600"}, body=b"old")
+    await get(client, edge, "/d")
+    clock.advance(20)
+    await origin.stop()
+    status, _, body = await get(client, edge, "/d")
+    assert (status, body) == (200, b"old")
+    assert metric(edge, "edge_origin_errors_total", {"kind": "connect"}) == 1
+
+
+async def test_stale_without_stale_if_error_is_502_when_origin_down(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    origin.script("/m", headers={"Cache-Control": "max-age=10, must-revalidate"}, body=b"old")
+    await get(client, edge, "/m")
+    clock.advance(20)
+    await origin.stop()
+    status, headers, _ = await get(client, edge, "/m")
+    assert status == 502  # RFC 9111 §5.2.2.2: must-revalidate forbids serving it stale
+    assert "georouter-edge" in headers["Cache-Status"]
+
+
+async def test_hundred_concurrent_misses_one_origin_fetch(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession
+) -> None:
+    gate = asyncio.Event()
+    origin.script("/hot", headers=CACHEABLE, body=b"x" * 5000, gate=gate)
+    tasks = [asyncio.create_task(get(client, edge, "/hot")) for _ in range(100)]
+    await poll(lambda: metric(edge, "edge_coalesced_waits_total") == 99)
+    gate.set()
+    answers = await asyncio.gather(*tasks)
+    assert {(status, body) for status, _, body in answers} == {(200, b"x" * 5000)}
+    assert origin.fetches["/hot"] == 1
+
+
+async def test_coalescing_wait_is_bounded(origin: ScriptedOrigin, clock: FakeClock) -> None:
+    origin.script("/slow", headers=CACHEABLE, delay_s=1.0)
+    async with (
+        running_edge(origin.url, clock, coalesce_wait_s=0.05) as edge,
+        aiohttp.ClientSession() as client,
+    ):
+        answers = await asyncio.gather(*(get(client, edge, "/slow") for _ in range(3)))
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    # Followers gave up waiting for the slow leader and fetched on their own.
+    assert origin.fetches["/slow"] == 3
+
+
+async def test_uncacheable_responses_are_not_shared_rfc9111_3(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession
+) -> None:
+    gate = asyncio.Event()
+    origin.script("/me", headers={"Cache-Control": "private"}, body=b"alice's", gate=gate)
+    tasks = [asyncio.create_task(get(client, edge, "/me")) for _ in range(5)]
+    await poll(lambda: metric(edge, "edge_coalesced_waits_total") == 4)
+    gate.set()
+    answers = await asyncio.gather(*tasks)
+    assert [status for status, _, _ in answers] == [200] * 5
+    assert origin.fetches["/me"] == 5  # each waiter fetched its own copy
+    reason = {"reason": "private"}
+    assert metric(edge, "edge_uncacheable_responses_total", reason) == 5
+
+
+async def test_only_if_cached_miss_is_504_rfc9111_5_2_1_7(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession
+) -> None:
+    origin.script("/o", headers=CACHEABLE)
+    status, _, _ = await get(client, edge, "/o", headers={"Cache-Control": "only-if-cached"})
+    assert status == 504 and origin.fetches["/o"] == 0
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+async def test_curl_sees_miss_then_hit(origin: ScriptedOrigin, edge: EdgeServer) -> None:
+    origin.script("/curl", headers=CACHEABLE, body=b"via curl")
+    outputs = []
+    for _ in range(2):
+        proc = await asyncio.create_subprocess_exec(
+            "curl", "-sS", "-i", "--max-time", "10", f"http://{edge.content}/curl",
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        stdout, _ = await proc.communicate()
+        assert proc.returncode == 0
+        outputs.append(stdout.decode())
+    assert "fwd=" in outputs[0] and "via curl" in outputs[0]
+    assert "cache-status: georouter-edge; hit" in outputs[1].lower()
+    assert origin.fetches["/curl"] == 1
