@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -79,7 +80,7 @@ class EdgeServer:
         limits = self.cfg.limits
         content = web.Application(client_max_size=limits.max_body_bytes)
         content.router.add_route("*", "/{tail:.*}", self.proxy.handle)
-        handler_args = {
+        handler_args: dict[str, Any] = {
             "max_line_size": limits.max_line_bytes,
             "max_field_size": limits.max_field_bytes,
             "max_headers": limits.max_headers,
@@ -107,7 +108,7 @@ class EdgeServer:
         await self.origin.close()
 
     async def _bind(
-        self, app: web.Application, where: HostPort, key: str, handler_args: dict[str, int]
+        self, app: web.Application, where: HostPort, key: str, handler_args: dict[str, Any]
     ) -> HostPort:
         # The keyword arguments reach aiohttp's RequestHandler: the header limits.
         runner = web.AppRunner(
