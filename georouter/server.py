@@ -1,0 +1,190 @@
+"""`georouter serve`: wire config, GeoIP, fleet, selector, DNS service, control API, probes.
+
+Signals: SIGHUP reloads the config and the GeoIP database; on success the new Geo and
+Responder replace the old ones in one step on the event loop (queries never see a mix),
+and the fleet keeps the state of the nodes that still exist; on failure the router logs
+the one-line reason and keeps answering with what it had. Listen addresses are bound once:
+changing them needs a restart. SIGTERM and SIGINT stop everything and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from aiohttp import web
+from maxminddb import Reader
+
+from georouter.config import HostPort, RouterConfig, load_config, parse_host_port
+from georouter.control import ControlPlane, make_control_app, observer
+from georouter.dns_server import DnsService
+from georouter.errors import ConfigError
+from georouter.fleet import Fleet
+from georouter.geo import Geo, open_geoip
+from georouter.metrics import RouterMetrics
+from georouter.prober import Prober
+from georouter.responder import Responder
+from georouter.selector import Selector
+
+# Report expiry is checked this often, so a silent node leaves answers at most this long
+# after report_expiry_s (2.5 s + 0.25 s with the defaults: inside the 3 s goal).
+TICK_INTERVAL_S = 0.25
+LOG_FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+
+log = logging.getLogger("georouter")
+
+
+class Router:
+    """One running router: start() binds and starts everything, stop() undoes it."""
+
+    def __init__(
+        self, config_path: Path, geoip_path: Path | None, dns: str | None, control: str | None
+    ) -> None:
+        self._paths = (config_path, geoip_path)
+        self._listen = (dns, control)
+        self.metrics = RouterMetrics()
+        self.config, self._reader = self._load()
+        self.selector = Selector(self.config.policy, self.config.regions, random.Random())
+        self.fleet = Fleet(self.config, self.selector.update, observer(self.metrics))
+        geo = Geo(self.config, self._reader, self.metrics.tallies)
+        responder = Responder(self.config, geo, self.selector, self.metrics)
+        self.dns = DnsService(responder, self.config.router.dns_listen, self.metrics)
+        self.plane = ControlPlane(self.fleet, self.selector, self.metrics, self.config.router.token)
+        self.prober = Prober(self.fleet, self.config.health, self.metrics)
+        self._runner = web.AppRunner(make_control_app(self.plane), access_log=None)
+        self._ticker: asyncio.Task[None] | None = None
+        self.control = self.config.router.control_listen
+
+    async def start(self) -> None:
+        await self._bind_dns()
+        await self._bind_control()
+        await self.prober.start()
+        self._ticker = asyncio.create_task(self._tick(), name="report-expiry")
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        await self.prober.stop()
+        await self._runner.cleanup()
+        await self.dns.stop()
+        self.close_geoip()
+
+    def close_geoip(self) -> None:
+        self._reader.close()
+
+    def reload(self) -> None:
+        try:
+            config, reader = self._load()
+            geo = Geo(config, reader, self.metrics.tallies)
+            responder = Responder(config, geo, self.selector, self.metrics)
+        except Exception as exc:  # a reload must never take the running router down
+            self.metrics.reloads.labels("failed").inc()
+            log.error("event=reload result=failed reason=%s", _one_line(exc))
+            return
+        self.selector.reconfigure(config.policy, config.regions)
+        self.fleet.reconfigure(config)
+        self.prober.health = config.health
+        self.plane.token = config.router.token
+        self.dns.responder = responder
+        self._reader.close()
+        self.config, self._reader = config, reader
+        self.metrics.reloads.labels("ok").inc()
+        log.info("event=reload result=ok nodes=%d", len(config.nodes))
+
+    def _load(self) -> tuple[RouterConfig, Reader]:
+        config_path, geoip_path = self._paths
+        config = _with_listen(load_config(config_path), *self._listen)
+        return config, open_geoip(geoip_path or config.router.geoip)
+
+    async def _bind_dns(self) -> None:
+        where = self.config.router.dns_listen
+        try:
+            await self.dns.start()
+        except OSError as exc:
+            raise self._cannot_listen("router.dns_listen", where, exc) from None
+
+    async def _bind_control(self) -> None:
+        where = self.config.router.control_listen
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, where.host, where.port).start()
+        except OSError as exc:
+            await self.dns.stop()
+            raise self._cannot_listen("router.control_listen", where, exc) from None
+        host, port = self._runner.addresses[0][:2]
+        self.control = HostPort(str(host), int(port))
+
+    def _cannot_listen(self, key: str, where: HostPort, exc: OSError) -> ConfigError:
+        return ConfigError(str(self._paths[0]), key, f"cannot listen on {where}: {exc.strerror}")
+
+    async def _tick(self) -> None:
+        while True:
+            self.fleet.tick(time.monotonic())
+            await asyncio.sleep(TICK_INTERVAL_S)
+
+
+def _with_listen(config: RouterConfig, dns: str | None, control: str | None) -> RouterConfig:
+    """Apply the --dns/--control command-line overrides."""
+    router = config.router
+    if dns is not None:
+        router = replace(router, dns_listen=_flag_address("--dns", dns))
+    if control is not None:
+        router = replace(router, control_listen=_flag_address("--control", control))
+    return replace(config, router=router)
+
+
+def _flag_address(flag: str, value: str) -> HostPort:
+    try:
+        return parse_host_port(value)
+    except ValueError as exc:
+        raise ConfigError("georouter serve", flag, str(exc)) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+async def _run(router: Router) -> int:
+    try:
+        await router.start()
+    except ConfigError:
+        router.close_geoip()
+        raise
+    dns = HostPort(router.config.router.dns_listen.host, router.dns.port)
+    log.info("event=listening dns=%s control=%s", dns, router.control)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, router.reload)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await router.stop()
+        log.info("event=stopped")
+    return 0
+
+
+def serve(
+    config_path: Path, geoip_path: Path | None, dns: str | None = None, control: str | None = None
+) -> int:
+    """The `georouter serve` command: log lines on stderr, 0 on a clean stop.
+
+    A bad config, GeoIP file or listen address raises ConfigError (the CLI: exit 2)."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+
+    async def main() -> int:
+        return await _run(Router(config_path, geoip_path, dns, control))
+
+    return asyncio.run(main())

@@ -1,0 +1,310 @@
+"""The real `georouter serve` process: ECS routing, failover timing, drain, reloads, signals.
+
+The router runs from data/cdn.toml with every node's control_url pointed at a fake edge
+(a small aiohttp app on 127.0.0.1, port 0, answering /healthz); the test itself pushes
+the edges' load reports. Everything stays on loopback; the process is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import dns.asyncquery
+import dns.edns
+import dns.message
+import dns.rdatatype
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from georouter.report import LoadReport
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPOLOGY = ROOT / "data" / "cdn.toml"
+TOKEN = "demo-token"
+EU = {"127.0.0.13", "127.0.0.14"}
+NA = {"127.0.0.11", "127.0.0.12"}
+START_TIMEOUT_S = 30.0
+REPORT_EVERY_S = 0.5
+
+
+@dataclass
+class FakeEdge:
+    name: str
+    server: TestServer
+    seq: int = 0
+    alive: bool = True
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+
+@dataclass
+class RouterProcess:
+    process: asyncio.subprocess.Process
+    config: Path
+    dns_port: int
+    control: str
+    edges: dict[str, FakeEdge]
+    log: list[str] = field(default_factory=list)
+
+    async def query(
+        self, name: str = "cdn.example.com", rdtype: str = "A", subnet: str | None = "185.60.216.0"
+    ) -> dns.message.Message:
+        options = [dns.edns.ECSOption(subnet, 24)] if subnet else []
+        q = dns.message.make_query(name, rdtype, use_edns=0, options=options)
+        return await dns.asyncquery.udp(q, "127.0.0.1", port=self.dns_port, timeout=2.0)
+
+    async def addresses(self, subnet: str = "185.60.216.0") -> set[str]:
+        response = await self.query(subnet=subnet)
+        return {
+            rr.address
+            for rrset in response.answer
+            for rr in rrset
+            if rrset.rdtype == dns.rdatatype.A
+        }
+
+    def api(self, path: str) -> str:
+        return f"http://{self.control}{path}"
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "up"})
+
+
+async def _start_edge(name: str) -> FakeEdge:
+    app = web.Application()
+    app.router.add_get("/healthz", _healthz)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return FakeEdge(name, server)
+
+
+def write_config(path: Path, edges: dict[str, FakeEdge], extra_records: str = "") -> None:
+    text = TOPOLOGY.read_text()
+    for name, edge in edges.items():
+        text = re.sub(
+            rf'(name = "{name}"(?:\n[^\n\[]*)*?\ncontrol_url = )"[^"]*"', rf'\1"{edge.url}"', text
+        )
+    text = text.replace("[[regions]]", extra_records + "[[regions]]", 1)
+    path.write_text(text)
+
+
+async def _push_reports(edges: dict[str, FakeEdge], control: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        while True:
+            for edge in edges.values():
+                if edge.alive:
+                    edge.seq += 1
+                    report = LoadReport(edge.name, edge.seq, "up", 1, 100.0, 2000.0, 0.05, 0.9)
+                    with contextlib.suppress(aiohttp.ClientError):
+                        await session.post(
+                            f"http://{control}/api/v1/report",
+                            data=report.to_json(),
+                            headers={"Authorization": f"Bearer {TOKEN}"},
+                        )
+            await asyncio.sleep(REPORT_EVERY_S)  # the edges' report cadence, not a wait
+
+
+async def _read_until_listening(stderr: asyncio.StreamReader, log: list[str]) -> dict[str, str]:
+    while True:
+        line = (await stderr.readline()).decode()
+        if not line:
+            raise AssertionError("router exited before listening:\n" + "".join(log))
+        log.append(line)
+        if "event=listening" in line:
+            return dict(re.findall(r"(\w+)=(\S+)", line))
+
+
+async def _drain_log(stderr: asyncio.StreamReader, log: list[str]) -> None:
+    while line := await stderr.readline():
+        log.append(line.decode())
+
+
+async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> float:
+    """Wait until check() is true; return the seconds it took (fail at the deadline)."""
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < timeout, "condition not reached in time"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def serve(config: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "georouter",
+        "serve",
+        "--config",
+        str(config),
+        "--dns",
+        "127.0.0.1:0",
+        "--control",
+        "127.0.0.1:0",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+@pytest.fixture
+async def router(tmp_path: Path) -> AsyncIterator[RouterProcess]:
+    names = re.findall(r'name = "(edge-[^"]+)"', TOPOLOGY.read_text())
+    edges = {name: await _start_edge(name) for name in names}
+    config = tmp_path / "cdn.toml"
+    write_config(config, edges)
+    process = await serve(config)
+    log: list[str] = []
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        assert process.stderr is not None
+        fields = await asyncio.wait_for(_read_until_listening(process.stderr, log), START_TIMEOUT_S)
+        dns_port = int(fields["dns"].rsplit(":", 1)[1])
+        rp = RouterProcess(process, config, dns_port, fields["control"], edges, log)
+        tasks = [
+            asyncio.create_task(_drain_log(process.stderr, log)),
+            asyncio.create_task(_push_reports(edges, rp.control)),
+        ]
+        await poll(lambda: _all_up(rp))
+        yield rp
+    finally:
+        for task in tasks:
+            task.cancel()
+        if process.returncode is None:
+            process.send_signal(signal.SIGKILL)
+        await process.wait()
+        for edge in edges.values():
+            await edge.server.close()
+
+
+async def _nodes(rp: RouterProcess) -> dict[str, dict[str, object]]:
+    async with aiohttp.ClientSession() as s, s.get(rp.api("/api/v1/nodes")) as r:
+        return {n["name"]: n for n in (await r.json())["nodes"]}
+
+
+async def _all_up(rp: RouterProcess) -> bool:
+    return all(n["state"] == "up" for n in (await _nodes(rp)).values())
+
+
+async def _metrics(rp: RouterProcess) -> str:
+    async with aiohttp.ClientSession() as s, s.get(rp.api("/metrics")) as r:
+        return await r.text()
+
+
+def _ecs_scope(response: dns.message.Message) -> int:
+    return next(o.scopelen for o in response.options if isinstance(o, dns.edns.ECSOption))
+
+
+async def test_answers_follow_the_client_subnet_rfc7871(router: RouterProcess) -> None:
+    eu = await router.query(subnet="185.60.216.0")
+    na = await router.query(subnet="8.8.8.0")
+    assert await router.addresses("185.60.216.0") <= EU
+    assert await router.addresses("8.8.8.0") <= NA
+    assert _ecs_scope(eu) > 0 and _ecs_scope(na) > 0
+
+
+async def test_dead_node_leaves_answers_within_3_seconds(router: RouterProcess) -> None:
+    assert await router.addresses() == EU
+    edge = router.edges["edge-eu-1"]
+    edge.alive = False  # its reports stop...
+    await edge.server.close()  # ...and its health endpoint refuses connections
+
+    async def gone() -> bool:
+        return "127.0.0.13" not in await router.addresses()
+
+    elapsed = await poll(gone, timeout=6.0)
+    assert elapsed <= 3.0, f"dead node still answered after {elapsed:.2f} s"
+    assert await router.addresses() == {"127.0.0.14"}
+
+
+async def test_drain_is_immediate_and_undrain_restores(router: RouterProcess) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(headers=auth) as s:
+        async with s.post(router.api("/api/v1/nodes/edge-eu-1/drain")) as r:
+            assert r.status == 200
+        assert await router.addresses() == {"127.0.0.14"}  # the very next query
+        async with s.post(router.api("/api/v1/nodes/edge-eu-1/undrain")) as r:
+            assert r.status == 200
+        assert await router.addresses() == EU
+
+
+async def test_sighup_with_broken_config_keeps_the_old_one(router: RouterProcess) -> None:
+    router.config.write_text("[router\nthis is not toml")
+    router.process.send_signal(signal.SIGHUP)
+
+    async def failed_counted() -> bool:
+        return 'georouter_reloads_total{result="failed"} 1.0' in await _metrics(router)
+
+    await poll(failed_counted)
+    assert await router.addresses() == EU
+    assert any("event=reload result=failed" in line for line in router.log)
+
+
+async def test_sighup_with_changed_config_takes_effect(router: RouterProcess) -> None:
+    record = '[[zones.records]]\nname = "fresh"\ntype = "TXT"\nvalue = "reloaded"\nttl = 60\n\n'
+    write_config(router.config, router.edges, extra_records=record)
+    before = await router.query("fresh.example.com", "TXT", subnet=None)
+    assert not before.answer
+    router.process.send_signal(signal.SIGHUP)
+
+    async def answered() -> bool:
+        return bool((await router.query("fresh.example.com", "TXT", subnet=None)).answer)
+
+    await poll(answered)
+    assert 'georouter_reloads_total{result="ok"} 1.0' in await _metrics(router)
+    assert await _all_up(router)  # node state survived the reload
+
+
+async def test_sigterm_exits_0(router: RouterProcess) -> None:
+    router.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(router.process.wait(), 10.0) == 0
+
+
+async def _run_to_exit(*args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "georouter",
+        "serve",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), START_TIMEOUT_S)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return process.returncode or 0, err.decode()
+
+
+async def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(TOPOLOGY.read_text().replace("answer_ttl = 20", "answer_ttl = -1"))
+    code, err = await _run_to_exit(
+        "--config", str(config), "--dns", "127.0.0.1:0", "--control", "127.0.0.1:0"
+    )
+    assert code == 2
+    assert "policy.answer_ttl" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+async def test_port_in_use_exits_2_with_one_line(router: RouterProcess) -> None:
+    code, err = await _run_to_exit(
+        "--config", str(router.config), "--dns", "127.0.0.1:0", "--control", router.control
+    )
+    assert code == 2
+    assert "control_listen" in err and "Traceback" not in err
