@@ -125,7 +125,7 @@ class Store(Generic[V]):
             self._discard(key)
         return len(keys)
 
-    def keys(self) -> Iterator[SlotKey]:
+    def slot_keys(self) -> Iterator[SlotKey]:
         """Every stored slot key (for tests and introspection)."""
         return iter(list(self._slots))
 
