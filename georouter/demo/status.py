@@ -63,8 +63,6 @@ def answers_by_node(metrics_text: str) -> dict[str, int]:
     """Total answers naming each node, from the router's Prometheus text exposition."""
     totals: dict[str, int] = {}
     for family in text_string_to_metric_families(metrics_text):
-        if family.name != "georouter_answers":
-            continue
         for sample in family.samples:
             if sample.name == "georouter_answers_total" and "node" in sample.labels:
                 node = sample.labels["node"]
