@@ -4,7 +4,9 @@ Model (deterministic for a given seed):
 * One region with nodes of different capacities (default 1000, 2000, 3000, 4000 rps).
 * A steady stream of DNS answers (`queries_per_s`). Each answer is cached by a resolver for
   `ttl_s` and brings `rps_per_answer` requests per second to the FIRST node it names for
-  that whole time; so a node's load is rps_per_answer x the answers naming it in the last TTL.
+  that whole time; so a node's load is rps_per_answer x the answers naming it in the last TTL,
+  plus an optional constant `background_rps` per node (clients this router did not send:
+  other routers' answers, long-cached answers, direct traffic).
 * Every `report_interval_s` each node measures its mean load over that interval and the
   report reaches the router `report_delay_s` later (so the router acts on load that is
   between report_delay_s and report_delay_s + interval old).
@@ -23,7 +25,7 @@ import itertools
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol
@@ -49,6 +51,7 @@ class SimParams:
     capacities: tuple[float, ...] = (1000.0, 2000.0, 3000.0, 4000.0)
     queries_per_s: float = 200.0
     rps_per_answer: float = 1.25  # with the defaults: 5000 rps, half the total capacity
+    background_rps: tuple[float, ...] = ()  # per node, in capacities' order; () = none
     ttl_s: int = 20
     report_interval_s: float = 1.0
     report_delay_s: float = 1.0
@@ -161,6 +164,7 @@ class _NodeLoad:
     """Answers naming one node, per simulation step, over the last TTL."""
 
     slots: list[int]
+    background: float = 0.0
     active: int = 0
     window_load: float = 0.0  # load summed over the steps of the current report interval
     seq: int = 0
@@ -186,7 +190,8 @@ def simulate(selector: str, params: SimParams = SimParams()) -> SimResult:
     for node in config.nodes:
         fleet.apply_probe(node.name, True, 0.0)
     ring = round(params.ttl_s / params.step_s)
-    loads = [_NodeLoad([0] * ring) for _ in config.nodes]
+    background = params.background_rps or (0.0,) * len(config.nodes)
+    loads = [_NodeLoad([0] * ring, extra) for extra in background]
     run = _Run(params, fleet, picker, loads, {n.name: i for i, n in enumerate(config.nodes)})
     steps_per_report = round(params.report_interval_s / params.step_s)
     steps_per_sample = round(1.0 / params.step_s)
@@ -223,7 +228,7 @@ def _answer(run: _Run, slot: int, answers: int) -> None:
 
 def _measure(run: _Run) -> None:
     for load in run.loads:
-        load.window_load += load.active * run.params.rps_per_answer
+        load.window_load += load.active * run.params.rps_per_answer + load.background
 
 
 def _report(run: _Run, config: RouterConfig, now: float, steps: int) -> None:
@@ -238,7 +243,7 @@ def _report(run: _Run, config: RouterConfig, now: float, steps: int) -> None:
 
 
 def _sample(run: _Run, config: RouterConfig) -> None:
-    rps = [load.active * run.params.rps_per_answer for load in run.loads]
+    rps = [load.active * run.params.rps_per_answer + load.background for load in run.loads]
     capacities = [node.capacity_rps for node in config.nodes]
     utilizations = [r / c for r, c in zip(rps, capacities, strict=True)]
     mean = sum(rps) / sum(capacities)
@@ -246,17 +251,24 @@ def _sample(run: _Run, config: RouterConfig) -> None:
     run.peak_utilization = max(run.peak_utilization, *utilizations)
 
 
+SCENARIOS = {
+    "steady": SimParams(),
+    # 1500 rps that this router did not send lands on the 3000-rps node.
+    "background": SimParams(background_rps=(0.0, 0.0, 1500.0, 0.0)),
+}
+
+
 def main() -> None:
-    print(
-        f"{'selector':<16}{'delay s':>8}{'peak max/mean':>15}{'avg max/mean':>14}{'peak util':>11}"
-    )
-    for delay in (0.5, 1.0, 3.0):
-        for name in SELECTORS:
-            r = simulate(name, SimParams(report_delay_s=delay))
-            print(
-                f"{name:<16}{delay:>8.1f}{r.peak_ratio:>15.3f}{r.mean_ratio:>14.3f}"
-                f"{r.peak_utilization:>11.3f}"
-            )
+    header = ("scenario", "selector", "delay s", "peak max/mean", "avg max/mean", "peak util")
+    print("{:<12}{:<16}{:>8}{:>15}{:>14}{:>11}".format(*header))
+    for scenario, base in SCENARIOS.items():
+        for delay in (0.5, 1.0, 3.0):
+            for name in SELECTORS:
+                r = simulate(name, replace(base, report_delay_s=delay))
+                print(
+                    f"{scenario:<12}{name:<16}{delay:>8.1f}{r.peak_ratio:>15.3f}"
+                    f"{r.mean_ratio:>14.3f}{r.peak_utilization:>11.3f}"
+                )
 
 
 if __name__ == "__main__":

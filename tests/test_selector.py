@@ -14,7 +14,7 @@ from georouter.config import AllDownPolicy, Node, Policy, Region, RouterConfig
 from georouter.fleet import Fleet
 from georouter.report import LoadReport
 from georouter.selector import Selector
-from tests.simulation import SimParams, make_config, simulate
+from tests.simulation import SCENARIOS, SimParams, make_config, simulate
 
 REGIONS = (
     Region("na", 39.8, -98.6, failover=("eu", "ap")),
@@ -252,3 +252,10 @@ def test_herding_simulation_ours_stays_balanced_and_least_loaded_herds() -> None
     assert ours.peak_ratio <= 1.2
     assert naive.peak_ratio > 1.2
     assert ours.peak_utilization < params.saturation_threshold
+
+
+def test_simulation_ours_adapts_to_load_it_did_not_send() -> None:
+    # 1500 rps of background load on the 3000-rps node: capacity weights ignore it.
+    params = SCENARIOS["background"]
+    assert simulate("ours", params).peak_ratio <= 1.2
+    assert simulate("static_weights", params).peak_ratio > 1.2
