@@ -34,7 +34,8 @@ import dns.rdatatype
 import yaml
 
 from georouter.config import HostPort, load_config
-from georouter.demo.plan import DemoPlan, edge_spec, make_plan, origin_spec, router_spec
+from georouter.demo.plan import DemoPlan, edge_spec, make_plan
+from georouter.demo.runner import start_all
 from georouter.demo.supervisor import Child, Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -170,9 +171,7 @@ async def start_cdn(tmp_path: Path, *, drain_s: float = 2.0) -> AsyncIterator[Cd
     log_dir.mkdir()
     supervisor = Supervisor(log_dir)
     try:
-        await supervisor.start(origin_spec(plan))
-        await supervisor.start(router_spec(plan))
-        await asyncio.gather(*(supervisor.start(edge_spec(plan, e)) for e in plan.edges))
+        await start_all(supervisor, plan)
         cdn = Cdn(plan, supervisor, config_path)
         await wait_all_up(cdn)
         yield cdn

@@ -1,11 +1,11 @@
 """`georouter demo`: origin, one edge per node and the router as child processes.
 
-Start order: origin, router, edges (each waits for the previous to listen, so an edge's
-first load report finds the router up). Then the guide, then the live table until SIGINT
-or SIGTERM, when every child is stopped by PID and the demo exits 0. A busy port or a
-child that dies while starting ends the demo with one line and exit code 2. An edge that
-dies later is reported and the demo goes on (killing one is how to watch failover); the
-origin or the router dying ends it with exit code 1.
+Start order: origin, the edges, the router (each step waits for the previous to listen),
+so the router's first probe round already finds every edge up. Then the guide, then the
+live table until SIGINT or SIGTERM, when every child is stopped by PID and the demo exits
+0. A busy port or a child that dies while starting ends the demo with one line and exit
+code 2. An edge that dies later is reported and the demo goes on (killing one is how to
+watch failover); the origin or the router dying ends it with exit code 1.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ async def _run(plan: DemoPlan, load: bool) -> int:
     _cancel_on_signals()
     load_task: asyncio.Task[None] | None = None
     try:
-        await _start_all(supervisor, plan)
+        await start_all(supervisor, plan)
         pids = {c.spec.name: c.pid for c in supervisor.children}
         print(guide(plan, log_dir, pids), flush=True)
         if load:
@@ -89,10 +89,11 @@ def _uncancel() -> None:
         task.uncancel()
 
 
-async def _start_all(supervisor: Supervisor, plan: DemoPlan) -> None:
+async def start_all(supervisor: Supervisor, plan: DemoPlan) -> None:
+    """Origin, then every edge at once, then the router; raises DemoError if one fails."""
     await supervisor.start(origin_spec(plan))
-    await supervisor.start(router_spec(plan))
     await asyncio.gather(*(supervisor.start(edge_spec(plan, e)) for e in plan.edges))
+    await supervisor.start(router_spec(plan))
 
 
 async def _watch(supervisor: Supervisor, plan: DemoPlan) -> int:
