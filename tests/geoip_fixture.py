@@ -70,6 +70,9 @@ TEST_NETWORKS: tuple[TestNetwork, ...] = (
     TestNetwork("198.19.3.0/24", None, "EU", None, None, "eu", "continent only"),
     TestNetwork("198.19.4.0/24", None, None, None, None, "na", "empty record: default region"),
     TestNetwork("198.19.5.0/24", None, None, None, None, "na", "registered country only", "US"),
+    TestNetwork(
+        "198.19.7.0/24", "RU", "EU", 43.12, 131.89, "eu", "continent EU beats nearest (ap)"
+    ),
     TestNetwork("198.19.6.16/28", "JP", "AS", 35.69, 139.69, "ap", "a /28: cached per address"),
     TestNetwork("2001:db8:1::/48", "FR", "EU", 48.86, 2.35, "eu", "IPv6 /48, EU"),
     TestNetwork("2001:db8:2::/48", "US", "NA", 37.75, -97.82, "na", "IPv6 /48, NA"),
