@@ -53,7 +53,7 @@ class RangeAnswer:
 def parse_range(value: str) -> list[Spec] | None:
     """RFC 9110 §14.1.1 ``bytes`` ranges-specifier; None if invalid or another unit."""
     unit, eq, ranges = value.partition("=")
-    if not eq or unit.strip(" \t").lower() != "bytes":
+    if not eq or unit.lower() != "bytes":
         return None
     specs: list[Spec] = []
     for member in split_list([ranges]):
