@@ -23,7 +23,8 @@ from edge.metrics import EdgeMetrics
 from edge.origin import OriginResponse
 
 STREAM_PREBUFFER_BYTES = 64 * 1024
-_STARTED = "edge.response"  # request key: the StreamResponse whose head went out
+# Set on a request once a streamed response's head went out.
+_STARTED = web.RequestKey("edge.response", web.StreamResponse)
 # Client preconditions and Range are answered by the edge from a full stored response;
 # a fetch meant to fill the cache must not be narrowed by them (RFC 9111 §4.3.1, §3.3).
 _CLIENT_ONLY = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since",
@@ -188,7 +189,7 @@ class Relay:
         return _STARTED in request
 
     def abort(self, request: web.Request) -> Reply:
-        response: web.StreamResponse = request[_STARTED]
+        response = request[_STARTED]
         if request.transport is not None:
             request.transport.close()
         return Reply(response, "error")
