@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
 import sys
@@ -124,7 +125,8 @@ class Router:
         self.control = HostPort(str(host), int(port))
 
     def _cannot_listen(self, key: str, where: HostPort, exc: OSError) -> ConfigError:
-        return ConfigError(str(self._paths[0]), key, f"cannot listen on {where}: {exc.strerror}")
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        return ConfigError(str(self._paths[0]), key, f"cannot listen on {where}: {reason}")
 
     async def _tick(self) -> None:
         while True:
