@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import ipaddress
 import random
-import re
 import shutil
 import socket
 import time
@@ -24,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import dns.asyncquery
@@ -320,7 +320,7 @@ def prometheus_targets(cfg: dict[str, Any]) -> list[str]:
     for am in cfg.get("alerting", {}).get("alertmanagers", []):
         hosts += [t.rsplit(":", 1)[0] for s in am.get("static_configs", []) for t in s["targets"]]
     for section in ("remote_write", "remote_read"):
-        hosts += [re.sub(r"^\w+://([^/:]+).*$", r"\1", r["url"]) for r in cfg.get(section, [])]
+        hosts += [urlsplit(r["url"]).hostname or r["url"] for r in cfg.get(section, [])]
     return hosts
 
 
