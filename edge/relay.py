@@ -21,6 +21,7 @@ from edge.cache import Cache, CacheEntry, Headers, RequestInfo, cache_status, st
 from edge.load import CacheResult
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginResponse
+from edge.ranges import answer_range
 
 STREAM_PREBUFFER_BYTES = 64 * 1024
 # Set on a request once a streamed response's head went out.
@@ -111,12 +112,23 @@ class Relay:
         fwd: str | None = None,
         fwd_status: int | None = None,
     ) -> Reply:
-        """Answer from a stored response: client conditionals first, then the body."""
+        """Answer from a stored response: client conditionals, then Range, then the body."""
         stored_headers = self.cache.response_headers(entry, now)
         if fwd is not None:
             member = cache_status("fwd", fwd=fwd, fwd_status=fwd_status, stored=True)
         else:
             member = cache_status("hit", detail=detail, ttl=_ttl(entry, stored_headers))
+        return await self._from_entry(request, req, entry, stored_headers, member, result)
+
+    async def _from_entry(
+        self,
+        request: web.Request,
+        req: RequestInfo,
+        entry: CacheEntry,
+        stored_headers: CIMultiDict[str],
+        member: str,
+        result: CacheResult,
+    ) -> Reply:
         headers = client_headers(stored_headers, self._via(request), member)
         condition = self.cache.client_conditional(req, entry)
         if condition == 304:
@@ -124,6 +136,11 @@ class Relay:
             return Reply(await send(request, 304, kept, b""), result)
         if condition is not None:
             return Reply(await self._send_counted(request, condition, headers, b""), result)
+        ranged = answer_range(req.method, req.headers, entry.status, stored_headers, entry.body)
+        if ranged is not None:  # RFC 9110 §14.2: 206 or 416 from the full stored body
+            headers.update(ranged.headers)
+            response = await self._send_counted(request, ranged.status, headers, ranged.body)
+            return Reply(response, result)
         return Reply(await self._send_counted(request, entry.status, headers, entry.body), result)
 
     async def error(
@@ -152,9 +169,17 @@ class Relay:
         chunks = resp.chunks()
         head, ended = await _prebuffer(chunks)
         if ended:
-            stored = store and self._store(req, resp, head)
+            entry = self._store(req, resp, head) if store else None
+            if entry is not None and _narrowed(req):
+                # The fill went without the client's Range and preconditions: answer
+                # them from the entry just stored.
+                now = resp.response_time
+                stored_headers = self.cache.response_headers(entry, now)
+                reply = await self._from_entry(request, req, entry, stored_headers, member, result)
+                reply.stored = True
+                return reply
             response = await self._send_counted(request, resp.status, headers, head, resp.reason)
-            return Reply(response, result, stored)
+            return Reply(response, result, entry is not None)
         buffer: list[bytes] | None = [head] if store else None
         buffered = len(head)
         response = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
@@ -169,7 +194,7 @@ class Relay:
             else:
                 buffer = None  # too large to store: stream the rest through
         await response.write_eof()
-        stored = buffer is not None and self._store(req, resp, b"".join(buffer))
+        stored = buffer is not None and self._store(req, resp, b"".join(buffer)) is not None
         return Reply(response, result, stored)
 
     async def read_limited(self, resp: OriginResponse) -> bytes | None:
@@ -194,13 +219,12 @@ class Relay:
             request.transport.close()
         return Reply(response, "error")
 
-    def _store(self, req: RequestInfo, resp: OriginResponse, body: bytes) -> bool:
+    def _store(self, req: RequestInfo, resp: OriginResponse, body: bytes) -> CacheEntry | None:
         if len(body) > self.max_object_bytes:
-            return False
-        entry = self.cache.store(
+            return None
+        return self.cache.store(
             req, resp.status, resp.headers, body, resp.request_time, resp.response_time
         )
-        return entry is not None
 
     async def _send_counted(
         self,
@@ -242,6 +266,11 @@ def _ttl(entry: CacheEntry, headers: CIMultiDict[str]) -> float:
     """Remaining freshness (RFC 9211 §2.5 ttl): lifetime minus the Age being sent."""
     age = headers.get("Age", "0")
     return entry.freshness_lifetime - (int(age) if age.isdigit() else 0)
+
+
+def _narrowed(req: RequestInfo) -> bool:
+    """Does the client ask for less than the full response (Range, a precondition)?"""
+    return any(field in req.headers for field in _CLIENT_ONLY)
 
 
 def _kept_in_304(field: str) -> bool:

@@ -305,3 +305,25 @@ async def test_curl_sees_miss_then_hit(origin: ScriptedOrigin, edge: EdgeServer)
     assert "fwd=" in outputs[0] and "via curl" in outputs[0]
     assert "cache-status: georouter-edge; hit" in outputs[1].lower()
     assert origin.fetches["/curl"] == 1
+
+
+async def test_range_from_cache_206_rfc9110_14_2(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession
+) -> None:
+    origin.script("/r.bin", headers=CACHEABLE, body=b"0123456789")
+    status, headers, body = await get(client, edge, "/r.bin", headers={"Range": "bytes=2-5"})
+    assert (status, body) == (206, b"2345")  # a miss: filled whole, answered in part
+    assert headers["Content-Range"] == "bytes 2-5/10"
+    assert "Range" not in origin.seen[-1].headers
+    status, headers, body = await get(client, edge, "/r.bin", headers={"Range": "bytes=-3"})
+    assert (status, body) == (206, b"789") and "hit" in headers["Cache-Status"]
+    assert origin.fetches["/r.bin"] == 1
+
+
+async def test_unsatisfiable_range_is_416_rfc9110_15_5_17(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession
+) -> None:
+    origin.script("/r.bin", headers=CACHEABLE, body=b"0123456789")
+    await get(client, edge, "/r.bin")
+    status, headers, _ = await get(client, edge, "/r.bin", headers={"Range": "bytes=50-60"})
+    assert status == 416 and headers["Content-Range"] == "bytes */10"
