@@ -153,7 +153,7 @@ async def start_cdn(tmp_path: Path, *, drain_s: float = 2.0) -> AsyncIterator[Cd
     block = loopback_block()
     router_host = f"{block}1"
     raw = tomllib.loads(SHIPPED_CONFIG.read_text())
-    ports = {"dns": _free_udp_and_tcp(router_host), "control": free_port(router_host)}
+    ports = {"dns": free_dns_port(router_host), "control": free_port(router_host)}
     for node in raw["nodes"]:
         ports[node["name"]] = free_port(block + node["ipv4"].rsplit(".", 1)[1])
     config_path = tmp_path / "cdn.toml"
@@ -190,7 +190,7 @@ async def wait_all_up(cdn: Cdn, deadline_s: float = 10.0) -> None:
         )
 
 
-def _free_udp_and_tcp(host: str) -> int:
+def free_dns_port(host: str) -> int:
     for _ in range(50):
         port = free_port(host, socket.SOCK_DGRAM)
         with socket.socket() as sock, contextlib.suppress(OSError):

@@ -41,6 +41,7 @@ from tests.e2e import (
     SUBNETS,
     TOKEN,
     Cdn,
+    free_dns_port,
     free_port,
     loopback_block,
     poll,
@@ -316,7 +317,9 @@ async def test_supervisor_returns_the_ready_line_and_stops_by_pid(tmp_path: Path
 async def test_supervisor_fails_fast_when_a_child_dies_at_start(tmp_path: Path) -> None:
     sup = Supervisor(tmp_path)
     code = "import sys; print('cannot bind', file=sys.stderr); sys.exit(3)"
-    with pytest.raises(DemoError, match=r"(?s)broken \(pid \d+\) exited with code 3.*\| cannot bind"):
+    with pytest.raises(
+        DemoError, match=r"(?s)broken \(pid \d+\) exited with code 3.*\| cannot bind"
+    ):
         await sup.start(ChildSpec("broken", _python(code)), timeout_s=10)
     await sup.stop_all()
 
@@ -463,7 +466,7 @@ def _demo_config(tmp_path: Path) -> tuple[Path, str]:
     """The shipped topology on a fresh block; content/origin use the demo's own ports there."""
     block = loopback_block()
     raw_nodes = load_config(SHIPPED_CONFIG).nodes
-    ports = {"dns": free_port(f"{block}1", socket.SOCK_DGRAM), "control": free_port(f"{block}1")}
+    ports = {"dns": free_dns_port(f"{block}1"), "control": free_port(f"{block}1")}
     ports.update({n.name: free_port(block + str(n.ipv4).rsplit(".", 1)[1]) for n in raw_nodes})
     path = tmp_path / "demo.toml"
     path.write_text(relocate_config(SHIPPED_CONFIG.read_text(), block, ports))
