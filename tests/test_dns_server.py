@@ -1,0 +1,368 @@
+"""DnsService on real loopback sockets, queried by dnspython, kdig and dig."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import dns.asyncquery
+import dns.edns
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import pytest
+
+from georouter.config import HostPort, RouterConfig
+from georouter.dns_server import DnsService, TcpLimits
+from georouter.geo import Placement
+from georouter.metrics import RouterMetrics
+from georouter.responder import Responder
+from tests.test_responder import BIG_TXT_RECORDS, FakePicker, FakePlacer, router_config
+
+HOST = "127.0.0.1"
+TIMEOUT_S = 5.0  # a generous deadline for any single exchange
+
+
+@pytest.fixture(scope="module")
+def config() -> RouterConfig:
+    return router_config()
+
+
+DEFAULT_LIMITS = TcpLimits()
+
+
+async def start_service(config: RouterConfig, limits: TcpLimits = DEFAULT_LIMITS) -> DnsService:
+    placer = FakePlacer({"198.51.100.0": Placement("eu", 20)})
+    metrics = RouterMetrics()
+    responder = Responder(config, placer, FakePicker(config), metrics)
+    service = DnsService(responder, HostPort(HOST, 0), metrics, limits)
+    await service.start()
+    return service
+
+
+@pytest.fixture
+async def service(config: RouterConfig) -> AsyncIterator[DnsService]:
+    started = await start_service(config)
+    yield started
+    await started.stop()
+
+
+async def udp(service: DnsService, query: dns.message.Message) -> dns.message.Message:
+    return await dns.asyncquery.udp(query, HOST, port=service.port, timeout=TIMEOUT_S)
+
+
+async def tcp(service: DnsService, query: dns.message.Message) -> dns.message.Message:
+    return await dns.asyncquery.tcp(query, HOST, port=service.port, timeout=TIMEOUT_S)
+
+
+Exchange = Callable[[DnsService, dns.message.Message], Awaitable[dns.message.Message]]
+both = pytest.mark.parametrize("exchange", [udp, tcp], ids=["udp", "tcp"])
+
+
+class _Receiver(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.replies.put_nowait(data)
+
+
+async def udp_raw(service: DnsService, data: bytes, wait_s: float = TIMEOUT_S) -> bytes | None:
+    """Send raw bytes; the reply, or None if none came within `wait_s`."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        _Receiver, remote_addr=(HOST, service.port)
+    )
+    try:
+        transport.sendto(data)
+        async with asyncio.timeout(wait_s):
+            return await protocol.replies.get()
+    except TimeoutError:
+        return None
+    finally:
+        transport.close()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll a condition with a deadline (no fixed sleeps as synchronisation)."""
+    async with asyncio.timeout(TIMEOUT_S):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def sample(service: DnsService, name: str, **labels: str) -> float:
+    value = service.responder._metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
+def framed(query: dns.message.Message) -> bytes:
+    wire = query.to_wire()
+    return len(wire).to_bytes(2) + wire
+
+
+async def read_framed(reader: asyncio.StreamReader) -> dns.message.Message:
+    length = int.from_bytes(await reader.readexactly(2))
+    return dns.message.from_wire(await reader.readexactly(length))
+
+
+@both
+async def test_geo_answer_is_authoritative_without_ra_rfc1035_4_1_1(
+    service: DnsService, exchange: Exchange
+) -> None:
+    query = dns.message.make_query("cdn.example.com", "A")
+    answer = await exchange(service, query)
+    assert answer.id == query.id
+    assert answer.flags & dns.flags.AA and not answer.flags & dns.flags.RA
+    assert [r.address for r in answer.answer[0]] == ["127.0.0.11", "127.0.0.12"]
+
+
+@both
+async def test_question_case_echoed(service: DnsService, exchange: Exchange) -> None:
+    answer = await exchange(service, dns.message.make_query("CdN.eXaMpLe.CoM", "A"))
+    assert answer.question[0].name.to_text() == "CdN.eXaMpLe.CoM."
+
+
+@both
+async def test_soa_and_ns_at_apex(service: DnsService, exchange: Exchange) -> None:
+    soa = await exchange(service, dns.message.make_query("example.com", "SOA"))
+    assert soa.answer[0][0].mname.to_text() == "ns1.example.com."
+    ns = await exchange(service, dns.message.make_query("example.com", "NS"))
+    assert [r.target.to_text() for r in ns.answer[0]] == ["ns1.example.com."]
+
+
+@both
+async def test_nxdomain_and_nodata_carry_soa_rfc2308_2(
+    service: DnsService, exchange: Exchange
+) -> None:
+    nx = await exchange(service, dns.message.make_query("nope.example.com", "A"))
+    assert nx.rcode() == dns.rcode.NXDOMAIN and nx.authority[0].ttl == 60
+    nodata = await exchange(service, dns.message.make_query("cdn.example.com", "MX"))
+    assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer
+    assert nodata.authority[0].rdtype == dns.rdatatype.SOA
+
+
+@both
+async def test_refused_notimp_badvers(service: DnsService, exchange: Exchange) -> None:
+    refused = await exchange(service, dns.message.make_query("example.org", "A"))
+    assert refused.rcode() == dns.rcode.REFUSED
+    notify = dns.message.make_query("example.com", "SOA")
+    notify.set_opcode(dns.opcode.NOTIFY)
+    assert (await exchange(service, notify)).rcode() == dns.rcode.NOTIMP
+    badvers = await exchange(service, dns.message.make_query("example.com", "SOA", use_edns=1))
+    assert badvers.rcode() == dns.rcode.BADVERS
+
+
+@both
+async def test_any_is_minimal_rfc8482(service: DnsService, exchange: Exchange) -> None:
+    answer = await exchange(service, dns.message.make_query("example.com", "ANY"))
+    assert len(answer.answer) == 1 and answer.answer[0][0].cpu == b"RFC8482"
+
+
+@both
+async def test_ecs_scope_echoed_rfc7871_7_2_1(service: DnsService, exchange: Exchange) -> None:
+    option = dns.edns.ECSOption("198.51.100.0", 24)
+    query = dns.message.make_query("cdn.example.com", "A", use_edns=0, options=[option])
+    answer = await exchange(service, query)
+    assert (answer.options[0].srclen, answer.options[0].scopelen) == (24, 20)
+    assert [r.address for r in answer.answer[0]] == ["127.0.0.13", "127.0.0.14"]
+
+
+async def test_invalid_ecs_is_formerr_rfc7871_6(service: DnsService) -> None:
+    option = dns.edns.GenericOption(8, bytes.fromhex("0001 18 00 c63364ff"))
+    query = dns.message.make_query("cdn.example.com", "A", use_edns=0, options=[option])
+    answer = await udp(service, query)
+    assert answer.rcode() == dns.rcode.FORMERR
+
+
+async def test_tc_over_udp_then_full_answer_over_tcp_rfc7766_8(service: DnsService) -> None:
+    query = dns.message.make_query("big.example.com", "TXT", use_edns=0)
+    truncated = await udp(service, query)
+    assert truncated.flags & dns.flags.TC and not truncated.answer
+    answer, used_tcp = await dns.asyncquery.udp_with_fallback(
+        query, HOST, port=service.port, timeout=TIMEOUT_S
+    )
+    assert used_tcp and not answer.flags & dns.flags.TC
+    assert len(answer.answer[0]) == BIG_TXT_RECORDS
+
+
+async def test_malformed_datagrams_formerr_or_silence(service: DnsService) -> None:
+    query = dns.message.make_query("example.com", "SOA").to_wire()
+    reply = await udp_raw(service, query[:12] + b"\x07exam")
+    assert reply is not None and reply[:2] == query[:2] and reply[3] & 0xF == dns.rcode.FORMERR
+    # Garbage with no readable header gets no answer; the server keeps answering.
+    assert await udp_raw(service, b"\xff\x00\x01", wait_s=0.2) is None
+    await until(lambda: sample(service, "georouter_dns_dropped_total", reason="unanswerable") == 1)
+    assert (await udp(service, dns.message.make_query("example.com", "SOA"))).answer
+
+
+async def test_tcp_pipelined_queries_answered_in_order_rfc7766_6_2_1_1(
+    service: DnsService,
+) -> None:
+    queries = [
+        dns.message.make_query(name, "A")
+        for name in ("cdn.example.com", "nope.example.com", "www.example.com")
+    ]
+    reader, writer = await asyncio.open_connection(HOST, service.port)
+    try:
+        writer.write(b"".join(map(framed, queries)))
+        async with asyncio.timeout(TIMEOUT_S):
+            answers = [await read_framed(reader) for _ in queries]
+    finally:
+        writer.close()
+    assert [a.id for a in answers] == [q.id for q in queries]
+    assert [a.rcode() for a in answers] == [
+        dns.rcode.NOERROR,
+        dns.rcode.NXDOMAIN,
+        dns.rcode.NOERROR,
+    ]
+
+
+async def test_tcp_idle_connection_is_closed_rfc7766_6_2_3(config: RouterConfig) -> None:
+    service = await start_service(config, TcpLimits(idle_timeout_s=0.2))
+    try:
+        reader, writer = await asyncio.open_connection(HOST, service.port)
+        writer.write(framed(dns.message.make_query("example.com", "SOA")))
+        async with asyncio.timeout(TIMEOUT_S):
+            assert (await read_framed(reader)).answer
+            assert await reader.read() == b""  # then, idle, the server hangs up
+        writer.close()
+        await until(lambda: sample(service, "georouter_dns_tcp_connections") == 0)
+    finally:
+        await service.stop()
+
+
+async def test_tcp_connection_cap_closes_the_extra_connection(config: RouterConfig) -> None:
+    service = await start_service(config, TcpLimits(max_connections=1))
+    try:
+        first_reader, first = await asyncio.open_connection(HOST, service.port)
+        first.write(framed(dns.message.make_query("example.com", "SOA")))
+        async with asyncio.timeout(TIMEOUT_S):
+            await read_framed(first_reader)
+        second_reader, second = await asyncio.open_connection(HOST, service.port)
+        async with asyncio.timeout(TIMEOUT_S):
+            with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+                second.write(framed(dns.message.make_query("example.com", "SOA")))
+                await read_framed(second_reader)
+        second.close()
+        assert sample(service, "georouter_dns_dropped_total", reason="tcp_connection_limit") == 1
+        first.close()
+        await until(lambda: sample(service, "georouter_dns_tcp_connections") == 0)
+        assert (await tcp(service, dns.message.make_query("example.com", "SOA"))).answer
+    finally:
+        await service.stop()
+
+
+async def test_tcp_query_limit_per_connection(config: RouterConfig) -> None:
+    service = await start_service(config, TcpLimits(max_queries_per_connection=2))
+    try:
+        reader, writer = await asyncio.open_connection(HOST, service.port)
+        writer.write(framed(dns.message.make_query("example.com", "SOA")) * 3)
+        async with asyncio.timeout(TIMEOUT_S):
+            await read_framed(reader)
+            await read_framed(reader)
+            assert await reader.read() == b""
+        writer.close()
+    finally:
+        await service.stop()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\x00\x03abc", b"\x00\x00", b"\xff\xff" + b"x" * 10, b"\x00\x30" + b"\x12\x34" * 5],
+    ids=["below-header", "zero", "oversize", "closed-mid-message"],
+)
+async def test_tcp_garbage_closes_just_that_connection(service: DnsService, garbage: bytes) -> None:
+    reader, writer = await asyncio.open_connection(HOST, service.port)
+    writer.write(garbage)
+    writer.write_eof()
+    async with asyncio.timeout(TIMEOUT_S):
+        assert await reader.read() == b""
+    writer.close()
+    await until(lambda: sample(service, "georouter_dns_tcp_connections") == 0)
+    assert (await tcp(service, dns.message.make_query("example.com", "SOA"))).answer
+
+
+async def test_metrics_count_queries_and_durations(service: DnsService) -> None:
+    await udp(service, dns.message.make_query("cdn.example.com", "A"))
+    await tcp(service, dns.message.make_query("cdn.example.com", "A"))
+    tallies = service.responder._metrics.tallies
+    assert (
+        tallies.queries[("udp", "A", "NOERROR")] == 1
+        and tallies.queries[("tcp", "A", "NOERROR")] == 1
+    )
+    for transport in ("udp", "tcp"):
+        count = sample(service, "georouter_dns_query_duration_seconds_count", transport=transport)
+        assert count == 1
+
+
+async def test_reload_swaps_the_responder(service: DnsService, config: RouterConfig) -> None:
+    metrics = RouterMetrics()
+    placer = FakePlacer({"127.0.0.1": Placement("ap", 24)})
+    service.responder = Responder(config, placer, FakePicker(config), metrics)
+    answer = await udp(service, dns.message.make_query("cdn.example.com", "A"))
+    assert [r.address for r in answer.answer[0]] == ["127.0.0.15", "127.0.0.16"]
+
+
+async def test_port_zero_binds_udp_and_tcp_to_one_port(service: DnsService) -> None:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as probe, pytest.raises(OSError):
+            probe.bind((HOST, service.port))
+
+
+async def run_tool(*argv: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        async with asyncio.timeout(TIMEOUT_S * 2):
+            out, _ = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return out.decode()
+
+
+kdig_missing = pytest.mark.skipif(
+    shutil.which("kdig") is None, reason="kdig (knot-dnsutils) not installed"
+)
+dig_missing = pytest.mark.skipif(
+    shutil.which("dig") is None, reason="dig (bind9-dnsutils) not installed"
+)
+
+
+@kdig_missing
+@pytest.mark.parametrize("transport", ["+notcp", "+tcp"])
+async def test_kdig_sees_ecs_scope_and_aa(service: DnsService, transport: str) -> None:
+    out = await run_tool(
+        "kdig",
+        f"@{HOST}",
+        "-p",
+        str(service.port),
+        transport,
+        "+subnet=198.51.100.0/24",
+        "cdn.example.com",
+        "A",
+    )
+    assert "status: NOERROR" in out and " aa" in out and " ra" not in out, out
+    assert "CLIENT-SUBNET: 198.51.100.0/24/20" in out, out
+    assert "127.0.0.13" in out, out
+
+
+@kdig_missing
+async def test_kdig_nsid_and_empty_options_are_ignored_rfc6891_6_1_2(service: DnsService) -> None:
+    out = await run_tool("kdig", f"@{HOST}", "-p", str(service.port), "+nsid", "example.com", "SOA")
+    assert "status: NOERROR" in out and "NSID" not in out, out
+
+
+@dig_missing
+async def test_dig_nxdomain_with_soa_and_tcp_fallback(service: DnsService) -> None:
+    base = ("dig", f"@{HOST}", "-p", str(service.port), "+norec", "+noedns")
+    out = await run_tool(*base, "nope.example.com", "A")
+    assert "status: NXDOMAIN" in out and "flags: qr aa;" in out, out
+    assert "IN\tSOA\tns1.example.com. hostmaster.example.com." in out, out
+    big = await run_tool(*base, "big.example.com", "TXT")
+    assert "Truncated, retrying in TCP mode" in big and f"ANSWER: {BIG_TXT_RECORDS}" in big, big
