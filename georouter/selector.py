@@ -116,6 +116,11 @@ class Selector:
         if len(candidates) == 1:
             return self._answer((candidates[0].node,))
         weights = [self._weight(c) for c in candidates]
+        if len(candidates) == 2:  # the common region size: one weighted coin flip
+            a, b = candidates
+            if self._rng.random() * (weights[0] + weights[1]) >= weights[0]:
+                a, b = b, a
+            return self._answer((a.node, b.node) if self._count > 1 else (a.node,))
         total = sum(weights)
         chosen: list[Node] = []
         for _ in range(min(self._count, len(candidates))):
