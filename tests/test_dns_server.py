@@ -366,3 +366,14 @@ async def test_dig_nxdomain_with_soa_and_tcp_fallback(service: DnsService) -> No
     assert "IN\tSOA\tns1.example.com. hostmaster.example.com." in out, out
     big = await run_tool(*base, "big.example.com", "TXT")
     assert "Truncated, retrying in TCP mode" in big and f"ANSWER: {BIG_TXT_RECORDS}" in big, big
+
+
+@dig_missing
+async def test_dig_subnet_zero_opt_out_answers_with_scope_zero_rfc7871_7_1_2(
+    service: DnsService,
+) -> None:
+    out = await run_tool(
+        "dig", f"@{HOST}", "-p", str(service.port), "+norec", "+subnet=0", "cdn.example.com", "A"
+    )
+    assert "status: NOERROR" in out and "CLIENT-SUBNET: 0.0.0.0/0/0" in out, out
+    assert "127.0.0.11" in out, out
