@@ -186,3 +186,18 @@ async def test_request_body_over_limit_is_413_rfc9110_15_5_14(origin: ScriptedOr
         async with client.post(url, data=b"z" * 10_000) as resp:
             assert resp.status == 201
         assert origin.fetches["/upload"] == 1
+
+
+@pytest.mark.parametrize(("method", "attempts"), [("GET", 2), ("PUT", 2), ("POST", 1)])
+async def test_only_idempotent_requests_retry_a_dropped_connection_rfc9110_9_2_2(
+    method: str, attempts: int
+) -> None:
+    raw = RawOrigin(b"")  # reads the request, closes without a word
+    await raw.start()
+    try:
+        async with running_edge(raw.url) as edge, aiohttp.ClientSession() as client:
+            async with client.request(method, f"http://{edge.content}/x", data=b"d") as resp:
+                assert resp.status == 502
+            assert raw.connections == attempts
+    finally:
+        await raw.stop()
