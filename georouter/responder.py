@@ -148,6 +148,7 @@ class Responder:
         self._servfail = Prepared.error(SERVFAIL)
         self._notimp = Prepared.error(NOTIMP)
         self._badvers = Prepared.error(BADVERS)
+        self._formerr = Prepared.error(FORMERR)
         self._geo_cache: dict[tuple[Route, tuple[str, ...]], _GeoAnswer] = {}
         types = self._zones.data_types() | {TYPE_A, TYPE_AAAA, TYPE_CNAME, TYPE_ANY, TYPE_DS}
         types |= {TYPE_NS, TYPE_SOA, *_TRANSFERS}
@@ -270,7 +271,7 @@ class Responder:
         if exc.flags is None:
             return None
         # An opcode we do not implement is NOTIMP whatever follows (RFC 1035 §4.1.1).
-        prepared = self._notimp if exc.flags & OPCODE_MASK else Prepared.error(FORMERR)
+        prepared = self._notimp if exc.flags & OPCODE_MASK else self._formerr
         question = exc.question
         qtype = int.from_bytes(question[-4:-2]) if question else _NO_QUESTION
         query = Query(exc.ident, exc.flags, question, b"", qtype, CLASS_IN, exc.edns)
