@@ -204,13 +204,20 @@ def header_date(headers: Headers, name: str, now: float) -> float | None:
 
 
 def parse_age(headers: Headers) -> int:
-    """RFC 9111 §5.1 Age: the first member of the first line; 0 if absent or invalid."""
+    """RFC 9111 §5.1 Age in seconds: 0 if absent.
+
+    Deliberately conservative: Age is a singleton non-negative integer, and a
+    value we cannot trust (a list, several lines, a sign, a fraction, a
+    parameter) counts as 2^31, i.e. stale. §5.1 suggests the first member or
+    ignoring it; treating it as stale only costs a revalidation (§4.2.1
+    encourages that for invalid freshness information) and never serves a
+    response older than its origin intended.
+    """
     lines = headers.getall("Age", [])
     if not lines:
         return 0
-    first = lines[0].split(",", 1)[0].strip(" \t")
-    parsed = parse_delta_seconds(first)
-    return 0 if parsed is None else parsed
+    parsed = parse_delta_seconds(lines[0].strip(" \t")) if len(lines) == 1 else None
+    return MAX_DELTA_SECONDS if parsed is None else parsed
 
 
 def corrected_initial_age(headers: Headers, request_time: float, response_time: float) -> float:
@@ -261,7 +268,7 @@ def storable_reason(
         return "method"  # HEAD answers have no body to keep; others are never cached here
     if "no-store" in req_cc:
         return "no-store"  # §5.2.1.5
-    if status == 206 or "Content-Range" in headers:
+    if status == 206:
         return "partial"  # we keep complete responses only (§3.3 allows not to)
     if status < 200 or status == 304:
         return "status"
