@@ -176,10 +176,11 @@ class Geo:
         else:
             location = self._lookup(ip)
             region, prefix_len = self.region_for(location), location.network.prefixlen
-        return Placement(region, max(prefix_len, self._edge_after(ip)))
+        return Placement(region, max(prefix_len, self._uncut_prefix_len(ip)))
 
-    def _edge_after(self, ip: IPAddress) -> int:
-        """The shortest prefix of `ip` that no rule network outside it lies within."""
+    def _uncut_prefix_len(self, ip: IPAddress) -> int:
+        # A prefix of `ip` that overlaps a rule network not holding `ip` contains addresses the
+        # rule places differently, so the scope must be one bit longer than the shared bits.
         bits, edge = ip.max_prefixlen, 0
         for network in self._edges:
             if network.version == ip.version and ip not in network:

@@ -29,7 +29,7 @@ _KIND_NAMES: dict[type, str] = {
 }
 
 
-def describe(value: object) -> str:
+def _describe(value: object) -> str:
     """How a TOML value is named in an error: its TOML type and, for scalars, the value."""
     kind = _KIND_NAMES.get(type(value), type(value).__name__)
     return kind if isinstance(value, list | dict) else f"{kind} {value!r}"
@@ -134,7 +134,7 @@ class Table:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.error(key, f"expected {_KIND_NAMES[kind]}, got {describe(value)}")
+            raise self.error(key, f"expected {_KIND_NAMES[kind]}, got {_describe(value)}")
         if kind is float and not math.isfinite(value):
             raise self.error(key, f"expected a finite number, got {value}")
         return value

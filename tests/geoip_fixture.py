@@ -82,7 +82,7 @@ TEST_NETWORKS: tuple[TestNetwork, ...] = (
 )
 
 
-class _RepeatableWriter(MMDBWriter):  # type: ignore[misc]
+class _RepeatableWriter(MMDBWriter):
     def _build_meta(self) -> dict[str, Any]:
         return {**super()._build_meta(), "build_epoch": BUILD_EPOCH}
 
