@@ -101,18 +101,16 @@ def write_config(path: Path, edges: dict[str, FakeEdge], extra_records: str = ""
 
 
 async def _push_reports(edges: dict[str, FakeEdge], control: str) -> None:
-    async with aiohttp.ClientSession() as session:
+    url = f"http://{control}/api/v1/report"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
         while True:
             for edge in edges.values():
                 if edge.alive:
                     edge.seq += 1
                     report = LoadReport(edge.name, edge.seq, "up", 1, 100.0, 2000.0, 0.05, 0.9)
                     with contextlib.suppress(aiohttp.ClientError):
-                        await session.post(
-                            f"http://{control}/api/v1/report",
-                            data=report.to_json(),
-                            headers={"Authorization": f"Bearer {TOKEN}"},
-                        )
+                        async with session.post(url, data=report.to_json()):
+                            pass
             await asyncio.sleep(REPORT_EVERY_S)  # the edges' report cadence, not a wait
 
 
@@ -194,7 +192,8 @@ async def _nodes(rp: RouterProcess) -> dict[str, dict[str, object]]:
 
 
 async def _all_up(rp: RouterProcess) -> bool:
-    return all(n["state"] == "up" for n in (await _nodes(rp)).values())
+    """Every node probed up and its reports accepted."""
+    return all(n["state"] == "up" and n["seq"] for n in (await _nodes(rp)).values())
 
 
 async def _metrics(rp: RouterProcess) -> str:
