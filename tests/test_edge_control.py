@@ -1,0 +1,180 @@
+"""The edge's control port: /healthz, /metrics and purge, on a real in-process edge."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from edge.server import EdgeServer
+from tests.origin_app import FakeRouter, ScriptedOrigin, poll, running_edge
+
+CACHEABLE = {"Cache-Control": "max-age=60"}
+AUTH = {"Authorization": "Bearer t0ken"}
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[ScriptedOrigin]:
+    scripted = ScriptedOrigin()
+    for path in ("/img/a.png", "/img/b.png", "/css/site.css", "/api/p?id=1"):
+        scripted.script(path, headers=CACHEABLE, body=path.encode())
+    scripted.script("/tagged", headers={**CACHEABLE, "Surrogate-Key": "product-42 all"})
+    await scripted.start()
+    yield scripted
+    await scripted.stop()
+
+
+@pytest.fixture
+async def edge(origin: ScriptedOrigin) -> AsyncIterator[EdgeServer]:
+    async with running_edge(origin.url) as server:
+        yield server
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def warm(client: aiohttp.ClientSession, edge: EdgeServer, *paths: str) -> None:
+    for path in paths:
+        headers = {"Host": "cdn.example.com"}
+        async with client.get(f"http://{edge.content}{path}", headers=headers) as resp:
+            assert resp.status == 200
+            await resp.read()
+
+
+async def purge(
+    client: aiohttp.ClientSession, edge: EdgeServer, body: object, headers: dict[str, str] = AUTH
+) -> tuple[int, dict[str, object]]:
+    async with client.post(f"http://{edge.control}/purge", json=body, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_healthz_reports_load_then_503_when_draining(
+    edge: EdgeServer, client: aiohttp.ClientSession
+) -> None:
+    await warm(client, edge, "/img/a.png", "/img/a.png")
+    async with client.get(f"http://{edge.control}/healthz") as resp:
+        assert resp.status == 200
+        health = await resp.json()
+    assert health["status"] == "up"
+    assert set(health) == {"status", "inflight", "rps", "utilization", "cache_hit_ratio"}
+    assert health["cache_hit_ratio"] == 0.5 and health["rps"] > 0
+    edge.drain()
+    async with client.get(f"http://{edge.control}/healthz") as resp:
+        assert resp.status == 503
+        assert (await resp.json())["status"] == "draining"
+    await warm(client, edge, "/img/b.png")  # draining still serves content
+
+
+async def test_purge_by_url(edge: EdgeServer, client: aiohttp.ClientSession) -> None:
+    await warm(client, edge, "/img/a.png", "/img/b.png", "/api/p?id=1")
+    assert await purge(client, edge, {"url": "http://cdn.example.com/img/a.png"}) == (
+        200, {"purged": 1},
+    )  # fmt: skip
+    assert await purge(client, edge, {"url": "http://cdn.example.com/api/p?id=1"}) == (
+        200, {"purged": 1},
+    )  # fmt: skip
+    assert edge.cache.objects == 1
+
+
+async def test_purge_by_prefix(
+    edge: EdgeServer, client: aiohttp.ClientSession, origin: ScriptedOrigin
+) -> None:
+    await warm(client, edge, "/img/a.png", "/img/b.png", "/css/site.css")
+    status, body = await purge(client, edge, {"prefix": "http://cdn.example.com/img/"})
+    assert (status, body) == (200, {"purged": 2})
+    await warm(client, edge, "/img/a.png", "/css/site.css")
+    assert origin.fetches["/img/a.png"] == 2 and origin.fetches["/css/site.css"] == 1
+
+
+async def test_purge_by_surrogate_key(edge: EdgeServer, client: aiohttp.ClientSession) -> None:
+    await warm(client, edge, "/tagged", "/img/a.png")
+    assert await purge(client, edge, {"key": "product-42"}) == (200, {"purged": 1})
+    assert await purge(client, edge, {"key": "product-42"}) == (200, {"purged": 0})
+    assert edge.cache.objects == 1
+    sample = edge.metrics.registry.get_sample_value
+    assert sample("edge_purges_total", {"kind": "key"}) == 2
+    assert sample("edge_purged_objects_total") == 1
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "t0ken"}]
+)
+async def test_purge_without_the_token_is_401_rfc6750_3(
+    edge: EdgeServer, client: aiohttp.ClientSession, headers: dict[str, str]
+) -> None:
+    await warm(client, edge, "/img/a.png")
+    status, _ = await purge(client, edge, {"url": "http://cdn.example.com/img/a.png"}, headers)
+    assert status == 401
+    assert edge.cache.objects == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        {},
+        {"url": "http://x/a", "key": "k"},
+        {"url": "/relative"},
+        {"prefix": 3},
+        {"tag": "k"},
+        {"key": ""},
+    ],
+)
+async def test_bad_purge_requests_are_400(
+    edge: EdgeServer, client: aiohttp.ClientSession, body: object
+) -> None:
+    status, answer = await purge(client, edge, body)
+    assert status == 400 and "error" in answer
+
+
+async def test_purge_body_that_is_not_json_is_400(
+    edge: EdgeServer, client: aiohttp.ClientSession
+) -> None:
+    url = f"http://{edge.control}/purge"
+    async with client.post(url, data=b"\xff{", headers=AUTH) as resp:
+        assert resp.status == 400
+
+
+async def test_metrics_exposes_edge_series(edge: EdgeServer, client: aiohttp.ClientSession) -> None:
+    await warm(client, edge, "/img/a.png", "/img/a.png")
+    async with client.get(f"http://{edge.control}/metrics") as resp:
+        text = await resp.text()
+    assert 'edge_requests_total{cache="hit",code="200",method="GET"} 1.0' in text
+    assert "edge_cache_objects 1.0" in text
+    assert 'edge_status{status="up"} 1.0' in text
+    assert "edge_cache_capacity_bytes" in text
+
+
+async def test_drain_reports_at_once(origin: ScriptedOrigin) -> None:
+    router = FakeRouter()
+    await router.start()
+    try:
+        async with running_edge(origin.url, routers=(router.url,), report_interval_s=60.0) as edge:
+            await poll(lambda: len(router.reports) == 1)
+            edge.drain()
+            await poll(lambda: len(router.reports) == 2, timeout_s=2)
+            assert router.reports[1].status == "draining"
+            assert router.reports[1].seq == 2
+    finally:
+        await router.stop()
+
+
+async def test_router_down_edge_keeps_serving(
+    origin: ScriptedOrigin, client: aiohttp.ClientSession
+) -> None:
+    router = FakeRouter()
+    await router.start()
+    url = router.url
+    await router.stop()  # nothing listens there any more
+    async with running_edge(origin.url, routers=(url,), report_interval_s=0.05) as edge:
+        sample = edge.metrics.registry.get_sample_value
+        await poll(
+            lambda: (sample("edge_reports_total", {"router": url, "result": "failed"}) or 0) >= 2
+        )
+        await warm(client, edge, "/img/a.png")
+        async with client.get(f"http://{edge.control}/healthz") as resp:
+            assert resp.status == 200
