@@ -209,9 +209,7 @@ def _router(t: Table, config_dir: Path) -> RouterSettings:
 
 def _bearer_token(text: str) -> str:
     if not _BEARER_TOKEN.fullmatch(text):
-        raise ValueError(
-            "expected a non-empty bearer token (letters, digits, -._~+/ and trailing =)"
-        )
+        raise ValueError("expected a non-empty bearer token (letters, digits, -._~+/, =)")
     return text
 
 
@@ -262,9 +260,7 @@ def _health(t: Table) -> HealthSettings:
 def _unique_name(t: Table, seen: set[str], what: str) -> str:
     name: str = t.get("name", str)
     if not _NAME.fullmatch(name):
-        raise t.error(
-            "name", f"expected a {what} name of letters, digits, '-', '_', '.', got {name!r}"
-        )
+        raise t.error("name", f"expected a {what} name (letters, digits, -_.), got {name!r}")
     if name in seen:
         raise t.error("name", f"duplicate {what} name {name!r}")
     seen.add(name)
@@ -280,9 +276,6 @@ def _known_region(t: Table, regions: Mapping[str, Region]) -> str:
     if name not in regions:
         raise t.error("region", _unknown_region(name, regions))
     return name
-
-
-# ---- regions ----------------------------------------------------------------------------
 
 
 def _regions(top: Table, tables: list[Table]) -> dict[str, Region]:
@@ -346,9 +339,6 @@ def _failover(
     rest = [r for r in regions.values() if r.name != region.name and r.name not in given]
     rest.sort(key=lambda r: region.distance_km(r.latitude, r.longitude))
     return (*given, *(r.name for r in rest))
-
-
-# ---- nodes and overrides ----------------------------------------------------------------
 
 
 def _nodes(tables: list[Table], regions: Mapping[str, Region]) -> tuple[Node, ...]:
