@@ -211,6 +211,9 @@ async def test_answers_follow_the_client_subnet_rfc7871(router: RouterProcess) -
     assert await router.addresses("185.60.216.0") <= EU
     assert await router.addresses("8.8.8.0") <= NA
     assert _ecs_scope(eu) > 0 and _ecs_scope(na) > 0
+    metrics = await _metrics(router)
+    assert 'georouter_decisions_total{reason="geo"}' in metrics  # not fail-open
+    assert 'georouter_decisions_total{reason="fail_open"}' not in metrics
 
 
 async def test_dead_node_leaves_answers_within_3_seconds(router: RouterProcess) -> None:
