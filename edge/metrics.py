@@ -84,6 +84,7 @@ class EdgeMetrics:
             "edge_utilization", "Requests/s over the configured capacity.", registry=r,
         )
         self.hit_ratio = Gauge(
-            "edge_cache_hit_ratio", "Share of cacheable requests served from the cache (recent window).",
+            "edge_cache_hit_ratio",
+            "Share of cacheable requests served from the cache (recent window).",
             registry=r,
         )

@@ -51,8 +51,8 @@ class HotPathCollector(Collector):
             "Edge node addresses handed out in A/AAAA answers, by region and node.",
             labels=["region", "node"],
         )
-        for key, n in list(t.answers.items()):
-            answers.add_metric(list(key), n)
+        for (region, node), n in list(t.answers.items()):
+            answers.add_metric([region, node], n)
         yield answers
         decisions = CounterMetricFamily(
             "georouter_decisions",
@@ -124,7 +124,8 @@ class RouterMetrics:
         )
         self.reports = Counter(
             "georouter_reports",
-            "Load reports received, by result (accepted, rejected, unauthorized, unknown_node, stale).",
+            "Load reports received, by result "
+            "(accepted, rejected, unauthorized, unknown_node, stale).",
             ["result"], registry=r,
         )
         self.probes = Counter(

@@ -39,10 +39,10 @@ class LoadReport:
         if not isinstance(raw, dict):
             raise ReportError("report must be a JSON object")
         return cls(
-            node=_field(raw, "node", str),
-            seq=_field(raw, "seq", int),
+            node=_text(raw, "node"),
+            seq=_count(raw, "seq"),
             status=cast(EdgeStatus, _status(raw)),
-            inflight=_field(raw, "inflight", int),
+            inflight=_count(raw, "inflight"),
             rps=_number(raw, "rps"),
             capacity_rps=_number(raw, "capacity_rps"),
             utilization=_number(raw, "utilization"),
@@ -50,15 +50,18 @@ class LoadReport:
         )
 
 
-def _field(raw: dict[str, Any], key: str, kind: type) -> Any:
+def _count(raw: dict[str, Any], key: str) -> int:
     value = raw.get(key)
     # bool is an int subclass; a JSON true is never a count.
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise ReportError(f"{key}: expected {kind.__name__}, got {value!r}")
-    if kind is int and value < 0:
-        raise ReportError(f"{key}: must not be negative")
-    if kind is str and not value:
-        raise ReportError(f"{key}: must not be empty")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ReportError(f"{key}: expected a whole number >= 0, got {value!r}")
+    return value
+
+
+def _text(raw: dict[str, Any], key: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not value:
+        raise ReportError(f"{key}: expected a non-empty string, got {value!r}")
     return value
 
 
@@ -72,7 +75,7 @@ def _number(raw: dict[str, Any], key: str) -> float:
 
 
 def _status(raw: dict[str, Any]) -> str:
-    status = _field(raw, "status", str)
+    status = _text(raw, "status")
     if status not in EDGE_STATUSES:
         raise ReportError(f"status: expected one of {sorted(EDGE_STATUSES)}, got {status!r}")
     return str(status)
