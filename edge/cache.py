@@ -41,6 +41,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from edge.eviction import make_policy
 from edge.rules import (
     EMPTY_CACHE_CONTROL,
+    SURROGATE_CAPABILITY,
     CacheControl,
     corrected_initial_age,
     freshness_lifetime,
@@ -48,6 +49,7 @@ from edge.rules import (
     invalidation_targets,
     not_modified,
     parse_cache_control,
+    response_cache_control,
     selecting_value,
     storable_reason,
     stored_headers,
@@ -59,6 +61,7 @@ from edge.store import Store
 
 __all__ = [
     "CACHE_NAME",
+    "SURROGATE_CAPABILITY",
     "Cache",
     "CacheEntry",
     "Headers",
@@ -207,7 +210,7 @@ class Cache:
         method, status, partial, no-store, private, authorization, vary-star,
         too-large, no-validator-or-freshness. Called on the response headers
         before the body streams, so the proxy knows whether to buffer."""
-        cc = parse_cache_control(headers)
+        cc = response_cache_control(headers)
         method = "GET" if req.method == "HEAD" else req.method  # fills are GETs
         reason = storable_reason(method, req.headers, _request_cc(req), status, headers, cc)
         if reason is not None:
@@ -238,7 +241,7 @@ class Cache:
         names = vary_names(headers) or ()
         vary = tuple((name, selecting_value(req.headers, name)) for name in names)
         keys = tuple(k for line in headers.getall("Surrogate-Key", []) for k in line.split())
-        cc = parse_cache_control(headers)
+        cc = response_cache_control(headers)
         kept = stored_headers(headers, cc)
         kept.popall("Age", None)  # regenerated on every use (§5.1)
         entry = _entry(status, kept, body, vary, keys, cc, headers, request_time, response_time)
@@ -259,7 +262,7 @@ class Cache:
         store if the updated fields forbid storing it (e.g. a new no-store)."""
         merged = update_headers(entry.headers, not_modified_headers)
         merged.popall("Age", None)
-        cc = parse_cache_control(merged)
+        cc = response_cache_control(merged)
         fresh = _entry(
             entry.status,
             merged,

@@ -164,6 +164,40 @@ def parse_cache_control(headers: Headers) -> CacheControl:
     return CacheControl(directives)
 
 
+# Surrogate-Control (W3C Edge Architecture Specification 1.0): a CDN's own
+# Cache-Control. We answer to untargeted directives and to ";georouter-edge",
+# which the proxy advertises upstream in Surrogate-Capability.
+SURROGATE_TARGET: Final = "georouter-edge"
+SURROGATE_CAPABILITY: Final = f'{SURROGATE_TARGET}="Surrogate/1.0"'
+
+
+def parse_surrogate_control(headers: Headers) -> CacheControl | None:
+    """Surrogate-Control directives addressed to this cache (targeted ones win
+    over untargeted ones); None when there are none."""
+    lines = headers.getall("Surrogate-Control", [])
+    if not lines:
+        return None
+    targeted: dict[str, str | None] = {}
+    general: dict[str, str | None] = {}
+    for member in split_list(lines):
+        directive, semi, target = member.partition(";")
+        if semi and target.strip(" \t") != SURROGATE_TARGET:
+            continue
+        name, eq, raw = directive.partition("=")
+        name = name.lower()
+        if _TOKEN.match(name):
+            (targeted if semi else general).setdefault(name, unquote(raw) if eq else None)
+    merged = general | targeted
+    return CacheControl(merged) if merged else None
+
+
+def response_cache_control(headers: Headers) -> CacheControl:
+    """The directives this cache obeys: Surrogate-Control addressed to it
+    replaces Cache-Control entirely (that is its purpose), else Cache-Control."""
+    surrogate = parse_surrogate_control(headers)
+    return parse_cache_control(headers) if surrogate is None else surrogate
+
+
 def parse_http_date(value: str, now: float) -> float | None:
     """RFC 9110 §5.6.7 HTTP-date (IMF-fixdate, rfc850, asctime) as POSIX seconds.
 

@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from edge.cache import CACHE_NAME, Cache, CacheEntry, Lookup, RequestInfo, cache_status
+from edge.cache import (
+    CACHE_NAME,
+    SURROGATE_CAPABILITY,
+    Cache,
+    CacheEntry,
+    Lookup,
+    RequestInfo,
+    cache_status,
+)
 
 T0 = 1_700_000_000.0
 
@@ -204,6 +212,15 @@ def test_capacity_is_enforced_and_evictions_reported() -> None:
     assert cache.objects == 3
     assert sum(evicted) == 2
     assert look(cache, request=req("/0")).outcome == "miss"
+
+
+def test_surrogate_control_overrides_cache_control_for_this_cache(cache: Cache) -> None:
+    put(cache, ("Cache-Control", "max-age=3600"), ("Surrogate-Control", "max-age=1"))
+    assert look(cache, 2).outcome == "stale"
+    assert put(cache, ("Cache-Control", "max-age=60"), ("Surrogate-Control", "no-store")) is None
+    fields = [("Cache-Control", "no-store"), ("Surrogate-Control", "max-age=60;georouter-edge")]
+    assert put(cache, *fields, request=req("/t")) is not None
+    assert SURROGATE_CAPABILITY == 'georouter-edge="Surrogate/1.0"'
 
 
 # --- revalidation and no-cache (RFC 9111 §4.3, §5.2.2.4) -------------------------

@@ -21,6 +21,8 @@ from edge.rules import (
     parse_cache_control,
     parse_delta_seconds,
     parse_http_date,
+    parse_surrogate_control,
+    response_cache_control,
     selecting_value,
     split_list,
     storable_reason,
@@ -444,3 +446,32 @@ def test_other_origin_location_is_not_invalidated_rfc9111_4_4() -> None:
 @pytest.mark.parametrize(("method", "status"), [("GET", 200), ("HEAD", 200), ("POST", 500)])
 def test_safe_methods_and_errors_invalidate_nothing_rfc9111_4_4(method: str, status: int) -> None:
     assert invalidation_targets("h", "/x", method, status, h()) == []
+
+
+# --- Surrogate-Control (W3C Edge Architecture Specification 1.0) --------------
+
+
+@pytest.mark.parametrize(
+    ("lines", "directives"),
+    [
+        (["max-age=3600"], {"max-age": "3600"}),
+        (["MaX-aGe=3600, foobar"], {"max-age": "3600", "foobar": None}),
+        (["max-age=3600;georouter-edge"], {"max-age": "3600"}),
+        (["max-age=3600;not-for-you"], None),
+        (["max-age=1, max-age=3600;georouter-edge"], {"max-age": "3600"}),  # targeted wins
+        (["no-store"], {"no-store": None}),
+    ],
+)
+def test_surrogate_control_addressed_to_us(
+    lines: list[str], directives: dict[str, str | None] | None
+) -> None:
+    parsed = parse_surrogate_control(h(*(("Surrogate-Control", line) for line in lines)))
+    assert (None if parsed is None else dict(parsed.directives)) == directives
+
+
+def test_surrogate_control_replaces_cache_control() -> None:
+    headers = h(("Cache-Control", "no-store"), ("Surrogate-Control", "max-age=60;georouter-edge"))
+    assert response_cache_control(headers).seconds("max-age") == 60
+    assert "no-store" not in response_cache_control(headers)
+    other = h(("Cache-Control", "max-age=5"), ("Surrogate-Control", "max-age=60;other"))
+    assert response_cache_control(other).seconds("max-age") == 5
