@@ -130,10 +130,6 @@ async def run(cfg: EdgeConfig) -> None:
     """Run an edge until SIGINT, or SIGTERM plus drain_s."""
     server = EdgeServer(cfg)
     await server.start()
-    log.info(
-        "event=listening name=%s content=%s control=%s origin=%s",
-        cfg.name, server.content, server.control, cfg.origin,
-    )  # fmt: skip
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -143,6 +139,11 @@ async def run(cfg: EdgeConfig) -> None:
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
+    # Logged once the signal handlers are in place: a supervisor may signal right after.
+    log.info(
+        "event=listening name=%s content=%s control=%s origin=%s",
+        cfg.name, server.content, server.control, cfg.origin,
+    )  # fmt: skip
     try:
         await stopping.wait()
     finally:
