@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict
 
-from edge.cache import Cache, CacheEntry, Headers, RequestInfo, cache_status, strip_hop_by_hop
+from edge.cache import (
+    SURROGATE_CAPABILITY,
+    Cache,
+    CacheEntry,
+    Headers,
+    RequestInfo,
+    cache_status,
+    strip_hop_by_hop,
+)
 from edge.load import CacheResult
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginResponse
@@ -62,12 +70,16 @@ def origin_headers(request: web.Request, name: str, *, fill: bool) -> CIMultiDic
     headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
     headers["X-Forwarded-Proto"] = request.scheme
     headers.add("Via", f"{_protocol(request)} {name}")
+    # Edge Architecture 1.0: tell the origin which Surrogate-Control target we answer to.
+    headers.add("Surrogate-Capability", SURROGATE_CAPABILITY)
     return headers
 
 
 def client_headers(headers: Headers, via: str, member: str) -> CIMultiDict[str]:
     """Response fields for the client: end-to-end only, plus Via and our Cache-Status."""
     out = strip_hop_by_hop(headers)
+    # Surrogate-Control is addressed to surrogates; the edge is the last one before clients.
+    out.popall("Surrogate-Control", None)
     out.add("Via", via)
     # RFC 9211 §2: each cache appends its member; the last is nearest the client.
     prior = out.popall("Cache-Status", [])

@@ -148,6 +148,17 @@ async def test_forwarding_headers_to_origin_rfc9110_7_6(
     assert seen["X-Forwarded-For"] == "192.0.2.1, 127.0.0.1"
     assert seen["Via"] == "1.1 edge-test-1"
     assert "X-Secret" not in seen  # named in Connection: hop-by-hop (RFC 9110 §7.6.1)
+    assert seen["Surrogate-Capability"] == 'georouter-edge="Surrogate/1.0"'
+
+
+async def test_surrogate_control_is_obeyed_and_removed_edge_arch_1_0(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession
+) -> None:
+    origin.script("/sc", headers={"Cache-Control": "no-store", "Surrogate-Control": "max-age=60"})
+    for _ in range(2):
+        _, headers, _ = await get(client, edge, "/sc")
+        assert "Surrogate-Control" not in headers
+    assert "hit" in headers["Cache-Status"] and origin.fetches["/sc"] == 1
 
 
 async def test_revalidation_304_updates_stored_headers_rfc9111_4_3_4(
