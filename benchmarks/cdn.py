@@ -51,11 +51,21 @@ class Edge:
     control_url: str
     service: Service
 
+    @property
+    def ports(self) -> tuple[int, int]:
+        return self.content.port, int(self.control_url.rsplit(":", 1)[1])
 
-def start_edge(name: str, host: str, origin_url: str, routers: list[str]) -> Edge:
-    """`edge serve` on `host` with kernel-chosen ports; the caller stops it by PID."""
+
+def start_edge(
+    name: str, host: str, origin_url: str, routers: list[str], ports: tuple[int, int] = (0, 0)
+) -> Edge:
+    """`edge serve` on `host` (content and control `ports`, 0: the kernel's choice).
+
+    The caller stops it by PID (`Edge.service`).
+    """
     argv = [sys.executable, "-m", "edge", "serve", "--name", name, "--origin", origin_url]
-    argv += ["--listen", f"{host}:0", "--control", f"{host}:0", "--token", BENCH_TOKEN]
+    argv += ["--listen", f"{host}:{ports[0]}", "--control", f"{host}:{ports[1]}"]
+    argv += ["--token", BENCH_TOKEN]
     for router in routers:
         argv += ["--router", router]
     service = Service(name, argv)
