@@ -148,7 +148,7 @@ async def poll(
 
 
 @contextlib.asynccontextmanager
-async def start_cdn(tmp_path: Path, *, drain_s: float = 2.0) -> AsyncIterator[Cdn]:
+async def start_cdn(tmp_path: Path, *, drain_s: float = 0.5) -> AsyncIterator[Cdn]:
     """Origin, six edges and the router on a fresh loopback block; every node up on exit."""
     block = loopback_block()
     router_host = f"{block}1"

@@ -404,8 +404,15 @@ async def test_failover_kill9_then_region_then_recovery(cdn: Cdn) -> None:
         assert await traffic > 0
 
 
+@pytest.fixture
+async def cdn_slow_drain(tmp_path: Path) -> AsyncIterator[Cdn]:
+    async with start_cdn(tmp_path, drain_s=3.0) as running:
+        yield running
+
+
 @pytest.mark.timeout(60)
-async def test_drain_leaves_answers_before_it_stops_serving(cdn: Cdn) -> None:
+async def test_drain_leaves_answers_before_it_stops_serving(cdn_slow_drain: Cdn) -> None:
+    cdn = cdn_slow_drain
     eu1 = cdn.ip("edge-eu-1")
     child = cdn.child("edge-eu-1")
     url = cdn.content_url("edge-eu-1", "/img/cat.jpg")

@@ -9,34 +9,35 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
 from georouter.config import HostPort
 from georouter.demo.supervisor import ChildSpec, Supervisor
 from tests.e2e import SUBNETS, Cdn, free_port, poll, prometheus_config, start_cdn, which
 from tests.test_assets import dashboard_exprs, rule_exprs
 
-pytestmark = pytest.mark.timeout(60)
+# One CDN and one Prometheus serve every test here.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.asyncio(loop_scope="module")]
 READY_LINE = "Server is ready to receive web requests"
 
 
-@pytest.fixture
-async def cdn(tmp_path: Path) -> AsyncIterator[Cdn]:
-    async with start_cdn(tmp_path) as running:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def cdn(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cdn]:
+    async with start_cdn(tmp_path_factory.mktemp("cdn")) as running:
         yield running
 
 
-@pytest.fixture
-async def prometheus(tmp_path: Path, cdn: Cdn) -> AsyncIterator[str]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def prometheus(tmp_path_factory: pytest.TempPathFactory, cdn: Cdn) -> AsyncIterator[str]:
+    tmp_path = tmp_path_factory.mktemp("prometheus")
     binary = which("prometheus")
     if binary is None:
         pytest.skip("prometheus not installed (Debian package prometheus; `make test` installs it)")
-    workdir = tmp_path / "prometheus"
-    workdir.mkdir()
+    workdir = tmp_path
     edges = {e.name: e.control for e in cdn.plan.edges}
     config = workdir / "prometheus.yml"
     config.write_text(prometheus_config(1.0, cdn.plan.control, edges))

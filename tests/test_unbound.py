@@ -10,34 +10,35 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import dns.asyncquery
 import dns.edns
 import dns.message
 import dns.rcode
 import pytest
+import pytest_asyncio
 
 from georouter.config import HostPort
 from georouter.demo.supervisor import ChildSpec, Supervisor
 from tests.e2e import SERVICE, SUBNETS, Cdn, free_dns_port, poll, start_cdn, unbound_config, which
 
-pytestmark = pytest.mark.timeout(60)
+# One CDN and one unbound serve every test here (each test only queries).
+pytestmark = [pytest.mark.timeout(60), pytest.mark.asyncio(loop_scope="module")]
 
 
-@pytest.fixture
-async def cdn(tmp_path: Path) -> AsyncIterator[Cdn]:
-    async with start_cdn(tmp_path) as running:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def cdn(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cdn]:
+    async with start_cdn(tmp_path_factory.mktemp("cdn")) as running:
         yield running
 
 
-@pytest.fixture
-async def unbound(tmp_path: Path, cdn: Cdn) -> AsyncIterator[HostPort]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def unbound(tmp_path_factory: pytest.TempPathFactory, cdn: Cdn) -> AsyncIterator[HostPort]:
+    tmp_path = tmp_path_factory.mktemp("unbound")
     binary, checkconf = which("unbound"), which("unbound-checkconf")
     if binary is None or checkconf is None:
         pytest.skip("unbound not installed (Debian package unbound; `make test` installs it)")
-    workdir = tmp_path / "unbound"
-    workdir.mkdir()
+    workdir = tmp_path
     server = HostPort("127.0.0.1", free_dns_port("127.0.0.1"))
     conf = workdir / "unbound.conf"
     conf.write_text(unbound_config(workdir, server.port, cdn.dns))
