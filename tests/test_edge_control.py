@@ -6,7 +6,11 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from edge.control import _split_url as split_url
+from edge.proxy import cache_host
 from edge.server import EdgeServer
 from tests.origin_app import FakeRouter, ScriptedOrigin, poll, running_edge
 
@@ -178,3 +182,17 @@ async def test_router_down_edge_keeps_serving(
         await warm(client, edge, "/img/a.png")
         async with client.get(f"http://{edge.control}/healthz") as resp:
             assert resp.status == 200
+
+
+@given(
+    st.sampled_from(["cdn.example.com", "CDN.Example.COM", "127.0.0.1", "[::1]"]),
+    st.sampled_from([None, 80, 8080]),
+    st.text(alphabet="abc/-_.~%", max_size=20),
+    st.one_of(st.none(), st.text(alphabet="a=&1", max_size=10)),
+)
+def test_purge_url_names_the_key_the_proxy_uses(
+    host: str, port: int | None, path: str, query: str | None
+) -> None:
+    authority = host if port is None else f"{host}:{port}"
+    target = "/" + path + (f"?{query}" if query else "")
+    assert split_url(f"http://{authority}{target}") == (cache_host(authority), target)
