@@ -34,7 +34,14 @@ from georouter.demo import origin
 from georouter.demo.plan import SAMPLE_SUBNETS, addresses_needed, guide, make_plan
 from georouter.demo.status import answers_by_node, render_table, rows_from_json
 from georouter.demo.supervisor import ChildSpec, DemoError, Supervisor, check_ports_free
-from georouter.demo.workload import CLIENTS, OBJECTS, cache_verdict, requests, zipf_weights
+from georouter.demo.workload import (
+    CLIENTS,
+    OBJECTS,
+    Workload,
+    cache_verdict,
+    requests,
+    zipf_weights,
+)
 from georouter.geo import Geo, open_geoip
 from georouter.metrics import HotPathTallies
 from tests.e2e import (
@@ -465,6 +472,19 @@ async def test_whole_path_resolve_fetch_hit_purge_miss(cdn: Cdn) -> None:
             verdicts.append(cache_verdict(r.headers.get("Cache-Status")))
     assert verdicts[1] == "hit"
     assert verdicts[0] != "hit" and verdicts[2] != "hit", verdicts
+
+
+@pytest.mark.timeout(60)
+async def test_demo_workload_is_bounded_and_served_by_each_clients_region(cdn: Cdn) -> None:
+    workload = Workload(cdn.dns, "cdn.example.com", cdn.plan.content_port)
+    stats = await workload.run(duration_s=20, max_requests=300, rate_rps=1000)
+    assert stats.requests == 300 and stats.errors == 0, stats
+    assert stats.by_status["hit"] > 150  # Zipf popularity: the hot objects are cached
+    async with aiohttp.ClientSession() as session:
+        nodes = await cdn.nodes(session)
+    # Clients were in all three regions, so every region's first-choice edges got traffic.
+    by_region = {e.region for e in cdn.plan.edges if (nodes[e.name]["rps"] or 0) > 0}
+    assert by_region == {"na", "eu", "ap"}
 
 
 # ---- `georouter demo` itself ---------------------------------------------------------------

@@ -4,7 +4,8 @@ Each request picks a client (an ECS subnet the embedded GeoLite2 places in a kno
 and an object by Zipf-like popularity, asks the router for the service name with that
 client's subnet (RFC 7871), and fetches the object from the first address answered. Like a
 stub resolver, a client reuses an answer for a while and forgets it when a fetch fails. The
-run stops by itself after LOAD_DURATION_S seconds or LOAD_MAX_REQUESTS requests.
+run is paced to LOAD_RATE_RPS and stops by itself after LOAD_DURATION_S seconds or
+LOAD_MAX_REQUESTS requests, whichever comes first.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from georouter.config import HostPort
 LOAD_DURATION_S = 60.0
 LOAD_MAX_REQUESTS = 20_000
 LOAD_CONCURRENCY = 8
+LOAD_RATE_RPS = 250.0  # paced, so the load lasts long enough for dashboards to show it
 LOAD_SEED = 7
 ZIPF_EXPONENT = 1.1  # web object popularity is roughly Zipf with s near 1
 ANSWER_REUSE_S = 5.0  # a client re-resolves this often (shorter than the answer TTL)
@@ -140,6 +142,8 @@ class Workload:
         self.content_port = content_port
         self.stats = WorkloadStats()
         self._answers: dict[str, tuple[float, str]] = {}  # subnet -> (expiry, address)
+        self._interval = 1.0 / LOAD_RATE_RPS
+        self._next_slot = 0.0
 
     async def run(
         self,
@@ -147,7 +151,9 @@ class Workload:
         max_requests: int = LOAD_MAX_REQUESTS,
         concurrency: int = LOAD_CONCURRENCY,
         seed: int = LOAD_SEED,
+        rate_rps: float = LOAD_RATE_RPS,
     ) -> WorkloadStats:
+        self._interval = 1.0 / rate_rps
         stream = itertools.islice(requests(random.Random(seed)), max_requests)
         timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
         async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -159,6 +165,7 @@ class Workload:
 
     async def _worker(self, session: aiohttp.ClientSession, stream: Iterator[Request]) -> None:
         for request in stream:  # one shared iterator: the request bound holds across workers
+            await self._pace()
             self.stats.requests += 1
             try:
                 verdict = await self._one(session, request)
@@ -173,6 +180,14 @@ class Workload:
                 self.stats.errors += 1
             else:
                 self.stats.by_status[verdict] += 1
+
+    async def _pace(self) -> None:
+        """Hold the workers together to rate_rps: each request takes the next time slot."""
+        now = asyncio.get_running_loop().time()
+        slot = max(self._next_slot, now)
+        self._next_slot = slot + self._interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
 
     async def _one(self, session: aiohttp.ClientSession, request: Request) -> str:
         address = await self._resolve(request.client.subnet)
