@@ -40,7 +40,7 @@ bench: $(STAMP) test-packages bench-packages
 	$(BIN)/python -m benchmarks
 
 cache-tests: $(STAMP)
-	$(BIN)/python -m edge.cache_tests
+	$(BIN)/python scripts/cache-tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -17,38 +17,53 @@ class EdgeMetrics:
             "edge_requests",
             "Client requests, by cache result (hit, miss, stale, revalidated, pass, error), "
             "method and status code.",
-            ["cache", "method", "code"], registry=r,
+            ["cache", "method", "code"],
+            registry=r,
         )
         self.request_duration = Histogram(
             "edge_request_duration_seconds",
             "Time to answer a client request (to the last body byte), by cache result.",
-            ["cache"], buckets=REQUEST_BUCKETS, registry=r,
+            ["cache"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
         )
         self.origin_duration = Histogram(
             "edge_origin_fetch_duration_seconds",
             "Time for an origin fetch to return its response headers.",
-            buckets=REQUEST_BUCKETS, registry=r,
+            buckets=REQUEST_BUCKETS,
+            registry=r,
         )
         self.origin_errors = Counter(
             "edge_origin_errors",
             "Origin fetches that failed, by kind (connect, timeout, status_5xx, invalid).",
-            ["kind"], registry=r,
+            ["kind"],
+            registry=r,
         )
         self.bytes_served = Counter(
-            "edge_bytes_served", "Response body bytes sent to clients.", registry=r,
+            "edge_bytes_served",
+            "Response body bytes sent to clients.",
+            registry=r,
         )
         self.cache_objects = Gauge(
-            "edge_cache_objects", "Responses held in the cache store.", registry=r,
+            "edge_cache_objects",
+            "Responses held in the cache store.",
+            registry=r,
         )
         self.cache_bytes = Gauge(
-            "edge_cache_bytes", "Bytes held in the cache store.", registry=r,
+            "edge_cache_bytes",
+            "Bytes held in the cache store.",
+            registry=r,
         )
         self.cache_capacity_bytes = Gauge(
-            "edge_cache_capacity_bytes", "Configured size of the cache store.", registry=r,
+            "edge_cache_capacity_bytes",
+            "Configured size of the cache store.",
+            registry=r,
         )
         self.evictions = Counter(
-            "edge_cache_evictions", "Responses evicted to make room, by policy.",
-            ["policy"], registry=r,
+            "edge_cache_evictions",
+            "Responses evicted to make room, by policy.",
+            ["policy"],
+            registry=r,
         )
         self.coalesced = Counter(
             "edge_coalesced_waits",
@@ -58,30 +73,42 @@ class EdgeMetrics:
         self.uncacheable = Counter(
             "edge_uncacheable_responses",
             "Origin responses not stored, by reason (no-store, private, authorization, status, "
-            "vary-star, too-large, no-validator-or-freshness, method).",
-            ["reason"], registry=r,
+            "vary-star, too-large, partial, no-validator-or-freshness, method).",
+            ["reason"],
+            registry=r,
         )
         self.inflight = Gauge(
-            "edge_inflight_requests", "Client requests being served now.", registry=r,
+            "edge_inflight_requests",
+            "Client requests being served now.",
+            registry=r,
         )
         self.purges = Counter(
-            "edge_purges", "Purge requests, by kind (url, prefix, key).", ["kind"], registry=r,
+            "edge_purges",
+            "Purge requests, by kind (url, prefix, key).",
+            ["kind"],
+            registry=r,
         )
         self.purged_objects = Counter(
-            "edge_purged_objects", "Responses removed by purges.", registry=r,
+            "edge_purged_objects",
+            "Responses removed by purges.",
+            registry=r,
         )
         self.reports = Counter(
             "edge_reports",
             "Load reports pushed to routers, by router and result (ok, failed).",
-            ["router", "result"], registry=r,
+            ["router", "result"],
+            registry=r,
         )
         self.status = Gauge(
             "edge_status",
             "1 for the edge's current status (up, degraded, draining).",
-            ["status"], registry=r,
+            ["status"],
+            registry=r,
         )
         self.utilization = Gauge(
-            "edge_utilization", "Requests/s over the configured capacity.", registry=r,
+            "edge_utilization",
+            "Requests/s over the configured capacity.",
+            registry=r,
         )
         self.hit_ratio = Gauge(
             "edge_cache_hit_ratio",

@@ -1,24 +1,73 @@
 """Every Prometheus metric the router exports: one catalogue, one registry per router.
 
-The per-query counters are plain dict increments on the hot path (tens of nanoseconds);
+The per-query counters are plain dict and list increments on the hot path (tens of
+nanoseconds, no locks: prometheus_client's own Histogram takes a mutex per observation);
 `HotPathCollector` turns them into Prometheus samples only when /metrics is scraped.
 Label values are bounded: transports, qtypes, rcodes, region and node names from config.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 QUERY_DURATION_BUCKETS = (
-    25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3,
+    25e-6,
+    50e-6,
+    100e-6,
+    250e-6,
+    500e-6,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    10e-3,
+    25e-3,
+    100e-3,
 )
 ECS_SCOPE_BUCKETS = (0, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64, 128)
+TRANSPORTS = ("udp", "tcp")
+
+
+@dataclass(slots=True)
+class BucketTally:
+    """An exact Prometheus histogram as plain counts: one list increment per observation."""
+
+    bounds: tuple[float, ...]  # upper bounds, ascending; +Inf is implied
+    counts: list[int] = field(default_factory=list)  # per bucket, not cumulative
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bucket (Prometheus `le`).
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """The `le` buckets of the exposition, +Inf last."""
+        les = [*map(floatToGoString, self.bounds), "+Inf"]
+        running, out = 0, []
+        for le, count in zip(les, self.counts, strict=True):
+            running += count
+            out.append((le, float(running)))
+        return out
+
+
+def _durations() -> dict[str, BucketTally]:
+    return {transport: BucketTally(QUERY_DURATION_BUCKETS) for transport in TRANSPORTS}
+
+
+def _scopes() -> BucketTally:
+    return BucketTally(ECS_SCOPE_BUCKETS)
 
 
 @dataclass(slots=True)
@@ -30,6 +79,8 @@ class HotPathTallies:
     decisions: Tally[str] = field(default_factory=Tally)  # reason
     geoip_lookups: int = 0
     geoip_cache_hits: int = 0
+    durations: dict[str, BucketTally] = field(default_factory=_durations)  # by transport
+    ecs_scopes: BucketTally = field(default_factory=_scopes)
 
 
 class HotPathCollector(Collector):
@@ -74,6 +125,20 @@ class HotPathCollector(Collector):
             "Client locations served from the per-network GeoIP cache.",
             value=t.geoip_cache_hits,
         )
+        durations = HistogramMetricFamily(
+            "georouter_dns_query_duration_seconds",
+            "Time from a query's arrival to its response leaving, by transport.",
+            labels=["transport"],
+        )
+        for transport, tally in t.durations.items():
+            durations.add_metric([transport], tally.cumulative(), tally.total)
+        yield durations
+        yield HistogramMetricFamily(
+            "georouter_ecs_scope_prefix_length",
+            "SCOPE PREFIX-LENGTH returned in ECS answers (RFC 7871 §7.2.1).",
+            buckets=t.ecs_scopes.cumulative(),
+            sum_value=t.ecs_scopes.total,
+        )
 
 
 class RouterMetrics:
@@ -84,64 +149,65 @@ class RouterMetrics:
         self.tallies = HotPathTallies()
         self.registry.register(HotPathCollector(self.tallies))
         r = self.registry
-        self.query_duration = Histogram(
-            "georouter_dns_query_duration_seconds",
-            "Time from a query's arrival to its response leaving, by transport.",
-            ["transport"], buckets=QUERY_DURATION_BUCKETS, registry=r,
-        )
-        self.ecs_scope = Histogram(
-            "georouter_ecs_scope_prefix_length",
-            "SCOPE PREFIX-LENGTH returned in ECS answers (RFC 7871 §7.2.1).",
-            buckets=ECS_SCOPE_BUCKETS, registry=r,
-        )
         self.dropped = Counter(
             "georouter_dns_dropped",
             "Datagrams or connections dropped without an answer, by reason.",
-            ["reason"], registry=r,
+            ["reason"],
+            registry=r,
         )
         self.tcp_connections = Gauge(
-            "georouter_dns_tcp_connections", "Open DNS-over-TCP connections.", registry=r,
+            "georouter_dns_tcp_connections",
+            "Open DNS-over-TCP connections.",
+            registry=r,
         )
         self.node_healthy = Gauge(
             "georouter_node_healthy",
             "1 if the node is eligible for answers (up and not draining), else 0.",
-            ["region", "node"], registry=r,
+            ["region", "node"],
+            registry=r,
         )
         self.node_state = Gauge(
             "georouter_node_state",
             "1 for the node's current state (unknown, up, down, draining, saturated).",
-            ["node", "state"], registry=r,
+            ["node", "state"],
+            registry=r,
         )
         self.node_utilization = Gauge(
             "georouter_node_utilization",
             "Utilisation (0..1+) from the node's latest load report.",
-            ["region", "node"], registry=r,
+            ["region", "node"],
+            registry=r,
         )
         self.node_report_age = Gauge(
             "georouter_node_report_age_seconds",
             "Seconds since the node's latest accepted load report.",
-            ["node"], registry=r,
+            ["node"],
+            registry=r,
         )
         self.reports = Counter(
             "georouter_reports",
             "Load reports received, by result "
             "(accepted, rejected, unauthorized, unknown_node, stale).",
-            ["result"], registry=r,
+            ["result"],
+            registry=r,
         )
         self.probes = Counter(
             "georouter_probes",
             "Active health probes, by node and result (ok, fail).",
-            ["node", "result"], registry=r,
+            ["node", "result"],
+            registry=r,
         )
         self.state_changes = Counter(
             "georouter_node_state_changes",
             "Node state transitions, by node and new state.",
-            ["node", "state"], registry=r,
+            ["node", "state"],
+            registry=r,
         )
         self.reloads = Counter(
             "georouter_reloads",
             "Config and GeoIP reloads (SIGHUP), by result (ok, failed).",
-            ["result"], registry=r,
+            ["result"],
+            registry=r,
         )
         self.snapshot_version = Gauge(
             "georouter_fleet_snapshot_version",
