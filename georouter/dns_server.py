@@ -11,7 +11,6 @@ import errno
 import socket
 from dataclasses import dataclass
 from time import perf_counter
-from typing import cast
 
 from georouter.config import HostPort
 from georouter.metrics import RouterMetrics
@@ -25,6 +24,8 @@ MAX_TCP_QUERY_BYTES = 4096  # a query is a question and an OPT: anything longer 
 TCP_BACKLOG = 1024
 UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # rides out bursts; the kernel caps it (rmem_max)
 BIND_ATTEMPTS = 16  # port 0: tries to find one port free for both UDP and TCP
+MAX_UDP_QUERY_BYTES = MAX_TCP_QUERY_BYTES  # a longer datagram is dropped unanswered
+UDP_BATCH = 64  # datagrams answered per readiness event before the loop runs other work
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,28 +35,49 @@ class TcpLimits:
     max_queries_per_connection: int = MAX_QUERIES_PER_CONNECTION
 
 
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, service: DnsService, metrics: RouterMetrics) -> None:
+class _UdpReader:
+    """Answers datagrams straight off the socket when the event loop says it is readable.
+
+    Cheaper per query than asyncio's DatagramProtocol, which reads one datagram per loop
+    iteration into a fresh 256 KiB buffer (malloc turns that into an mmap/munmap pair) and
+    routes every send through a transport: here one wakeup drains up to UDP_BATCH
+    datagrams with small reads, and answers go out with one sendto each.
+    """
+
+    def __init__(self, sock: socket.socket, service: DnsService, metrics: RouterMetrics) -> None:
+        self._sock = sock
         self._service = service
-        self._duration = metrics.query_duration.labels(transport="udp")
-        self._dropped = metrics.dropped.labels(reason="unanswerable")
-        self._transport: asyncio.DatagramTransport | None = None
+        self._duration = metrics.tallies.durations["udp"]
+        self._metrics = metrics
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # The selector loop's UDP transport does not subclass DatagramTransport.
-        self._transport = cast(asyncio.DatagramTransport, transport)
+    def read_ready(self) -> None:
+        recvfrom, sendto = self._sock.recvfrom, self._sock.sendto
+        observe, service = self._duration.observe, self._service
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = recvfrom(MAX_UDP_QUERY_BYTES + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an error queued on the socket (ICMP about an earlier answer)
+            started = perf_counter()
+            response = (
+                service.responder.respond(data, addr[0], "udp")
+                if len(data) <= MAX_UDP_QUERY_BYTES
+                else None
+            )
+            if response is None:
+                self._drop("unanswerable")
+                continue
+            try:
+                sendto(response, addr)
+            except OSError:  # send buffer full, or the address is unreachable: UDP may drop
+                self._drop("send_failed")
+                continue
+            observe(perf_counter() - started)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        started = perf_counter()
-        response = self._service.responder.respond(data, str(addr[0]), "udp")
-        if response is None:
-            self._dropped.inc()
-        elif self._transport is not None:
-            self._transport.sendto(response, addr)
-        self._duration.observe(perf_counter() - started)
-
-    def error_received(self, exc: Exception) -> None:
-        """ICMP errors about earlier answers: nothing to retry on a stateless server."""
+    def _drop(self, reason: str) -> None:
+        self._metrics.dropped.labels(reason=reason).inc()
 
 
 class DnsService:
@@ -73,10 +95,10 @@ class DnsService:
         self._metrics = metrics
         self._limits = limits
         self._port = 0
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: socket.socket | None = None
         self._tcp: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
-        self._tcp_duration = metrics.query_duration.labels(transport="tcp")
+        self._tcp_duration = metrics.tallies.durations["tcp"]
 
     @property
     def port(self) -> int:
@@ -85,17 +107,18 @@ class DnsService:
     async def start(self) -> None:
         """Bind UDP and TCP on the same port (with port 0, one free for both) and serve."""
         udp_sock, tcp_sock = _bind_pair(self._listen)
-        loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self, self._metrics), sock=udp_sock
-        )
+        reader = _UdpReader(udp_sock, self, self._metrics)
+        asyncio.get_running_loop().add_reader(udp_sock.fileno(), reader.read_ready)
+        self._udp = udp_sock
         self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_sock, backlog=TCP_BACKLOG)
         self._port = udp_sock.getsockname()[1]
 
     async def stop(self) -> None:
         """Stop listening and close every open connection."""
         if self._udp is not None:
+            asyncio.get_running_loop().remove_reader(self._udp.fileno())
             self._udp.close()
+            self._udp = None
         if self._tcp is not None:
             self._tcp.close()
         for task in self._connections:

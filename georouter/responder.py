@@ -249,7 +249,7 @@ class Responder:
             option = b""
             if subnet is not None:
                 option = subnet.echo(scope)
-                self._metrics.ecs_scope.observe(scope)
+                self._tallies.ecs_scopes.observe(scope)
             opt = encode_opt(MAX_UDP_PAYLOAD, prepared.rcode, edns.dnssec_ok, option)
             limit = min(max(edns.payload, MIN_UDP_PAYLOAD), MAX_UDP_PAYLOAD)
         if transport == "tcp":
