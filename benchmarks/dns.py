@@ -21,15 +21,18 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import dns.edns
 import dns.message
 import dns.rdatatype
 import maxminddb
 
-from benchmarks.processes import BenchError, Endpoint, cpu_sample, run_tool
+from benchmarks.processes import BenchError, Endpoint, cpu_sample, machine_sample, run_tool
+from benchmarks.report import Table, bottleneck, fmt, ratio
 from georouter.config import RouterConfig
 
+SEED = 7
 QUERIES_PER_FILE = 20_000
 SUBNETS_PER_REGION = 64
 NXDOMAIN_SHARE = 0.10
@@ -62,9 +65,15 @@ class DnsRun:
     sent: int
     server_cpu: float  # % of one core, the server's whole process tree
     tool_cpu: float  # % of one core, dnsperf
+    other_cpu: float  # % of one core, everything else busy on the machine meanwhile
     p50_ms: float | None = None
     p99_ms: float | None = None
     p999_ms: float | None = None
+
+
+def _code(record: dict[str, Any], kind: str, key: str) -> str:
+    part = record.get(kind)
+    return str(part.get(key, "")) if isinstance(part, dict) else ""
 
 
 def region_subnets(
@@ -79,9 +88,9 @@ def region_subnets(
         record = reader.get(net.network_address) if net.is_global else None
         if not isinstance(record, dict):
             continue
-        country = (record.get("country") or {}).get("iso_code")
-        continent = (record.get("continent") or {}).get("code")
-        region = by_country.get(country) or by_continent.get(continent)
+        region = by_country.get(_code(record, "country", "iso_code")) or by_continent.get(
+            _code(record, "continent", "code")
+        )
         if region and len(found[region]) < SUBNETS_PER_REGION:
             found[region].append(net)
         if all(len(nets) >= SUBNETS_PER_REGION for nets in found.values()):
@@ -90,7 +99,9 @@ def region_subnets(
 
 
 def _wire(name: str, subnet: ipaddress.IPv4Network | None) -> bytes:
-    options = [dns.edns.ECSOption(str(subnet.network_address), 24)] if subnet else []
+    options: list[dns.edns.Option] = (
+        [dns.edns.ECSOption(str(subnet.network_address), 24)] if subnet else []
+    )
     query = dns.message.make_query(
         name, dns.rdatatype.A, use_edns=0, payload=EDNS_PAYLOAD, options=options
     )
@@ -102,13 +113,18 @@ def _write_mix(path: Path, messages: Sequence[bytes]) -> None:
     path.write_bytes(b"".join(struct.pack("!H", len(m)) + m for m in messages))
 
 
-def build_mixes(
-    config: RouterConfig, geoip: Path, workdir: Path, seed: int = 7
-) -> tuple[tuple[Mix, ...], dict[str, list[ipaddress.IPv4Network]]]:
-    """The three query mixes of the issue, as dnsperf -B files, and the subnets used."""
-    rng = random.Random(seed)
+def subnets_by_region(
+    config: RouterConfig, geoip: Path, seed: int = SEED
+) -> dict[str, list[ipaddress.IPv4Network]]:
+    """`region_subnets` from a database file, seeded: the same subnets on every run."""
     with maxminddb.open_database(str(geoip)) as reader:
-        subnets = region_subnets(config, reader, rng)
+        return region_subnets(config, reader, random.Random(seed))
+
+
+def build_mixes(config: RouterConfig, geoip: Path, workdir: Path) -> tuple[Mix, ...]:
+    """The three query mixes of the issue, as dnsperf -B files."""
+    rng = random.Random(SEED)
+    subnets = subnets_by_region(config, geoip)
     service = config.zones[0].services[0]
     origin = config.zones[0].origin
     every = [net for nets in subnets.values() for net in nets]
@@ -132,7 +148,7 @@ def build_mixes(
         path = workdir / f"{name}.bin"
         _write_mix(path, messages)
         mixes.append(Mix(name, description, path))
-    return tuple(mixes), subnets
+    return tuple(mixes)
 
 
 _FIELDS = {
@@ -177,14 +193,15 @@ def run_dnsperf(
     ]  # fmt: skip
     if rate_qps is not None:
         argv += ["-Q", str(int(rate_qps)), "-v"]
-    before = cpu_sample(server.pid)
+    before, machine_before = cpu_sample(server.pid), machine_sample()
     output, tool_cpu = run_tool(argv, timeout_s=duration_s + DNSPERF_TIMEOUT_S + 30)
     server_cpu = cpu_sample(server.pid).percent_since(before)
+    other_cpu = max(0.0, machine_sample().percent_since(machine_before) - server_cpu - tool_cpu)
     figures = parse_dnsperf(output)
     run = DnsRun(
         server=server.name, mix=mix.name, qps=figures["qps"], avg_ms=figures["avg"] * 1000.0,
         lost=int(figures["lost"]), sent=int(figures["sent"]), server_cpu=server_cpu,
-        tool_cpu=tool_cpu,
+        tool_cpu=tool_cpu, other_cpu=other_cpu,
     )  # fmt: skip
     if rate_qps is None:
         return run
@@ -202,3 +219,82 @@ def run_dnsperf(
 def median_of(runs: Sequence[DnsRun], field: str) -> float:
     values = [getattr(r, field) for r in runs if getattr(r, field) is not None]
     return statistics.median(values) if values else float("nan")
+
+
+def throughput_rounds(
+    servers: Sequence[Endpoint], mixes: Sequence[Mix], rounds: int, duration_s: float
+) -> list[DnsRun]:
+    """Max-rate runs, alternating servers (A B C A B C …) so drift hits all alike."""
+    return [
+        run_dnsperf(server, mix, duration_s)
+        for _ in range(rounds)
+        for mix in mixes
+        for server in servers
+    ]
+
+
+def latency_rounds(
+    servers: Sequence[Endpoint], mix: Mix, rate_qps: float, rounds: int, duration_s: float
+) -> list[DnsRun]:
+    """Fixed-rate runs (the same offered load for every server) to compare latency tails."""
+    return [
+        run_dnsperf(server, mix, duration_s, rate_qps) for _ in range(rounds) for server in servers
+    ]
+
+
+def _select(runs: Sequence[DnsRun], server: str, mix: str) -> list[DnsRun]:
+    return [r for r in runs if r.server == server and r.mix == mix]
+
+
+def _throughput_row(chosen: Sequence[DnsRun], baseline: float, ours: bool) -> list[str]:
+    qps = median_of(chosen, "qps")
+    server_cpu, tool_cpu = median_of(chosen, "server_cpu"), median_of(chosen, "tool_cpu")
+    other_cpu = median_of(chosen, "other_cpu")
+    spread = f"{min(r.qps for r in chosen):,.0f} to {max(r.qps for r in chosen):,.0f}"
+    return [
+        chosen[0].mix,
+        chosen[0].server,
+        fmt(qps),
+        spread,
+        fmt(median_of(chosen, "avg_ms"), 2),
+        str(sum(r.lost for r in chosen)),
+        fmt(server_cpu),
+        fmt(tool_cpu),
+        fmt(other_cpu),
+        bottleneck(server_cpu, tool_cpu, other_cpu, "dnsperf"),
+        "" if ours else ratio(baseline, qps),
+    ]
+
+
+def throughput_table(runs: Sequence[DnsRun], mixes: Sequence[Mix], ours: str) -> Table:
+    """Per mix and server: median q/s of the rounds, latency, loss, CPU, and our ratio."""
+    servers = list(dict.fromkeys(r.server for r in runs))
+    rows = []
+    for mix in mixes:
+        baseline = median_of(_select(runs, ours, mix.name), "qps")
+        for server in servers:
+            chosen = _select(runs, server, mix.name)
+            rows.append(_throughput_row(chosen, baseline, server == ours))
+    rounds = len(_select(runs, ours, mixes[0].name))
+    notes = [f"{m.name}: {m.description}" for m in mixes] + [
+        f"Medians of {rounds} alternating round(s); range: slowest to fastest round; "
+        "lost: sum over the rounds.",
+        "CPU in % of one core over the run, from /proc (server: its whole process tree; "
+        "others: the rest of the machine's busy time, e.g. other test suites).",
+    ]
+    columns = ["mix", "server", "q/s", "range", "avg ms", "lost", "server CPU %"]
+    columns += ["dnsperf CPU %", "others CPU %", "limited by", "georouter / server"]
+    return Table("Throughput (dnsperf at max rate)", columns, rows, notes)
+
+
+def latency_table(runs: Sequence[DnsRun], rate_qps: float) -> Table:
+    """Per server at one offered load: latency percentiles, loss and CPU."""
+    rows = []
+    for server in dict.fromkeys(r.server for r in runs):
+        chosen = [r for r in runs if r.server == server]
+        cells = [fmt(median_of(chosen, f), 3) for f in ("avg_ms", "p50_ms", "p99_ms", "p999_ms")]
+        lost = str(sum(r.lost for r in chosen))
+        rows.append([server, *cells, lost, fmt(median_of(chosen, "server_cpu"))])
+    notes = [f"Offered {rate_qps:,.0f} q/s (dnsperf -Q), ecs mix; percentiles from dnsperf -v."]
+    columns = ["server", "avg ms", "p50 ms", "p99 ms", "p99.9 ms", "lost", "server CPU %"]
+    return Table(f"Latency at a fixed {rate_qps:,.0f} q/s", columns, rows, notes)

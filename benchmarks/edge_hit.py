@@ -7,13 +7,17 @@ latency percentiles with `--latency`.
 
 from __future__ import annotations
 
+import functools
 import re
+import statistics
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.cdn import DEMO_ROOT
-from benchmarks.processes import BenchError, Endpoint, cpu_sample, run_tool
+from benchmarks.processes import BenchError, Endpoint, cpu_sample, machine_sample, run_tool
+from benchmarks.report import Table, bottleneck, fmt, ratio
 
 WRK_THREADS = 1
 WRK_CONNECTIONS = 32
@@ -39,6 +43,7 @@ class HitRun:
     errors: int
     server_cpu: float
     tool_cpu: float
+    other_cpu: float
 
 
 def pick_objects(root: Path = DEMO_ROOT) -> list[CachedObject]:
@@ -51,7 +56,7 @@ def pick_objects(root: Path = DEMO_ROOT) -> list[CachedObject]:
         size = file.stat().st_size
         return max(size, target) / max(1, min(size, target))
 
-    chosen = [min(files, key=lambda f, t=target: distance(t, f)) for target in OBJECT_TARGETS]
+    chosen = [min(files, key=functools.partial(distance, target)) for target in OBJECT_TARGETS]
     return [CachedObject("/" + str(f.relative_to(root)), f.stat().st_size) for f in chosen]
 
 
@@ -96,8 +101,42 @@ def parse_wrk(output: str) -> tuple[float, float, float, int]:
 def run_wrk(server: Endpoint, obj: CachedObject, duration_s: float) -> HitRun:
     url = f"http://{server.host}:{server.port}{obj.path}"
     argv = ["wrk", "-t", str(WRK_THREADS), "-c", str(WRK_CONNECTIONS), "-d", f"{duration_s:g}s"]
-    before = cpu_sample(server.pid)
+    before, machine_before = cpu_sample(server.pid), machine_sample()
     output, tool_cpu = run_tool([*argv, "--latency", url], timeout_s=duration_s + 30)
     server_cpu = cpu_sample(server.pid).percent_since(before)
+    other_cpu = max(0.0, machine_sample().percent_since(machine_before) - server_cpu - tool_cpu)
     rps, p50, p99, errors = parse_wrk(output)
-    return HitRun(server.name, obj.path, obj.size, rps, p50, p99, errors, server_cpu, tool_cpu)
+    return HitRun(
+        server.name, obj.path, obj.size, rps, p50, p99, errors, server_cpu, tool_cpu, other_cpu
+    )
+
+
+def hit_table(runs: Sequence[HitRun], ours: str) -> Table:
+    """Per object and server: median requests/s and latency of the rounds, CPU, our ratio."""
+    rows = []
+    for path in dict.fromkeys(r.path for r in runs):
+        baseline = statistics.median(r.rps for r in runs if r.path == path and r.server == ours)
+        for server in dict.fromkeys(r.server for r in runs):
+            chosen = [r for r in runs if r.path == path and r.server == server]
+            rps = statistics.median(r.rps for r in chosen)
+            server_cpu = statistics.median(r.server_cpu for r in chosen)
+            tool_cpu = statistics.median(r.tool_cpu for r in chosen)
+            other_cpu = statistics.median(r.other_cpu for r in chosen)
+            rows.append([
+                f"{path} ({chosen[0].size:,} B)", server, fmt(rps),
+                fmt(statistics.median(r.p50_ms for r in chosen), 2),
+                fmt(statistics.median(r.p99_ms for r in chosen), 2),
+                str(sum(r.errors for r in chosen)), fmt(server_cpu), fmt(tool_cpu),
+                fmt(other_cpu), bottleneck(server_cpu, tool_cpu, other_cpu, "wrk"),
+                "" if server == ours else ratio(baseline, rps),
+            ])  # fmt: skip
+    rounds = sum(1 for r in runs if r.server == ours and r.path == runs[0].path)
+    notes = [
+        f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} --latency, cache hits only (warmed and "
+        f"checked first); medians of {rounds} alternating round(s).",
+        "The demo objects closest to 1 KiB and 100 KiB; nginx runs one worker process, "
+        "like one edge process.",
+    ]
+    columns = ["object", "server", "req/s", "p50 ms", "p99 ms", "errors", "server CPU %"]
+    columns += ["wrk CPU %", "others CPU %", "limited by", "edge / server"]
+    return Table("Cache hits (wrk)", columns, rows, notes)

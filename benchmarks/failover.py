@@ -25,6 +25,8 @@ import dns.rdatatype
 
 from benchmarks.cdn import Cdn, Edge, start_edge
 from benchmarks.processes import BenchError, Endpoint
+from benchmarks.report import Table
+from georouter.config import RouterConfig
 
 QUERY_INTERVAL_S = 0.005  # a steady 200 queries/s
 QUERY_TIMEOUT_S = 0.5
@@ -81,8 +83,10 @@ class QueryStream:
 
     def __init__(self, server: Endpoint, name: str, subnet: IPv4Network) -> None:
         self.server = server
-        ecs = dns.edns.ECSOption(str(subnet.network_address), subnet.prefixlen)
-        self.query = dns.message.make_query(name, dns.rdatatype.A, use_edns=0, options=[ecs])
+        ecs: list[dns.edns.Option] = [
+            dns.edns.ECSOption(str(subnet.network_address), subnet.prefixlen)
+        ]
+        self.query = dns.message.make_query(name, dns.rdatatype.A, use_edns=0, options=ecs)
         self.next_at = time.monotonic()
 
     def ask(self) -> tuple[float, set[str]]:
@@ -137,3 +141,26 @@ def measure(
         cdn.edges[victim] = _restart(edge, origin_url, cdn.router.control_url)
     stream.until(True, address, CLEAR_RUN, f"name {victim} again")
     return FailoverResult(victim, times)
+
+
+def failover_table(result: FailoverResult, config: RouterConfig) -> Table:
+    """Our measured detection time next to the peers' documented defaults."""
+    health = config.health
+    ours = (
+        f"probe every {health.probe_interval_s:g} s, timeout {health.probe_timeout_s:g} s, "
+        f"fall {health.fall}, rise {health.rise}; report expiry {health.report_expiry_s:g} s"
+    )
+    measured = (
+        f"measured: median {result.median_s:.2f} s, max {result.max_s:.2f} s "
+        f"over {len(result.trials)} kill -9 trials"
+    )
+    rows = [["georouter (data/cdn.toml)", ours, measured, "this run"]]
+    rows += [[p.system, p.settings, p.detection, p.source] for p in PEER_DEFAULTS]
+    notes = [
+        f"Victim {result.victim}; a steady {1 / QUERY_INTERVAL_S:.0f} queries/s with ECS from "
+        f"its region; time from the kill to the first of {CLEAR_RUN} answers in a row "
+        "without it. The edge is restarted and back in answers before each trial.",
+        "Peers are not measured: their defaults are quoted from their documentation.",
+    ]
+    columns = ["system", "detection settings", "time until a dead node leaves answers", "source"]
+    return Table("Failover: a killed edge leaves the answers", columns, rows, notes)

@@ -37,7 +37,8 @@ import dns.rcode
 import dns.rdatatype
 
 from benchmarks.processes import Endpoint, free_port, running, tcp_accepts
-from georouter.config import Node, Region, RouterConfig, StaticRecord, Zone
+from georouter.config import Node, Region, RouterConfig
+from georouter.zonedata import StaticRecord, Zone
 
 LOOPBACK = "127.0.0.1"
 CONTINENTS = ("AF", "AN", "AS", "EU", "NA", "OC", "SA")
@@ -209,10 +210,9 @@ def _pdns_domain(config: RouterConfig, zone: Zone) -> dict[str, object]:
         f"{zone.ns[0]} {zone.soa_rname} {zone.soa_serial} {zone.soa_refresh} "
         f"{zone.soa_retry} {zone.soa_expire} {zone.negative_ttl}"
     )
-    records: dict[str, list[dict[str, object]]] = {
-        zone.origin.rstrip("."): [{"soa": {"content": soa, "ttl": zone.negative_ttl}}]
-        + [{"ns": {"content": ns.rstrip("."), "ttl": zone.soa_refresh}} for ns in zone.ns]
-    }
+    apex: list[dict[str, object]] = [{"soa": {"content": soa, "ttl": zone.negative_ttl}}]
+    apex += [{"ns": {"content": ns.rstrip("."), "ttl": zone.soa_refresh}} for ns in zone.ns]
+    records = {zone.origin.rstrip("."): apex}
     for record in zone.records:
         records.setdefault(record.name.rstrip("."), []).append(_pdns_static(record))
     places = [(f"{cc.lower()}.cc", r) for cc, r in countries.items()]

@@ -97,6 +97,13 @@ def cpu_sample(pid: int) -> CpuSample:
     return CpuSample(cpu_seconds(pid), time.monotonic())
 
 
+def machine_sample() -> CpuSample:
+    """CPU seconds all cores spent busy (not idle or iowait), from the first line of /proc/stat."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return CpuSample((user + nice + system + irq + softirq + steal) / CLOCK_TICKS, time.monotonic())
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process tree (field 24 of /proc/<pid>/stat, in pages)."""
     total = 0

@@ -1,0 +1,227 @@
+"""`python -m benchmarks` (`make bench`): every part in one run, tables to docs/benchmarks.md.
+
+BENCH_QUICK=1 shortens every part (about 3 minutes in all) for development; the full run
+stays under 20 minutes on 2 cores. `--parts dns,hit,failover,balance,cache` picks parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import _maxminddb_geolite2  # type: ignore[import-untyped]
+
+from benchmarks import balance, cache_policy, cdn, dns, edge_hit, failover, peers, report
+from benchmarks.processes import BenchError, Endpoint, rss_bytes
+from benchmarks.report import Part, Table
+from georouter.config import RouterConfig, load_config
+
+OUTPUT = cdn.REPO / "docs" / "benchmarks.md"
+PARTS = ("dns", "hit", "failover", "balance", "cache")
+LATENCY_LOAD_SHARE = 0.5  # the fixed-rate run offers half of georouter's max q/s
+FAILOVER_VICTIM = "edge-eu-1"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    mode: str
+    rounds: int
+    run_s: float  # each dnsperf and wrk run
+    failover_trials: int
+    cache_requests: int
+    balance_seeds: int
+
+
+FULL = Settings("full", rounds=3, run_s=10.0, failover_trials=20, cache_requests=1_000_000,
+                balance_seeds=3)  # fmt: skip
+QUICK = Settings("quick (BENCH_QUICK=1)", rounds=1, run_s=3.0, failover_trials=5,
+                 cache_requests=100_000, balance_seeds=1)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Run:
+    """What the parts share: settings, topology, GeoIP file, scratch space, results."""
+
+    settings: Settings
+    config: RouterConfig
+    geoip: Path
+    workdir: Path
+    parts: dict[str, Part]
+    memory: dict[str, int]
+
+    def emit(self, key: str, part: Part, table: Table) -> None:
+        part.tables.append(table)
+        self.parts.setdefault(key, part)
+        print(table.text(), flush=True)
+
+    def note_memory(self, label: str, pid: int) -> None:
+        self.memory[label] = rss_bytes(pid)
+
+
+def _missing(*tools: str) -> list[str]:
+    return [tool for tool in tools if shutil.which(tool) is None]
+
+
+def _skipped(title: str, why: str) -> Part:
+    return Part(title, f"Skipped: {why} (`make bench-packages` installs them).")
+
+
+@contextlib.contextmanager
+def _dns_peers(run: Run) -> Iterator[list[Endpoint]]:
+    """gdnsd and PowerDNS, each when installed, on loopback with generated configs."""
+    with contextlib.ExitStack() as stack:
+        started = []
+        for binary, start in (("gdnsd", peers.gdnsd), ("pdns_server", peers.powerdns)):
+            if shutil.which(binary):
+                workdir = run.workdir / binary
+                workdir.mkdir()
+                started.append(stack.enter_context(start(run.config, run.geoip, workdir)))
+        yield started
+
+
+def dns_part(run: Run, fleet: cdn.Cdn) -> None:
+    title = "DNS throughput and latency (dnsperf)"
+    if missing := _missing("dnsperf"):
+        run.parts["dns"] = _skipped(title, f"{', '.join(missing)} not installed")
+        return
+    part = Part(title, dns.__doc__ or "")
+    mixes = dns.build_mixes(run.config, run.geoip, run.workdir)
+    s = run.settings
+    with _dns_peers(run) as others:
+        servers = [fleet.router.dns, *others]
+        runs = dns.throughput_rounds(servers, mixes, s.rounds, s.run_s)
+        run.emit("dns", part, dns.throughput_table(runs, mixes, fleet.router.dns.name))
+        ours = [r.qps for r in runs if r.server == fleet.router.dns.name and r.mix == "ecs"]
+        rate = LATENCY_LOAD_SHARE * sorted(ours)[len(ours) // 2]
+        latency = dns.latency_rounds(servers, mixes[1], rate, s.rounds, s.run_s)
+        run.emit("dns", part, dns.latency_table(latency, rate))
+        for server in servers:
+            run.note_memory(f"{server.name} (after part 1)", server.pid)
+    run.note_memory("edge (in the CDN, after part 1)", next(iter(fleet.edges.values())).service.pid)
+
+
+def failover_part(run: Run, fleet: cdn.Cdn, origin_url: str) -> None:
+    part = Part("Failover time", failover.__doc__ or "")
+    region = run.config.nodes[[n.name for n in run.config.nodes].index(FAILOVER_VICTIM)].region
+    subnet = dns.subnets_by_region(run.config, run.geoip)[region][0]
+    service = run.config.zones[0].services[0]
+    result = failover.measure(
+        fleet, FAILOVER_VICTIM, service, subnet, origin_url, run.settings.failover_trials
+    )
+    run.emit("failover", part, failover.failover_table(result, run.config))
+
+
+def hit_part(run: Run, origin: Endpoint) -> None:
+    title = "Edge cache hits (wrk)"
+    if missing := _missing("wrk"):
+        run.parts["hit"] = _skipped(title, f"{', '.join(missing)} not installed")
+        return
+    part = Part(title, edge_hit.__doc__ or "")
+    origin_url = f"http://{origin.host}:{origin.port}"
+    objects = edge_hit.pick_objects()
+    with contextlib.ExitStack() as stack:
+        ours = stack.enter_context(cdn.edge("edge-bench", origin_url)).content
+        servers = [ours]
+        if shutil.which("nginx"):
+            (run.workdir / "nginx").mkdir()
+            servers.append(stack.enter_context(peers.nginx(origin.port, run.workdir / "nginx")))
+        for server in servers:
+            for obj in objects:
+                edge_hit.warm(server, obj)
+        runs = [
+            edge_hit.run_wrk(server, obj, run.settings.run_s)
+            for _ in range(run.settings.rounds)
+            for obj in objects
+            for server in servers
+        ]
+        run.emit("hit", part, edge_hit.hit_table(runs, ours.name))
+        for server in servers:
+            run.note_memory(f"{server.name} (after part 2, objects cached)", server.pid)
+
+
+def memory_table(memory: dict[str, int]) -> Table:
+    rows = [[label, f"{size / 2**20:,.1f}"] for label, size in memory.items()]
+    notes = [
+        "RSS of each process tree from /proc/<pid>/stat; georouter and PowerDNS and gdnsd "
+        "have the embedded GeoLite2-City (2018, 54 MiB file) loaded.",
+    ]
+    return Table("Resident memory", ["process", "RSS MiB"], rows, notes)
+
+
+def _selected(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset")
+    parser.add_argument("--output", type=Path, default=OUTPUT, help="Markdown report")
+    args = parser.parse_args(argv)
+    args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if unknown := set(args.parts) - set(PARTS):
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))} (known: {', '.join(PARTS)})")
+    return args
+
+
+def _with_servers(run: Run, parts: list[str]) -> None:
+    """The parts that need our processes: one origin, one CDN shared by parts 1 and 3."""
+    with cdn.origin() as origin:
+        origin_url = f"http://{origin.host}:{origin.port}"
+        if "dns" in parts or "failover" in parts:
+            with cdn.cdn(run.config, run.workdir, origin_url) as fleet:
+                if "dns" in parts:
+                    dns_part(run, fleet)
+                if "failover" in parts:
+                    failover_part(run, fleet, origin_url)
+        if "hit" in parts:
+            hit_part(run, origin)
+
+
+def _pure_parts(run: Run, parts: list[str]) -> None:
+    """The simulations: no servers, only CPU."""
+    quick = run.settings is QUICK
+    simulations: list[tuple[str, Part, Callable[[], Table]]] = [
+        (
+            "balance",
+            Part("Balance: herding under delayed load reports", balance.__doc__ or ""),
+            lambda: balance.balance_table(run.settings.balance_seeds, quick),
+        ),
+        (
+            "cache",
+            Part("Cache policy: eviction hit ratios", cache_policy.__doc__ or ""),
+            lambda: cache_policy.cache_table(run.settings.cache_requests),
+        ),
+    ]
+    for key, part, make in simulations:
+        if key in parts:
+            run.emit(key, part, make())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _selected(argv)
+    settings = QUICK if os.environ.get("BENCH_QUICK") == "1" else FULL
+    config = load_config(cdn.TOPOLOGY)
+    geoip = Path(_maxminddb_geolite2.geolite2_database())
+    with tempfile.TemporaryDirectory(prefix="georouter-bench-") as scratch:
+        run = Run(settings, config, geoip, Path(scratch), {}, {})
+        try:
+            _with_servers(run, args.parts)
+            _pure_parts(run, args.parts)
+        except BenchError as exc:
+            print(f"benchmarks: {exc}", file=sys.stderr)
+            return 1
+    ordered = [run.parts[key] for key in PARTS if key in run.parts]
+    if run.memory:
+        ordered.append(Part("Memory", "", [memory_table(run.memory)]))
+        print(ordered[-1].tables[0].text())
+    header = report.machine_lines(peers.versions(), settings.mode)
+    report.write(args.output, ordered, header)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
