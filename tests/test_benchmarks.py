@@ -1,0 +1,175 @@
+"""Smoke tests of the benchmark peers' generated configurations (fast; no load is run).
+
+The configs are generated from data/cdn.toml and the embedded GeoLite2-City. They must
+hold only loopback addresses and keep every outbound feature off; where gdnsd and PowerDNS
+are installed, each must accept its config and answer with the right region's nodes for an
+ECS subnet of each region (RFC 7871 §7.1.1, scope from its database network).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import _maxminddb_geolite2  # type: ignore[import-untyped]
+import dns.edns
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+
+from benchmarks import peers
+from benchmarks.cdn import TOPOLOGY
+from benchmarks.dns import latencies_ms, parse_dnsperf, percentile
+from benchmarks.edge_hit import parse_wrk
+from benchmarks.processes import Endpoint
+from georouter.config import RouterConfig, load_config
+
+GEOIP = Path(_maxminddb_geolite2.geolite2_database())
+# Subnets located with the embedded GeoLite2-City: IE (EU), US (NA), JP (AS), and IL, a
+# country data/cdn.toml moves from its continent (AS) to eu.
+REGION_SUBNETS = {
+    "185.60.216.0/24": "eu",
+    "8.8.8.0/24": "na",
+    "1.0.16.0/24": "ap",
+    "5.29.0.0/24": "eu",
+}
+ANY_ADDRESS = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b")
+
+
+@pytest.fixture(scope="module")
+def config() -> RouterConfig:
+    return load_config(TOPOLOGY)
+
+
+def region_addresses(config: RouterConfig, region: str) -> set[str]:
+    return {str(n.ipv4) for n in config.nodes if n.region == region and n.ipv4}
+
+
+def listed_addresses(text: str) -> set[ipaddress.IPv4Address]:
+    return {ipaddress.IPv4Address(a) for a in ANY_ADDRESS.findall(text)}
+
+
+def test_gdnsd_config_holds_only_loopback_addresses(config: RouterConfig, tmp_path: Path) -> None:
+    files = peers.gdnsd_files(config, GEOIP, 5353, tmp_path)
+    addresses = set().union(*(listed_addresses(text) for text in files.values()))
+    assert addresses and all(a.is_loopback for a in addresses)
+    # No service_types: every node is statically up, gdnsd sends no monitoring traffic.
+    assert "service_types" not in files["config"]
+    assert "edns_client_subnet => true" in files["config"]
+
+
+def test_pdns_config_holds_only_loopback_and_no_outbound_features(
+    config: RouterConfig, tmp_path: Path
+) -> None:
+    files = peers.pdns_files(config, GEOIP, 5353, tmp_path)
+    addresses = listed_addresses(files["pdns.conf"] + files["zones.yaml"])
+    assert addresses and all(a.is_loopback for a in addresses)
+    settings = dict(line.split("=", 1) for line in files["pdns.conf"].splitlines())
+    assert settings["security-poll-suffix"] == ""  # no secpoll query to the system resolver
+    for key, value in peers.PDNS_OUTBOUND_SETTINGS.items():
+        assert settings[key] == value
+    assert settings["edns-subnet-processing"] == "yes"
+    assert settings["local-address"].startswith("127.0.0.1:")
+
+
+def test_nginx_config_proxies_only_to_loopback(tmp_path: Path) -> None:
+    conf = peers.nginx_conf(8080, 8081, tmp_path, as_root=False)
+    assert re.findall(r"proxy_pass (\S+);", conf) == ["http://127.0.0.1:8080"]
+    assert re.findall(r"listen (\S+);", conf) == ["127.0.0.1:8081"]
+    assert "resolver" not in conf
+
+
+def test_failover_order_starts_with_the_region(config: RouterConfig) -> None:
+    for region in config.regions:
+        order = peers.failover_order(config, region.name)
+        assert order[0] == region.name
+        assert sorted(order) == sorted(r.name for r in config.regions)
+
+
+def test_parsers_read_tool_output() -> None:
+    dnsperf = (
+        "  Queries sent:         100\n  Queries lost:         2 (2.00%)\n"
+        "  Queries per second:   12345.6\n  Average Latency (s):  0.000250 (min 0.0001)\n"
+    )
+    assert parse_dnsperf(dnsperf) == {"sent": 100, "lost": 2, "qps": 12345.6, "avg": 0.00025}
+    verbose = "> NOERROR cdn.example.com A 0.000200\n> NXDOMAIN x.example.com A 0.004000\n"
+    latencies = latencies_ms(verbose)
+    assert latencies == [0.2, 4.0]
+    assert percentile(latencies, 0.5) == 0.2 and percentile(latencies, 0.99) == 4.0
+    wrk = (
+        "  Latency Distribution\n     50%  250.00us\n     99%    1.50ms\n"
+        "  Socket errors: connect 0, read 1, write 0, timeout 2\nRequests/sec:  9876.54\n"
+    )
+    assert parse_wrk(wrk) == (9876.54, 0.25, 1.5, 3)
+
+
+def ask(server: Endpoint, subnet: str) -> tuple[set[str], int]:
+    net = ipaddress.IPv4Network(subnet)
+    ecs: list[dns.edns.Option] = [dns.edns.ECSOption(str(net.network_address), net.prefixlen)]
+    query = dns.message.make_query("cdn.example.com", dns.rdatatype.A, use_edns=0, options=ecs)
+    response = dns.query.udp(query, server.host, port=server.port, timeout=2.0)
+    addresses = {rr.address for rrset in response.answer for rr in rrset}
+    scopes = [o.scopelen for o in response.options if isinstance(o, dns.edns.ECSOption)]
+    return addresses, scopes[0] if scopes else -1
+
+
+@pytest.fixture(scope="module")
+def gdnsd(config: RouterConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+    if shutil.which("gdnsd") is None:
+        pytest.skip("gdnsd not installed (make bench-packages)")
+    with peers.gdnsd(config, GEOIP, tmp_path_factory.mktemp("gdnsd")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def powerdns(config: RouterConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+    if shutil.which("pdns_server") is None:
+        pytest.skip("pdns_server not installed (make bench-packages)")
+    with peers.powerdns(config, GEOIP, tmp_path_factory.mktemp("pdns")) as endpoint:
+        yield endpoint
+
+
+def test_gdnsd_checkconf_accepts_generated_config(config: RouterConfig, tmp_path: Path) -> None:
+    if shutil.which("gdnsd") is None:
+        pytest.skip("gdnsd not installed (make bench-packages)")
+    peers.write_files(tmp_path, peers.gdnsd_files(config, GEOIP, 5353, tmp_path))
+    checked = subprocess.run(
+        ["gdnsd", "-c", str(tmp_path), "checkconf"], capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_pdns_config_check_accepts_generated_config(config: RouterConfig, tmp_path: Path) -> None:
+    if shutil.which("pdns_server") is None:
+        pytest.skip("pdns_server not installed (make bench-packages)")
+    peers.write_files(tmp_path, peers.pdns_files(config, GEOIP, 5353, tmp_path))
+    checked = subprocess.run(
+        ["pdns_server", f"--config-dir={tmp_path}", "--config=check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stderr
+
+
+@pytest.mark.parametrize(("subnet", "region"), REGION_SUBNETS.items())
+def test_gdnsd_answers_with_the_region_of_the_ecs_subnet_rfc7871_7_1_1(
+    gdnsd: Endpoint, config: RouterConfig, subnet: str, region: str
+) -> None:
+    addresses, scope = ask(gdnsd, subnet)
+    assert addresses == region_addresses(config, region)
+    assert scope > 0
+
+
+@pytest.mark.parametrize(("subnet", "region"), REGION_SUBNETS.items())
+def test_powerdns_answers_with_the_region_of_the_ecs_subnet_rfc7871_7_1_1(
+    powerdns: Endpoint, config: RouterConfig, subnet: str, region: str
+) -> None:
+    addresses, scope = ask(powerdns, subnet)
+    assert addresses == region_addresses(config, region)
+    assert scope > 0
