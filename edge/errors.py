@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from georouter import errors as router_errors
+
 OriginFailure = Literal["connect", "timeout", "invalid"]
 
 
@@ -16,14 +18,12 @@ class EdgeError(Exception):
     """Root of every error the edge raises on purpose."""
 
 
-class ConfigError(EdgeError):
-    """A configuration file or flag is unusable: names the file, the key and the expectation."""
+class ConfigError(EdgeError, router_errors.ConfigError):
+    """A configuration file or flag is unusable: names the file, the key and the expectation.
 
-    def __init__(self, source: str, key: str, message: str) -> None:
-        super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
-        self.source = source
-        self.key = key
-        self.message = message
+    Also the router's ConfigError: the edge reads its TOML with the router's typed reader
+    (georouter.tomltable), which raises this class when the edge asks it to.
+    """
 
 
 class OriginError(EdgeError):

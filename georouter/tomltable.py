@@ -3,13 +3,16 @@
 Each `Table` remembers its key path ("zones[0].records[2]") so that every defect becomes one
 `ConfigError("cdn.toml", "zones[0].records[2].ttl", "expected an integer ...")`, and the keys
 it was asked for, so that a key nobody asked for (a typo) is an error rather than ignored.
+The edge reads its own TOML with the same class, raising its own ConfigError subclass.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
+import tomllib
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -17,6 +20,7 @@ from georouter.errors import ConfigError
 
 T = TypeVar("T")
 D = TypeVar("D")
+S = TypeVar("S")
 
 _REQUIRED: Any = object()
 _KIND_NAMES: dict[type, str] = {
@@ -29,6 +33,21 @@ _KIND_NAMES: dict[type, str] = {
 }
 
 
+def read_toml(
+    path: Path, source: str, error_type: type[ConfigError] = ConfigError
+) -> dict[str, Any]:
+    """The parsed document at `path`; unreadable or malformed files raise `error_type`."""
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        raise error_type(source, "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise error_type(source, "", f"not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error_type(source, "", f"not valid TOML: {exc}") from None
+
+
 def _describe(value: object) -> str:
     """How a TOML value is named in an error: its TOML type and, for scalars, the value."""
     kind = _KIND_NAMES.get(type(value), type(value).__name__)
@@ -38,9 +57,16 @@ def _describe(value: object) -> str:
 class Table:
     """One TOML table: `with Table(...) as t:` reads keys and rejects unknown ones on exit."""
 
-    def __init__(self, source: str, path: str, raw: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        source: str,
+        path: str,
+        raw: dict[str, Any],
+        error_type: type[ConfigError] = ConfigError,
+    ) -> None:
         self.source = source
         self.path = path
+        self.error_type = error_type  # sub-tables raise the same kind
         self._raw = raw
         self._known: set[str] = set()
 
@@ -58,7 +84,7 @@ class Table:
 
     def error(self, key: str, message: str) -> ConfigError:
         """A ConfigError about `key` of this table ("" for the table itself)."""
-        return ConfigError(self.source, self.key_path(key) if key else self.path, message)
+        return self.error_type(self.source, self.key_path(key) if key else self.path, message)
 
     def has(self, key: str) -> bool:
         self._known.add(key)
@@ -99,10 +125,17 @@ class Table:
     def optional(self, key: str, parse: Callable[[str], T]) -> T | None:
         return self.parsed(key, parse) if self.has(key) else None
 
-    def item(self, key: str, text: str, parse: Callable[[str], T]) -> T:
-        """`parse(text)` for a value found at `key` (e.g. "ns[1]" from `strings`)."""
+    def amount(self, key: str, parse: Callable[[str | int], T], default: str | int) -> T:
+        """An integer or a string with a unit ("256M"), converted by `parse`."""
+        value = self._raw[key] if self.has(key) else default
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise self.error(key, f"expected an integer or a string, got {_describe(value)}")
+        return self.item(key, value, parse)
+
+    def item(self, key: str, value: S, parse: Callable[[S], T]) -> T:
+        """`parse(value)` for a value found at `key` (e.g. "ns[1]" from `strings`)."""
         try:
-            return parse(text)
+            return parse(value)
         except ValueError as exc:
             raise self.error(key, str(exc)) from None
 
@@ -115,14 +148,17 @@ class Table:
 
     def table(self, key: str) -> Table:
         """An optional sub-table (absent reads as empty)."""
-        return Table(self.source, self.key_path(key), self.get(key, dict, {}))
+        return Table(self.source, self.key_path(key), self.get(key, dict, {}), self.error_type)
 
     def tables(self, key: str) -> list[Table]:
         """An optional array of tables (`[[key]]`)."""
         items: list[Any] = self.get(key, list, [])
         for i, item in enumerate(items):
             self._check(f"{key}[{i}]", item, dict)
-        return [Table(self.source, self.key_path(f"{key}[{i}]"), t) for i, t in enumerate(items)]
+        return [
+            Table(self.source, self.key_path(f"{key}[{i}]"), t, self.error_type)
+            for i, t in enumerate(items)
+        ]
 
     def reject_unknown(self) -> None:
         for key in self._raw:
