@@ -226,8 +226,9 @@ def unbound_config(workdir: Path, port: int, router: HostPort) -> str:
     the only upstreams are loopback stubs, and queries go out from 127.0.0.1, which the
     kernel will not route anywhere else. No root hints, no trust anchor, no validator.
     """
+    # verbosity 4 logs every upstream target, so a test can check where queries went.
     return f"""server:
-    verbosity: 1
+    verbosity: 4
     interface: 127.0.0.1
     port: {port}
     do-ip6: no
@@ -242,6 +243,7 @@ def unbound_config(workdir: Path, port: int, router: HostPort) -> str:
     num-threads: 1
     module-config: "subnetcache iterator"
     do-not-query-localhost: no
+    send-client-subnet: 127.0.0.1
     send-client-subnet: {router.host}
     max-client-subnet-ipv4: 24
     qname-minimisation: no

@@ -8,8 +8,11 @@ Every other name is refused: the resolver never reaches for the real root.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import dns.asyncquery
 import dns.edns
@@ -20,7 +23,24 @@ import pytest_asyncio
 
 from georouter.config import HostPort
 from georouter.demo.supervisor import ChildSpec, Supervisor
-from tests.e2e import SERVICE, SUBNETS, Cdn, free_dns_port, poll, start_cdn, unbound_config, which
+from tests.e2e import (
+    SERVICE,
+    SUBNETS,
+    Cdn,
+    free_dns_port,
+    non_loopback,
+    poll,
+    start_cdn,
+    unbound_config,
+    which,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Unbound:
+    server: HostPort
+    log: Path
+
 
 # One CDN and one unbound serve every test here (each test only queries).
 pytestmark = [pytest.mark.timeout(60), pytest.mark.asyncio(loop_scope="module")]
@@ -33,7 +53,7 @@ async def cdn(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cdn]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def unbound(tmp_path_factory: pytest.TempPathFactory, cdn: Cdn) -> AsyncIterator[HostPort]:
+async def unbound(tmp_path_factory: pytest.TempPathFactory, cdn: Cdn) -> AsyncIterator[Unbound]:
     tmp_path = tmp_path_factory.mktemp("unbound")
     binary, checkconf = which("unbound"), which("unbound-checkconf")
     if binary is None or checkconf is None:
@@ -48,7 +68,7 @@ async def unbound(tmp_path_factory: pytest.TempPathFactory, cdn: Cdn) -> AsyncIt
     await supervisor.start(ChildSpec("unbound", (binary, "-d", "-c", str(conf)), None))
     try:
         await poll(lambda: query(server, None), lambda r: bool(r.answer), 10, "unbound answers")
-        yield server
+        yield Unbound(server, workdir / "unbound.log")
     finally:
         await supervisor.stop_all()
 
@@ -69,9 +89,9 @@ def ecs(response: dns.message.Message) -> dns.edns.ECSOption | None:
 
 @pytest.mark.parametrize("region", ["eu", "na", "ap"])
 async def test_client_subnet_reaches_the_router_through_unbound_rfc7871_7_1(
-    unbound: HostPort, cdn: Cdn, region: str
+    unbound: Unbound, cdn: Cdn, region: str
 ) -> None:
-    response = await query(unbound, SUBNETS[region])
+    response = await query(unbound.server, SUBNETS[region])
     assert response.rcode() == dns.rcode.NOERROR
     assert addresses(response) and addresses(response) <= cdn.ips(region)
     option = ecs(response)
@@ -79,23 +99,34 @@ async def test_client_subnet_reaches_the_router_through_unbound_rfc7871_7_1(
 
 
 async def test_each_subnet_gets_its_own_cached_answer_rfc7871_7_3(
-    unbound: HostPort, cdn: Cdn
+    unbound: Unbound, cdn: Cdn
 ) -> None:
     """Answers scoped to a subnet are not served to clients in another one."""
     for _ in range(2):  # the second round comes from unbound's subnet cache
         for region, subnet in SUBNETS.items():
-            assert addresses(await query(unbound, subnet)) <= cdn.ips(region)
+            assert addresses(await query(unbound.server, subnet)) <= cdn.ips(region)
 
 
 async def test_without_ecs_unbound_sends_the_client_address_and_loopback_is_default_region(
-    unbound: HostPort, cdn: Cdn
+    unbound: Unbound, cdn: Cdn
 ) -> None:
     # The client is 127.0.0.1: unbound forwards 127.0.0.0/24, which the router places in
     # the default region (policy.default_region = "na": private and loopback addresses).
-    assert addresses(await query(unbound, None)) <= cdn.ips("na")
+    assert addresses(await query(unbound.server, None)) <= cdn.ips("na")
 
 
-async def test_names_outside_the_stub_zone_are_refused_never_recursed(unbound: HostPort) -> None:
+async def test_names_outside_the_stub_zone_are_refused_never_recursed(unbound: Unbound) -> None:
     for name in ("example.org.", "www.google.com.", "."):
-        response = await query(unbound, None, name)
+        response = await query(unbound.server, None, name)
         assert response.rcode() == dns.rcode.REFUSED
+
+
+async def test_unbound_only_ever_queried_loopback(unbound: Unbound, cdn: Cdn) -> None:
+    """Its own log (verbosity 4) names every upstream it sent to: only the router."""
+    await query(unbound.server, SUBNETS["eu"], "img.example.com")
+    await query(unbound.server, None, "www.google.com.")
+    log = unbound.log.read_text()
+    targets = set(re.findall(r"sending to target: <[^>]*> ([^#\s]+)#", log))
+    assert targets == {cdn.dns.host}
+    assert non_loopback(targets) == []
+    assert "priming" not in log.lower()
