@@ -1,7 +1,10 @@
 """Test doubles at the edge's I/O boundary: a scripted origin, a raw-bytes origin, a
-recording fake router, and a helper that runs a real in-process edge in front of them.
+recording fake router, a helper that runs a real in-process edge in front of them, and
+the small request and metric helpers the edge tests share (their shared fixtures are in
+tests/edge_fixtures.py).
 
-Everything binds 127.0.0.1 port 0 and is stopped by the test that started it.
+Everything binds 127.0.0.1 port 0 and is stopped by the test that started it: each double
+is an async context manager (``async with ScriptedOrigin() as origin:``).
 """
 
 from __future__ import annotations
@@ -10,20 +13,65 @@ import asyncio
 import collections
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from types import TracebackType
+from typing import Any, Self
 
+import aiohttp
 from aiohttp import web
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.config import CacheSettings, EdgeConfig, Limits
+from edge.metrics import EdgeMetrics
 from edge.server import EdgeServer
 from georouter.config import HostPort
 from georouter.report import LoadReport
 
 LOOPBACK = "127.0.0.1"
+CACHEABLE = {"Cache-Control": "max-age=60"}
+
+
+class _Served:
+    """Start on enter, stop on exit: the shape every double here shares."""
+
+    async def start(self) -> str:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+class _ServedApp(_Served):
+    """An aiohttp application on 127.0.0.1 port 0; ``url`` once started."""
+
+    url = ""
+    _runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        raise NotImplementedError
+
+    async def start(self) -> str:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, LOOPBACK, 0).start()
+        self.url = f"http://{LOOPBACK}:{self._runner.addresses[0][1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
 
 
 @dataclass
@@ -49,7 +97,7 @@ class Seen:
     body: bytes
 
 
-class ScriptedOrigin:
+class ScriptedOrigin(_ServedApp):
     """An aiohttp origin whose answers the test scripts per path; it counts fetches.
     Its Date header follows ``clock`` (the edge's, when a test moves time)."""
 
@@ -58,27 +106,15 @@ class ScriptedOrigin:
         self.scripts: dict[str, Script] = {}
         self.seen: list[Seen] = []
         self.fetches: collections.Counter[str] = collections.Counter()
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
     def script(self, path: str, **kwargs: object) -> Script:
         script = self.scripts[path] = Script(**kwargs)  # type: ignore[arg-type]
         return script
 
-    async def start(self) -> str:
+    def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, LOOPBACK, 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://{LOOPBACK}:{port}"
-        return self.url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        return app
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -114,7 +150,7 @@ async def _chunked(
     return response
 
 
-class RawOrigin:
+class RawOrigin(_Served):
     """A TCP origin that answers every connection with fixed bytes, then closes it
     (malformed status lines, broken chunking, truncated bodies); ``hold`` keeps the
     connection open after the bytes instead (a stalled body)."""
@@ -150,7 +186,7 @@ class RawOrigin:
             writer.close()
 
 
-class FakeRouter:
+class FakeRouter(_ServedApp):
     """Records the load reports POSTed to /api/v1/report; ``refuse`` answers 503."""
 
     def __init__(self, token: str = "t0ken") -> None:
@@ -158,21 +194,11 @@ class FakeRouter:
         self.reports: list[LoadReport] = []
         self.unauthorized = 0
         self.refuse = False
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
-    async def start(self, port: int = 0) -> str:
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/api/v1/report", self._report)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, LOOPBACK, port).start()
-        self.url = f"http://{LOOPBACK}:{self._runner.addresses[0][1]}"
-        return self.url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        return app
 
     async def _report(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
@@ -239,3 +265,27 @@ async def poll(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def background(job: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``job`` as a task for the block; cancel it and wait for it on the way out."""
+    task = asyncio.create_task(job)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def get(
+    client: aiohttp.ClientSession, edge: EdgeServer, path: str, method: str = "GET", **kw: Any
+) -> tuple[int, CIMultiDict[str], bytes]:
+    """One request to the edge's content port: status, response headers, body."""
+    async with client.request(method, f"http://{edge.content}{path}", **kw) as resp:
+        return resp.status, CIMultiDict(resp.headers), await resp.read()
+
+
+def metric(metrics: EdgeMetrics, name: str, labels: dict[str, str] | None = None) -> float:
+    """A sample of the edge's registry (0 before the first increment)."""
+    return metrics.registry.get_sample_value(name, labels or {}) or 0.0

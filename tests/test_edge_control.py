@@ -12,33 +12,21 @@ from hypothesis import strategies as st
 from edge.control import _split_url as split_url
 from edge.proxy import cache_host
 from edge.server import EdgeServer
-from tests.origin_app import FakeRouter, ScriptedOrigin, poll, running_edge
+from tests.e2e import free_port
+from tests.origin_app import CACHEABLE, FakeRouter, ScriptedOrigin, metric, poll, running_edge
 
-CACHEABLE = {"Cache-Control": "max-age=60"}
+pytest_plugins = ("tests.edge_fixtures",)
 AUTH = {"Authorization": "Bearer t0ken"}
-
-
-@pytest.fixture
-async def origin() -> AsyncIterator[ScriptedOrigin]:
-    scripted = ScriptedOrigin()
-    for path in ("/img/a.png", "/img/b.png", "/css/site.css", "/api/p?id=1"):
-        scripted.script(path, headers=CACHEABLE, body=path.encode())
-    scripted.script("/tagged", headers={**CACHEABLE, "Surrogate-Key": "product-42 all"})
-    await scripted.start()
-    yield scripted
-    await scripted.stop()
+PATHS = ("/img/a.png", "/img/b.png", "/css/site.css", "/api/p?id=1")
 
 
 @pytest.fixture
 async def edge(origin: ScriptedOrigin) -> AsyncIterator[EdgeServer]:
+    for path in PATHS:
+        origin.script(path, headers=CACHEABLE, body=path.encode())
+    origin.script("/tagged", headers={**CACHEABLE, "Surrogate-Key": "product-42 all"})
     async with running_edge(origin.url) as server:
         yield server
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def warm(client: aiohttp.ClientSession, edge: EdgeServer, *paths: str) -> None:
@@ -99,9 +87,8 @@ async def test_purge_by_surrogate_key(edge: EdgeServer, client: aiohttp.ClientSe
     assert await purge(client, edge, {"key": "product-42"}) == (200, {"purged": 1})
     assert await purge(client, edge, {"key": "product-42"}) == (200, {"purged": 0})
     assert edge.cache.objects == 1
-    sample = edge.metrics.registry.get_sample_value
-    assert sample("edge_purges_total", {"kind": "key"}) == 2
-    assert sample("edge_purged_objects_total") == 1
+    assert metric(edge.metrics, "edge_purges_total", {"kind": "key"}) == 2
+    assert metric(edge.metrics, "edge_purged_objects_total") == 1
 
 
 @pytest.mark.parametrize(
@@ -153,32 +140,23 @@ async def test_metrics_exposes_edge_series(edge: EdgeServer, client: aiohttp.Cli
     assert "edge_cache_capacity_bytes" in text
 
 
-async def test_drain_reports_at_once(origin: ScriptedOrigin) -> None:
-    router = FakeRouter()
-    await router.start()
-    try:
-        async with running_edge(origin.url, routers=(router.url,), report_interval_s=60.0) as edge:
-            await poll(lambda: len(router.reports) == 1)
-            edge.drain()
-            await poll(lambda: len(router.reports) == 2, timeout_s=2)
-            assert router.reports[1].status == "draining"
-            assert router.reports[1].seq == 2
-    finally:
-        await router.stop()
+async def test_drain_reports_at_once(origin: ScriptedOrigin, router: FakeRouter) -> None:
+    async with running_edge(origin.url, routers=(router.url,), report_interval_s=60.0) as edge:
+        await poll(lambda: len(router.reports) == 1)
+        edge.drain()
+        await poll(lambda: len(router.reports) == 2, timeout_s=2)
+        assert router.reports[1].status == "draining"
+        assert router.reports[1].seq == 2
 
 
 async def test_router_down_edge_keeps_serving(
     origin: ScriptedOrigin, client: aiohttp.ClientSession
 ) -> None:
-    router = FakeRouter()
-    await router.start()
-    url = router.url
-    await router.stop()  # nothing listens there any more
+    origin.script("/img/a.png", headers=CACHEABLE)
+    url = f"http://127.0.0.1:{free_port('127.0.0.1')}"  # nothing listens there
+    failed = {"router": url, "result": "failed"}
     async with running_edge(origin.url, routers=(url,), report_interval_s=0.05) as edge:
-        sample = edge.metrics.registry.get_sample_value
-        await poll(
-            lambda: (sample("edge_reports_total", {"router": url, "result": "failed"}) or 0) >= 2
-        )
+        await poll(lambda: metric(edge.metrics, "edge_reports_total", failed) >= 2)
         await warm(client, edge, "/img/a.png")
         async with client.get(f"http://{edge.control}/healthz") as resp:
             assert resp.status == 200

@@ -7,13 +7,11 @@ Every process is started on 127.0.0.0/8 with kernel-chosen ports and stopped by 
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import signal
-import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,11 +22,14 @@ import dns.message
 import dns.rdatatype
 import pytest
 
-from tests.origin_app import FakeRouter, ScriptedOrigin, poll
+from tests.e2e import free_port, loopback_block
+from tests.e2e import poll as e2e_poll
+from tests.origin_app import CACHEABLE, FakeRouter, ScriptedOrigin, poll
+
+pytest_plugins = ("tests.edge_fixtures",)
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "t0ken"
-CACHEABLE = {"Cache-Control": "max-age=60"}
 
 
 @dataclass
@@ -89,13 +90,9 @@ def edge_argv(name: str, origin: str, routers: list[str], **flags: str) -> list[
     return argv
 
 
-@pytest.fixture
-async def origin() -> AsyncIterator[ScriptedOrigin]:
-    scripted = ScriptedOrigin()
-    scripted.script("/page", headers=CACHEABLE, body=b"page")
-    await scripted.start()
-    yield scripted
-    await scripted.stop()
+@pytest.fixture(autouse=True)
+def page(origin: ScriptedOrigin) -> None:
+    origin.script("/page", headers=CACHEABLE, body=b"page")
 
 
 async def http_status(url: str) -> int:
@@ -117,26 +114,23 @@ async def test_listening_line_names_bound_ports(origin: ScriptedOrigin) -> None:
 
 
 async def test_sigterm_drains_reports_keeps_serving_then_exits_0(origin: ScriptedOrigin) -> None:
-    router = FakeRouter(TOKEN)
-    await router.start()
-    edge = await spawn(edge_argv("edge-eu-1", origin.url, [router.url], drain_s="2"))
-    content, control = edge.fields["content"], edge.fields["control"]
-    try:
-        await poll(lambda: any(r.status == "up" for r in router.reports))
-        edge.proc.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        await poll(lambda: router.reports[-1].status == "draining", timeout_s=5)
-        # Draining: still serving content, health says 503 so probes agree.
-        assert await http_status(f"http://{content}/page") == 200
-        assert await http_status(f"http://{control}/healthz") == 503
-        assert await asyncio.wait_for(edge.proc.wait(), 15) == 0
-        assert time.monotonic() - signalled >= 2.0  # served for drain_s before leaving
-        seqs = [r.seq for r in router.reports]
-        assert seqs == list(range(1, len(seqs) + 1))
-        assert any("event=draining" in line for line in edge.log)
-    finally:
-        await stop(edge)
-        await router.stop()
+    async with FakeRouter(TOKEN) as router:
+        edge = await spawn(edge_argv("edge-eu-1", origin.url, [router.url], drain_s="2"))
+        try:
+            await poll(lambda: any(r.status == "up" for r in router.reports))
+            edge.proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            await poll(lambda: router.reports[-1].status == "draining", timeout_s=5)
+            # Draining: still serving content, health says 503 so probes agree.
+            assert await http_status(f"http://{edge.fields['content']}/page") == 200
+            assert await http_status(f"http://{edge.fields['control']}/healthz") == 503
+            assert await asyncio.wait_for(edge.proc.wait(), 15) == 0
+            assert time.monotonic() - signalled >= 2.0  # served for drain_s before leaving
+        finally:
+            await stop(edge)
+    seqs = [r.seq for r in router.reports]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert any("event=draining" in line for line in edge.log)
 
 
 async def test_sigint_stops_at_once_with_exit_0(origin: ScriptedOrigin) -> None:
@@ -193,12 +187,6 @@ control_url = "http://{ip}:{port}"
 """
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 async def cdn_addresses(dns_addr: str) -> set[str]:
     """The A records the router answers for cdn.example.com (empty on a failed query)."""
     host, port = dns_addr.rsplit(":", 1)
@@ -210,18 +198,15 @@ async def cdn_addresses(dns_addr: str) -> set[str]:
     return {rr.address for rrset in response.answer for rr in rrset if rr.rdtype == dns.rdatatype.A}
 
 
-async def poll_async(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
+async def poll_async(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    await e2e_poll(check, bool, 15.0, what)
 
 
 async def test_real_router_sees_reports_and_drain_leaves_dns_first(
     origin: ScriptedOrigin, tmp_path: Path
 ) -> None:
-    block = f"127.{random.randint(64, 250)}.{random.randint(0, 250)}"
-    ips = {"edge-a": f"{block}.1", "edge-b": f"{block}.2"}
+    block = loopback_block()
+    ips = {"edge-a": f"{block}1", "edge-b": f"{block}2"}
     ports = {name: free_port(ip) for name, ip in ips.items()}
     nodes = "".join(NODE.format(name=n, ip=ips[n], port=ports[n]) for n in ips)
     config = tmp_path / "cdn.toml"
@@ -248,7 +233,7 @@ async def test_real_router_sees_reports_and_drain_leaves_dns_first(
             view.update(await node_view())
             return all(view[n]["edge_status"] == "up" and view[n]["state"] == "up" for n in ips)
 
-        await poll_async(both_reported)
+        await poll_async(both_reported, "both edges reported")
         assert isinstance(view["edge-a"]["seq"], int) and view["edge-a"]["seq"] >= 1
         dns_addr = router.fields["dns"]
 
@@ -258,9 +243,9 @@ async def test_real_router_sees_reports_and_drain_leaves_dns_first(
         async def only_b_answered() -> bool:
             return await cdn_addresses(dns_addr) == {ips["edge-b"]}
 
-        await poll_async(both_answered)
+        await poll_async(both_answered, "both edges answered")
         edges["edge-a"].proc.send_signal(signal.SIGTERM)
-        await poll_async(only_b_answered)
+        await poll_async(only_b_answered, "drained edge-a left DNS")
         # Out of the answers, yet still serving the clients that resolved it earlier.
         assert edges["edge-a"].proc.returncode is None
         content = edges["edge-a"].fields["content"]

@@ -9,12 +9,19 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from multidict import CIMultiDict
 
 from edge.server import EdgeServer
-from tests.origin_app import FakeClock, ScriptedOrigin, poll, running_edge
+from tests.origin_app import (
+    CACHEABLE,
+    FakeClock,
+    ScriptedOrigin,
+    get,
+    metric,
+    poll,
+    running_edge,
+)
 
-CACHEABLE = {"Cache-Control": "max-age=60"}
+pytest_plugins = ("tests.edge_fixtures",)
 
 
 @pytest.fixture
@@ -23,35 +30,10 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def origin(clock: FakeClock) -> AsyncIterator[ScriptedOrigin]:
-    scripted = ScriptedOrigin(clock)
-    await scripted.start()
-    yield scripted
-    await scripted.stop()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        yield session
-
-
-@pytest.fixture
 async def edge(origin: ScriptedOrigin, clock: FakeClock) -> AsyncIterator[EdgeServer]:
+    origin.clock = clock  # the origin's Date moves with the edge's time
     async with running_edge(origin.url, clock) as server:
         yield server
-
-
-async def get(
-    client: aiohttp.ClientSession, edge: EdgeServer, path: str, method: str = "GET", **kw: object
-) -> tuple[int, CIMultiDict[str], bytes]:
-    url = f"http://{edge.content}{path}"
-    async with client.request(method, url, **kw) as resp:  # type: ignore[arg-type]
-        return resp.status, CIMultiDict(resp.headers), await resp.read()
-
-
-def metric(edge: EdgeServer, name: str, labels: dict[str, str] | None = None) -> float:
-    return edge.metrics.registry.get_sample_value(name, labels or {}) or 0.0
 
 
 async def test_miss_then_hit_with_age_and_cache_status_rfc9211_2(
@@ -70,7 +52,10 @@ async def test_miss_then_hit_with_age_and_cache_status_rfc9211_2(
     assert headers["Age"] == "7"  # RFC 9111 §5.1
     assert origin.fetches["/a"] == 1
     assert (
-        metric(edge, "edge_requests_total", {"cache": "hit", "method": "GET", "code": "200"}) == 1
+        metric(
+            edge.metrics, "edge_requests_total", {"cache": "hit", "method": "GET", "code": "200"}
+        )
+        == 1
     )
 
 
@@ -205,15 +190,10 @@ async def test_stale_while_revalidate_one_background_refresh_rfc5861_3(
     assert all("hit" in h["Cache-Status"] for _, h, _ in answers)
     await poll(lambda: origin.fetches["/s"] == 2)
     gate.set()
-    await poll(lambda: not edge.proxy.coalescer.current(_key(edge)))
+    await poll(lambda: len(edge.proxy.coalescer) == 0)  # the background refresh ended
     _, headers, body = await get(client, edge, "/s")
     assert body == b"new" and "hit" in headers["Cache-Status"]
     assert origin.fetches["/s"] == 2  # exactly one refresh for ten stale answers
-
-
-def _key(edge: EdgeServer) -> str:
-    flights = list(edge.proxy.coalescer._flights)
-    return flights[0] if flights else ""
 
 
 async def test_stale_if_error_on_500_rfc5861_4(
@@ -238,7 +218,7 @@ async def test_stale_if_error_origin_down_rfc5861_4(
     await origin.stop()
     status, _, body = await get(client, edge, "/d")
     assert (status, body) == (200, b"old")
-    assert metric(edge, "edge_origin_errors_total", {"kind": "connect"}) == 1
+    assert metric(edge.metrics, "edge_origin_errors_total", {"kind": "connect"}) == 1
 
 
 async def test_stale_without_stale_if_error_is_502_when_origin_down(
@@ -259,19 +239,18 @@ async def test_hundred_concurrent_misses_one_origin_fetch(
     gate = asyncio.Event()
     origin.script("/hot", headers=CACHEABLE, body=b"x" * 5000, gate=gate)
     tasks = [asyncio.create_task(get(client, edge, "/hot")) for _ in range(100)]
-    await poll(lambda: metric(edge, "edge_coalesced_waits_total") == 99)
+    await poll(lambda: metric(edge.metrics, "edge_coalesced_waits_total") == 99)
     gate.set()
     answers = await asyncio.gather(*tasks)
     assert {(status, body) for status, _, body in answers} == {(200, b"x" * 5000)}
     assert origin.fetches["/hot"] == 1
 
 
-async def test_coalescing_wait_is_bounded(origin: ScriptedOrigin, clock: FakeClock) -> None:
+async def test_coalescing_wait_is_bounded(
+    origin: ScriptedOrigin, client: aiohttp.ClientSession
+) -> None:
     origin.script("/slow", headers=CACHEABLE, delay_s=1.0)
-    async with (
-        running_edge(origin.url, clock, coalesce_wait_s=0.05) as edge,
-        aiohttp.ClientSession() as client,
-    ):
+    async with running_edge(origin.url, coalesce_wait_s=0.05) as edge:
         answers = await asyncio.gather(*(get(client, edge, "/slow") for _ in range(3)))
     assert [status for status, _, _ in answers] == [200, 200, 200]
     # Followers gave up waiting for the slow leader and fetched on their own.
@@ -284,13 +263,13 @@ async def test_uncacheable_responses_are_not_shared_rfc9111_3(
     gate = asyncio.Event()
     origin.script("/me", headers={"Cache-Control": "private"}, body=b"alice's", gate=gate)
     tasks = [asyncio.create_task(get(client, edge, "/me")) for _ in range(5)]
-    await poll(lambda: metric(edge, "edge_coalesced_waits_total") == 4)
+    await poll(lambda: metric(edge.metrics, "edge_coalesced_waits_total") == 4)
     gate.set()
     answers = await asyncio.gather(*tasks)
     assert [status for status, _, _ in answers] == [200] * 5
     assert origin.fetches["/me"] == 5  # each waiter fetched its own copy
     reason = {"reason": "private"}
-    assert metric(edge, "edge_uncacheable_responses_total", reason) == 5
+    assert metric(edge.metrics, "edge_uncacheable_responses_total", reason) == 5
 
 
 async def test_only_if_cached_miss_is_504_rfc9111_5_2_1_7(
