@@ -102,14 +102,13 @@ def dns_part(run: Run, fleet: cdn.Cdn) -> None:
         rate = LATENCY_LOAD_SHARE * sorted(ours)[len(ours) // 2]
         latency = dns.latency_rounds(servers, mixes[1], rate, s.rounds, s.run_s)
         run.emit("dns", part, dns.latency_table(latency, rate))
-        for server in servers:
+        for server in others:
             run.note_memory(f"{server.name} (after part 1)", server.pid)
-    run.note_memory("edge (in the CDN, after part 1)", next(iter(fleet.edges.values())).service.pid)
 
 
 def failover_part(run: Run, fleet: cdn.Cdn, origin_url: str) -> None:
     part = Part("Failover time", failover.__doc__ or "")
-    region = run.config.nodes[[n.name for n in run.config.nodes].index(FAILOVER_VICTIM)].region
+    region = next(n.region for n in run.config.nodes if n.name == FAILOVER_VICTIM)
     subnet = dns.subnets_by_region(run.config, run.geoip)[region][0]
     service = run.config.zones[0].services[0]
     result = failover.measure(
@@ -174,6 +173,10 @@ def _with_servers(run: Run, parts: list[str]) -> None:
             with cdn.cdn(run.config, run.workdir, origin_url) as fleet:
                 if "dns" in parts:
                     dns_part(run, fleet)
+                run.note_memory("georouter (GeoLite2-City loaded)", fleet.router.service.pid)
+                run.note_memory(
+                    "edge (one of the CDN's six)", fleet.edges[FAILOVER_VICTIM].service.pid
+                )
                 if "failover" in parts:
                     failover_part(run, fleet, origin_url)
         if "hit" in parts:
