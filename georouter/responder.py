@@ -2,10 +2,17 @@
 
 Theory of operation: every answer that does not depend on the client is encoded at
 construction, per (name, qtype), as a `Prepared` body (the sections after the question,
-without OPT). A query then costs a parse, one dict lookup and a header pack: the ID, the
-question exactly as received and the OPT record are the only per-query bytes. Geo-routed
-names resolve to a `Route`; the placer and picker choose the nodes, and the encoded answer
-for that node list is cached in a bounded dict.
+without OPT). Geo-routed names resolve to a `Route`; the placer and picker choose the
+nodes, and the encoded answer for that node list is cached in a bounded dict.
+
+Everything in a response but its ID is decided by the query's bytes after the ID (and,
+for a geo answer, by the placement and the picker's draw), so those bytes key a bounded
+cache of shapes: a `_Reply` (the response less its ID) for a static answer, a `_Routed`
+for a geo-routed one, which keeps its ECS placement and its `_Reply` per node list. A
+repeated query then costs one dict lookup and a concatenation (static), or a placement
+(by resolver address only), a pick and two lookups (geo); the parse, zone lookup and
+encoding run once per shape. Queries in 0x20 mixed case rarely repeat byte for byte:
+each is a miss, answered the same way at the cost of a parse.
 
 EDNS (RFC 6891): an OPT is answered with an OPT; the UDP payload size is clamped to
 [512, MAX_UDP_PAYLOAD]; VERSION > 0 gets BADVERS. An answer that does not fit is replaced by
@@ -63,6 +70,7 @@ MAX_UDP_PAYLOAD = 1232  # our EDNS payload size: unfragmented on any path (DNS f
 MIN_UDP_PAYLOAD = 512  # RFC 1035 §4.2.1 without EDNS; RFC 6891 §6.2.5 floor with it
 MAX_TCP_MESSAGE = 65535  # the two-octet length prefix (RFC 1035 §4.2.2)
 GEO_CACHE_ENTRIES = 4096  # encoded geo answers kept, oldest dropped first
+SHAPE_CACHE_ENTRIES = 8192  # query shapes kept per transport; the cache is cleared when full
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, BADVERS = 0, 1, 2, 3, 4, 5, 16
 _RCODE_LABELS = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP"}
@@ -126,6 +134,29 @@ class _GeoAnswer:
 
 
 @dataclass(frozen=True, slots=True)
+class _Reply:
+    """A response less its two ID octets, and what answering with it counts."""
+
+    tail: bytes
+    tally: tuple[str, str, str]  # transport, qtype, rcode
+    scope: int | None  # the ECS SCOPE PREFIX-LENGTH echoed; None: no ECS option
+    answers: tuple[tuple[str, str], ...] = ()  # (region, node) per address given
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Routed:
+    """A geo-routed query's shape: what placement and pick still decide per query."""
+
+    query: Query  # its ID is the first asker's, never sent
+    transport: Transport
+    route: Route
+    address: str | None  # the ECS address to place; None: the resolver's own address
+    source_prefix: int | None
+    scope_cap: int  # the address width with ECS (scope is at most that), else 0
+    replies: dict[tuple[int, tuple[str, ...]], _Reply]  # by (scope, node names)
+
+
+@dataclass(frozen=True, slots=True)
 class _Entry:
     plans: dict[int, Prepared | Route]
     other: Prepared  # every qtype not in plans
@@ -150,6 +181,7 @@ class Responder:
         self._badvers = Prepared.error(BADVERS)
         self._formerr = Prepared.error(FORMERR)
         self._geo_cache: dict[tuple[Route, tuple[str, ...]], _GeoAnswer] = {}
+        self._shapes: dict[Transport, dict[bytes, _Reply | _Routed]] = {"udp": {}, "tcp": {}}
         types = self._zones.data_types() | {TYPE_A, TYPE_AAAA, TYPE_CNAME, TYPE_ANY, TYPE_DS}
         types |= {TYPE_NS, TYPE_SOA, *_TRANSFERS}
         self._table = {
@@ -159,30 +191,55 @@ class Responder:
 
     def respond(self, data: bytes, client_ip: str, transport: Transport) -> bytes | None:
         """One query datagram/message in, the response out (None = drop silently)."""
+        shape = self._shapes[transport].get(data[2:])
+        try:
+            if shape is None:
+                shape = self._shape(data, transport)
+                if shape is None:
+                    return None
+            reply = shape if isinstance(shape, _Reply) else self._route(shape, client_ip)
+        except Exception:  # the one guard: a bug costs this query a SERVFAIL, not the server
+            log.exception("answering %r failed", data)
+            reply = self._reply(parse(data), self._servfail, 0, transport)
+        tallies = self._tallies
+        tallies.queries[reply.tally] += 1
+        if reply.scope is not None:
+            tallies.ecs_scopes.observe(reply.scope)
+        for key in reply.answers:
+            tallies.answers[key] += 1
+        return data[:2] + reply.tail
+
+    def _shape(self, data: bytes, transport: Transport) -> _Reply | _Routed | None:
+        """Parse and plan a query not seen before; remember the shape of a listed name's."""
         try:
             query = parse(data)
         except MalformedQuery as exc:
-            return self._reject(exc, transport)
-        try:
-            return self._answer(query, client_ip, transport)
-        except Exception:  # the one guard: a bug costs this query a SERVFAIL, not the server
-            log.exception("answering %r failed", data)
-            return self._finish(query, self._servfail, 0, transport)
-
-    def _answer(self, query: Query, client_ip: str, transport: Transport) -> bytes:
-        if query.flags & OPCODE_MASK:
-            return self._finish(query, self._notimp, 0, transport)  # RFC 1035 §4.1.1
-        if query.edns is not None and query.edns.version:
-            return self._finish(query, self._badvers, 0, transport)  # RFC 6891 §6.1.3
-        if query.qclass != CLASS_IN:
-            return self._finish(query, self._refused, 0, transport)
+            return self._rejection(exc, transport)
         entry = self._table.get(query.name)
+        shape = self._plan_for(query, entry, transport)
+        # Names owning no data stay out: a flood of random names must not evict the rest.
+        if entry is not None:
+            shapes = self._shapes[transport]
+            if len(shapes) >= SHAPE_CACHE_ENTRIES:
+                shapes.clear()
+            shapes[data[2:]] = shape
+        return shape
+
+    def _plan_for(
+        self, query: Query, entry: _Entry | None, transport: Transport
+    ) -> _Reply | _Routed:
+        if query.flags & OPCODE_MASK:
+            return self._reply(query, self._notimp, 0, transport)  # RFC 1035 §4.1.1
+        if query.edns is not None and query.edns.version:
+            return self._reply(query, self._badvers, 0, transport)  # RFC 6891 §6.1.3
+        if query.qclass != CLASS_IN:
+            return self._reply(query, self._refused, 0, transport)
         if entry is None:
-            return self._finish(query, self._unlisted(query), 0, transport)
+            return self._reply(query, self._unlisted(query), 0, transport)
         plan = entry.plans.get(query.qtype, entry.other)
         if isinstance(plan, Route):
-            return self._route(query, plan, client_ip, transport)
-        return self._finish(query, plan, 0, transport)
+            return self._routed(query, plan, transport)
+        return self._reply(query, plan, 0, transport)
 
     def _unlisted(self, query: Query) -> Prepared:
         """A name owning no data: NXDOMAIN, an empty non-terminal's NODATA, a referral."""
@@ -190,27 +247,32 @@ class Responder:
             return self._refused
         return Prepared.of(self._zones.resolve(query.name, query.qtype), query.name)
 
-    def _route(self, query: Query, route: Route, client_ip: str, transport: Transport) -> bytes:
+    def _routed(self, query: Query, route: Route, transport: Transport) -> _Reply | _Routed:
         subnet = query.edns.subnet if query.edns is not None else None
         if subnet is None or subnet.source_prefix == 0:
             # No ECS, or ECS /0: the client opted out, so place by the resolver's own
             # address and answer for everyone with scope 0 (RFC 7871 §7.1.2).
-            placement = self._placer.place(client_ip, None)
-            scope = 0
-        elif route.first_cname is not None:
-            return self._finish(query, route.first_cname, 0, transport)
-        else:
-            placement = self._placer.place(subnet.address_text, subnet.source_prefix)
-            scope = min(placement.prefix_len, 32 if subnet.family == 1 else 128)
-        decision = self._picker.pick(placement.region, route.family)
+            return _Routed(query, transport, route, None, None, 0, {})
+        if route.first_cname is not None:
+            return self._reply(query, route.first_cname, 0, transport)
+        cap = 32 if subnet.family == 1 else 128
+        return _Routed(query, transport, route, subnet.address_text, subnet.source_prefix, cap, {})
+
+    def _route(self, shape: _Routed, client_ip: str) -> _Reply:
+        placement = self._placer.place(shape.address or client_ip, shape.source_prefix)
+        decision = self._picker.pick(placement.region, shape.route.family)
         self._tallies.decisions[decision.reason] += 1
         if decision.reason == "fail_closed":
-            return self._finish(query, self._servfail, 0, transport)
-        geo = self._geo_answer(route, decision.nodes)
-        for key in geo.tally_keys:
-            self._tallies.answers[key] += 1
-        # A negative answer is cached as if for every client (RFC 7871 §7.4): scope 0.
-        return self._finish(query, geo.prepared, scope if geo.tally_keys else 0, transport)
+            return self._reply(shape.query, self._servfail, 0, shape.transport)
+        key = (min(placement.prefix_len, shape.scope_cap), tuple([n.name for n in decision.nodes]))
+        reply = shape.replies.get(key)
+        if reply is None:
+            geo = self._geo_answer(shape.route, decision.nodes)
+            # A negative answer is cached as if for every client (RFC 7871 §7.4): scope 0.
+            scope = key[0] if geo.tally_keys else 0
+            reply = self._reply(shape.query, geo.prepared, scope, shape.transport, geo.tally_keys)
+            shape.replies[key] = reply
+        return reply
 
     def _geo_answer(self, route: Route, nodes: tuple[Node, ...]) -> _GeoAnswer:
         key = (route, tuple([node.name for node in nodes]))
@@ -240,16 +302,23 @@ class Responder:
         )
         return _GeoAnswer(prepared, tuple((node.region, node.name) for node in chosen.values()))
 
-    def _finish(self, query: Query, prepared: Prepared, scope: int, transport: Transport) -> bytes:
+    def _reply(
+        self,
+        query: Query,
+        prepared: Prepared,
+        scope: int,
+        transport: Transport,
+        answers: tuple[tuple[str, str], ...] = (),
+    ) -> _Reply:
         edns = query.edns
         opt = b""
         limit = MIN_UDP_PAYLOAD
+        echoed = None
         if edns is not None:
-            subnet = edns.subnet
             option = b""
-            if subnet is not None:
-                option = subnet.echo(scope)
-                self._tallies.ecs_scopes.observe(scope)
+            if edns.subnet is not None:
+                option = edns.subnet.echo(scope)
+                echoed = scope
             opt = encode_opt(MAX_UDP_PAYLOAD, prepared.rcode, edns.dnssec_ok, option)
             limit = min(max(edns.payload, MIN_UDP_PAYLOAD), MAX_UDP_PAYLOAD)
         if transport == "tcp":
@@ -261,13 +330,14 @@ class Responder:
             flags |= TC
             body = b""
             an = ns = ar = 0
+            answers = ()  # no address was given: the client retries over TCP
         qtype = _QTYPE_LABELS.get(query.qtype, "other") if query.question else "none"
-        self._tallies.queries[(transport, qtype, _RCODE_LABELS[prepared.rcode])] += 1
         qdcount = 1 if query.question else 0
-        header = HEADER.pack(query.id, flags, qdcount, an, ns, ar + (1 if opt else 0))
-        return header + query.question + body + opt
+        header = HEADER.pack(0, flags, qdcount, an, ns, ar + (1 if opt else 0))
+        tail = header[2:] + query.question + body + opt
+        return _Reply(tail, (transport, qtype, _RCODE_LABELS[prepared.rcode]), echoed, answers)
 
-    def _reject(self, exc: MalformedQuery, transport: Transport) -> bytes | None:
+    def _rejection(self, exc: MalformedQuery, transport: Transport) -> _Reply | None:
         if exc.flags is None:
             return None
         # An opcode we do not implement is NOTIMP whatever follows (RFC 1035 §4.1.1).
@@ -275,7 +345,7 @@ class Responder:
         question = exc.question
         qtype = int.from_bytes(question[-4:-2]) if question else _NO_QUESTION
         query = Query(exc.ident, exc.flags, question, b"", qtype, CLASS_IN, exc.edns)
-        return self._finish(query, prepared, 0, transport)
+        return self._reply(query, prepared, 0, transport)
 
     def _static(self, name: bytes) -> Prepared:
         plan = self._plan(name, _UNSTORED_TYPE)
