@@ -30,56 +30,37 @@ store(): a Content-Length that disagrees with the body is refused anyway.
 from __future__ import annotations
 
 import builtins
-import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Literal
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
+from edge.directives import (
+    EMPTY_CACHE_CONTROL,
+    CacheControl,
+    Headers,
+    parse_cache_control,
+    response_cache_control,
+)
+from edge.entry import ENTRY_OVERHEAD_BYTES, CacheEntry, conditional_headers, make_entry
 from edge.eviction import make_policy
 from edge.rules import (
-    EMPTY_CACHE_CONTROL,
-    SURROGATE_CAPABILITY,
-    CacheControl,
-    corrected_initial_age,
-    freshness_lifetime,
     has_explicit_freshness,
     invalidation_targets,
     not_modified,
-    parse_cache_control,
-    response_cache_control,
     selecting_value,
     storable_reason,
     stored_headers,
-    strip_hop_by_hop,
     update_headers,
     vary_names,
 )
 from edge.store import Store
 
-__all__ = [
-    "CACHE_NAME",
-    "SURROGATE_CAPABILITY",
-    "Cache",
-    "CacheEntry",
-    "Headers",
-    "Lookup",
-    "Outcome",
-    "RequestInfo",
-    "cache_status",
-    "strip_hop_by_hop",
-]
+__all__ = ["Cache", "Lookup", "Outcome", "RequestInfo"]
 
 MiB = 1024 * 1024
-CACHE_NAME = "georouter-edge"
-# Bookkeeping charged per entry on top of body and header bytes (dicts, queues).
-ENTRY_OVERHEAD_BYTES: Final = 256
-
-Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 Outcome = Literal["fresh", "stale", "miss", "pass"]
-Vary = tuple[tuple[str, str | None], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,34 +71,6 @@ class RequestInfo:
     host: str  # lower-case, without default port
     target: str  # path + query exactly as received (the query is part of the key)
     headers: Headers
-
-
-@dataclass(slots=True)
-class CacheEntry:
-    """One stored response (a complete response; never a 206 partial).
-
-    The last four fields are the response's reuse rules, decided once at
-    store time so lookups do not parse Cache-Control again.
-    """
-
-    status: int
-    headers: CIMultiDict[str]  # as stored: hop-by-hop, Age, no-cache/private="field" removed
-    body: bytes
-    request_time: float
-    response_time: float
-    corrected_initial_age: float  # RFC 9111 §4.2.3
-    freshness_lifetime: float  # RFC 9111 §4.2.1
-    vary: Vary  # selecting header name -> normalised value
-    surrogate_keys: tuple[str, ...]
-    size: int  # bytes charged against the store's capacity
-    no_cache: bool = False  # §5.2.2.4: always revalidate before use
-    no_stale: bool = False  # §4.2.4: no-cache/must-revalidate/proxy-revalidate/s-maxage
-    stale_while_revalidate: float | None = None  # RFC 5861 §3 window, seconds
-    stale_if_error: float | None = None  # RFC 5861 §4 window, seconds
-
-    def current_age(self, now: float) -> float:
-        """RFC 9111 §4.2.3 current_age at ``now``."""
-        return self.corrected_initial_age + max(0.0, now - self.response_time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +150,7 @@ class Cache:
             "stale",
             key,
             entry,
-            _validators(entry.headers),
+            conditional_headers(entry),
             forced is None and _within(entry.stale_while_revalidate, staleness, entry),
             _stale_if_error(entry, req_cc, staleness),
             forced,
@@ -244,7 +197,7 @@ class Cache:
         cc = response_cache_control(headers)
         kept = stored_headers(headers, cc)
         kept.popall("Age", None)  # regenerated on every use (§5.1)
-        entry = _entry(status, kept, body, vary, keys, cc, headers, request_time, response_time)
+        entry = make_entry(status, kept, body, vary, keys, cc, headers, request_time, response_time)
         if not self._store.put((req.host, req.target, vary), entry, entry.size, keys):
             return None
         return entry
@@ -263,7 +216,7 @@ class Cache:
         merged = update_headers(entry.headers, not_modified_headers)
         merged.popall("Age", None)
         cc = response_cache_control(merged)
-        fresh = _entry(
+        fresh = make_entry(
             entry.status,
             merged,
             entry.body,
@@ -380,25 +333,6 @@ def _stale_if_error(entry: CacheEntry, req_cc: CacheControl, staleness: float) -
     return _within(window, staleness, entry)
 
 
-def _validators(headers: CIMultiDict[str]) -> dict[str, str]:
-    """§4.3.1: the stored validators as the conditional request fields."""
-    found: dict[str, str] = {}
-    etag = headers.get("ETag")
-    if etag is not None:
-        found["If-None-Match"] = _quoted_etag(etag.strip())
-    last_modified = headers.get("Last-Modified")
-    if last_modified is not None:
-        found["If-Modified-Since"] = last_modified
-    return found
-
-
-def _quoted_etag(etag: str) -> str:
-    # An origin that forgot the quotes still means an opaque tag; send it valid.
-    if etag.startswith(('"', 'W/"', 'w/"')):
-        return etag
-    return f'"{etag}"'
-
-
 def _worth_storing(headers: Headers, cc: CacheControl) -> bool:
     """A response with no freshness, no validator and no stale-* allowance could
     never be reused: don't spend memory on it."""
@@ -409,78 +343,3 @@ def _worth_storing(headers: Headers, cc: CacheControl) -> bool:
         or "stale-if-error" in cc
         or "stale-while-revalidate" in cc
     )
-
-
-def _entry(
-    status: int,
-    headers: CIMultiDict[str],
-    body: builtins.bytes,
-    vary: Vary,
-    keys: tuple[str, ...],
-    cc: CacheControl,
-    received: Headers,
-    request_time: float,
-    response_time: float,
-) -> CacheEntry:
-    no_cache = "no-cache" in cc and cc.fields("no-cache") is None
-    header_bytes = sum(len(k) + len(v) + 4 for k, v in headers.items())
-    swr = cc.seconds("stale-while-revalidate")
-    sie = cc.seconds("stale-if-error")
-    return CacheEntry(
-        status=status,
-        headers=headers,
-        body=body,
-        request_time=request_time,
-        response_time=response_time,
-        corrected_initial_age=corrected_initial_age(received, request_time, response_time),
-        freshness_lifetime=freshness_lifetime(status, headers, cc, response_time),
-        vary=vary,
-        surrogate_keys=keys,
-        size=len(body) + header_bytes + ENTRY_OVERHEAD_BYTES,
-        no_cache=no_cache,
-        no_stale=no_cache or any(d in cc for d in _NO_STALE),
-        stale_while_revalidate=None if swr is None else float(swr),
-        stale_if_error=None if sie is None else float(sie),
-    )
-
-
-_NO_STALE: Final = ("must-revalidate", "proxy-revalidate", "s-maxage")
-_TOKEN: Final = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*\Z")
-
-
-def cache_status(
-    outcome_token: str,
-    *,
-    fwd: str | None = None,
-    stored: bool = False,
-    detail: str | None = None,
-    ttl: float | None = None,
-    fwd_status: int | None = None,
-) -> str:
-    """This cache's RFC 9211 §2 Cache-Status member, e.g. 'georouter-edge; hit; ttl=372'.
-
-    ``outcome_token`` is "hit" or "fwd" (then ``fwd`` names the §2.2 reason).
-    """
-    if outcome_token == "hit":
-        params = ["hit"]
-    elif outcome_token == "fwd" and fwd is not None and _TOKEN.match(fwd):
-        params = [f"fwd={fwd}"]
-    else:
-        raise ValueError(f"Cache-Status needs 'hit' or 'fwd' with a token reason, got {fwd!r}")
-    if fwd_status is not None:
-        params.append(f"fwd-status={int(fwd_status)}")
-    if stored:
-        params.append("stored")
-    if ttl is not None:
-        params.append(f"ttl={math.floor(ttl)}")
-    if detail is not None:
-        params.append(f"detail={_sf_string_or_token(detail)}")
-    return "; ".join([CACHE_NAME, *params])
-
-
-def _sf_string_or_token(value: str) -> str:
-    """RFC 8941 §3.3.4 token if possible, else a §3.3.3 string (ASCII printable)."""
-    if _TOKEN.match(value):
-        return value
-    printable = "".join(ch for ch in value if " " <= ch <= "~")
-    return '"' + printable.replace("\\", "\\\\").replace('"', '\\"') + '"'

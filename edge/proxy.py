@@ -29,9 +29,11 @@ from collections.abc import Callable
 from aiohttp import web
 from multidict import CIMultiDict
 
-from edge.cache import Cache, CacheEntry, Lookup, RequestInfo, cache_status
+from edge.cache import Cache, Lookup, RequestInfo
+from edge.cache_status import cache_status
 from edge.coalesce import Coalescer, Flight
 from edge.config import EdgeConfig
+from edge.entry import CacheEntry
 from edge.errors import OriginError
 from edge.load import CacheResult, LoadTracker
 from edge.metrics import EdgeMetrics

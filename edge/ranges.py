@@ -12,13 +12,10 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from multidict import CIMultiDict, CIMultiDictProxy
-
-from edge.rules import parse_http_date, split_list, strong_match
+from edge.directives import Headers, split_list
+from edge.rules import parse_http_date, strong_match
 
 __all__ = ["MAX_RANGES", "ByteRange", "RangeAnswer", "answer_range", "parse_range", "satisfiable"]
-
-Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
 # RFC 9110 §14.2: a server MAY ignore a range set that is large or fragmented
 # (a cheap amplification vector); beyond this many specs we serve the full 200.

@@ -17,19 +17,15 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict
 
-from edge.cache import (
-    SURROGATE_CAPABILITY,
-    Cache,
-    CacheEntry,
-    Headers,
-    RequestInfo,
-    cache_status,
-    strip_hop_by_hop,
-)
+from edge.cache import Cache, RequestInfo
+from edge.cache_status import cache_status
+from edge.directives import SURROGATE_CAPABILITY, Headers
+from edge.entry import CacheEntry
 from edge.load import CacheResult
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginResponse
 from edge.ranges import answer_range
+from edge.rules import strip_hop_by_hop
 
 STREAM_PREBUFFER_BYTES = 64 * 1024
 # Set on a request once a streamed response's head went out.

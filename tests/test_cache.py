@@ -11,15 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from edge.cache import (
-    CACHE_NAME,
-    SURROGATE_CAPABILITY,
-    Cache,
-    CacheEntry,
-    Lookup,
-    RequestInfo,
-    cache_status,
-)
+from edge.cache import Cache, Lookup, RequestInfo
+from edge.directives import SURROGATE_CAPABILITY
+from edge.entry import CacheEntry
 
 T0 = 1_700_000_000.0
 
@@ -505,39 +499,6 @@ def test_age_is_generated_and_date_kept_rfc9111_5_1(cache: Cache) -> None:
     assert headers.getall("Age") == ["35"]
     assert headers["Date"] == http_date()
     assert "Age" not in entry.headers
-
-
-# --- Cache-Status (RFC 9211 §2) ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("args", "kwargs", "member"),
-    [
-        (("hit",), {"ttl": 372.9}, f"{CACHE_NAME}; hit; ttl=372"),
-        (
-            ("hit",),
-            {"ttl": -4.2, "detail": "stale-while-revalidate"},
-            f"{CACHE_NAME}; hit; ttl=-5; detail=stale-while-revalidate",
-        ),
-        (("fwd",), {"fwd": "miss", "stored": True}, f"{CACHE_NAME}; fwd=miss; stored"),
-        (("fwd",), {"fwd": "stale", "fwd_status": 304}, f"{CACHE_NAME}; fwd=stale; fwd-status=304"),
-        (
-            ("fwd",),
-            {"fwd": "miss", "detail": 'origin "down"'},
-            f'{CACHE_NAME}; fwd=miss; detail="origin \\"down\\""',
-        ),
-    ],
-)
-def test_cache_status_members_rfc9211_2(
-    args: tuple[str], kwargs: dict[str, object], member: str
-) -> None:
-    assert cache_status(*args, **kwargs) == member  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(("token", "fwd"), [("fwd", None), ("fwd", "not a token"), ("miss", "x")])
-def test_cache_status_rejects_invalid_members_rfc9211_2(token: str, fwd: str | None) -> None:
-    with pytest.raises(ValueError):
-        cache_status(token, fwd=fwd)
 
 
 # --- robustness ---------------------------------------------------------------------------------
