@@ -9,15 +9,20 @@ connection dropped mid-response: 502). The proxy never sees an aiohttp exception
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from edge.errors import OriginError
+from edge.framing import ResponseFraming
 from edge.metrics import EdgeMetrics
 
 READ_CHUNK_BYTES = 64 * 1024
@@ -51,6 +56,39 @@ class OriginResponse:
             raise _origin_error(exc) from exc
 
 
+class _OriginProtocol(ResponseHandler):
+    """aiohttp's client protocol, fed no further than the end of each response.
+
+    Bytes past the end (a body longer than its Content-Length) are dropped and the
+    connection is closed instead of pooled: RFC 9112 §6.3, see edge/framing.py.
+    """
+
+    _framing: ResponseFraming | None = None
+
+    def set_response_params(self, **params: Any) -> None:
+        # Called once per request, before its response is read.
+        self._framing = ResponseFraming(head_only=bool(params.get("skip_payload")))
+        super().set_response_params(**params)
+
+    def data_received(self, data: bytes) -> None:
+        framing = self._framing
+        if framing is None or not data:  # b"": aiohttp resuming a paused payload
+            super().data_received(data)
+            return
+        ended_before = framing.ended
+        kept, dropped = framing.feed(data)
+        if kept:
+            super().data_received(kept)
+        if dropped:
+            self.force_close()  # never pooled: where the next response starts is unknown
+            if ended_before:
+                self.close()  # idle in the pool, or read to the end: nothing left to lose
+
+
+def _origin_protocol(loop: asyncio.AbstractEventLoop) -> ResponseHandler:
+    return _OriginProtocol(loop=loop)
+
+
 class OriginClient:
     """Fetches from one origin base URL; start() before use, close() at shutdown."""
 
@@ -71,11 +109,14 @@ class OriginClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=MAX_ORIGIN_CONNECTIONS, keepalive_timeout=ORIGIN_KEEPALIVE_S
+        )
+        # aiohttp has no public hook for its protocol class; _factory makes each connection.
+        connector._factory = functools.partial(_origin_protocol, asyncio.get_running_loop())
         self._session = aiohttp.ClientSession(
             timeout=self._timeout,
-            connector=aiohttp.TCPConnector(
-                limit=MAX_ORIGIN_CONNECTIONS, keepalive_timeout=ORIGIN_KEEPALIVE_S
-            ),
+            connector=connector,
             auto_decompress=False,  # bytes pass through as the origin encoded them
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=_NO_AUTO_HEADERS,

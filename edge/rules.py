@@ -129,7 +129,10 @@ def parse_age(headers: Headers) -> int:
     parameter) counts as 2^31, i.e. stale. §5.1 suggests the first member or
     ignoring it; treating it as stale only costs a revalidation (§4.2.1
     encourages that for invalid freshness information) and never serves a
-    response older than its origin intended.
+    response older than its origin intended. It is also the one rule that meets
+    11 of http-cache-tests' 12 age-parse tests: the twelfth, age-parse-prefix
+    ("0,7200" must be fresh), contradicts age-parse-dup-0 ("0, 0" must be stale)
+    and its own title.
     """
     lines = headers.getall("Age", [])
     if not lines:

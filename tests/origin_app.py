@@ -151,14 +151,16 @@ async def _chunked(
 
 
 class RawOrigin(_Served):
-    """A TCP origin that answers every connection with fixed bytes, then closes it
-    (malformed status lines, broken chunking, truncated bodies); ``hold`` keeps the
-    connection open after the bytes instead (a stalled body)."""
+    """A TCP origin that answers each request with fixed bytes (malformed status lines,
+    broken chunking, truncated bodies, bodies longer than their Content-Length), then
+    closes the connection; ``keep_alive`` answers every request on a connection instead,
+    each with the same bytes, until the client closes it."""
 
-    def __init__(self, payload: bytes, *, hold: bool = False) -> None:
+    def __init__(self, payload: bytes, *, keep_alive: bool = False) -> None:
         self.payload = payload
-        self.hold = hold
+        self.keep_alive = keep_alive
         self.connections = 0
+        self.requests = 0
         self.url = ""
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
@@ -179,11 +181,17 @@ class RawOrigin(_Served):
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.append(writer)
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(self.payload)
-        await writer.drain()
-        if not self.hold:
-            writer.close()
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")  # requests without a body
+                self.requests += 1
+                writer.write(self.payload)
+                await writer.drain()
+                if not self.keep_alive:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed the connection
+        writer.close()
 
 
 class FakeRouter(_ServedApp):
