@@ -91,7 +91,7 @@ def dns_part(run: Run, fleet: cdn.Cdn) -> None:
     if missing := _missing("dnsperf"):
         run.parts["dns"] = _skipped(title, f"{', '.join(missing)} not installed")
         return
-    part = Part(title, dns.__doc__ or "")
+    part = Part(title, report.intro(dns.__doc__))
     mixes = dns.build_mixes(run.config, run.geoip, run.workdir)
     s = run.settings
     with _dns_peers(run) as others:
@@ -107,7 +107,7 @@ def dns_part(run: Run, fleet: cdn.Cdn) -> None:
 
 
 def failover_part(run: Run, fleet: cdn.Cdn, origin_url: str) -> None:
-    part = Part("Failover time", failover.__doc__ or "")
+    part = Part("Failover time", report.intro(failover.__doc__))
     region = next(n.region for n in run.config.nodes if n.name == FAILOVER_VICTIM)
     subnet = dns.subnets_by_region(run.config, run.geoip)[region][0]
     service = run.config.zones[0].services[0]
@@ -122,7 +122,7 @@ def hit_part(run: Run, origin: Endpoint) -> None:
     if missing := _missing("wrk"):
         run.parts["hit"] = _skipped(title, f"{', '.join(missing)} not installed")
         return
-    part = Part(title, edge_hit.__doc__ or "")
+    part = Part(title, report.intro(edge_hit.__doc__))
     origin_url = f"http://{origin.host}:{origin.port}"
     objects = edge_hit.pick_objects()
     with contextlib.ExitStack() as stack:
@@ -189,12 +189,12 @@ def _pure_parts(run: Run, parts: list[str]) -> None:
     simulations: list[tuple[str, Part, Callable[[], Table]]] = [
         (
             "balance",
-            Part("Balance: herding under delayed load reports", balance.__doc__ or ""),
+            Part("Balance: herding under delayed load reports", report.intro(balance.__doc__)),
             lambda: balance.balance_table(run.settings.balance_seeds, quick),
         ),
         (
             "cache",
-            Part("Cache policy: eviction hit ratios", cache_policy.__doc__ or ""),
+            Part("Cache policy: eviction hit ratios", report.intro(cache_policy.__doc__)),
             lambda: cache_policy.cache_table(run.settings.cache_requests),
         ),
     ]

@@ -281,6 +281,9 @@ def throughput_table(runs: Sequence[DnsRun], mixes: Sequence[Mix], ours: str) ->
         "lost: sum over the rounds.",
         "CPU in % of one core over the run, from /proc (server: its whole process tree; "
         "others: the rest of the machine's busy time, e.g. other test suites).",
+        "On 2 cores dnsperf and the server share the CPU: a server faster than dnsperf "
+        "(gdnsd) shows a lower bound. PowerDNS does not packet-cache answers with an ECS "
+        "scope, so every ecs query goes through its geoip backend.",
     ]
     columns = ["mix", "server", "q/s", "range", "avg ms", "lost", "server CPU %"]
     columns += ["dnsperf CPU %", "others CPU %", "limited by", "georouter / server"]

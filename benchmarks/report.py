@@ -59,6 +59,12 @@ class Part:
     tables: list[Table] = field(default_factory=list)
 
 
+def intro(docstring: str | None) -> str:
+    """A part's introduction: its module docstring without the one-line summary."""
+    body = (docstring or "").split("\n\n", 1)
+    return body[1].strip() if len(body) > 1 else ""
+
+
 def fmt(value: float, digits: int = 0) -> str:
     """A number for a table cell ("n/a" when missing)."""
     if value != value:  # NaN
