@@ -38,6 +38,7 @@ PROBE_TIMEOUT_S = 0.5
 PROBE_FALL = 2
 PROBE_RISE = 2
 REPORT_EXPIRY_S = 2.5
+DNS_WORKERS, MAX_DNS_WORKERS = 1, 64  # processes answering UDP; 1: the main process itself
 
 MAX_ANSWERS = 8
 MAX_SATURATION = 1.5
@@ -71,6 +72,7 @@ class RouterSettings:
     control_listen: HostPort
     token: str
     geoip: Path | None = None  # None: the embedded GeoLite2-City
+    dns_workers: int = DNS_WORKERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +206,7 @@ def _router(t: Table, config_dir: Path) -> RouterSettings:
             control_listen=t.parsed("control_listen", parse_host_port, CONTROL_LISTEN),
             token=t.parsed("token", _bearer_token),
             geoip=t.optional("geoip", lambda text: _file_path(text, config_dir)),
+            dns_workers=t.integer("dns_workers", 1, MAX_DNS_WORKERS, DNS_WORKERS),
         )
 
 

@@ -164,6 +164,12 @@ CASES = [
      "bearer token"),
     ("geoip_empty", edited('token = "t0ken"', 'token = "t0ken"\ngeoip = ""'), "router.geoip",
      "expected a file path"),
+    ("dns_workers_zero", edited('token = "t0ken"', 'token = "t0ken"\ndns_workers = 0'),
+     "router.dns_workers", "expected an integer in 1..64, got 0"),
+    ("dns_workers_65", edited('token = "t0ken"', 'token = "t0ken"\ndns_workers = 65'),
+     "router.dns_workers", "expected an integer in 1..64, got 65"),
+    ("dns_workers_text", edited('token = "t0ken"', 'token = "t0ken"\ndns_workers = "2"'),
+     "router.dns_workers", "expected an integer"),
     # policy
     ("all_down", policy('all_down = "fail-closed"'), "policy.all_down",
      "expected 'fail-open' or 'servfail', got 'fail-closed'"),
@@ -333,6 +339,7 @@ def test_shipped_config_loads() -> None:
     config = load_config(DEFAULT_CONFIG)
     assert config.router.dns_listen == HostPort("127.0.0.1", 5300)
     assert config.router.geoip is None
+    assert config.router.dns_workers == 1
     assert config.policy.default_region == "na"
     assert [r.name for r in config.regions] == ["na", "eu", "ap"]
     assert config.region("eu").countries == frozenset({"IL", "TR", "AE", "SA"})
@@ -371,7 +378,9 @@ def test_limits_are_inclusive(tmp_path: Path) -> None:
         "[policy]\nanswer_ttl = 2147483647\nanswers_per_response = 8\nsaturation_threshold = 1.5\n",
     )
     text = text.replace('"127.0.0.1:0"', '"[::1]:65535"', 1)
+    text = text.replace('token = "t0ken"', 'token = "t0ken"\ndns_workers = 64', 1)
     config = load_config(write(tmp_path, text))
+    assert config.router.dns_workers == 64
     assert (config.policy.answer_ttl, config.policy.answers_per_response) == (2**31 - 1, 8)
     assert config.policy.saturation_threshold == 1.5
     assert config.router.dns_listen == HostPort("::1", 65535)
