@@ -11,9 +11,10 @@ import errno
 import socket
 from dataclasses import dataclass
 from time import perf_counter
+from typing import Protocol
 
 from georouter.config import HostPort
-from georouter.metrics import RouterMetrics
+from georouter.metrics import HotPathTallies, RouterMetrics
 from georouter.responder import Responder
 from georouter.wire import HEADER
 
@@ -35,24 +36,34 @@ class TcpLimits:
     max_queries_per_connection: int = MAX_QUERIES_PER_CONNECTION
 
 
-class _UdpReader:
-    """Answers datagrams straight off the socket when the event loop says it is readable.
+class ResponderSource(Protocol):
+    """Whatever holds the current responder (a reload swaps it between queries)."""
 
-    Cheaper per query than asyncio's DatagramProtocol, which reads one datagram per loop
-    iteration into a fresh 256 KiB buffer (malloc turns that into an mmap/munmap pair) and
-    routes every send through a transport: here one wakeup drains up to UDP_BATCH
-    datagrams with small reads, and answers go out with one sendto each.
+    responder: Responder
+
+
+class UdpShell:
+    """Answers datagrams straight off a UDP socket: no transport, no per-query allocation
+    beyond the message itself.
+
+    `read_ready` serves a non-blocking socket from the event loop: one wakeup drains up to
+    UDP_BATCH datagrams. (asyncio's DatagramProtocol reads one datagram per loop iteration
+    into a fresh 256 KiB buffer, which malloc turns into an mmap/munmap pair: half the CPU
+    per query went there.) `serve_blocking` is a DNS worker's whole life: blocking reads on
+    a socket it shares with the other workers, where the kernel wakes one reader per
+    datagram, so load spreads evenly however few client flows there are.
     """
 
-    def __init__(self, sock: socket.socket, service: DnsService, metrics: RouterMetrics) -> None:
+    def __init__(
+        self, sock: socket.socket, source: ResponderSource, tallies: HotPathTallies
+    ) -> None:
         self._sock = sock
-        self._service = service
-        self._duration = metrics.tallies.durations["udp"]
-        self._metrics = metrics
+        self._source = source
+        self._duration = tallies.durations["udp"]
+        self._dropped = tallies.dropped
 
     def read_ready(self) -> None:
-        recvfrom, sendto = self._sock.recvfrom, self._sock.sendto
-        observe, service = self._duration.observe, self._service
+        recvfrom = self._sock.recvfrom
         for _ in range(UDP_BATCH):
             try:
                 data, addr = recvfrom(MAX_UDP_QUERY_BYTES + 1)
@@ -60,24 +71,32 @@ class _UdpReader:
                 return
             except OSError:
                 continue  # an error queued on the socket (ICMP about an earlier answer)
-            started = perf_counter()
-            response = (
-                service.responder.respond(data, addr[0], "udp")
-                if len(data) <= MAX_UDP_QUERY_BYTES
-                else None
-            )
-            if response is None:
-                self._drop("unanswerable")
-                continue
-            try:
-                sendto(response, addr)
-            except OSError:  # send buffer full, or the address is unreachable: UDP may drop
-                self._drop("send_failed")
-                continue
-            observe(perf_counter() - started)
+            self._answer(data, addr)
 
-    def _drop(self, reason: str) -> None:
-        self._metrics.dropped.labels(reason=reason).inc()
+    def serve_blocking(self) -> None:
+        recvfrom = self._sock.recvfrom
+        while True:
+            try:
+                data, addr = recvfrom(MAX_UDP_QUERY_BYTES + 1)
+            except OSError:
+                continue
+            self._answer(data, addr)
+
+    def _answer(self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int]) -> None:
+        started = perf_counter()
+        if len(data) > MAX_UDP_QUERY_BYTES:
+            self._dropped["oversized"] += 1
+            return
+        response = self._source.responder.respond(data, addr[0], "udp")
+        if response is None:
+            self._dropped["unanswerable"] += 1
+            return
+        try:
+            self._sock.sendto(response, addr)
+        except OSError:  # send buffer full, or the address is unreachable: UDP may drop
+            self._dropped["send_failed"] += 1
+            return
+        self._duration.observe(perf_counter() - started)
 
 
 class DnsService:
@@ -107,8 +126,8 @@ class DnsService:
     async def start(self) -> None:
         """Bind UDP and TCP on the same port (with port 0, one free for both) and serve."""
         udp_sock, tcp_sock = _bind_pair(self._listen)
-        reader = _UdpReader(udp_sock, self, self._metrics)
-        asyncio.get_running_loop().add_reader(udp_sock.fileno(), reader.read_ready)
+        shell = UdpShell(udp_sock, self, self._metrics.tallies)
+        asyncio.get_running_loop().add_reader(udp_sock.fileno(), shell.read_ready)
         self._udp = udp_sock
         self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_sock, backlog=TCP_BACKLOG)
         self._port = udp_sock.getsockname()[1]
@@ -130,7 +149,7 @@ class DnsService:
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is None or len(self._connections) >= self._limits.max_connections:
-            self._metrics.dropped.labels(reason="tcp_connection_limit").inc()
+            self._metrics.tallies.dropped["tcp_connection_limit"] += 1
             writer.transport.abort()
             return
         self._connections.add(task)
@@ -158,13 +177,13 @@ class DnsService:
                     return  # EOF between messages: the normal end
                 length = int.from_bytes(prefix)
                 if not HEADER.size <= length <= MAX_TCP_QUERY_BYTES:
-                    self._metrics.dropped.labels(reason="tcp_bad_length").inc()
+                    self._metrics.tallies.dropped["tcp_bad_length"] += 1
                     return
                 message = await reader.readexactly(length)
                 started = perf_counter()
                 response = self.responder.respond(message, peer, "tcp")
                 if response is None:
-                    self._metrics.dropped.labels(reason="unanswerable").inc()
+                    self._metrics.tallies.dropped["unanswerable"] += 1
                     continue
                 writer.write(len(response).to_bytes(2) + response)
                 self._tcp_duration.observe(perf_counter() - started)

@@ -52,6 +52,10 @@ class BucketTally:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
+    def add(self, other: BucketTally) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.total += other.total
+
     def cumulative(self) -> list[tuple[str, float]]:
         """The `le` buckets of the exposition, +Inf last."""
         les = [*map(floatToGoString, self.bounds), "+Inf"]
@@ -72,23 +76,43 @@ def _scopes() -> BucketTally:
 
 @dataclass(slots=True)
 class HotPathTallies:
-    """Counts kept by the DNS path without locks or label lookups (one event loop owns them)."""
+    """Counts kept by the DNS path without locks or label lookups (one thread owns them)."""
 
     queries: Tally[tuple[str, str, str]] = field(default_factory=Tally)  # transport, qtype, rcode
     answers: Tally[tuple[str, str]] = field(default_factory=Tally)  # region, node
     decisions: Tally[str] = field(default_factory=Tally)  # reason
+    dropped: Tally[str] = field(default_factory=Tally)  # reason
     geoip_lookups: int = 0
     geoip_cache_hits: int = 0
     durations: dict[str, BucketTally] = field(default_factory=_durations)  # by transport
     ecs_scopes: BucketTally = field(default_factory=_scopes)
 
+    def add(self, other: HotPathTallies) -> None:
+        """Fold in another process's counts (a DNS worker's)."""
+        self.queries.update(other.queries)
+        self.answers.update(other.answers)
+        self.decisions.update(other.decisions)
+        self.dropped.update(other.dropped)
+        self.geoip_lookups += other.geoip_lookups
+        self.geoip_cache_hits += other.geoip_cache_hits
+        for transport, tally in other.durations.items():
+            self.durations[transport].add(tally)
+        self.ecs_scopes.add(other.ecs_scopes)
+
 
 class HotPathCollector(Collector):
+    """Exports the tallies of this process plus those DNS workers last sent (`elsewhere`)."""
+
     def __init__(self, tallies: HotPathTallies) -> None:
         self.tallies = tallies
+        self.elsewhere: dict[object, HotPathTallies] = {}
 
     def collect(self) -> Iterator[Metric]:
         t = self.tallies
+        if self.elsewhere:
+            t = HotPathTallies()
+            for part in (self.tallies, *self.elsewhere.values()):
+                t.add(part)
         queries = CounterMetricFamily(
             "georouter_dns_queries",
             "DNS queries answered, by transport, question type and response code.",
@@ -115,6 +139,14 @@ class HotPathCollector(Collector):
         for reason, n in list(t.decisions.items()):
             decisions.add_metric([reason], n)
         yield decisions
+        dropped = CounterMetricFamily(
+            "georouter_dns_dropped",
+            "Datagrams or connections dropped without an answer, by reason.",
+            labels=["reason"],
+        )
+        for reason, n in list(t.dropped.items()):
+            dropped.add_metric([reason], n)
+        yield dropped
         yield CounterMetricFamily(
             "georouter_geoip_lookups",
             "Client locations resolved (GeoIP database reads plus cache hits).",
@@ -147,14 +179,9 @@ class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.tallies = HotPathTallies()
-        self.registry.register(HotPathCollector(self.tallies))
+        self.hot_path = HotPathCollector(self.tallies)
+        self.registry.register(self.hot_path)
         r = self.registry
-        self.dropped = Counter(
-            "georouter_dns_dropped",
-            "Datagrams or connections dropped without an answer, by reason.",
-            ["reason"],
-            registry=r,
-        )
         self.tcp_connections = Gauge(
             "georouter_dns_tcp_connections",
             "Open DNS-over-TCP connections.",
