@@ -250,7 +250,7 @@ class Cache:
         """Stored headers plus Age (RFC 9111 §4.2.3, §5.1); the proxy adds
         Cache-Status and Via."""
         headers = entry.headers.copy()
-        headers["Age"] = str(min(int(entry.current_age(now)), 2**31))
+        headers["Age"] = str(entry.age(now))
         return headers
 
     def invalidate(self, req: RequestInfo, status: int, response_headers: Headers) -> int:

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge.config import EVICTION_POLICIES, EdgeConfig, config_from_flags, load_config
+from edge.config import EdgeConfig, config_from_flags, load_config
 from edge.errors import ConfigError, EdgeError
+from edge.eviction import POLICIES
 
 EXIT_CONFIG = 2
 
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cache-size", metavar="SIZE", help="cache store size, e.g. 256M")
     serve.add_argument("--capacity-rps", type=float, metavar="RPS", help="requests/s at 100%%")
     serve.add_argument("--drain-s", type=float, metavar="S", help="seconds to serve on SIGTERM")
-    serve.add_argument("--eviction", choices=EVICTION_POLICIES, help="cache eviction policy")
+    serve.add_argument("--eviction", choices=POLICIES, help="cache eviction policy")
     return parser
 
 

@@ -25,7 +25,6 @@ class Flight:
     key: str
     done: asyncio.Event = field(default_factory=asyncio.Event)
     stored: bool = False
-    followers: int = 0
 
 
 class Coalescer:
@@ -57,7 +56,6 @@ class Coalescer:
 
     async def follow(self, flight: Flight, wait_s: float) -> bool:
         """Wait for ``flight`` at most ``wait_s``; True if it finished having stored."""
-        flight.followers += 1
         try:
             await asyncio.wait_for(flight.done.wait(), wait_s)
         except TimeoutError:

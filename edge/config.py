@@ -30,15 +30,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from edge.errors import ConfigError
+from edge.eviction import POLICIES, PolicyName
 from georouter.config import MAX_CAPACITY_RPS, MAX_TIMER_S, HostPort, parse_host_port
 from georouter.tomltable import Table, read_toml
-
-Eviction = Literal["lru", "sieve", "s3fifo"]
-EVICTION_POLICIES: tuple[Eviction, ...] = ("lru", "sieve", "s3fifo")
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -52,7 +50,7 @@ CAPACITY_RPS = 1000.0
 DRAIN_S = 25.0
 CACHE_BYTES = 256 * MiB
 MAX_OBJECT_BYTES = 64 * MiB
-EVICTION: Eviction = "sieve"
+EVICTION: PolicyName = "sieve"
 
 MAX_LINE_BYTES = 8190  # request line and each header line (aiohttp max_line_size)
 MAX_FIELD_BYTES = 8190  # one header field (aiohttp max_field_size)
@@ -77,7 +75,7 @@ _SIZE_EXPECTED = "expected a size like 1048576, 512K, 256M or 1G"
 class CacheSettings:
     size_bytes: int = CACHE_BYTES
     max_object_bytes: int = MAX_OBJECT_BYTES
-    eviction: Eviction = EVICTION
+    eviction: PolicyName = EVICTION
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +215,7 @@ def _positive_size(value: str | int) -> int:
     return size
 
 
-def _eviction(text: str) -> Eviction:
-    if text not in EVICTION_POLICIES:
-        raise ValueError(f"expected {' | '.join(EVICTION_POLICIES)}, got {text!r}")
+def _eviction(text: str) -> PolicyName:
+    if text not in POLICIES:
+        raise ValueError(f"expected {' | '.join(POLICIES)}, got {text!r}")
     return text

@@ -12,7 +12,7 @@ from typing import Final
 
 from multidict import CIMultiDict
 
-from edge.directives import CacheControl, Headers
+from edge.directives import MAX_DELTA_SECONDS, CacheControl, Headers
 from edge.rules import corrected_initial_age, freshness_lifetime
 
 __all__ = ["ENTRY_OVERHEAD_BYTES", "CacheEntry", "Vary", "conditional_headers", "make_entry"]
@@ -50,6 +50,10 @@ class CacheEntry:
     def current_age(self, now: float) -> float:
         """RFC 9111 §4.2.3 current_age at ``now``."""
         return self.corrected_initial_age + max(0.0, now - self.response_time)
+
+    def age(self, now: float) -> int:
+        """The Age field value at ``now``: whole seconds, at most 2^31 (RFC 9111 §5.1)."""
+        return min(int(self.current_age(now)), MAX_DELTA_SECONDS)
 
 
 def make_entry(

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Final, Generic, Protocol, TypeVar
+from typing import Final, Generic, Literal, Protocol, TypeVar
 
-__all__ = ["LRU", "POLICIES", "S3FIFO", "SIEVE", "EvictionPolicy", "make_policy"]
+__all__ = ["LRU", "POLICIES", "S3FIFO", "SIEVE", "EvictionPolicy", "PolicyName", "make_policy"]
 
 K = TypeVar("K", bound=Hashable)
 
@@ -184,7 +184,8 @@ class S3FIFO(Generic[K]):
             self._ghost.popitem(last=False)
 
 
-POLICIES: Final = ("lru", "sieve", "s3fifo")
+PolicyName = Literal["lru", "sieve", "s3fifo"]
+POLICIES: Final[tuple[PolicyName, ...]] = ("lru", "sieve", "s3fifo")
 
 
 def make_policy(name: str) -> EvictionPolicy[K]:

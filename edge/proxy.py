@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -207,8 +208,7 @@ class Proxy:
             reply = await self._relay.entry(
                 request, req, fresh, "revalidated", self._clock(), fwd="stale", fwd_status=304
             )
-            reply.stored = True
-            return reply
+            return replace(reply, stored=True)
         if resp.status >= 500:
             self._count_origin_error("status_5xx")
             if entry is not None and lookup.stale_if_error:

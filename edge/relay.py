@@ -12,7 +12,7 @@ rest only streams through. Nothing broken or truncated is ever stored.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -42,7 +42,7 @@ _NOT_MODIFIED_FIELDS = frozenset(
 )  # fmt: skip
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Reply:
     """A finished client response and what it counts as."""
 
@@ -73,7 +73,11 @@ def origin_headers(request: web.Request, name: str, *, fill: bool) -> CIMultiDic
 
 def client_headers(headers: Headers, via: str, member: str) -> CIMultiDict[str]:
     """Response fields for the client: end-to-end only, plus Via and our Cache-Status."""
-    out = strip_hop_by_hop(headers)
+    return _for_client(strip_hop_by_hop(headers), via, member)
+
+
+def _for_client(out: CIMultiDict[str], via: str, member: str) -> CIMultiDict[str]:
+    """``out``, a copy of end-to-end fields, changed in place into what the client gets."""
     # Surrogate-Control is addressed to surrogates; the edge is the last one before clients.
     out.popall("Surrogate-Control", None)
     out.add("Via", via)
@@ -107,6 +111,7 @@ class Relay:
         self.cache = cache
         self.metrics = metrics
         self.max_object_bytes = max_object_bytes
+        self._vias: dict[tuple[int, int], str] = {}  # by HTTP version: built once, not per hit
 
     async def entry(
         self,
@@ -121,30 +126,33 @@ class Relay:
         fwd_status: int | None = None,
     ) -> Reply:
         """Answer from a stored response: client conditionals, then Range, then the body."""
-        stored_headers = self.cache.response_headers(entry, now)
         if fwd is not None:
             member = cache_status("fwd", fwd=fwd, fwd_status=fwd_status, stored=True)
         else:
-            member = cache_status("hit", detail=detail, ttl=_ttl(entry, stored_headers))
-        return await self._from_entry(request, req, entry, stored_headers, member, result)
+            # RFC 9211 §2.5 ttl: the lifetime left, counted with the Age being sent.
+            ttl = entry.freshness_lifetime - entry.age(now)
+            member = cache_status("hit", detail=detail, ttl=ttl)
+        return await self._from_entry(request, req, entry, now, member, result)
 
     async def _from_entry(
         self,
         request: web.Request,
         req: RequestInfo,
         entry: CacheEntry,
-        stored_headers: CIMultiDict[str],
+        now: float,
         member: str,
         result: CacheResult,
     ) -> Reply:
-        headers = client_headers(stored_headers, self._via(request), member)
+        # The stored fields are end-to-end already (hop-by-hop ones were not stored).
+        stored = self.cache.response_headers(entry, now)
+        headers = _for_client(stored, self._via(request), member)
         condition = self.cache.client_conditional(req, entry)
         if condition == 304:
             kept = CIMultiDict((k, v) for k, v in headers.items() if _kept_in_304(k))
             return Reply(await send(request, 304, kept, b""), result)
         if condition is not None:
             return Reply(await self._send_counted(request, condition, headers, b""), result)
-        ranged = answer_range(req.method, req.headers, entry.status, stored_headers, entry.body)
+        ranged = answer_range(req.method, req.headers, entry.status, entry.headers, entry.body)
         if ranged is not None:  # RFC 9110 §14.2: 206 or 416 from the full stored body
             headers.update(ranged.headers)
             response = await self._send_counted(request, ranged.status, headers, ranged.body)
@@ -182,10 +190,8 @@ class Relay:
                 # The fill went without the client's Range and preconditions: answer
                 # them from the entry just stored.
                 now = resp.response_time
-                stored_headers = self.cache.response_headers(entry, now)
-                reply = await self._from_entry(request, req, entry, stored_headers, member, result)
-                reply.stored = True
-                return reply
+                reply = await self._from_entry(request, req, entry, now, member, result)
+                return replace(reply, stored=True)
             response = await self._send_counted(request, resp.status, headers, head, resp.reason)
             return Reply(response, result, entry is not None)
         buffer: list[bytes] | None = [head] if store else None
@@ -253,7 +259,10 @@ class Relay:
             self.metrics.bytes_served.inc(len(data))
 
     def _via(self, request: web.Request) -> str:
-        return f"{_protocol(request)} {self.name}"
+        via = self._vias.get(request.version)
+        if via is None:
+            via = self._vias[request.version] = f"{_protocol(request)} {self.name}"
+        return via
 
 
 async def _prebuffer(chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:
@@ -268,12 +277,6 @@ async def _prebuffer(chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:
         parts.append(chunk)
         size += len(chunk)
     return b"".join(parts), False
-
-
-def _ttl(entry: CacheEntry, headers: CIMultiDict[str]) -> float:
-    """Remaining freshness (RFC 9211 §2.5 ttl): lifetime minus the Age being sent."""
-    age = headers.get("Age", "0")
-    return entry.freshness_lifetime - (int(age) if age.isdigit() else 0)
 
 
 def _narrowed(req: RequestInfo) -> bool:

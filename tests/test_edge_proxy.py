@@ -48,8 +48,10 @@ async def test_miss_then_hit_with_age_and_cache_status_rfc9211_2(
     clock.advance(7)
     status, headers, body = await get(client, edge, "/a")
     assert (status, body) == (200, b"hello")
-    assert headers["Cache-Status"].startswith("georouter-edge; hit")
     assert headers["Age"] == "7"  # RFC 9111 §5.1
+    # RFC 9211 §2.5: ttl is the lifetime left, counted with the Age sent.
+    assert headers["Cache-Status"] == "georouter-edge; hit; ttl=53"
+    assert headers["Via"] == "1.1 edge-test-1"
     assert origin.fetches["/a"] == 1
     assert (
         metric(
