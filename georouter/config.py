@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
-from georouter.errors import ConfigError
-from georouter.tomltable import Table
+from georouter.tomltable import Table, read_toml
 from georouter.zonedata import MAX_TTL_S, Zone, absolute_name, ip_address_of, read_zones
 from georouter.zonedata import RecordType as RecordType
 from georouter.zonedata import StaticRecord as StaticRecord
@@ -166,7 +164,7 @@ def parse_host_port(text: str) -> HostPort:
 def load_config(path: Path) -> RouterConfig:
     """Read and validate a router config; each defect raises ConfigError(file, key, expectation)."""
     path = Path(path)
-    with Table(str(path), "", _read_toml(path)) as top:
+    with Table(str(path), "", read_toml(path, str(path))) as top:
         router = _router(top.table("router"), path.absolute().parent)
         regions = _regions(top, top.tables("regions"))
         policy = _policy(top.table("policy"), regions)
@@ -185,18 +183,6 @@ def load_config(path: Path) -> RouterConfig:
         overrides=overrides,
         regions_by_name=regions,
     )
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
-    except OSError as exc:
-        raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), "", f"not UTF-8 text (byte {exc.start})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
 
 
 def _router(t: Table, config_dir: Path) -> RouterSettings:
