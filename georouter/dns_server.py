@@ -115,6 +115,7 @@ class DnsService:
         self._limits = limits
         self._port = 0
         self._udp: socket.socket | None = None
+        self._serving_udp = False
         self._tcp: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._tcp_duration = metrics.tallies.durations["tcp"]
@@ -123,11 +124,19 @@ class DnsService:
     def port(self) -> int:
         return self._port
 
-    async def start(self) -> None:
-        """Bind UDP and TCP on the same port (with port 0, one free for both) and serve."""
+    @property
+    def udp_socket(self) -> socket.socket:
+        assert self._udp is not None, "start() first"
+        return self._udp
+
+    async def start(self, serve_udp: bool = True) -> None:
+        """Bind UDP and TCP on the same port (with port 0, one free for both) and serve;
+        with serve_udp=False the UDP socket is bound but left to DNS worker processes."""
         udp_sock, tcp_sock = _bind_pair(self._listen)
-        shell = UdpShell(udp_sock, self, self._metrics.tallies)
-        asyncio.get_running_loop().add_reader(udp_sock.fileno(), shell.read_ready)
+        if serve_udp:
+            shell = UdpShell(udp_sock, self, self._metrics.tallies)
+            asyncio.get_running_loop().add_reader(udp_sock.fileno(), shell.read_ready)
+        self._serving_udp = serve_udp
         self._udp = udp_sock
         self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_sock, backlog=TCP_BACKLOG)
         self._port = udp_sock.getsockname()[1]
@@ -135,7 +144,8 @@ class DnsService:
     async def stop(self) -> None:
         """Stop listening and close every open connection."""
         if self._udp is not None:
-            asyncio.get_running_loop().remove_reader(self._udp.fileno())
+            if self._serving_udp:
+                asyncio.get_running_loop().remove_reader(self._udp.fileno())
             self._udp.close()
             self._udp = None
         if self._tcp is not None:

@@ -3,8 +3,10 @@
 Signals: SIGHUP reloads the config and the GeoIP database; on success the new Geo and
 Responder replace the old ones in one step on the event loop (queries never see a mix),
 and the fleet keeps the state of the nodes that still exist; on failure the router logs
-the one-line reason and keeps answering with what it had. Listen addresses are bound once:
-changing them needs a restart. SIGTERM and SIGINT stop everything and exit 0.
+the one-line reason and keeps answering with what it had. Listen addresses and
+router.dns_workers are read once: changing them needs a restart. With dns_workers > 1,
+UDP is answered by worker processes (georouter/workers.py) fed every fleet snapshot and
+reloaded config. SIGTERM and SIGINT stop everything (workers first) and exit 0.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from georouter.config import HostPort, RouterConfig, load_config, parse_host_por
 from georouter.control import ControlPlane, make_control_app, observer
 from georouter.dns_server import DnsService
 from georouter.errors import ConfigError
-from georouter.fleet import Fleet
+from georouter.fleet import Fleet, FleetSnapshot
 from georouter.geo import Geo, open_geoip
 from georouter.metrics import RouterMetrics
 from georouter.prober import Prober
 from georouter.responder import Responder
 from georouter.selector import Selector
+from georouter.workers import DnsWorkers
 
 # Report expiry is checked this often, so a silent node leaves answers at most this long
 # after report_expiry_s (2.5 s + 0.25 s with the defaults: inside the 3 s goal).
@@ -52,8 +55,9 @@ class Router:
         self._listen = (dns, control)
         self.metrics = RouterMetrics()
         self.config, self._reader = self._load()
+        self.workers: DnsWorkers | None = None
         self.selector = Selector(self.config.policy, self.config.regions, random.Random())
-        self.fleet = Fleet(self.config, self.selector.update, observer(self.metrics))
+        self.fleet = Fleet(self.config, self._publish, observer(self.metrics))
         geo = Geo(self.config, self._reader, self.metrics.tallies)
         responder = Responder(self.config, geo, self.selector, self.metrics)
         self.dns = DnsService(responder, self.config.router.dns_listen, self.metrics)
@@ -65,6 +69,7 @@ class Router:
 
     async def start(self) -> None:
         await self._bind_dns()
+        await self._start_workers()
         await self._bind_control()
         await self.prober.start()
         self._ticker = asyncio.create_task(self._tick(), name="report-expiry")
@@ -76,6 +81,8 @@ class Router:
                 await self._ticker
         await self.prober.stop()
         await self._runner.cleanup()
+        if self.workers is not None:
+            await self.workers.stop()
         await self.dns.stop()
         self.close_geoip()
 
@@ -91,6 +98,8 @@ class Router:
             self.metrics.reloads.labels("failed").inc()
             log.error("event=reload result=failed reason=%s", _one_line(exc))
             return
+        if self.workers is not None:
+            self.workers.reconfigure(config, self._geoip_path(config))
         self.selector.reconfigure(config.policy, config.regions)
         self.fleet.reconfigure(config)
         self.prober.health = config.health
@@ -102,16 +111,38 @@ class Router:
         log.info("event=reload result=ok nodes=%d", len(config.nodes))
 
     def _load(self) -> tuple[RouterConfig, Reader]:
-        config_path, geoip_path = self._paths
-        config = _with_listen(load_config(config_path), *self._listen)
-        return config, open_geoip(geoip_path or config.router.geoip)
+        config = _with_listen(load_config(self._paths[0]), *self._listen)
+        return config, open_geoip(self._geoip_path(config))
+
+    def _geoip_path(self, config: RouterConfig) -> Path | None:
+        return self._paths[1] or config.router.geoip
+
+    def _publish(self, snapshot: FleetSnapshot) -> None:
+        self.selector.update(snapshot)
+        if self.workers is not None:
+            self.workers.publish(snapshot)
 
     async def _bind_dns(self) -> None:
         where = self.config.router.dns_listen
         try:
-            await self.dns.start()
+            await self.dns.start(serve_udp=self.config.router.dns_workers == 1)
         except OSError as exc:
             raise self._cannot_listen("router.dns_listen", where, exc) from None
+
+    async def _start_workers(self) -> None:
+        count = self.config.router.dns_workers
+        if count == 1:
+            return
+        workers = DnsWorkers(
+            count, self.dns.udp_socket, self.metrics, self._geoip_path(self.config)
+        )
+        try:
+            await workers.start(self.config, self.fleet.snapshot)
+        except BaseException:
+            await workers.stop()
+            await self.dns.stop()
+            raise
+        self.workers = workers
 
     async def _bind_control(self) -> None:
         where = self.config.router.control_listen
