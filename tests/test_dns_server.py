@@ -16,9 +16,9 @@ import dns.rcode
 import pytest
 
 from georouter.config import HostPort, RouterConfig
-from georouter.dns_server import DnsService, TcpLimits
+from georouter.dns_server import MAX_UDP_QUERY_BYTES, UDP_BATCH, DnsService, TcpLimits
 from georouter.geo import Placement
-from georouter.metrics import RouterMetrics
+from georouter.metrics import BucketTally, RouterMetrics
 from georouter.responder import Responder
 from tests.test_responder import BIG_TXT_RECORDS, FakePicker, FakePlacer, router_config
 
@@ -296,6 +296,41 @@ async def test_metrics_count_queries_and_durations(service: DnsService) -> None:
     for transport in ("udp", "tcp"):
         count = sample(service, "georouter_dns_query_duration_seconds_count", transport=transport)
         assert count == 1
+
+
+async def test_oversized_datagram_is_dropped_and_counted(service: DnsService) -> None:
+    query = dns.message.make_query("example.com", "SOA").to_wire()
+    padded = query + b"\0" * (MAX_UDP_QUERY_BYTES + 1 - len(query))
+    assert await udp_raw(service, padded, wait_s=0.5) is None
+    assert sample(service, "georouter_dns_dropped_total", reason="oversized") == 1
+    assert await udp_raw(service, query) is not None
+
+
+async def test_a_burst_beyond_one_batch_is_all_answered(service: DnsService) -> None:
+    """More datagrams than one readiness event drains (UDP_BATCH) are queued at once."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        _Receiver, remote_addr=(HOST, service.port)
+    )
+    try:
+        sent = set()
+        for ident in range(3 * UDP_BATCH):
+            query = dns.message.make_query("cdn.example.com", "A", id=ident)
+            transport.sendto(query.to_wire())
+            sent.add(ident)
+        async with asyncio.timeout(TIMEOUT_S):
+            while sent:
+                sent.discard(dns.message.from_wire(await protocol.replies.get()).id)
+    finally:
+        transport.close()
+
+
+def test_duration_tally_is_an_exact_prometheus_histogram() -> None:
+    tally = BucketTally((1e-3, 5e-3))
+    for value in (1e-3, 2e-3, 5e-3, 1.0):  # a value equal to a bound is `le` that bound
+        tally.observe(value)
+    assert tally.cumulative() == [("0.001", 1.0), ("0.005", 3.0), ("+Inf", 4.0)]
+    assert tally.total == pytest.approx(1.008)
 
 
 async def test_reload_swaps_the_responder(service: DnsService, config: RouterConfig) -> None:

@@ -90,8 +90,10 @@ async def _start_edge(name: str) -> FakeEdge:
     return FakeEdge(name, server)
 
 
-def write_config(path: Path, edges: dict[str, FakeEdge], extra_records: str = "") -> None:
-    text = TOPOLOGY.read_text()
+def write_config(
+    path: Path, edges: dict[str, FakeEdge], extra_records: str = "", router_settings: str = ""
+) -> None:
+    text = TOPOLOGY.read_text().replace("[policy]", router_settings + "\n[policy]", 1)
     for name, edge in edges.items():
         text = re.sub(
             rf'(name = "{name}"(?:\n[^\n\[]*)*?\ncontrol_url = )"[^"]*"', rf'\1"{edge.url}"', text
@@ -156,12 +158,13 @@ async def serve(config: Path) -> asyncio.subprocess.Process:
     )
 
 
-@pytest.fixture
-async def router(tmp_path: Path) -> AsyncIterator[RouterProcess]:
+@contextlib.asynccontextmanager
+async def running_router(tmp_path: Path, router_settings: str = "") -> AsyncIterator[RouterProcess]:
+    """`georouter serve` with fake edges that report; yields once every node is up."""
     names = re.findall(r'name = "(edge-[^"]+)"', TOPOLOGY.read_text())
     edges = {name: await _start_edge(name) for name in names}
     config = tmp_path / "cdn.toml"
-    write_config(config, edges)
+    write_config(config, edges, router_settings=router_settings)
     process = await serve(config)
     log: list[str] = []
     tasks: list[asyncio.Task[None]] = []
@@ -184,6 +187,12 @@ async def router(tmp_path: Path) -> AsyncIterator[RouterProcess]:
         await process.wait()
         for edge in edges.values():
             await edge.server.close()
+
+
+@pytest.fixture
+async def router(tmp_path: Path) -> AsyncIterator[RouterProcess]:
+    async with running_router(tmp_path) as rp:
+        yield rp
 
 
 async def _nodes(rp: RouterProcess) -> dict[str, dict[str, object]]:
