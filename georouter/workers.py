@@ -180,7 +180,8 @@ class DnsWorkers:
             "event=worker_exit worker=%d pid=%d code=%d", slot.index, slot.process.pid, code
         )
         await asyncio.sleep(max(0.0, started + RESTART_DELAY_S - time.monotonic()))
-        await self._spawn(slot)
+        if not self._stopping:
+            await self._spawn(slot)
 
     def _retire(self, index: int) -> None:
         elsewhere = self._metrics.hot_path.elsewhere
