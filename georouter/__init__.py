@@ -4,4 +4,11 @@ from georouter.config import RouterConfig, load_config
 from georouter.errors import ConfigError, GeoRouterError, ReportError
 from georouter.report import LoadReport
 
-__all__ = ["ConfigError", "GeoRouterError", "LoadReport", "ReportError", "RouterConfig", "load_config"]
+__all__ = [
+    "ConfigError",
+    "GeoRouterError",
+    "LoadReport",
+    "ReportError",
+    "RouterConfig",
+    "load_config",
+]

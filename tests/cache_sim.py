@@ -13,7 +13,7 @@ import itertools
 import random
 from collections.abc import Iterable, Sequence
 
-from edge.eviction import make_policy
+from edge.eviction import EvictionPolicy, make_policy
 
 
 def zipf_trace(objects: int, requests: int, alpha: float, seed: int) -> list[int]:
@@ -32,7 +32,7 @@ def zipf_trace(objects: int, requests: int, alpha: float, seed: int) -> list[int
 
 def simulate_hit_ratio(policy_name: str, trace: Iterable[int], capacity_objects: int) -> float:
     """Share of requests in ``trace`` that hit a cache of ``capacity_objects`` keys."""
-    policy = make_policy(policy_name)
+    policy: EvictionPolicy[int] = make_policy(policy_name)
     present: set[int] = set()
     hits = requests = 0
     for key in trace:
