@@ -26,6 +26,7 @@ from georouter.config import RouterConfig, load_config
 OUTPUT = cdn.REPO / "docs" / "benchmarks.md"
 PARTS = ("dns", "hit", "failover", "balance", "cache")
 LATENCY_LOAD_SHARE = 0.5  # the fixed-rate run offers half of georouter's max q/s
+DNS_WORKERS = 2  # the second georouter configuration measured: one UDP worker per core
 FAILOVER_VICTIM = "edge-eu-1"
 
 
@@ -94,15 +95,19 @@ def dns_part(run: Run, fleet: cdn.Cdn) -> None:
     part = Part(title, report.intro(dns.__doc__))
     mixes = dns.build_mixes(run.config, run.geoip, run.workdir)
     s = run.settings
-    with _dns_peers(run) as others:
-        servers = [fleet.router.dns, *others]
+    with (
+        cdn.router_with_workers(run.workdir, DNS_WORKERS) as workers,
+        _dns_peers(run) as others,
+    ):
+        georouters = [fleet.router.dns, workers]
+        servers = [*georouters, *others]
         runs = dns.throughput_rounds(servers, mixes, s.rounds, s.run_s)
-        run.emit("dns", part, dns.throughput_table(runs, mixes, fleet.router.dns.name))
+        run.emit("dns", part, dns.throughput_table(runs, mixes, [e.name for e in georouters]))
         ours = [r.qps for r in runs if r.server == fleet.router.dns.name and r.mix == "ecs"]
         rate = LATENCY_LOAD_SHARE * sorted(ours)[len(ours) // 2]
         latency = dns.latency_rounds(servers, mixes[1], rate, s.rounds, s.run_s)
         run.emit("dns", part, dns.latency_table(latency, rate))
-        for server in others:
+        for server in [workers, *others]:
             run.note_memory(f"{server.name} (after part 1)", server.pid)
 
 

@@ -149,3 +149,24 @@ def cdn(config: RouterConfig, workdir: Path, origin_url: str) -> Iterator[Cdn]:
     finally:
         for started in edges.values():
             started.service.stop()
+
+
+@contextlib.contextmanager
+def router_with_workers(workdir: Path, workers: int) -> Iterator[Endpoint]:
+    """A second router on the CDN's topology answering UDP from `workers` processes.
+
+    It takes no load reports (the edges report to the first router); its own probes find
+    the same edges up, so it answers from the same healthy fleet.
+    """
+    config_path = workdir / f"cdn-{workers}-workers.toml"
+    topology = (workdir / "cdn.toml").read_text()
+    setting = f"[router]\ndns_workers = {workers}\n"
+    config_path.write_text(topology.replace("[router]\n", setting, 1))
+    argv = [sys.executable, "-m", "georouter", "serve", "--config", str(config_path)]
+    argv += ["--dns", f"{LOOPBACK}:0", "--control", f"{LOOPBACK}:0"]
+    with running(f"georouter-{workers}w", argv) as service:
+        match = service.wait_for_line(r"event=listening dns=(\S+):(\d+) control=(\S+):(\d+)")
+        control_url = f"http://{match.group(3)}:{match.group(4)}"
+        service.wait_ready(lambda: all_nodes_up(control_url), timeout_s=NODES_UP_TIMEOUT_S)
+        name = f"georouter ({workers} workers)"
+        yield Endpoint(name, match.group(1), int(match.group(2)), service.pid)

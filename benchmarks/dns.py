@@ -246,7 +246,8 @@ def _select(runs: Sequence[DnsRun], server: str, mix: str) -> list[DnsRun]:
     return [r for r in runs if r.server == server and r.mix == mix]
 
 
-def _throughput_row(chosen: Sequence[DnsRun], baseline: float, ours: bool) -> list[str]:
+def _throughput_row(chosen: Sequence[DnsRun], baselines: Sequence[float | None]) -> list[str]:
+    """One server's cells; a baseline of None marks one of our own configurations."""
     qps = median_of(chosen, "qps")
     server_cpu, tool_cpu = median_of(chosen, "server_cpu"), median_of(chosen, "tool_cpu")
     other_cpu = median_of(chosen, "other_cpu")
@@ -262,20 +263,23 @@ def _throughput_row(chosen: Sequence[DnsRun], baseline: float, ours: bool) -> li
         fmt(tool_cpu),
         fmt(other_cpu),
         bottleneck(server_cpu, tool_cpu, other_cpu, "dnsperf"),
-        "" if ours else ratio(baseline, qps),
+        *("" if base is None else ratio(base, qps) for base in baselines),
     ]
 
 
-def throughput_table(runs: Sequence[DnsRun], mixes: Sequence[Mix], ours: str) -> Table:
-    """Per mix and server: median q/s of the rounds, latency, loss, CPU, and our ratio."""
+def throughput_table(runs: Sequence[DnsRun], mixes: Sequence[Mix], ours: Sequence[str]) -> Table:
+    """Per mix and server: median q/s of the rounds, latency, loss, CPU, and our ratios.
+
+    `ours` names georouter's configurations (one process, workers): each gets a ratio column.
+    """
     servers = list(dict.fromkeys(r.server for r in runs))
     rows = []
     for mix in mixes:
-        baseline = median_of(_select(runs, ours, mix.name), "qps")
+        ours_qps = {name: median_of(_select(runs, name, mix.name), "qps") for name in ours}
         for server in servers:
-            chosen = _select(runs, server, mix.name)
-            rows.append(_throughput_row(chosen, baseline, server == ours))
-    rounds = len(_select(runs, ours, mixes[0].name))
+            baselines = [None if server in ours_qps else ours_qps[name] for name in ours]
+            rows.append(_throughput_row(_select(runs, server, mix.name), baselines))
+    rounds = len(_select(runs, ours[0], mixes[0].name))
     notes = [f"{m.name}: {m.description}" for m in mixes] + [
         f"Medians of {rounds} alternating round(s); range: slowest to fastest round; "
         "lost: sum over the rounds.",
@@ -286,7 +290,8 @@ def throughput_table(runs: Sequence[DnsRun], mixes: Sequence[Mix], ours: str) ->
         "scope, so every ecs query goes through its geoip backend.",
     ]
     columns = ["mix", "server", "q/s", "range", "avg ms", "lost", "server CPU %"]
-    columns += ["dnsperf CPU %", "others CPU %", "limited by", "georouter / server"]
+    columns += ["dnsperf CPU %", "others CPU %", "limited by"]
+    columns += [f"{name} / server" for name in ours]
     return Table("Throughput (dnsperf at max rate)", columns, rows, notes)
 
 

@@ -1,7 +1,7 @@
 """Result tables: printed as each part finishes and written together to docs/benchmarks.md.
 
-The file is rewritten by every run except its hand-kept section, "Profile-driven
-improvements" (before/after figures of DNS-path optimisations), which is carried over.
+Every run rewrites the file; it ends with benchmarks/improvements.md, the hand-kept
+before/after figures of the profile-driven DNS-path changes.
 """
 
 from __future__ import annotations
@@ -14,14 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KEPT_SECTION = "## Profile-driven improvements"
-KEPT_PLACEHOLDER = (
-    f"{KEPT_SECTION}\n\n"
-    "Hand-kept: DNS-path changes made from profiles, with the part 1 figures before and "
-    "after each.\n\n"
-    "| change | mix | georouter q/s before | after | ratio to gdnsd before | after |\n"
-    "|---|---|---|---|---|---|\n"
-)
+IMPROVEMENTS = Path(__file__).resolve().parent / "improvements.md"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,29 +88,19 @@ def machine_lines(versions: dict[str, str], mode: str) -> list[str]:
     ]
 
 
-def kept_section(existing: str) -> str:
-    """The hand-kept section of an existing report (up to the next level-2 heading)."""
-    start = existing.find(KEPT_SECTION)
-    if start < 0:
-        return KEPT_PLACEHOLDER
-    end = existing.find("\n## ", start + len(KEPT_SECTION))
-    return existing[start : end if end >= 0 else len(existing)].rstrip("\n") + "\n"
-
-
-def render(parts: Sequence[Part], header: Sequence[str], kept: str) -> str:
+def render(parts: Sequence[Part], header: Sequence[str], improvements: str) -> str:
     lines = ["# Benchmarks", "", "Written by `make bench` (`python -m benchmarks`).", ""]
     lines += [*header, ""]
     for number, part in enumerate(parts, start=1):
         lines += [f"## {number}. {part.title}", "", part.intro, ""]
         lines += [table.markdown() for table in part.tables]
-    lines.append(kept)
+    lines.append(improvements)
     return "\n".join(lines)
 
 
 def write(path: Path, parts: Sequence[Part], header: Sequence[str]) -> None:
-    existing = path.read_text() if path.exists() else ""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(parts, header, kept_section(existing)))
+    path.write_text(render(parts, header, IMPROVEMENTS.read_text()))
 
 
 def bottleneck(server_cpu: float, tool_cpu: float, other_cpu: float, tool: str) -> str:
