@@ -14,7 +14,11 @@ Theory of operation. Two independent signals say whether a node can take clients
   of at most RESTART_SEQ_MAX below the last seen means the edge process restarted (edges
   count from 1), so it is accepted and becomes the new baseline. (A report reordered in
   the network during an edge's first few seconds looks the same; accepting it costs one
-  out-of-date load figure, a second at most.)
+  out-of-date load figure, a second at most.) And once the last accepted report is older
+  than report_expiry_s, any report is accepted whatever its seq: the node is down for
+  want of news, so anything fresher is better. Without that, an edge that restarted
+  while its first RESTART_SEQ_MAX reports were lost would stay down until its new seq
+  passed the old one (hours for a long-lived edge), although probes say it is up.
 
 The state shown to operators and used for selection is derived from both, in this order:
 drained by the API → draining; probe down or report expired → down; edge reports
@@ -143,10 +147,16 @@ class Fleet:
         status = self._statuses.get(report.node)
         if status is None:
             return "unknown_node"
-        if status.report is not None and not _is_newer(report.seq, status.report.seq):
+        if not self._acceptable(status, report.seq, now):
             return "stale"
         self._set(replace(status, report=report, report_at=now, report_expired=False), publish=True)
         return "accepted"
+
+    def _acceptable(self, status: NodeStatus, seq: int, now: float) -> bool:
+        if status.report is None or status.report_at is None:
+            return True
+        expired = now - status.report_at > self._config.health.report_expiry_s
+        return expired or _is_newer(seq, status.report.seq)
 
     def apply_probe(self, name: str, ok: bool, now: float) -> None:
         status = self._statuses.get(name)

@@ -325,3 +325,28 @@ def test_snapshot_always_matches_node_states(events: list[tuple[tuple, float, fl
         }
         assert pool.draining == ("draining" in states.values())
         assert all(0 <= c.headroom_rps <= c.capacity_rps for c in pool.eligible)
+
+
+def test_restarted_edge_whose_first_reports_were_lost_is_accepted_once_expired(
+    rec: Recorder,
+) -> None:
+    # The old process reached seq 1000; the new one's seq 1..5 were lost (a partition
+    # during the restart), so its first report to arrive is seq 6: not a small seq.
+    fleet = rec.fleet()
+    fleet.apply_probe("edge-eu-1", True, 0.0)
+    for seq in range(1, 1001):
+        fleet.apply_report(report(seq=seq), seq / 1000)
+    assert fleet.apply_report(report(seq=6), 1.5) == "stale"  # still fresh: reordered
+    fleet.tick(7.0)  # 6 s of silence
+    assert fleet.statuses["edge-eu-1"].reason == "report_expired"
+    results = {fleet.apply_report(report(seq=seq), 7.0 + seq / 100) for seq in range(6, 200)}
+    assert results == {"accepted"}
+    status = fleet.statuses["edge-eu-1"]
+    assert (status.state, status.report.seq if status.report else None) == ("up", 199)
+
+
+def test_within_expiry_an_old_seq_stays_stale(rec: Recorder) -> None:
+    fleet = rec.fleet()
+    fleet.apply_report(report(seq=1000), 0.0)
+    assert fleet.apply_report(report(seq=6), 2.5) == "stale"  # exactly at expiry: not yet
+    assert fleet.apply_report(report(seq=6), 2.6) == "accepted"
