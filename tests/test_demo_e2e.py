@@ -33,7 +33,14 @@ from georouter.config import load_config
 from georouter.demo import origin
 from georouter.demo.plan import SAMPLE_SUBNETS, addresses_needed, guide, make_plan
 from georouter.demo.status import answers_by_node, render_table, rows_from_json
-from georouter.demo.supervisor import ChildSpec, DemoError, Supervisor, check_ports_free
+from georouter.demo.supervisor import (
+    LINE_START_BYTES,
+    ChildSpec,
+    DemoError,
+    Supervisor,
+    check_ports_free,
+    split_lines,
+)
 from georouter.demo.workload import (
     CLIENTS,
     OBJECTS,
@@ -349,6 +356,57 @@ async def test_supervisor_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> 
     await sup.start(ChildSpec("stubborn", _python(code)))
     await sup.stop_all(grace_s=0.3)
     assert sup.children[0].process.returncode == -signal.SIGKILL
+
+
+LONG_LINE_BYTES = 200 * 1024  # over the pipe buffer and StreamReader's 64 KiB line limit
+
+
+async def test_supervisor_drains_a_line_longer_than_the_reader_limit(tmp_path: Path) -> None:
+    sup = Supervisor(tmp_path)
+    code = (
+        "import sys,time; err = sys.stderr.buffer; "
+        f"err.write(b'x' * {LONG_LINE_BYTES} + b'\\n'); "
+        "err.write(b'event=listening x=1\\n'); err.flush(); time.sleep(60)"
+    )
+    assert await sup.start(ChildSpec("chatty", _python(code)), timeout_s=10) == {
+        "event": "listening",
+        "x": "1",
+    }
+    await sup.stop_all()
+    child = sup.children[0]
+    assert child.process.returncode == -signal.SIGTERM
+    assert child.log_path.read_bytes() == b"x" * LONG_LINE_BYTES + b"\nevent=listening x=1\n"
+
+
+async def test_supervisor_failure_shows_the_start_of_a_long_last_line(tmp_path: Path) -> None:
+    sup = Supervisor(tmp_path)
+    code = f"import sys; sys.stderr.write('y' * {LONG_LINE_BYTES}); sys.exit(4)"
+    with pytest.raises(DemoError, match=r"exited with code 4") as failure:
+        await sup.start(ChildSpec("unended", _python(code)), timeout_s=10)
+    await sup.stop_all()
+    assert str(failure.value).endswith("| " + "y" * LINE_START_BYTES)
+    assert sup.children[0].log_path.stat().st_size == LONG_LINE_BYTES
+
+
+@given(st.lists(st.binary(max_size=40)), st.lists(st.integers(1, 30), min_size=1))
+def test_split_lines_rejoins_chunked_output(lines: list[bytes], cuts: list[int]) -> None:
+    lines = [line.replace(b"\n", b"") for line in lines]
+    text = b"".join(line + b"\n" for line in lines)
+    found: list[bytes] = []
+    pending, at, i = b"", 0, 0
+    while at < len(text):
+        chunk = text[at : at + cuts[i % len(cuts)]]
+        at, i = at + len(chunk), i + 1
+        complete, pending = split_lines(pending, chunk, keep=64)
+        found += complete
+    assert found == lines and pending == b""
+
+
+def test_split_lines_keeps_only_the_start_of_an_unended_line() -> None:
+    lines, rest = split_lines(b"", b"ok\n" + b"z" * 5000, keep=100)
+    assert lines == [b"ok"] and rest == b"z" * 100
+    lines, rest = split_lines(rest, b"z" * 5000 + b"\nnext", keep=100)
+    assert lines == [b"z" * 5100] and rest == b"next"
 
 
 def test_busy_port_is_named() -> None:

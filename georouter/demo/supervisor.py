@@ -28,6 +28,8 @@ READY_EVENT = "event=listening"
 START_TIMEOUT_S = 15.0
 STOP_GRACE_S = 8.0
 LOG_TAIL_LINES = 8
+PUMP_CHUNK_BYTES = 64 * 1024
+LINE_START_BYTES = 1024  # of a longer line, the log keeps it all, the tail only this much
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 Transport = Literal["tcp", "udp"]
@@ -68,6 +70,18 @@ def parse_logfmt(line: str) -> dict[str, str]:
     return fields
 
 
+def split_lines(
+    pending: bytes, chunk: bytes, keep: int = LINE_START_BYTES
+) -> tuple[list[bytes], bytes]:
+    """The complete lines of `pending + chunk`, and the unfinished rest to carry over.
+
+    The rest is cut to `keep` bytes, so a child that never ends its line cannot make the
+    supervisor hold its whole output: the tail and the ready check only read a line's start.
+    """
+    *lines, rest = (pending + chunk).split(b"\n")
+    return lines, rest[:keep]
+
+
 def port_is_free(host: str, port: int, transport: Transport = "tcp") -> bool:
     """True if a server could bind host:port now (SO_REUSEADDR, as aiohttp's servers set it)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -87,6 +101,18 @@ def check_ports_free(addresses: Iterable[tuple[str, int, Transport]]) -> None:
         if not port_is_free(host, port, transport):
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise DemoError(f"{where}/{transport} is already in use (is another demo running?)")
+
+
+def _copy(log: IO[bytes] | None, chunk: bytes) -> IO[bytes] | None:
+    """Write chunk to log; None from then on if the log fails (the pipe must still drain)."""
+    if log is None:
+        return None
+    try:
+        log.write(chunk)
+        log.flush()
+    except OSError:
+        return None
+    return log
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -120,7 +146,7 @@ class Supervisor:
 
     async def spawn(self, spec: ChildSpec) -> Child:
         log_path = self.log_dir / f"{spec.name}.log"
-        log = log_path.open("w", encoding="utf-8")
+        log = log_path.open("wb")
         process = await asyncio.create_subprocess_exec(
             *spec.argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -135,22 +161,36 @@ class Supervisor:
         self.children.append(child)
         return child
 
-    async def _pump(self, child: Child, log: IO[str]) -> None:
-        """Copy the child's stderr to its log (a full pipe would block it); spot the ready line."""
-        assert child.process.stderr is not None
-        with log:
-            async for raw in child.process.stderr:
-                line = raw.decode("utf-8", "replace").rstrip()
-                log.write(line + "\n")
-                log.flush()
-                child.tail.append(line)
-                event = child.spec.ready_event
-                if event and not child.ready.done() and event in line:
-                    child.ready.set_result(parse_logfmt(line))
+    async def _pump(self, child: Child, log: IO[bytes]) -> None:
+        """Copy the child's stderr to its log (a full pipe would block it); spot the ready line.
+
+        Chunks, not `async for line`: a line over the StreamReader limit raises ValueError
+        there, which would end the copy and leave the child blocked on a full pipe.
+        """
+        stderr = child.process.stderr
+        assert stderr is not None
+        pending = b""
+        sink: IO[bytes] | None = log
+        while chunk := await stderr.read(PUMP_CHUNK_BYTES):
+            sink = _copy(sink, chunk)
+            lines, pending = split_lines(pending, chunk)
+            for raw in lines:
+                self._take_line(child, raw)
+        if pending:
+            self._take_line(child, pending)
+        with contextlib.suppress(OSError):  # a full disk: the flush in close fails again
+            log.close()
         await child.process.wait()
         if not child.ready.done():
             failure = self._failure(child, f"exited with code {child.process.returncode}")
             child.ready.set_exception(DemoError(failure))
+
+    def _take_line(self, child: Child, raw: bytes) -> None:
+        line = raw[:LINE_START_BYTES].decode("utf-8", "replace").rstrip()
+        child.tail.append(line)
+        event = child.spec.ready_event
+        if event and not child.ready.done() and event in line:
+            child.ready.set_result(parse_logfmt(line))
 
     def _failure(self, child: Child, what: str) -> str:
         tail = "".join(f"\n  | {line}" for line in child.tail)
