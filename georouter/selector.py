@@ -16,12 +16,26 @@ spare capacity the load the answers given since the node's latest report will br
   every unsaturated node drawable when the estimate overshoots.
 
 Up to policy.answers_per_response distinct nodes are drawn without replacement, best
-(first drawn) first. Order of preference: the client's own region; else the first region
-in its failover order with an eligible node ("spillover" if the own region's nodes are up
-but saturated, "failover" if they are down or draining); else, when every node that is up
-is saturated, the saturated nodes of the nearest such region (still "spillover"); else
-nothing is up anywhere: policy.all_down "fail-open" answers with the own region's
-configured nodes ("fail_open"), "servfail" with no nodes ("fail_closed").
+(first drawn) first, all from one region. Order of preference:
+
+1. the client's own region, if it has an eligible node of the asked family;
+2. if the own region has no node with an address of that family at all (configured) but
+   has eligible nodes of the other family, an empty answer (NODATA, reason "geo"): an
+   IPv4-only region answers AAAA with nothing rather than another continent's nodes,
+   which Happy Eyeballs (RFC 8305) would then prefer over the near IPv4 ones;
+3. the failover regions that have an eligible node, the answering one drawn with weight
+   equal to the sum of its nodes' weights (their remaining headroom, the same model as
+   within a region), so a nearly full neighbour gets few of the spilled clients and
+   spill spreads in proportion to headroom ("spillover" if the own region's nodes are up
+   but saturated, "failover" if they are down or draining);
+4. when every node that is up is saturated, the saturated nodes of the nearest such
+   region (still "spillover");
+5. nothing is up anywhere: policy.all_down "fail-open" answers with the configured nodes
+   of the own (else nearest) region, operator-drained ones left out unless nothing else
+   is configured ("fail_open"), "servfail" with no nodes ("fail_closed").
+
+Steps 2 and 3 read tables derived once per snapshot (`_Route`), so a query that leaves
+its region does no filtering either.
 """
 
 from __future__ import annotations
@@ -49,6 +63,14 @@ class Decision:
     reason: DecisionReason
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where one region's queries of one family go when the region has no eligible node."""
+
+    nodata: bool  # no node of this family configured, but eligible ones of the other
+    spill: tuple[tuple[str, tuple[Candidate, ...]], ...]  # failover regions with eligible nodes
+
+
 EMPTY_SNAPSHOT = FleetSnapshot(0, {4: {}, 6: {}})
 
 
@@ -61,6 +83,7 @@ class Selector:
         self._since: dict[str, int] = {}  # answers naming the node first since its report
         self._live: dict[str, float] = {}  # decaying count of answers still cached
         self._reported_at: dict[str, float] = {}
+        self._routes: dict[Family, dict[str, _Route]] = {}
         self.reconfigure(policy, regions)
 
     def reconfigure(self, policy: Policy, regions: Iterable[Region]) -> None:
@@ -68,6 +91,7 @@ class Selector:
         self._ttl = float(policy.answer_ttl)
         self._fail_open = policy.all_down == "fail-open"
         self._failover: Mapping[str, tuple[str, ...]] = {r.name: r.failover for r in regions}
+        self._routes = _routes(self._snapshot, self._failover)
 
     @property
     def snapshot(self) -> FleetSnapshot:
@@ -83,18 +107,22 @@ class Selector:
                 for candidate in pool.eligible + pool.saturated:
                     self._note_report(candidate)
         self._snapshot = snapshot
+        self._routes = _routes(snapshot, self._failover)
 
     def pick(self, region: str, family: Family) -> Decision:
         pools = self._snapshot.pools[family]
         own = pools.get(region)
         if own is not None and own.eligible:
             return Decision(region, self._draw(own.eligible), "drained" if own.draining else "geo")
-        spilled = own is not None and bool(own.saturated)
-        for other in self._failover.get(region, ()):
-            pool = pools.get(other)
-            if pool is not None and pool.eligible:
-                reason: DecisionReason = "spillover" if spilled else "failover"
-                return Decision(other, self._draw(pool.eligible), reason)
+        route = self._routes[family].get(region)
+        if route is not None and route.nodata:
+            return Decision(region, (), "geo")
+        if route is not None and route.spill:
+            name, candidates = self._draw_region(route.spill)
+            reason: DecisionReason = (
+                "spillover" if own is not None and own.saturated else "failover"
+            )
+            return Decision(name, self._draw(candidates), reason)
         return self._last_resort(region, pools)
 
     def _last_resort(self, region: str, pools: Mapping[str, Pool]) -> Decision:
@@ -111,6 +139,14 @@ class Selector:
             return Decision(region, (), "fail_closed")
         name, nodes = next((name, nodes) for name, nodes in configured if nodes)
         return Decision(name, nodes[: self._count], "fail_open")
+
+    def _draw_region(
+        self, regions: tuple[tuple[str, tuple[Candidate, ...]], ...]
+    ) -> tuple[str, tuple[Candidate, ...]]:
+        if len(regions) == 1:
+            return regions[0]
+        weights = [sum(self._weight(c) for c in candidates) for _, candidates in regions]
+        return regions[_index(weights, self._rng.random() * sum(weights))]
 
     def _draw(self, candidates: tuple[Candidate, ...]) -> tuple[Node, ...]:
         if len(candidates) == 1:
@@ -152,6 +188,26 @@ class Selector:
         decay = math.exp(-max(elapsed, 0.0) / self._ttl) if self._ttl > 0 else 0.0
         self._live[name] = self._live.get(name, 0.0) * decay + self._since.pop(name, 0)
         self._reported_at[name] = c.reported_at
+
+
+def _routes(
+    snapshot: FleetSnapshot, failover: Mapping[str, tuple[str, ...]]
+) -> dict[Family, dict[str, _Route]]:
+    routes: dict[Family, dict[str, _Route]] = {}
+    for family, pools in snapshot.pools.items():
+        other = snapshot.pools.get(6 if family == 4 else 4, {})
+        routes[family] = {
+            region: _Route(
+                nodata=not pool.configured and bool(region in other and other[region].eligible),
+                spill=tuple(
+                    (name, pools[name].eligible)
+                    for name in failover.get(region, ())
+                    if name in pools and pools[name].eligible
+                ),
+            )
+            for region, pool in pools.items()
+        }
+    return routes
 
 
 def _index(weights: list[float], point: float) -> int:

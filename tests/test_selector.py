@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
@@ -38,6 +39,10 @@ NODES = (
     _node("ap-1", "ap", 15, 2000),
     _node("ap-2", "ap", 16, 1000),
 )
+
+
+def _v4_only(nodes: tuple[Node, ...], region: str) -> tuple[Node, ...]:
+    return tuple(replace(n, ipv6=None) if n.region == region else n for n in nodes)
 
 
 def config(all_down: AllDownPolicy = "fail-open", answers: int = 2) -> RouterConfig:
@@ -127,15 +132,84 @@ def test_spillover_when_own_region_is_saturated() -> None:
     load(fleet, "eu-1", 0.9)
     load(fleet, "eu-2", 0.85)
     decision = selector.pick("eu", 4)
-    assert (decision.region, decision.reason) == ("na", "spillover")
+    assert decision.region in ("na", "ap") and decision.reason == "spillover"
 
 
-def test_failover_follows_region_order_when_own_region_is_down() -> None:
+def test_failover_when_own_region_is_down() -> None:
     fleet, selector = setup()
     up(fleet, "ap-1", "na-1")
-    decision = selector.pick("eu", 4)
-    assert (decision.region, decision.reason) == ("na", "failover")
-    assert [n.name for n in decision.nodes] == ["na-1"]
+    decisions = [selector.pick("eu", 4) for _ in range(20)]
+    assert {d.reason for d in decisions} == {"failover"}
+    assert {d.nodes for d in decisions} <= {(NODES[0],), (NODES[5],)}  # na-1 or ap-1
+
+
+def test_spillover_goes_in_proportion_to_headroom() -> None:
+    # The issue: "spill to the next-nearest regions (in proportion to their headroom)".
+    fleet, selector = setup(config(answers=1))
+    up(fleet, "eu-1", "eu-2", "na-1", "ap-1")
+    load(fleet, "eu-1", 0.9)
+    load(fleet, "eu-2", 0.9)
+    load(fleet, "na-1", 0.845)  # 2000 * 0.85 - 1690 = 10 rps of headroom (floor: 20)
+    load(fleet, "ap-1", 0.05)  # 2000 * 0.85 - 100 = 1600
+    regions = Counter(selector.pick("eu", 4).region for _ in range(1000))
+    assert set(regions) <= {"na", "ap"}
+    # ap's weight 1600 against na's floor of 20 (1 % of capacity): about 99 % to ap.
+    assert regions["ap"] > 0.95 * 1000
+
+
+def test_spillover_counts_answers_already_spilled() -> None:
+    fleet, selector = setup(config(answers=1))
+    up(fleet, "eu-1", "na-1", "ap-1")
+    load(fleet, "eu-1", 0.9)
+    load(fleet, "na-1", 0.35, seq=1, now=0.0)  # 1000 rps headroom each
+    load(fleet, "ap-1", 0.35, seq=1, now=0.0)
+    for _ in range(100):  # 100 answers explain ap-1's 700 rps: 7 rps each
+        fleet.drain("na-1")
+        selector.pick("eu", 4)
+        fleet.undrain("na-1")
+    load(fleet, "ap-1", 0.35, seq=2, now=1.0)
+    fleet.drain("na-1")
+    for _ in range(130):  # 910 rps on their way to ap-1: its weight falls to the floor
+        selector.pick("eu", 4)
+    fleet.undrain("na-1")
+    regions = Counter(selector.pick("eu", 4).region for _ in range(100))
+    assert regions["na"] > 80
+
+
+# (region's nodes: family 4 up, family 6 configured) → AAAA answer (region, reason, empty?)
+AAAA_TABLE = [
+    ("eu v4 up, no v6 configured", {"eu": (True, False)}, ("eu", "geo", True)),
+    ("eu v4 up, v6 configured", {"eu": (True, True)}, ("eu", "geo", False)),
+    ("eu down, no v6 configured", {"eu": (False, False)}, ("na", "failover", False)),
+    ("eu down, v6 configured", {"eu": (False, True)}, ("na", "failover", False)),
+]
+
+
+@pytest.mark.parametrize(("what", "eu", "expected"), AAAA_TABLE, ids=[t[0] for t in AAAA_TABLE])
+def test_aaaa_for_an_ipv4_only_region_is_nodata_not_failover_rfc8305(
+    what: str, eu: dict[str, tuple[bool, bool]], expected: tuple[str, str, bool]
+) -> None:
+    is_up, has_v6 = eu["eu"]
+    nodes = tuple(n for n in NODES if n.region != "ap")
+    cfg = make_config(
+        REGIONS[:2], nodes if has_v6 else _v4_only(nodes, "eu"), Policy("na", all_down="servfail")
+    )
+    fleet, selector = setup(cfg)
+    up(fleet, "na-1", *(("eu-1", "eu-2") if is_up else ()))
+    decision = selector.pick("eu", 6)
+    assert (decision.region, decision.reason, not decision.nodes) == expected
+    assert selector.pick("eu", 4).region == ("eu" if is_up else "na")
+
+
+def test_ipv6_only_region_answers_a_with_nodata_and_aaaa_with_its_nodes() -> None:
+    v6_only = tuple(
+        replace(n, ipv4=None, ipv6=IPv6Address(f"::1:{i}")) if n.region == "ap" else n
+        for i, n in enumerate(NODES)
+    )
+    fleet, selector = setup(make_config(REGIONS, v6_only, Policy("na")))
+    up(fleet)
+    assert (selector.pick("ap", 4).nodes, selector.pick("ap", 4).reason) == ((), "geo")
+    assert {n.name for n in selector.pick("ap", 6).nodes} == {"ap-1", "ap-2"}
 
 
 def test_everything_saturated_keeps_serving_saturated_nodes_not_dead_ones() -> None:
@@ -201,25 +275,33 @@ def _apply(fleet: Fleet, name: str, state: str) -> None:
         fleet.drain(name)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     states=st.fixed_dictionaries({n: STATES for n in NAMES}),
     region=st.sampled_from(["na", "eu", "ap"]),
     family=st.sampled_from([4, 6]),
     answers=st.integers(1, 4),
     seed=st.integers(0, 2**32),
+    ap_v6=st.booleans(),
 )
 def test_selection_properties(
-    states: dict[str, str], region: str, family: int, answers: int, seed: int
+    states: dict[str, str], region: str, family: int, answers: int, seed: int, ap_v6: bool
 ) -> None:
-    fleet, selector = setup(config(answers=answers), seed)
+    nodes = NODES if ap_v6 else _v4_only(NODES, "ap")
+    cfg = make_config(REGIONS, nodes, Policy("na", answers_per_response=answers))
+    fleet, selector = setup(cfg, seed)
     for name, state in states.items():
         _apply(fleet, name, state)
     decision = selector.pick(region, family)  # type: ignore[arg-type]
     names = [n.name for n in decision.nodes]
-    by_name = {n.name: n for n in NODES}
+    by_name = {n.name: n for n in nodes}
     has = {n: (by_name[n].ipv4 if family == 4 else by_name[n].ipv6) is not None for n in NAMES}
     eligible = {n for n in NAMES if states[n] == "up" and has[n]}
+    own_configured = any(has[n] for n in NAMES if by_name[n].region == region)
+    own_up = any(states[n] == "up" for n in NAMES if by_name[n].region == region)
+    if not own_configured and own_up:  # RFC 8305: no far AAAA for a near IPv4-only region
+        assert (decision.region, decision.nodes, decision.reason) == (region, (), "geo")
+        return
     assert len(names) == len(set(names)), "no duplicates"
     assert 1 <= len(names) <= answers
     assert all(has[n] for n in names), "every node has the asked family"
@@ -231,16 +313,16 @@ def test_selection_properties(
             assert decision.region == region, "in-region preference"
             assert len(names) == min(answers, len(own))
         else:
-            order = next(r.failover for r in REGIONS if r.name == region)
-            first = next(r for r in order if any(by_name[n].region == r for n in eligible))
-            assert decision.region == first, "spill in failover order"
+            assert decision.region != region, "spill to a region with an eligible node"
             assert decision.reason in ("spillover", "failover")
     elif any(states[n] == "saturated" and has[n] for n in NAMES):
         assert decision.reason == "spillover"
         assert all(states[n] == "saturated" for n in names)
     else:
+        order = (region, *next(r.failover for r in REGIONS if r.name == region))
+        nearest = next(r for r in order if any(has[n] and by_name[n].region == r for n in NAMES))
         assert decision.reason == "fail_open"
-        assert decision.region == region
+        assert decision.region == nearest, "fail open to the nearest configured region"
 
 
 def test_herding_simulation_ours_stays_balanced_and_least_loaded_herds() -> None:
