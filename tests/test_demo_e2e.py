@@ -668,3 +668,41 @@ def test_demo_exits_2_with_one_line_when_a_port_is_busy(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         f"georouter: {block}13:8080/tcp is already in use (is another demo running?)"
     ]
+
+
+def _child_running(parent: int, fragment: str) -> int:
+    for pid in _children_of(parent):
+        if fragment in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode():
+            return pid
+    raise AssertionError(f"no child of {parent} runs {fragment!r}")
+
+
+@pytest.mark.timeout(90)
+def test_demo_keeps_its_logs_and_shows_the_tail_when_the_router_dies(tmp_path: Path) -> None:
+    config, _ = _demo_config(tmp_path)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "georouter", "demo", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    try:
+        _read_until(demo, "Stop everything", 30)
+        children = _children_of(demo.pid)
+        router = _child_running(demo.pid, "georouter serve")
+        os.kill(router, signal.SIGKILL)
+        out, err = demo.communicate(timeout=60)
+    finally:
+        if demo.returncode is None:
+            demo.kill()
+            demo.communicate()
+    assert demo.returncode == 1, err.decode()
+    (log_dir,) = tmp_path.glob("georouter-demo-*")
+    notice = re.search(
+        rf"router \(pid {router}\) exited with code -9; log {re.escape(str(log_dir))}/router\.log"
+        r"((?:\n  \| .*)+)\n",
+        out.decode(),
+    )
+    assert notice is not None, out.decode()
+    assert "event=listening" in notice.group(1)  # the router's own last lines
+    assert f"logs kept in {log_dir}" in out.decode()
+    assert {"router.log", "origin.log", "edge-eu-1.log"} <= {p.name for p in log_dir.iterdir()}
+    assert all(not Path(f"/proc/{pid}").exists() for pid in children)

@@ -5,7 +5,8 @@ so the router's first probe round already finds every edge up. Then the guide, t
 live table until SIGINT or SIGTERM, when every child is stopped by PID and the demo exits
 0. A busy port or a child that dies while starting ends the demo with one line and exit
 code 2. An edge that dies later is reported and the demo goes on (killing one is how to
-watch failover); the origin or the router dying ends it with exit code 1.
+watch failover); the origin or the router dying ends it with exit code 1, its last log lines
+printed and the log directory kept (it is removed only after a clean exit).
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ async def _run(plan: DemoPlan, load: bool) -> int:
         if load_task is not None:
             load_task.cancel()
         await supervisor.stop_all()
-    shutil.rmtree(log_dir, ignore_errors=True)
+    if code == 0:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    else:
+        print(f"georouter demo: logs kept in {log_dir}", flush=True)
     return code
 
 
@@ -103,9 +107,10 @@ async def _watch(supervisor: Supervisor, plan: DemoPlan) -> int:
     async with aiohttp.ClientSession(timeout=timeout) as session:
         while True:
             for child in _newly_exited(supervisor, seen):
-                print(f"georouter demo: {_death(child)}", flush=True)
                 if child.spec.name in ESSENTIAL:
+                    print(f"georouter demo: {await supervisor.obituary(child)}", flush=True)
                     return EXIT_CHILD_DIED
+                print(f"georouter demo: {_death(child)}", flush=True)
             print(await fetch_table(session, plan.control_url), flush=True)
             await asyncio.sleep(STATUS_INTERVAL_S)
 

@@ -196,6 +196,13 @@ class Supervisor:
         tail = "".join(f"\n  | {line}" for line in child.tail)
         return f"{child.spec.name} (pid {child.pid}) {what}; log {child.log_path}{tail}"
 
+    async def obituary(self, child: Child) -> str:
+        """`name (pid N) exited with code C; log PATH` and its last lines, once all are logged."""
+        await child.process.wait()
+        if child.pump is not None:
+            await child.pump
+        return self._failure(child, f"exited with code {child.process.returncode}")
+
     def exited(self) -> list[Child]:
         """Children that have exited (on their own or killed), in start order."""
         return [c for c in self.children if c.process.returncode is not None]
