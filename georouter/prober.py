@@ -41,11 +41,17 @@ class Prober:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Run one probe round (at most probe_timeout_s), then keep probing in the background.
+
+        The first round completes before start() returns, so the router can bind DNS
+        knowing which nodes are up instead of failing open on its first queries."""
         # No cookies, no proxies from the environment: probes go straight to the node.
         self._session = aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, raise_for_status=False
         )
-        self._task = asyncio.create_task(self._run(), name="prober")
+        started = asyncio.get_running_loop().time()
+        await self.probe_all()
+        self._task = asyncio.create_task(self._run(started), name="prober")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -64,12 +70,12 @@ class Prober:
             self._metrics.probes.labels(node.name, "ok" if ok else "fail").inc()
             self.fleet.apply_probe(node.name, ok, now)
 
-    async def _run(self) -> None:
+    async def _run(self, started: float) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            await asyncio.sleep(max(self.health.probe_interval_s - (loop.time() - started), 0.0))
             started = loop.time()
             await self.probe_all()
-            await asyncio.sleep(max(self.health.probe_interval_s - (loop.time() - started), 0.0))
 
     async def _probe(self, node: Node) -> bool:
         assert self._session is not None, "start() first"

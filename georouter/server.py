@@ -68,10 +68,16 @@ class Router:
         self.control = self.config.router.control_listen
 
     async def start(self) -> None:
-        await self._bind_dns()
-        await self._start_workers()
-        await self._bind_control()
+        # Probe first (one round, bounded by probe_timeout_s): DNS then opens knowing which
+        # nodes are up, rather than failing open on every query until the first round ends.
         await self.prober.start()
+        try:
+            await self._bind_dns()
+            await self._start_workers()
+            await self._bind_control()
+        except BaseException:
+            await self.prober.stop()
+            raise
         self._ticker = asyncio.create_task(self._tick(), name="report-expiry")
 
     async def stop(self) -> None:

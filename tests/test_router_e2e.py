@@ -42,7 +42,8 @@ class FakeEdge:
     name: str
     server: TestServer
     seq: int = 0
-    alive: bool = True
+    alive: bool = True  # sends load reports
+    healthy: bool = True  # /healthz answers 200 (else 503)
 
     @property
     def url(self) -> str:
@@ -78,16 +79,16 @@ class RouterProcess:
         return f"http://{self.control}{path}"
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "up"})
-
-
 async def _start_edge(name: str) -> FakeEdge:
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "up"}, status=200 if edge.healthy else 503)
+
     app = web.Application()
-    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/healthz", healthz)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    return FakeEdge(name, server)
+    edge = FakeEdge(name, server)
+    return edge
 
 
 def write_config(
@@ -159,10 +160,18 @@ async def serve(config: Path) -> asyncio.subprocess.Process:
 
 
 @contextlib.asynccontextmanager
-async def running_router(tmp_path: Path, router_settings: str = "") -> AsyncIterator[RouterProcess]:
-    """`georouter serve` with fake edges that report; yields once every node is up."""
+async def running_router(
+    tmp_path: Path,
+    router_settings: str = "",
+    silent: frozenset[str] = frozenset(),
+    wait_up: bool = True,
+) -> AsyncIterator[RouterProcess]:
+    """`georouter serve` with fake edges that report (except `silent` ones); yields once
+    every node is up, or as soon as it listens if not wait_up."""
     names = re.findall(r'name = "(edge-[^"]+)"', TOPOLOGY.read_text())
     edges = {name: await _start_edge(name) for name in names}
+    for name in silent:
+        edges[name].alive = False
     config = tmp_path / "cdn.toml"
     write_config(config, edges, router_settings=router_settings)
     process = await serve(config)
@@ -177,7 +186,8 @@ async def running_router(tmp_path: Path, router_settings: str = "") -> AsyncIter
             asyncio.create_task(_drain_log(process.stderr, log)),
             asyncio.create_task(_push_reports(edges, rp.control)),
         ]
-        await poll(lambda: _all_up(rp))
+        if wait_up:
+            await poll(lambda: _all_up(rp))
         yield rp
     finally:
         for task in tasks:
@@ -201,8 +211,11 @@ async def _nodes(rp: RouterProcess) -> dict[str, dict[str, object]]:
 
 
 async def _all_up(rp: RouterProcess) -> bool:
-    """Every node probed up and its reports accepted."""
-    return all(n["state"] == "up" and n["seq"] for n in (await _nodes(rp)).values())
+    """Every node probed up and the reports of those that report accepted."""
+    nodes = await _nodes(rp)
+    return all(
+        n["state"] == "up" and (n["seq"] or not rp.edges[name].alive) for name, n in nodes.items()
+    )
 
 
 async def _metrics(rp: RouterProcess) -> str:
@@ -237,6 +250,57 @@ async def test_dead_node_leaves_answers_within_3_seconds(router: RouterProcess) 
     elapsed = await poll(gone, timeout=6.0)
     assert elapsed <= 3.0, f"dead node still answered after {elapsed:.2f} s"
     assert await router.addresses() == {"127.0.0.14"}
+
+
+async def test_probing_starts_at_boot_and_fall_failures_take_a_node_out(
+    tmp_path: Path,
+) -> None:
+    # edge-eu-1 never reports: only the router's own probes can put it in answers.
+    async with running_router(tmp_path, silent=frozenset({"edge-eu-1"}), wait_up=False) as rp:
+
+        async def named() -> bool:  # up by probes, not named by a fail-open answer
+            up = (await _nodes(rp))["edge-eu-1"]["state"] == "up"
+            return up and "127.0.0.13" in await rp.addresses()
+
+        assert await poll(named, timeout=6.0) <= 1.5, "not up within ~1 probe interval"
+        rp.edges["edge-eu-1"].healthy = False  # /healthz now answers 503
+
+        async def gone() -> bool:
+            return "127.0.0.13" not in await rp.addresses()
+
+        # fall = 2 failures one probe interval (1 s) apart, the first within 1 s.
+        assert await poll(gone, timeout=6.0) <= 3.0
+        node = (await _nodes(rp))["edge-eu-1"]
+        assert (node["state"], node["reason"], node["seq"]) == ("down", "probe_failures", None)
+
+
+async def test_node_whose_reports_stop_leaves_answers_within_3_s_though_probes_pass(
+    router: RouterProcess,
+) -> None:
+    assert await router.addresses() == EU
+    router.edges["edge-eu-1"].alive = False  # reports stop, /healthz still answers 200
+
+    async def gone() -> bool:
+        return "127.0.0.13" not in await router.addresses()
+
+    elapsed = await poll(gone, timeout=6.0)
+    assert elapsed <= 3.0, f"silent node still answered after {elapsed:.2f} s"
+    node = (await _nodes(router))["edge-eu-1"]
+    assert (node["state"], node["reason"], node["last_probe_ok"]) == (
+        "down",
+        "report_expired",
+        True,
+    )
+
+
+async def test_first_query_after_listening_is_a_geo_answer(tmp_path: Path) -> None:
+    # One probe round runs before DNS binds, so healthy edges are known up at once.
+    async with running_router(tmp_path, wait_up=False) as rp:
+        response = await rp.query()
+        assert {rr.address for rrset in response.answer for rr in rrset} <= EU
+        metrics = await _metrics(rp)
+        assert 'georouter_decisions_total{reason="geo"} 1.0' in metrics
+        assert 'georouter_decisions_total{reason="fail_open"}' not in metrics
 
 
 async def test_drain_is_immediate_and_undrain_restores(router: RouterProcess) -> None:
