@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -706,3 +706,30 @@ def test_demo_keeps_its_logs_and_shows_the_tail_when_the_router_dies(tmp_path: P
     assert f"logs kept in {log_dir}" in out.decode()
     assert {"router.log", "origin.log", "edge-eu-1.log"} <= {p.name for p in log_dir.iterdir()}
     assert all(not Path(f"/proc/{pid}").exists() for pid in children)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda text: text.replace('services = ["cdn", "img"]', "services = []"),
+            "zones[0].services: expected a name to serve",
+        ),
+        (
+            lambda text: re.sub(r'ipv4 = "127\.0\.0\.(\d+)"', r'ipv6 = "::1"', text),
+            "nodes: expected a node with an ipv4 address",
+        ),
+    ],
+    ids=["no-service", "no-ipv4-node"],
+)
+def test_demo_exits_2_naming_the_key_when_it_has_nothing_to_serve(
+    tmp_path: Path, edit: Callable[[str], str], message: str
+) -> None:
+    config = tmp_path / "cdn.toml"
+    config.write_text(edit(SHIPPED_CONFIG.read_text()))
+    load_config(config)  # a valid router config: only the demo cannot run it
+    done = subprocess.run(
+        [sys.executable, "-m", "georouter", "demo", "--config", str(config)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr.splitlines()) == (2, [f"georouter: {config}: {message}"])

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from georouter.config import HostPort, RouterConfig
-from georouter.demo.supervisor import ChildSpec, Transport
+from georouter.demo.supervisor import ChildSpec, DemoError, Transport
 
 ORIGIN_PORT = 8000
 CONTENT_PORT = 8080
@@ -79,20 +79,14 @@ def make_plan(
 ) -> DemoPlan:
     """The demo for `config`: only nodes with an IPv4 address get an edge (content on it).
 
-    The keyword arguments exist for tests, which run whole CDNs on ports of their choosing.
+    Raises DemoError naming the config key if the demo would have nothing to serve: no name
+    in the first zone's `services`, or no node with an `ipv4`. The keyword arguments exist
+    for tests, which run whole CDNs on ports of their choosing.
     """
     control = config.router.control_listen
-    edges = tuple(
-        EdgePlan(
-            name=node.name,
-            region=node.region,
-            content=HostPort(str(node.ipv4), content_port),
-            control=_control_address(node.control_url),
-            capacity_rps=node.capacity_rps,
-        )
-        for node in config.nodes
-        if node.ipv4 is not None
-    )
+    edges = _edges(config, content_port)
+    if not config.zones[0].services:
+        raise DemoError(f"{config.source}: zones[0].services: expected a name to serve")
     return DemoPlan(
         config_path=config_path,
         geoip_path=geoip_path if geoip_path is not None else config.router.geoip,
@@ -105,6 +99,24 @@ def make_plan(
         content_port=content_port,
         drain_s=drain_s,
     )
+
+
+def _edges(config: RouterConfig, content_port: int) -> tuple[EdgePlan, ...]:
+    edges = tuple(
+        EdgePlan(
+            name=node.name,
+            region=node.region,
+            content=HostPort(str(node.ipv4), content_port),
+            control=_control_address(node.control_url),
+            capacity_rps=node.capacity_rps,
+        )
+        for node in config.nodes
+        if node.ipv4 is not None
+    )
+    if not edges:
+        # The edges serve content on loopback IPv4 addresses; an IPv6-only fleet has none.
+        raise DemoError(f"{config.source}: nodes: expected a node with an ipv4 address")
+    return edges
 
 
 def addresses_needed(plan: DemoPlan) -> list[tuple[str, int, Transport]]:
