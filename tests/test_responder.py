@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 import struct
 from ipaddress import IPv6Address
 from typing import Literal
@@ -16,13 +17,15 @@ import dns.rdatatype
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import generate_latest
 
 from georouter import responder as responder_module
 from georouter.config import DEFAULT_CONFIG, RouterConfig, load_config
+from georouter.fleet import Fleet
 from georouter.geo import Placement
 from georouter.metrics import RouterMetrics
 from georouter.responder import MAX_UDP_PAYLOAD, Responder
-from georouter.selector import Decision, DecisionReason
+from georouter.selector import Decision, DecisionReason, Selector
 from georouter.zonedata import StaticRecord
 
 CLIENT = "192.0.2.53"
@@ -700,3 +703,17 @@ def test_shape_cache_answers_byte_for_byte_like_a_fresh_responder(
     cold = Responder(config, FakePlacer(), FakePicker(config), RouterMetrics())
     warm.respond(other_id.to_bytes(2) + query[2:], CLIENT, transport)
     assert warm.respond(query, CLIENT, transport) == cold.respond(query, CLIENT, transport)
+
+
+def test_fail_open_answer_is_counted_in_decisions_total(config: RouterConfig) -> None:
+    # The real Selector over a fleet where no node is known up: fail-open (policy.all_down).
+    metrics = RouterMetrics()
+    selector = Selector(config.policy, config.regions, random.Random(1))
+    Fleet(config, selector.update)
+    responder = Responder(config, FakePlacer(), selector, metrics)
+    response = ask(responder, dns.message.make_query("cdn.example.com", "A"))
+    na = {str(n.ipv4) for n in config.nodes if n.region == "na"}
+    assert {rr.address for rrset in response.answer for rr in rrset} == na
+    text = generate_latest(metrics.registry).decode()
+    assert 'georouter_decisions_total{reason="fail_open"} 1.0' in text
+    assert 'reason="geo"' not in text
