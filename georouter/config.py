@@ -37,6 +37,7 @@ PROBE_FALL = 2
 PROBE_RISE = 2
 REPORT_EXPIRY_S = 2.5
 DNS_WORKERS, MAX_DNS_WORKERS = 1, 64  # processes answering UDP; 1: the main process itself
+MAX_PREVIOUS_TOKENS = 8  # each is compared on every report
 
 MAX_ANSWERS = 8
 MAX_SATURATION = 1.5
@@ -71,6 +72,7 @@ class RouterSettings:
     token: str
     geoip: Path | None = None  # None: the embedded GeoLite2-City
     dns_workers: int = DNS_WORKERS
+    previous_tokens: tuple[str, ...] = ()  # still accepted while edges move to `token`
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +195,21 @@ def _router(t: Table, config_dir: Path) -> RouterSettings:
             token=t.parsed("token", _bearer_token),
             geoip=t.optional("geoip", lambda text: _file_path(text, config_dir)),
             dns_workers=t.integer("dns_workers", 1, MAX_DNS_WORKERS, DNS_WORKERS),
+            previous_tokens=_previous_tokens(t),
         )
+
+
+def _previous_tokens(t: Table) -> tuple[str, ...]:
+    items = t.strings("previous_tokens")
+    if len(items) > MAX_PREVIOUS_TOKENS:
+        raise t.error("previous_tokens", f"expected at most {MAX_PREVIOUS_TOKENS} tokens")
+    tokens = []
+    for key, text in items:
+        try:
+            tokens.append(_bearer_token(text))
+        except ValueError as exc:
+            raise t.error(key, str(exc)) from None
+    return tuple(tokens)
 
 
 def _bearer_token(text: str) -> str:

@@ -37,12 +37,12 @@ MAX_BODY_BYTES = 2 * MAX_REPORT_BYTES
 
 @dataclass(slots=True)
 class ControlPlane:
-    """What the control API works on; a reload replaces `token` in place."""
+    """What the control API works on; a reload replaces `tokens` in place."""
 
     fleet: Fleet
     selector: Selector
     metrics: RouterMetrics
-    token: str
+    tokens: tuple[str, ...]  # router.token, then router.previous_tokens (a rotation)
     clock: Callable[[], float] = time.monotonic
     labelled: set[tuple[str, str]] = field(default_factory=set)  # (region, node) with series
 
@@ -100,18 +100,38 @@ def _plane(request: web.Request) -> ControlPlane:
     return request.app[CONTROL]
 
 
+def _credentials(request: web.Request) -> bytes | None:
+    """The b64token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1), as bytes;
+    None if there is no such header. The scheme is case-insensitive (RFC 9110 §11.1)."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return b""
+    # aiohttp decodes header bytes as UTF-8 with surrogateescape: this gets them back.
+    return token.lstrip(" ").encode("utf-8", "surrogateescape")
+
+
 def _authorized(request: web.Request) -> bool:
-    expected = f"Bearer {_plane(request).token}".encode()
-    given = request.headers.get("Authorization", "").encode()
-    return hmac.compare_digest(given, expected)
+    given = _credentials(request)
+    if given is None:
+        return False
+    # Every token compared in constant time, none skipped, so timing tells nothing.
+    matches = [hmac.compare_digest(given, t.encode()) for t in _plane(request).tokens]
+    return any(matches)
 
 
-def _unauthorized() -> web.Response:
-    # RFC 6750 §3: a missing or wrong bearer token gets a challenge.
+def _unauthorized(request: web.Request) -> web.Response:
+    # RFC 6750 §3: a challenge; §3.1: error="invalid_token" when a token was given but
+    # is wrong, no error code when the request carried no credentials at all.
+    challenge = 'Bearer realm="georouter"'
+    if request.headers.get("Authorization") is not None:
+        challenge += ', error="invalid_token"'
     return web.json_response(
         {"error": "missing or wrong bearer token"},
         status=401,
-        headers={"WWW-Authenticate": 'Bearer realm="georouter"'},
+        headers={"WWW-Authenticate": challenge},
     )
 
 
@@ -140,7 +160,7 @@ async def _report(request: web.Request) -> web.Response:
     reports = plane.metrics.reports
     if not _authorized(request):
         reports.labels("unauthorized").inc()
-        return _unauthorized()
+        return _unauthorized(request)
     try:
         report = LoadReport.from_json(await request.read())
     except ReportError as exc:
@@ -194,7 +214,7 @@ async def _undrain(request: web.Request) -> web.Response:
 
 def _set_drain(request: web.Request, drained: bool) -> web.Response:
     if not _authorized(request):
-        return _unauthorized()
+        return _unauthorized(request)
     fleet = _plane(request).fleet
     name = request.match_info["name"]
     if not (fleet.drain(name) if drained else fleet.undrain(name)):

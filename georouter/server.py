@@ -61,7 +61,7 @@ class Router:
         geo = Geo(self.config, self._reader, self.metrics.tallies)
         responder = Responder(self.config, geo, self.selector, self.metrics)
         self.dns = DnsService(responder, self.config.router.dns_listen, self.metrics)
-        self.plane = ControlPlane(self.fleet, self.selector, self.metrics, self.config.router.token)
+        self.plane = ControlPlane(self.fleet, self.selector, self.metrics, _tokens(self.config))
         self.prober = Prober(self.fleet, self.config.health, self.metrics)
         self._runner = web.AppRunner(make_control_app(self.plane), access_log=None)
         self._ticker: asyncio.Task[None] | None = None
@@ -109,7 +109,7 @@ class Router:
         self.selector.reconfigure(config.policy, config.regions)
         self.fleet.reconfigure(config)
         self.prober.health = config.health
-        self.plane.token = config.router.token
+        self.plane.tokens = _tokens(config)
         self.dns.responder = responder
         self._reader.close()
         self.config, self._reader = config, reader
@@ -169,6 +169,10 @@ class Router:
         while True:
             self.fleet.tick(time.monotonic())
             await asyncio.sleep(TICK_INTERVAL_S)
+
+
+def _tokens(config: RouterConfig) -> tuple[str, ...]:
+    return (config.router.token, *config.router.previous_tokens)
 
 
 def _with_listen(config: RouterConfig, dns: str | None, control: str | None) -> RouterConfig:

@@ -170,6 +170,15 @@ CASES = [
      "router.dns_workers", "expected an integer in 1..64, got 65"),
     ("dns_workers_text", edited('token = "t0ken"', 'token = "t0ken"\ndns_workers = "2"'),
      "router.dns_workers", "expected an integer"),
+    ("previous_token_space",
+     edited('token = "t0ken"', 'token = "t0ken"\nprevious_tokens = ["old", "o ld"]'),
+     "router.previous_tokens[1]", "expected a non-empty bearer token"),
+    ("previous_tokens_string",
+     edited('token = "t0ken"', 'token = "t0ken"\nprevious_tokens = "old"'),
+     "router.previous_tokens", "expected an array"),
+    ("previous_tokens_nine",
+     edited('token = "t0ken"', 'token = "t0ken"\nprevious_tokens = [' + '"a", ' * 9 + "]"),
+     "router.previous_tokens", "expected at most 8 tokens"),
     # policy
     ("all_down", policy('all_down = "fail-closed"'), "policy.all_down",
      "expected 'fail-open' or 'servfail', got 'fail-closed'"),
@@ -352,6 +361,13 @@ def test_shipped_config_loads() -> None:
         ("www.example.com.", "CNAME"),
         ("example.com.", "TXT"),
     }
+
+
+def test_previous_tokens_load_for_a_rotation(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, BASE)).router.previous_tokens == ()
+    text = BASE.replace('token = "t0ken"', 'token = "new"\nprevious_tokens = ["t0ken", "older"]')
+    router = load_config(write(tmp_path, text)).router
+    assert (router.token, router.previous_tokens) == ("new", ("t0ken", "older"))
 
 
 def test_defaults_apply_when_sections_are_absent(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def make_plane(clock: Clock) -> ControlPlane:
     metrics = RouterMetrics()
     selector = Selector(CONFIG.policy, CONFIG.regions, random.Random(1))
     fleet = Fleet(CONFIG, selector.update, observer(metrics))
-    return ControlPlane(fleet, selector, metrics, TOKEN, clock)
+    return ControlPlane(fleet, selector, metrics, (TOKEN,), clock)
 
 
 @pytest.fixture
@@ -90,6 +90,8 @@ async def test_report_with_token_is_accepted(client: Client, plane: ControlPlane
         {"Authorization": "Bearer nope"},
         {"Authorization": f"bearer{TOKEN}"},
         {"Authorization": TOKEN},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": f"Bearer {TOKEN}x"},
     ],
 )
 async def test_report_without_right_token_is_401_rfc6750_3(
@@ -97,8 +99,56 @@ async def test_report_without_right_token_is_401_rfc6750_3(
 ) -> None:
     response = await client.post("/api/v1/report", data=body(), headers=headers)
     assert response.status == 401
-    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith("Bearer")
+    # RFC 6750 §3.1: invalid_token for a token that is wrong, no code when none was sent.
+    assert ('error="invalid_token"' in challenge) == bool(headers)
     assert plane.fleet.statuses["edge-eu-1"].report is None
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+async def test_bearer_scheme_is_case_insensitive_rfc9110_11_1(
+    client: Client, plane: ControlPlane, scheme: str
+) -> None:
+    headers = {"Authorization": f"{scheme} {TOKEN}"}
+    response = await client.post("/api/v1/report", data=body(), headers=headers)
+    assert response.status == 200
+    response = await client.post("/api/v1/nodes/edge-eu-1/drain", headers=headers)
+    assert response.status == 200
+
+
+async def test_non_utf8_authorization_is_401_and_counted(client: Client) -> None:
+    # aiohttp's client will not send such bytes: a raw HTTP/1.1 request does.
+    assert client.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    payload = body()
+    writer.write(
+        b"POST /api/v1/report HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Authorization: Bearer \xff\xfe\xc3(\r\n"
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    assert status_line.split()[1] == b"401"
+    text = await (await client.get("/metrics")).text()
+    assert sample(text, 'georouter_reports_total{result="unauthorized"}') == 1.0
+
+
+async def test_previous_tokens_are_accepted_during_a_rotation(
+    client: Client, plane: ControlPlane
+) -> None:
+    plane.tokens = ("new-token", TOKEN)  # what a reload with previous_tokens = [old] does
+    for token in ("new-token", TOKEN):
+        headers = {"Authorization": f"Bearer {token}"}
+        response = await client.post("/api/v1/report", data=body(seq=1), headers=headers)
+        assert response.status == 200
+        drain = await client.post("/api/v1/nodes/edge-eu-2/drain", headers=headers)
+        assert drain.status == 200
+    plane.tokens = ("new-token",)  # rotation over
+    assert (await client.post("/api/v1/report", data=body(), headers=AUTH)).status == 401
 
 
 @pytest.mark.parametrize(

@@ -341,6 +341,25 @@ async def test_sighup_with_changed_config_takes_effect(router: RouterProcess) ->
     assert await _all_up(router)  # node state survived the reload
 
 
+async def test_token_rotation_by_sighup_keeps_the_old_token_working(
+    router: RouterProcess,
+) -> None:
+    rotated = 'token = "new-token"\nprevious_tokens = ["demo-token"]'
+    router.config.write_text(router.config.read_text().replace('token = "demo-token"', rotated))
+    router.process.send_signal(signal.SIGHUP)
+
+    async def reloaded() -> bool:
+        return 'georouter_reloads_total{result="ok"} 1.0' in await _metrics(router)
+
+    await poll(reloaded)
+    report = LoadReport("edge-eu-1", 10**6, "up", 1, 100.0, 2000.0, 0.05, 0.9).to_json()
+    async with aiohttp.ClientSession() as s:
+        for token, status in (("demo-token", 200), ("new-token", 200), ("other", 401)):
+            headers = {"Authorization": f"Bearer {token}"}
+            async with s.post(router.api("/api/v1/report"), data=report, headers=headers) as r:
+                assert r.status == status, token
+
+
 async def test_sigterm_exits_0(router: RouterProcess) -> None:
     router.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(router.process.wait(), 10.0) == 0
