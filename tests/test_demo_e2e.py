@@ -31,7 +31,18 @@ from hypothesis import strategies as st
 
 from georouter.config import load_config
 from georouter.demo import origin
-from georouter.demo.plan import SAMPLE_SUBNETS, addresses_needed, guide, make_plan
+from georouter.demo.plan import (
+    EDGE_LAYER,
+    ORIGIN_LAYER,
+    ROUTER_LAYER,
+    SAMPLE_SUBNETS,
+    addresses_needed,
+    edge_spec,
+    guide,
+    make_plan,
+    origin_spec,
+    router_spec,
+)
 from georouter.demo.status import answers_by_node, render_table, rows_from_json
 from georouter.demo.supervisor import (
     LINE_START_BYTES,
@@ -39,6 +50,7 @@ from georouter.demo.supervisor import (
     DemoError,
     Supervisor,
     check_ports_free,
+    parse_logfmt,
     split_lines,
 )
 from georouter.demo.workload import (
@@ -246,6 +258,9 @@ def test_plan_derives_every_address_from_the_config() -> None:
     assert [str(e.content) for e in plan.edges] == [f"127.0.0.1{i}:8080" for i in range(1, 7)]
     assert [str(e.control) for e in plan.edges] == [f"127.0.0.1{i}:9080" for i in range(1, 7)]
     assert len(addresses_needed(plan)) == 4 + 2 * 6
+    specs = (origin_spec(plan), edge_spec(plan, plan.edges[0]), router_spec(plan))
+    assert [s.layer for s in specs] == [ORIGIN_LAYER, EDGE_LAYER, ROUTER_LAYER]
+    assert ORIGIN_LAYER < EDGE_LAYER < ROUTER_LAYER  # stop_all stops the highest first
 
 
 def test_guide_commands_name_the_plan() -> None:
@@ -356,6 +371,41 @@ async def test_supervisor_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> 
     await sup.start(ChildSpec("stubborn", _python(code)))
     await sup.stop_all(grace_s=0.3)
     assert sup.children[0].process.returncode == -signal.SIGKILL
+
+
+# A child that logs when SIGTERM arrives and when it exits, holding on a moment as a draining
+# edge does (CLOCK_MONOTONIC is one clock for every process on the machine).
+STOP_RECORDER = """import signal, sys, time
+def term(*_):
+    print(f"term={time.monotonic()}", file=sys.stderr, flush=True)
+    time.sleep(0.3)
+    print(f"exit={time.monotonic()}", file=sys.stderr, flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+print("event=listening", file=sys.stderr, flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+async def test_supervisor_stops_router_then_edges_together_then_origin(tmp_path: Path) -> None:
+    sup = Supervisor(tmp_path)
+    layers = {
+        "origin": ORIGIN_LAYER,
+        "edge-a": EDGE_LAYER,
+        "edge-b": EDGE_LAYER,
+        "router": ROUTER_LAYER,
+    }
+    for name, layer in layers.items():
+        await sup.start(ChildSpec(name, _python(STOP_RECORDER), layer=layer))
+    await sup.stop_all()
+    times = {c.spec.name: parse_logfmt(" ".join(c.tail)) for c in sup.children}
+    term = {name: float(t["term"]) for name, t in times.items()}
+    exit_ = {name: float(t["exit"]) for name, t in times.items()}
+    edges = ("edge-a", "edge-b")
+    assert exit_["router"] < min(term[e] for e in edges)  # router gone before edges drain
+    assert max(term[e] for e in edges) < min(exit_[e] for e in edges)  # edges drain together
+    assert max(exit_[e] for e in edges) < term["origin"]  # origin serves until they are done
 
 
 LONG_LINE_BYTES = 200 * 1024  # over the pipe buffer and StreamReader's 64 KiB line limit

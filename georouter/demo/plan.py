@@ -23,6 +23,9 @@ CONTENT_PORT = 8080
 DEMO_DRAIN_S = 2.0  # edges drain this long on SIGTERM: Ctrl-C should not take 25 s
 DEMO_CACHE_SIZE = "64M"
 SAMPLE_OBJECT = "/img/cat.jpg"
+# Stop layers (ChildSpec.layer): the router stops answering first, then the edges drain
+# (still fetching from the origin), then the origin stops.
+ORIGIN_LAYER, EDGE_LAYER, ROUTER_LAYER = 0, 1, 2
 # Client subnets the embedded GeoLite2-City (2018) places in each default region
 # (checked with `georouter locate` and by tests/test_demo_e2e.py).
 SAMPLE_SUBNETS: dict[str, tuple[str, str]] = {
@@ -135,14 +138,14 @@ def addresses_needed(plan: DemoPlan) -> list[tuple[str, int, Transport]]:
 
 def origin_spec(plan: DemoPlan) -> ChildSpec:
     argv = (sys.executable, "-m", "georouter.demo.origin", "--listen", str(plan.origin))
-    return ChildSpec("origin", argv)
+    return ChildSpec("origin", argv, layer=ORIGIN_LAYER)
 
 
 def router_spec(plan: DemoPlan) -> ChildSpec:
     argv = [sys.executable, "-m", "georouter", "serve", "--config", str(plan.config_path)]
     if plan.geoip_path is not None:
         argv += ["--geoip", str(plan.geoip_path)]
-    return ChildSpec("router", tuple(argv))
+    return ChildSpec("router", tuple(argv), layer=ROUTER_LAYER)
 
 
 def edge_spec(plan: DemoPlan, edge: EdgePlan) -> ChildSpec:
@@ -158,7 +161,7 @@ def edge_spec(plan: DemoPlan, edge: EdgePlan) -> ChildSpec:
         "--cache-size", DEMO_CACHE_SIZE,
         "--drain-s", f"{plan.drain_s:g}",
     )  # fmt: skip
-    return ChildSpec(edge.name, argv)
+    return ChildSpec(edge.name, argv, layer=EDGE_LAYER)
 
 
 def _first_edge(plan: DemoPlan, region: str) -> EdgePlan:

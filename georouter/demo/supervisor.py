@@ -3,8 +3,9 @@
 A child is ready when it writes its `event=listening key=value ...` line on stderr (the
 router, the edges and the demo origin all do). Until then a child that exits, or stays
 silent past a deadline, fails the start with its last log lines. Children run in their own
-session, so a terminal's Ctrl-C reaches only the supervisor, which then stops them in
-reverse start order: SIGTERM, a grace period, SIGKILL. On Linux each child also gets
+session, so a terminal's Ctrl-C reaches only the supervisor, which then stops them layer by
+layer, the highest first (each child's spec names its layer: what it depends on is lower),
+the children of one layer together: SIGTERM, a grace period, SIGKILL. On Linux each child also gets
 PR_SET_PDEATHSIG, so even a supervisor killed with SIGKILL leaves no orphans behind.
 """
 
@@ -44,6 +45,7 @@ class ChildSpec:
     name: str
     argv: tuple[str, ...]
     ready_event: str | None = READY_EVENT  # None: the caller decides when the child is ready
+    layer: int = 0  # stop_all stops higher layers first: give dependents a higher layer
 
 
 @dataclass(slots=True)
@@ -230,8 +232,15 @@ class Supervisor:
             child.process.kill()
 
     async def stop_all(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Stop every child, the last started first, all under one shared grace period."""
-        await asyncio.gather(*(self.stop(c, grace_s) for c in reversed(self.children)))
+        """Stop every child, the highest layer first; a layer's children stop together.
+
+        A layer is signalled once the layer above has exited, so what it still uses while
+        stopping (the origin, for draining edges) is there until it is done; each layer
+        gets its own grace period.
+        """
+        for layer in sorted({c.spec.layer for c in self.children}, reverse=True):
+            group = [c for c in self.children if c.spec.layer == layer]
+            await asyncio.gather(*(self.stop(c, grace_s) for c in group))
 
     def by_name(self, name: str) -> Child:
         """The most recently started child called `name`."""
