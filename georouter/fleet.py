@@ -158,9 +158,13 @@ class Fleet:
         expired = now - status.report_at > self._config.health.report_expiry_s
         return expired or _is_newer(seq, status.report.seq)
 
-    def apply_probe(self, name: str, ok: bool, now: float) -> None:
+    def apply_probe(self, name: str, ok: bool, now: float, url: str | None = None) -> None:
+        """Count one probe result; `url` is the one probed, if known: when a reload moved
+        the node to another control_url while the probe was in flight, it is ignored."""
         status = self._statuses.get(name)
         if status is None:  # removed by a reload while the probe was in flight
+            return
+        if url is not None and url != status.node.health_url:
             return
         streak = max(status.probe_streak, 0) + 1 if ok else min(status.probe_streak, 0) - 1
         health = _probe_health(status.probe_health, streak, self._config)

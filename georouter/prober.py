@@ -68,7 +68,7 @@ class Prober:
         now = self._clock()
         for node, ok in zip(nodes, results, strict=True):
             self._metrics.probes.labels(node.name, "ok" if ok else "fail").inc()
-            self.fleet.apply_probe(node.name, ok, now)
+            self.fleet.apply_probe(node.name, ok, now, node.health_url)
 
     async def _run(self, started: float) -> None:
         loop = asyncio.get_running_loop()

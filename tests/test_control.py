@@ -6,6 +6,7 @@ import asyncio
 import random
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from ipaddress import IPv4Address
 
 import pytest
@@ -357,3 +358,35 @@ async def test_prober_results_feed_the_fleet() -> None:
         await prober.stop()
         for server in (ok, failing, slow, redirect_target, redirecting):
             await server.close()
+
+
+async def test_a_probe_of_a_url_a_reload_replaced_is_not_applied() -> None:
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def healthz(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()  # hold the probe in flight while the test reloads
+        return web.json_response({"status": "up"})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    old = TestServer(app, host="127.0.0.1")
+    await old.start_server()
+    node = Node("edge-eu-1", "eu", 1000.0, str(old.make_url("")), IPv4Address("127.0.0.1"))
+    health = HealthSettings(probe_interval_s=600.0, probe_timeout_s=5.0)
+    config = make_config((Region("eu", 0.0, 0.0),), (node,), Policy("eu"), health)
+    fleet = Fleet(config, lambda _: None)
+    prober = Prober(fleet, health, RouterMetrics())
+    starting = asyncio.create_task(prober.start())
+    try:
+        await asyncio.wait_for(arrived.wait(), 5.0)
+        moved = replace(node, control_url=f"http://127.0.0.1:{_closed_port()}")
+        fleet.reconfigure(make_config(config.regions, (moved,), Policy("eu"), health))
+        release.set()
+        await asyncio.wait_for(starting, 5.0)
+        status = fleet.statuses["edge-eu-1"]
+        assert (status.state, status.last_probe_at) == ("unknown", None)
+    finally:
+        release.set()
+        await prober.stop()
+        await old.close()

@@ -281,6 +281,17 @@ def test_reconfigure_keeps_state_of_nodes_that_still_exist(rec: Recorder) -> Non
     assert "edge-na-1" not in fleet.statuses
 
 
+def test_probe_of_a_url_the_node_no_longer_has_is_ignored(rec: Recorder) -> None:
+    fleet = rec.fleet()
+    old_url = EU2.health_url
+    moved = replace(EU2, control_url="http://127.0.0.20:1")
+    fleet.reconfigure(make_config(REGIONS, (EU1, moved), Policy("na")))
+    fleet.apply_probe("edge-eu-2", True, 1.0, old_url)
+    assert fleet.statuses["edge-eu-2"].state == "unknown"
+    fleet.apply_probe("edge-eu-2", True, 2.0, "http://127.0.0.20:1/healthz")
+    assert fleet.statuses["edge-eu-2"].state == "up"
+
+
 def test_reconfigure_applies_a_new_threshold(rec: Recorder) -> None:
     fleet = rec.fleet()
     fleet.apply_report(report(utilization=0.6), 0.0)
