@@ -96,7 +96,8 @@ class Pool:
     eligible: tuple[Candidate, ...]  # up and below the saturation threshold
     saturated: tuple[Candidate, ...]  # up but at or above it
     draining: bool  # a draining node was left out
-    configured: tuple[Node, ...]  # every configured node, for fail-open
+    configured: tuple[Node, ...]  # every configured node
+    fail_open: tuple[Node, ...]  # the configured nodes the operator has not drained
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,14 +189,15 @@ class Fleet:
         return self._set_drained(name, False)
 
     def reconfigure(self, config: RouterConfig) -> None:
-        """Adopt a reloaded config; nodes that still exist with the same control URL keep
-        their state, the others start unknown."""
+        """Adopt a reloaded config and publish one snapshot; nodes that still exist with
+        the same control URL keep their state, the others start unknown (an operator's
+        drain is kept by name either way)."""
         old = self._statuses
         self._config = config
         self._statuses = {n.name: _carry_over(old.get(n.name), n) for n in config.nodes}
         for status in list(self._statuses.values()):
-            self._set(status, publish=False)
-        self._publish_new()
+            self._store(status)
+        self._publish_new()  # once: every snapshot is pickled to each DNS worker
 
     def _set_drained(self, name: str, drained: bool) -> bool:
         status = self._statuses.get(name)
@@ -205,16 +207,19 @@ class Fleet:
         return True
 
     def _set(self, status: NodeStatus, publish: bool) -> None:
+        if self._store(status) or publish:
+            self._publish_new()
+
+    def _store(self, status: NodeStatus) -> bool:
+        """Derive and store the node's state; True if the state (not just reason) changed."""
         state, reason = _derive(status, self._config.policy.saturation_threshold)
         name = status.node.name
         before = self._statuses.get(name)
         self._statuses[name] = replace(status, state=state, reason=reason)
-        changed = before is None or (before.state, before.reason) != (state, reason)
-        if changed:
+        if before is None or (before.state, before.reason) != (state, reason):
             old = before.state if before is not None else "unknown"
             self._observe(Transition(name, status.node.region, old, state, reason))
-        if publish or (before is not None and before.state != state):
-            self._publish_new()
+        return before is not None and before.state != state
 
     def _publish_new(self) -> None:
         self.snapshot = self._rebuild()
@@ -273,8 +278,12 @@ def _derive(s: NodeStatus, threshold: float) -> tuple[NodeState, str]:
 
 
 def _carry_over(old: NodeStatus | None, node: Node) -> NodeStatus:
-    if old is None or old.node.control_url != node.control_url:
+    if old is None:
         return NodeStatus(node)
+    if old.node.control_url != node.control_url:
+        # Another process, perhaps another machine: its health is unknown. The drain is
+        # the operator's intent about the node's name and stays.
+        return NodeStatus(node, api_drained=old.api_drained)
     return replace(old, node=node)
 
 
@@ -288,4 +297,6 @@ def _pool(members: list[NodeStatus], threshold: float) -> Pool:
     eligible = tuple(_candidate(s, threshold) for s in members if s.state == "up")
     saturated = tuple(_candidate(s, threshold) for s in members if s.state == "saturated")
     draining = any(s.state == "draining" for s in members)
-    return Pool(eligible, saturated, draining, tuple(s.node for s in members))
+    configured = tuple(s.node for s in members)
+    undrained = tuple(s.node for s in members if not s.api_drained)
+    return Pool(eligible, saturated, draining, configured, undrained)

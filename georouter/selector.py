@@ -131,13 +131,15 @@ class Selector:
             pool = pools.get(name)
             if pool is not None and pool.saturated:
                 return Decision(name, self._draw(pool.saturated), "spillover")
-        configured = [(name, pools[name].configured) for name in order if name in pools]
-        if not any(nodes for _, nodes in configured):
+        present = [(name, pools[name]) for name in order if name in pools]
+        if not any(pool.configured for _, pool in present):
             # No node has an address of this family at all: an empty (NODATA) answer.
             return Decision(region, (), "geo")
         if not self._fail_open:
             return Decision(region, (), "fail_closed")
-        name, nodes = next((name, nodes) for name, nodes in configured if nodes)
+        # Nodes the operator drained only if nothing else is configured.
+        choices = [(n, p.fail_open) for n, p in present] + [(n, p.configured) for n, p in present]
+        name, nodes = next((name, nodes) for name, nodes in choices if nodes)
         return Decision(name, nodes[: self._count], "fail_open")
 
     def _draw_region(

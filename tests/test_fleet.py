@@ -292,6 +292,34 @@ def test_probe_of_a_url_the_node_no_longer_has_is_ignored(rec: Recorder) -> None
     assert fleet.statuses["edge-eu-2"].state == "up"
 
 
+def test_reconfigure_keeps_an_api_drain_when_the_control_url_changes(rec: Recorder) -> None:
+    fleet = rec.fleet()
+    fleet.apply_probe("edge-eu-2", True, 0.0)
+    fleet.drain("edge-eu-2")
+    moved = replace(EU2, control_url="http://127.0.0.20:9080")
+    fleet.reconfigure(make_config(REGIONS, (EU1, moved, NA1), Policy("na")))
+    fleet.apply_probe("edge-eu-2", True, 1.0, moved.health_url)
+    status = fleet.statuses["edge-eu-2"]
+    assert (status.state, status.reason, status.api_drained) == ("draining", "api_drain", True)
+    assert eligible(fleet) == set()
+
+
+def test_one_reload_publishes_exactly_one_snapshot(rec: Recorder) -> None:
+    fleet = rec.fleet()
+    for name in ("edge-eu-1", "edge-eu-2", "edge-na-1"):
+        fleet.apply_probe(name, True, 0.0)
+        fleet.apply_report(report(name, utilization=0.6), 0.0)
+    before = len(rec.snapshots)
+    # Every node changes state: saturated by the new threshold, or unknown when moved.
+    moved = replace(NA1, control_url="http://127.0.0.21:9080")
+    fleet.reconfigure(
+        make_config(REGIONS, (EU1, EU2, moved), Policy("na", saturation_threshold=0.5))
+    )
+    assert len(rec.snapshots) == before + 1
+    assert {s.state for s in fleet.statuses.values()} == {"saturated", "unknown"}
+    assert rec.snapshots[-1] is fleet.snapshot
+
+
 def test_reconfigure_applies_a_new_threshold(rec: Recorder) -> None:
     fleet = rec.fleet()
     fleet.apply_report(report(utilization=0.6), 0.0)

@@ -232,6 +232,20 @@ def test_all_down_fail_open_answers_configured_nodes() -> None:
     assert [n.name for n in decision.nodes] == ["eu-1", "eu-2"]
 
 
+def test_fail_open_leaves_out_operator_drained_nodes() -> None:
+    fleet, selector = setup()
+    fleet.drain("eu-1")
+    decision = selector.pick("eu", 4)
+    assert (decision.reason, [n.name for n in decision.nodes]) == ("fail_open", ["eu-2"])
+    fleet.drain("eu-2")  # the nearest region with an undrained node, not drained ones
+    decision = selector.pick("eu", 4)
+    assert (decision.region, decision.reason) == ("na", "fail_open")
+    for name in NAMES:
+        fleet.drain(name)
+    decision = selector.pick("eu", 4)  # everything drained: the own region's nodes
+    assert [n.name for n in decision.nodes] == ["eu-1", "eu-2"]
+
+
 def test_all_down_servfail_policy_fails_closed() -> None:
     _, selector = setup(config(all_down="servfail"))
     decision = selector.pick("eu", 4)
@@ -320,9 +334,16 @@ def test_selection_properties(
         assert all(states[n] == "saturated" for n in names)
     else:
         order = (region, *next(r.failover for r in REGIONS if r.name == region))
-        nearest = next(r for r in order if any(has[n] and by_name[n].region == r for n in NAMES))
+        drained = {n for n in NAMES if states[n] == "draining"}
+        configured = [r for r in order if any(has[n] and by_name[n].region == r for n in NAMES)]
+        undrained = [
+            r
+            for r in configured
+            if any(has[n] and by_name[n].region == r and n not in drained for n in NAMES)
+        ]
         assert decision.reason == "fail_open"
-        assert decision.region == nearest, "fail open to the nearest configured region"
+        assert decision.region == (undrained or configured)[0], "the nearest configured region"
+        assert not undrained or not drained & set(names), "drained nodes only as a last resort"
 
 
 def test_herding_simulation_ours_stays_balanced_and_least_loaded_herds() -> None:
