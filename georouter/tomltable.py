@@ -168,7 +168,10 @@ class Table:
     def _check(self, key: str, value: Any, kind: type[Any]) -> Any:
         # TOML booleans are not numbers, and 1 is a fine float but 1.5 is not an integer.
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # TOML integers are unbounded; floats stop near 1.8e308
+                raise self.error(key, "expected a finite number, got a huge integer") from None
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.error(key, f"expected {_KIND_NAMES[kind]}, got {_describe(value)}")
         if kind is float and not math.isfinite(value):

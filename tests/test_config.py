@@ -126,6 +126,8 @@ CASES = [
      "expected a table, got an integer 5"),
     ("latitude_nan", edited("latitude = 39.8", "latitude = nan"), "regions[0].latitude",
      "expected a finite number"),
+    ("capacity_huge_integer", edited("capacity_rps = 100", "capacity_rps = 1" + "0" * 400),
+     "nodes[0].capacity_rps", "expected a finite number"),
     # ranges (TTLs are 31-bit, RFC 2181 §8)
     ("ttl_negative", policy("answer_ttl = -1"), "policy.answer_ttl",
      "expected an integer in 0..2147483647, got -1"),
