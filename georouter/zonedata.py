@@ -137,6 +137,7 @@ def _records(
     tables: list[Table], origin: str, services: tuple[str, ...]
 ) -> tuple[StaticRecord, ...]:
     records: list[StaticRecord] = []
+    tables_of: list[Table] = []
     types_at: dict[str, set[str]] = {}
     ttl_of: dict[tuple[str, str], int] = {}  # RRset → its TTL
     for t in tables:
@@ -154,7 +155,41 @@ def _records(
             raise t.error("", conflict)
         here.add(record.rtype)
         records.append(record)
+        tables_of.append(t)
+    _check_zone_cuts(list(zip(tables_of, records, strict=True)), origin, services)
     return tuple(records)
+
+
+def _check_zone_cuts(
+    parsed: list[tuple[Table, StaticRecord]], origin: str, services: tuple[str, ...]
+) -> None:
+    """An NS record below the apex is a zone cut (RFC 1034 §4.2.1): the names at and below
+    it belong to the child zone, and the router answers them with a referral. So no
+    geo-routed service may lie there (it would never be geo-routed), and the only other
+    data allowed is glue: addresses of the cut's own name servers."""
+    cuts: dict[str, set[str]] = {}
+    for _, record in parsed:
+        if record.rtype == "NS" and record.name != origin:
+            cuts.setdefault(record.name, set()).add(record.value)
+    for t, record in parsed:
+        # The cut nearest the apex: data below a nested NS is as misplaced as any other.
+        cut = min((c for c in cuts if _at_or_below(record.name, c)), key=len, default=None)
+        if cut is None:
+            continue
+        if record.rtype == "NS" and record.name == cut:
+            service = next((s for s in services if _at_or_below(s, cut)), None)
+            if service is not None:
+                raise t.error("", f"NS at {cut} delegates the geo-routed service {service}")
+        elif record.rtype not in ("A", "AAAA") or record.name not in cuts[cut]:
+            raise t.error(
+                "",
+                f"{record.rtype} at {record.name} is below the zone cut at {cut}: only glue "
+                "(addresses of its name servers) may be there (RFC 1034 §4.2.1)",
+            )
+
+
+def _at_or_below(name: str, ancestor: str) -> bool:
+    return name == ancestor or name.endswith("." + ancestor)
 
 
 def _record(t: Table, origin: str) -> StaticRecord:

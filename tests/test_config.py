@@ -85,6 +85,14 @@ def record(name: str, rtype: str, value: str) -> str:
     )
 
 
+def records(*triples: tuple[str, str, str], text: str = BASE) -> str:
+    added = "".join(RECORD.format(name=n, type=t, value=v) for n, t, v in triples)
+    return text.replace("\n[[regions]]", added + "\n[[regions]]", 1)
+
+
+DELEGATION = (("sub", "NS", "ns.sub.example.com."), ("ns.sub", "A", "192.0.2.53"))
+
+
 def policy(line: str) -> str:
     return edited("[policy]\n", f"[policy]\n{line}\n")
 
@@ -281,6 +289,21 @@ CASES = [
      "static A at the geo-routed service"),
     ("ns_at_apex", record("@", "NS", "ns2.example.net"), "zones[0].records[1]",
      "NS at the zone apex"),
+    # zone cuts (RFC 1034 §4.2.1): the child zone's names are not ours to answer
+    ("ns_at_service", record("cdn", "NS", "ns.other.net"), "zones[0].records[1]",
+     "NS at cdn.example.com. delegates the geo-routed service cdn.example.com."),
+    ("ns_above_service",
+     records(("eu", "NS", "ns.other.net"),
+             text=edited('services = ["cdn"]', 'services = ["cdn", "img.eu"]')),
+     "zones[0].records[1]", "NS at eu.example.com. delegates the geo-routed service img.eu"),
+    ("txt_below_cut", records(*DELEGATION, ("x.sub", "TXT", "child data")),
+     "zones[0].records[3]", "TXT at x.sub.example.com. is below the zone cut at sub.example.com."),
+    ("address_below_cut_not_glue", records(*DELEGATION, ("www.sub", "A", "192.0.2.1")),
+     "zones[0].records[3]", "only glue"),
+    ("txt_at_cut", records(("sub", "TXT", "x"), *DELEGATION), "zones[0].records[1]",
+     "TXT at sub.example.com. is below the zone cut"),
+    ("nested_cut", records(*DELEGATION, ("a.sub", "NS", "ns.a.sub.example.com.")),
+     "zones[0].records[3]", "NS at a.sub.example.com. is below the zone cut at sub.example.com."),
     ("no_zones", BASE[: BASE.index("[[zones]]")] + BASE[BASE.index("[[regions]]"):], "zones",
      "expected at least one [[zones]] table"),
 ]
@@ -370,6 +393,17 @@ def test_previous_tokens_load_for_a_rotation(tmp_path: Path) -> None:
     text = BASE.replace('token = "t0ken"', 'token = "new"\nprevious_tokens = ["t0ken", "older"]')
     router = load_config(write(tmp_path, text)).router
     assert (router.token, router.previous_tokens) == ("new", ("t0ken", "older"))
+
+
+def test_delegation_with_glue_loads_rfc1034_4_2_1(tmp_path: Path) -> None:
+    text = records(*DELEGATION, ("ns.sub", "AAAA", "2001:db8::53"), ("subway", "TXT", "ours"))
+    zone = load_config(write(tmp_path, text)).zones[0]
+    assert {(r.name, r.rtype) for r in zone.records} >= {
+        ("sub.example.com.", "NS"),
+        ("ns.sub.example.com.", "A"),
+        ("ns.sub.example.com.", "AAAA"),
+        ("subway.example.com.", "TXT"),
+    }
 
 
 def test_defaults_apply_when_sections_are_absent(tmp_path: Path) -> None:
