@@ -93,6 +93,9 @@ def refresh_node_gauges(plane: ControlPlane) -> None:
         age = s.report_age(now)
         if age is not None:
             m.node_report_age.labels(name).set(age)
+        else:  # reset by a reload: no series rather than a frozen, ever older-looking value
+            with contextlib.suppress(KeyError):
+                m.node_report_age.remove(name)
     m.snapshot_version.set(plane.fleet.snapshot.version)
 
 

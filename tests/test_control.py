@@ -286,6 +286,18 @@ async def test_gauges_of_nodes_removed_by_reload_disappear(
     assert all(sample(text, name) is None for name in series)
 
 
+async def test_report_age_series_goes_when_a_reload_resets_the_node(
+    client: Client, plane: ControlPlane, clock: Clock
+) -> None:
+    series = 'georouter_node_report_age_seconds{node="edge-eu-1"}'
+    await client.post("/api/v1/report", data=body(), headers=AUTH)
+    clock.now += 1.5
+    assert sample(await (await client.get("/metrics")).text(), series) == 1.5
+    moved = replace(NODES[0], control_url="http://127.0.0.2:1")  # a new process: no report
+    plane.fleet.reconfigure(make_config(CONFIG.regions, (moved, NODES[1]), CONFIG.policy))
+    assert sample(await (await client.get("/metrics")).text(), series) is None
+
+
 # --- prober -----------------------------------------------------------------------------
 
 
