@@ -136,9 +136,7 @@ async def poll(
     end = time.monotonic() + deadline_s
     last: Any = None
     while True:
-        with contextlib.suppress(
-            OSError, aiohttp.ClientError, TimeoutError, dns.exception.DNSException
-        ):
+        with contextlib.suppress(*TRANSIENT):
             last = await probe()
             if ok(last):
                 return last

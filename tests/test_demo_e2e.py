@@ -67,6 +67,7 @@ from tests.e2e import (
     SHIPPED_CONFIG,
     SUBNETS,
     TOKEN,
+    TRANSIENT,
     Cdn,
     free_dns_port,
     free_port,
@@ -216,6 +217,23 @@ def test_parse_comment_accepts_exactly_the_valid(raw: dict[str, object]) -> None
         assert not valid
     else:
         assert valid
+
+
+@pytest.mark.parametrize(
+    ("listen", "reason"),
+    [
+        ("127.0.0.1:99999", "port must be in 0..65535, got 99999"),
+        ("nowhere", "expected HOST:PORT (IPv6 as [::1]:53), got 'nowhere'"),
+        ("[::1:80", "expected HOST:PORT"),
+    ],
+)
+def test_origin_rejects_a_bad_listen_address_with_usage_exit_2(
+    listen: str, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        origin.main(["--listen", listen])
+    assert exited.value.code == 2
+    assert f"argument --listen: {reason}" in capsys.readouterr().err
 
 
 def test_content_is_small_and_images_are_valid() -> None:
@@ -487,7 +505,7 @@ async def _traffic(cdn: Cdn, stop: asyncio.Event) -> int:
                     ips = await cdn.resolve(subnet)
                     async with session.get(f"http://{ips[0]}:{cdn.plan.content_port}/"):
                         made += 1
-                except (OSError, aiohttp.ClientError, TimeoutError, IndexError):
+                except (*TRANSIENT, IndexError):
                     pass  # a just-killed edge refuses until its answers expire
             await asyncio.sleep(0.05)
     return made

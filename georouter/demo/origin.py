@@ -30,7 +30,10 @@ from typing import Any
 
 from aiohttp import web
 
+from georouter.config import HostPort, parse_host_port
+
 ORIGIN_ROOT = Path(__file__).resolve().parents[2] / "data" / "demo-origin"
+DEFAULT_LISTEN = HostPort("127.0.0.1", 8000)
 IMAGE_CACHE_CONTROL = "public, max-age=86400"
 IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
 HTML_CACHE_CONTROL = "public, max-age=60"
@@ -184,17 +187,18 @@ def create_app(root: Path = ORIGIN_ROOT) -> web.Application:
     return app
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+def _listen_address(text: str) -> HostPort:
+    """The router's HOST:PORT parser; its ValueError becomes a usage error (exit code 2)."""
+    try:
+        return parse_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-async def _serve(host: str, port: int, root: Path) -> None:
+async def _serve(listen: HostPort, root: Path) -> None:
     runner = web.AppRunner(create_app(root), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, listen.host, listen.port)
     await site.start()
     bound = runner.addresses[0]
     print(f"event=listening origin={bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
@@ -210,17 +214,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m georouter.demo.origin", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--listen", type=_host_port, default=("127.0.0.1", 8000))
+    parser.add_argument("--listen", type=_listen_address, default=DEFAULT_LISTEN)
     parser.add_argument("--root", type=Path, default=ORIGIN_ROOT)
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         print(f"origin: {args.root}: not a directory", file=sys.stderr)
         return 2
     try:
-        host, port = args.listen
-        asyncio.run(_serve(host, port, args.root))
+        asyncio.run(_serve(args.listen, args.root))
     except OSError as exc:
-        print(f"origin: cannot listen on {args.listen[0]}:{args.listen[1]}: {exc}", file=sys.stderr)
+        print(f"origin: cannot listen on {args.listen}: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -169,13 +169,7 @@ class Workload:
             self.stats.requests += 1
             try:
                 verdict = await self._one(session, request)
-            except (
-                OSError,
-                aiohttp.ClientError,
-                TimeoutError,
-                dns.exception.DNSException,
-                NoAnswer,
-            ):
+            except FETCH_ERRORS:
                 self._answers.pop(request.client.subnet, None)
                 self.stats.errors += 1
             else:
