@@ -203,13 +203,7 @@ def _previous_tokens(t: Table) -> tuple[str, ...]:
     items = t.strings("previous_tokens")
     if len(items) > MAX_PREVIOUS_TOKENS:
         raise t.error("previous_tokens", f"expected at most {MAX_PREVIOUS_TOKENS} tokens")
-    tokens = []
-    for key, text in items:
-        try:
-            tokens.append(_bearer_token(text))
-        except ValueError as exc:
-            raise t.error(key, str(exc)) from None
-    return tuple(tokens)
+    return tuple(t.item(key, text, _bearer_token) for key, text in items)
 
 
 def _bearer_token(text: str) -> str:
