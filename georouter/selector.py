@@ -23,10 +23,12 @@ Up to policy.answers_per_response distinct nodes are drawn without replacement, 
    has eligible nodes of the other family, an empty answer (NODATA, reason "geo"): an
    IPv4-only region answers AAAA with nothing rather than another continent's nodes,
    which Happy Eyeballs (RFC 8305) would then prefer over the near IPv4 ones;
-3. the failover regions that have an eligible node, the answering one drawn with weight
-   equal to the sum of its nodes' weights (their remaining headroom, the same model as
-   within a region), so a nearly full neighbour gets few of the spilled clients and
-   spill spreads in proportion to headroom ("spillover" if the own region's nodes are up
+3. the failover regions that have an eligible node, filled like water: the nearest one
+   whose remaining headroom (the same model as within a region: reported headroom less
+   the load of the answers given since) is not used up takes the spilled clients, the
+   next-nearest once it is full, and only when all are full are they drawn in
+   proportion to their weights; so clients go no further than capacity demands and a
+   nearly full neighbour is not flooded ("spillover" if the own region's nodes are up
    but saturated, "failover" if they are down or draining);
 4. when every node that is up is saturated, the saturated nodes of the nearest such
    region (still "spillover");
@@ -145,8 +147,15 @@ class Selector:
     def _draw_region(
         self, regions: tuple[tuple[str, tuple[Candidate, ...]], ...]
     ) -> tuple[str, tuple[Candidate, ...]]:
-        if len(regions) == 1:
-            return regions[0]
+        """Water-filling: the nearest failover region with capacity left takes the spill.
+
+        A region is full once the answers already sent to it use up its headroom; the
+        next-nearest then takes over, so clients travel no further than capacity demands.
+        Only when every candidate region is full are they drawn by their (floor) weights.
+        """
+        for entry in regions:
+            if any(self._remaining(c) > c.capacity_rps * MIN_WEIGHT_SHARE for c in entry[1]):
+                return entry
         weights = [sum(self._weight(c) for c in candidates) for _, candidates in regions]
         return regions[_index(weights, self._rng.random() * sum(weights))]
 
@@ -168,12 +177,16 @@ class Selector:
             weights[index] = 0.0
         return self._answer(tuple(chosen))
 
-    def _weight(self, c: Candidate) -> float:
+    def _remaining(self, c: Candidate) -> float:
+        """Spare capacity (rps) left once the answers given since its report bring load."""
         name = c.node.name
         since = self._since.get(name, 0)
         live = self._live.get(name, 0.0)
         expected = c.load_rps * since / live if since and live > 0.0 else 0.0
-        return max(c.headroom_rps - expected, c.capacity_rps * MIN_WEIGHT_SHARE, 1e-9)
+        return c.headroom_rps - expected
+
+    def _weight(self, c: Candidate) -> float:
+        return max(self._remaining(c), c.capacity_rps * MIN_WEIGHT_SHARE, 1e-9)
 
     def _answer(self, nodes: tuple[Node, ...]) -> tuple[Node, ...]:
         # Clients use the first address; it is the one whose load this answer brings.

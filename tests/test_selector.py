@@ -140,10 +140,10 @@ def test_failover_when_own_region_is_down() -> None:
     up(fleet, "ap-1", "na-1")
     decisions = [selector.pick("eu", 4) for _ in range(20)]
     assert {d.reason for d in decisions} == {"failover"}
-    assert {d.nodes for d in decisions} <= {(NODES[0],), (NODES[5],)}  # na-1 or ap-1
+    assert {d.nodes for d in decisions} == {(NODES[0],)}  # na-1: eu's next-nearest region
 
 
-def test_spillover_goes_in_proportion_to_headroom() -> None:
+def test_spillover_skips_a_full_neighbour() -> None:
     # The issue: "spill to the next-nearest regions (in proportion to their headroom)".
     fleet, selector = setup(config(answers=1))
     up(fleet, "eu-1", "eu-2", "na-1", "ap-1")
@@ -153,8 +153,22 @@ def test_spillover_goes_in_proportion_to_headroom() -> None:
     load(fleet, "ap-1", 0.05)  # 2000 * 0.85 - 100 = 1600
     regions = Counter(selector.pick("eu", 4).region for _ in range(1000))
     assert set(regions) <= {"na", "ap"}
-    # ap's weight 1600 against na's floor of 20 (1 % of capacity): about 99 % to ap.
+    # na's 10 rps of headroom is under the 20 rps floor (1 % of capacity): na is full.
     assert regions["ap"] > 0.95 * 1000
+
+
+def test_spill_fills_the_nearest_region_first_then_the_next() -> None:
+    # Water-filling: eu's failover order is na, ap. na takes every spilled client while its
+    # headroom lasts; once the answers sent there use it up, ap takes the rest.
+    fleet, selector = setup(config(answers=1))
+    up(fleet, "na-1", "ap-1")  # eu is down
+    load(fleet, "na-1", 0.35, seq=1, now=0.0)  # 2000 * 0.85 - 700 = 1000 rps of headroom
+    load(fleet, "ap-1", 0.35, seq=1, now=0.0)
+    assert Counter(selector.pick("eu", 4).region for _ in range(100)) == {"na": 100}
+    load(fleet, "na-1", 0.35, seq=2, now=1.0)  # those 100 answers explain 700 rps: 7 each
+    regions = Counter(selector.pick("eu", 4).region for _ in range(200))
+    # (1000 - 20 floor) / 7 rps per answer: na is full after 140 more answers.
+    assert regions == {"na": 140, "ap": 60}
 
 
 def test_spillover_counts_answers_already_spilled() -> None:
