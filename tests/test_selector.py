@@ -376,3 +376,17 @@ def test_simulation_ours_adapts_to_load_it_did_not_send() -> None:
     params = SCENARIOS["background"]
     assert simulate("ours", params).peak_ratio <= 1.2
     assert simulate("static_weights", params).peak_ratio > 1.2
+
+
+def test_region_without_nodes_is_served_by_its_nearest_region() -> None:
+    # A region declared before its edges are deployed: clients there get the first region
+    # of its failover order, and when nothing is up, that region's nodes (fail-open).
+    sa = Region("sa", -23.5, -46.6, failover=("na", "eu", "ap"))
+    cfg = make_config((*REGIONS, sa), NODES, Policy("na", answers_per_response=1))
+    selector = Selector(cfg.policy, cfg.regions, random.Random(7))
+    fleet = Fleet(cfg, selector.update)
+    down = selector.pick("sa", 4)
+    assert (down.region, down.reason) == ("na", "fail_open") and down.nodes
+    up(fleet)
+    decisions = {(d.region, d.reason) for d in (selector.pick("sa", 4) for _ in range(20))}
+    assert decisions == {("na", "failover")}
