@@ -16,6 +16,7 @@ import resource
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -231,24 +232,26 @@ def _children_cpu_s() -> float:
 def run_tool(argv: Sequence[str], timeout_s: float) -> tuple[str, float]:
     """Run a load generator to completion: its output and its CPU use in % of one core.
 
+    The output goes to an unlinked temporary file, read once the tool has exited: a pipe
+    read while it runs would wake this process for every line (`dnsperf -v` prints one
+    per response), and that CPU would be taken from the servers being measured.
     A finished tool's /proc entry is gone, so its CPU comes from the rusage of reaped
     children, read before and after (the benchmarks reap nothing else meanwhile).
     """
-    cpu_before, wall_before = _children_cpu_s(), time.monotonic()
-    proc = subprocess.Popen(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise BenchError(f"{argv[0]} did not finish within {timeout_s:.0f} s") from None
-    wall = time.monotonic() - wall_before
+    with tempfile.TemporaryFile(mode="w+") as sink:
+        cpu_before, wall_before = _children_cpu_s(), time.monotonic()
+        proc = subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT
+        )
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise BenchError(f"{argv[0]} did not finish within {timeout_s:.0f} s") from None
+        wall = time.monotonic() - wall_before
+        sink.seek(0)
+        out = sink.read()
     if proc.returncode != 0:
         raise BenchError(f"{argv[0]} exited {proc.returncode}: {out[-500:]}")
     return out, 100.0 * (_children_cpu_s() - cpu_before) / wall
