@@ -24,9 +24,9 @@ import pytest
 
 from benchmarks import peers
 from benchmarks.cdn import TOPOLOGY
-from benchmarks.dns import latencies_ms, parse_dnsperf, percentile
+from benchmarks.dns import DnsRun, latencies_ms, latency_table, parse_dnsperf, percentile
 from benchmarks.edge_hit import parse_wrk
-from benchmarks.processes import Endpoint
+from benchmarks.processes import Endpoint, run_tool
 from georouter.config import RouterConfig, load_config
 
 GEOIP = Path(_maxminddb_geolite2.geolite2_database())
@@ -106,6 +106,27 @@ def test_parsers_read_tool_output() -> None:
         "  Socket errors: connect 0, read 1, write 0, timeout 2\nRequests/sec:  9876.54\n"
     )
     assert parse_wrk(wrk) == (9876.54, 0.25, 1.5, 3)
+
+
+def test_latency_table_gives_median_percentiles_and_the_p99_range_over_rounds() -> None:
+    def run(server: str, p99: float) -> DnsRun:
+        return DnsRun(server, "ecs", 1000.0, 0.2, 0, 100, 50.0, 40.0, 0.0, 0.1, p99, 2 * p99)
+
+    runs = [run("a", 0.9), run("b", 3.0), run("a", 1.4), run("b", 2.0), run("a", 0.7)]
+    runs.append(run("b", 2.5))
+    table = latency_table(runs, 1000.0)
+    rows = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.rows}
+    assert rows["a"]["p99 ms"] == "0.900" and rows["a"]["p99 range ms"] == "0.70 to 1.40"
+    assert rows["b"]["p99 range ms"] == "2.00 to 3.00"
+    assert "medians of 3 alternating rounds" in table.notes[0]
+
+
+def test_run_tool_returns_all_output_written_after_the_tool_exits() -> None:
+    script = 'for i in $(seq 20000); do echo "> line $i"; done; echo done >&2'
+    output, cpu = run_tool(["sh", "-c", script], timeout_s=30)
+    lines = output.splitlines()
+    assert len(lines) == 20001 and lines[-2] == "> line 20000" and lines[-1] == "done"
+    assert cpu >= 0.0
 
 
 def ask(server: Endpoint, subnet: str) -> tuple[set[str], int]:
