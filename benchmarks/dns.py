@@ -312,6 +312,7 @@ def latency_table(runs: Sequence[DnsRun], rate_qps: float) -> Table:
         f"Offered {rate_qps:,.0f} q/s (dnsperf -Q), ecs mix; percentiles from dnsperf -v;"
         f" medians of {rounds} alternating rounds."
     ]
-    columns = ["server", "avg ms", "p50 ms", "p99 ms", "p99 range ms", "p99.9 ms", "lost"]
-    columns.append("server CPU %")
+    columns = [
+        "server", "avg ms", "p50 ms", "p99 ms", "p99 range ms", "p99.9 ms", "lost", "server CPU %"
+    ]  # fmt: skip
     return Table(f"Latency at a fixed {rate_qps:,.0f} q/s", columns, rows, notes)

@@ -1,4 +1,5 @@
-"""Smoke tests of the benchmark peers' generated configurations (fast; no load is run).
+"""Smoke tests of the benchmarks: the peers' generated configurations, the parsers and tables
+(fast; no load is run).
 
 The configs are generated from data/cdn.toml and the embedded GeoLite2-City. They must
 hold only loopback addresses and keep every outbound feature off; where gdnsd and PowerDNS
