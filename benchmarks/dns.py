@@ -28,8 +28,8 @@ import dns.message
 import dns.rdatatype
 import maxminddb
 
-from benchmarks.processes import BenchError, Endpoint, cpu_sample, machine_sample, run_tool
-from benchmarks.report import Table, bottleneck, fmt, ratio
+from benchmarks.processes import BenchError, CpuShares, Endpoint, run_measured
+from benchmarks.report import CPU_NOTE, Table, bottleneck, fmt, ratio
 from georouter.config import RouterConfig
 
 SEED = 7
@@ -63,9 +63,7 @@ class DnsRun:
     avg_ms: float
     lost: int
     sent: int
-    server_cpu: float  # % of one core, the server's whole process tree
-    tool_cpu: float  # % of one core, dnsperf
-    other_cpu: float  # % of one core, everything else busy on the machine meanwhile
+    cpu: CpuShares  # the load generator is dnsperf
     p50_ms: float | None = None
     p99_ms: float | None = None
     p999_ms: float | None = None
@@ -193,15 +191,11 @@ def run_dnsperf(
     ]  # fmt: skip
     if rate_qps is not None:
         argv += ["-Q", str(int(rate_qps)), "-v"]
-    before, machine_before = cpu_sample(server.pid), machine_sample()
-    output, tool_cpu = run_tool(argv, timeout_s=duration_s + DNSPERF_TIMEOUT_S + 30)
-    server_cpu = cpu_sample(server.pid).percent_since(before)
-    other_cpu = max(0.0, machine_sample().percent_since(machine_before) - server_cpu - tool_cpu)
+    output, cpu = run_measured(argv, server.pid, duration_s + DNSPERF_TIMEOUT_S + 30)
     figures = parse_dnsperf(output)
     run = DnsRun(
         server=server.name, mix=mix.name, qps=figures["qps"], avg_ms=figures["avg"] * 1000.0,
-        lost=int(figures["lost"]), sent=int(figures["sent"]), server_cpu=server_cpu,
-        tool_cpu=tool_cpu, other_cpu=other_cpu,
+        lost=int(figures["lost"]), sent=int(figures["sent"]), cpu=cpu,
     )  # fmt: skip
     if rate_qps is None:
         return run
@@ -249,8 +243,7 @@ def _select(runs: Sequence[DnsRun], server: str, mix: str) -> list[DnsRun]:
 def _throughput_row(chosen: Sequence[DnsRun], baselines: Sequence[float | None]) -> list[str]:
     """One server's cells; a baseline of None marks one of our own configurations."""
     qps = median_of(chosen, "qps")
-    server_cpu, tool_cpu = median_of(chosen, "server_cpu"), median_of(chosen, "tool_cpu")
-    other_cpu = median_of(chosen, "other_cpu")
+    cpu = CpuShares.median([r.cpu for r in chosen])
     spread = f"{min(r.qps for r in chosen):,.0f} to {max(r.qps for r in chosen):,.0f}"
     return [
         chosen[0].mix,
@@ -259,10 +252,11 @@ def _throughput_row(chosen: Sequence[DnsRun], baselines: Sequence[float | None])
         spread,
         fmt(median_of(chosen, "avg_ms"), 2),
         str(sum(r.lost for r in chosen)),
-        fmt(server_cpu),
-        fmt(tool_cpu),
-        fmt(other_cpu),
-        bottleneck(server_cpu, tool_cpu, other_cpu, "dnsperf"),
+        fmt(cpu.server),
+        fmt(cpu.tool),
+        fmt(cpu.others),
+        fmt(cpu.stolen),
+        bottleneck(cpu, "dnsperf"),
         *("" if base is None else ratio(base, qps) for base in baselines),
     ]
 
@@ -283,21 +277,22 @@ def throughput_table(runs: Sequence[DnsRun], mixes: Sequence[Mix], ours: Sequenc
     notes = [f"{m.name}: {m.description}" for m in mixes] + [
         f"Medians of {rounds} alternating round(s); range: slowest to fastest round; "
         "lost: sum over the rounds.",
-        "CPU in % of one core over the run, from /proc (server: its whole process tree; "
-        "others: the rest of the machine's busy time, e.g. other test suites).",
+        CPU_NOTE,
         "On 2 cores dnsperf and the server share the CPU: a server faster than dnsperf "
         "(gdnsd) shows a lower bound. PowerDNS does not packet-cache answers with an ECS "
         "scope, so every ecs query goes through its geoip backend.",
     ]
     columns = ["mix", "server", "q/s", "range", "avg ms", "lost", "server CPU %"]
-    columns += ["dnsperf CPU %", "others CPU %", "limited by"]
+    columns += ["dnsperf CPU %", "others CPU %", "stolen CPU %", "limited by"]
     columns += [f"{name} / server" for name in ours]
     return Table("Throughput (dnsperf at max rate)", columns, rows, notes)
 
 
 def latency_table(runs: Sequence[DnsRun], rate_qps: float) -> Table:
     """Per server at one offered load: latency percentiles (median of the rounds, and the
-    p99's range over them: on a shared machine it moves more than the median), loss, CPU."""
+    p99's range over them: on a shared machine it moves more than the median), loss, CPU,
+    and the p99 of the round the hypervisor stole least from (its stalls reach every
+    server's tail, and the load generator's)."""
     rows = []
     for server in dict.fromkeys(r.server for r in runs):
         chosen = [r for r in runs if r.server == server]
@@ -306,13 +301,20 @@ def latency_table(runs: Sequence[DnsRun], rate_qps: float) -> Table:
         spread = f"{min(p99s):.2f} to {max(p99s):.2f}"
         lost = str(sum(r.lost for r in chosen))
         p999 = fmt(median_of(chosen, "p999_ms"), 3)
-        rows.append([server, *cells, spread, p999, lost, fmt(median_of(chosen, "server_cpu"))])
+        cpu = CpuShares.median([r.cpu for r in chosen])
+        quietest = min(chosen, key=lambda r: r.cpu.stolen)
+        quiet_p99 = f"{fmt(quietest.p99_ms or float('nan'), 3)} ({quietest.cpu.stolen:.0f} %)"
+        rows.append(
+            [server, *cells, spread, p999, lost, fmt(cpu.server), fmt(cpu.stolen), quiet_p99]
+        )
     rounds = len(runs) // max(1, len(rows))
     notes = [
         f"Offered {rate_qps:,.0f} q/s (dnsperf -Q), ecs mix; percentiles from dnsperf -v;"
-        f" medians of {rounds} alternating rounds."
+        f" medians of {rounds} alternating rounds.",
+        CPU_NOTE,
     ]
     columns = [
-        "server", "avg ms", "p50 ms", "p99 ms", "p99 range ms", "p99.9 ms", "lost", "server CPU %"
+        "server", "avg ms", "p50 ms", "p99 ms", "p99 range ms", "p99.9 ms", "lost",
+        "server CPU %", "stolen CPU %", "p99 ms, least-stolen round (stolen)",
     ]  # fmt: skip
     return Table(f"Latency at a fixed {rate_qps:,.0f} q/s", columns, rows, notes)

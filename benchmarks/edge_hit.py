@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.cdn import DEMO_ROOT
-from benchmarks.processes import BenchError, Endpoint, cpu_sample, machine_sample, run_tool
-from benchmarks.report import Table, bottleneck, fmt, ratio
+from benchmarks.processes import BenchError, CpuShares, Endpoint, run_measured
+from benchmarks.report import CPU_NOTE, Table, bottleneck, fmt, ratio
 
 WRK_THREADS = 1
 WRK_CONNECTIONS = 32
@@ -41,9 +41,7 @@ class HitRun:
     p50_ms: float
     p99_ms: float
     errors: int
-    server_cpu: float
-    tool_cpu: float
-    other_cpu: float
+    cpu: CpuShares  # the load generator is wrk
 
 
 def pick_objects(root: Path = DEMO_ROOT) -> list[CachedObject]:
@@ -101,14 +99,9 @@ def parse_wrk(output: str) -> tuple[float, float, float, int]:
 def run_wrk(server: Endpoint, obj: CachedObject, duration_s: float) -> HitRun:
     url = f"http://{server.host}:{server.port}{obj.path}"
     argv = ["wrk", "-t", str(WRK_THREADS), "-c", str(WRK_CONNECTIONS), "-d", f"{duration_s:g}s"]
-    before, machine_before = cpu_sample(server.pid), machine_sample()
-    output, tool_cpu = run_tool([*argv, "--latency", url], timeout_s=duration_s + 30)
-    server_cpu = cpu_sample(server.pid).percent_since(before)
-    other_cpu = max(0.0, machine_sample().percent_since(machine_before) - server_cpu - tool_cpu)
+    output, cpu = run_measured([*argv, "--latency", url], server.pid, duration_s + 30)
     rps, p50, p99, errors = parse_wrk(output)
-    return HitRun(
-        server.name, obj.path, obj.size, rps, p50, p99, errors, server_cpu, tool_cpu, other_cpu
-    )
+    return HitRun(server.name, obj.path, obj.size, rps, p50, p99, errors, cpu)
 
 
 def hit_table(runs: Sequence[HitRun], ours: str) -> Table:
@@ -119,15 +112,13 @@ def hit_table(runs: Sequence[HitRun], ours: str) -> Table:
         for server in dict.fromkeys(r.server for r in runs):
             chosen = [r for r in runs if r.path == path and r.server == server]
             rps = statistics.median(r.rps for r in chosen)
-            server_cpu = statistics.median(r.server_cpu for r in chosen)
-            tool_cpu = statistics.median(r.tool_cpu for r in chosen)
-            other_cpu = statistics.median(r.other_cpu for r in chosen)
+            cpu = CpuShares.median([r.cpu for r in chosen])
             rows.append([
                 f"{path} ({chosen[0].size:,} B)", server, fmt(rps),
                 fmt(statistics.median(r.p50_ms for r in chosen), 2),
                 fmt(statistics.median(r.p99_ms for r in chosen), 2),
-                str(sum(r.errors for r in chosen)), fmt(server_cpu), fmt(tool_cpu),
-                fmt(other_cpu), bottleneck(server_cpu, tool_cpu, other_cpu, "wrk"),
+                str(sum(r.errors for r in chosen)), fmt(cpu.server), fmt(cpu.tool),
+                fmt(cpu.others), fmt(cpu.stolen), bottleneck(cpu, "wrk"),
                 "" if server == ours else ratio(baseline, rps),
             ])  # fmt: skip
     rounds = sum(1 for r in runs if r.server == ours and r.path == runs[0].path)
@@ -136,7 +127,8 @@ def hit_table(runs: Sequence[HitRun], ours: str) -> Table:
         f"checked first); medians of {rounds} alternating round(s).",
         "The demo objects closest to 1 KiB and 100 KiB; nginx runs one worker process, "
         "like one edge process.",
+        CPU_NOTE,
     ]
     columns = ["object", "server", "req/s", "p50 ms", "p99 ms", "errors", "server CPU %"]
-    columns += ["wrk CPU %", "others CPU %", "limited by", "edge / server"]
+    columns += ["wrk CPU %", "others CPU %", "stolen CPU %", "limited by", "edge / server"]
     return Table("Cache hits (wrk)", columns, rows, notes)

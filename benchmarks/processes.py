@@ -15,6 +15,7 @@ import re
 import resource
 import signal
 import socket
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -98,11 +99,38 @@ def cpu_sample(pid: int) -> CpuSample:
     return CpuSample(cpu_seconds(pid), time.monotonic())
 
 
-def machine_sample() -> CpuSample:
-    """CPU seconds all cores spent busy (not idle or iowait), from the first line of /proc/stat."""
+def machine_samples() -> tuple[CpuSample, CpuSample]:
+    """CPU seconds all cores spent busy, and stolen, so far (first line of /proc/stat).
+
+    Stolen time (steal) is time a vCPU was ready to run while the hypervisor ran another
+    guest: it is not busy time of this machine, and it stalls whatever was on that vCPU,
+    the server and the load generator alike.
+    """
     fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return CpuSample((user + nice + system + irq + softirq + steal) / CLOCK_TICKS, time.monotonic())
+    now = time.monotonic()
+    busy = (user + nice + system + irq + softirq) / CLOCK_TICKS
+    return CpuSample(busy, now), CpuSample(steal / CLOCK_TICKS, now)
+
+
+@dataclass(frozen=True, slots=True)
+class CpuShares:
+    """Where the machine's CPU time went during one run, each in % of one core."""
+
+    server: float  # the server's whole process tree
+    tool: float  # the load generator
+    others: float  # everything else busy on the machine (idle peers, other test suites)
+    stolen: float  # vCPU time the hypervisor gave to other guests
+
+    @classmethod
+    def median(cls, shares: Sequence[CpuShares]) -> CpuShares:
+        """Each share's median over several runs."""
+        return cls(
+            statistics.median(s.server for s in shares),
+            statistics.median(s.tool for s in shares),
+            statistics.median(s.others for s in shares),
+            statistics.median(s.stolen for s in shares),
+        )
 
 
 def rss_bytes(pid: int) -> int:
@@ -255,3 +283,14 @@ def run_tool(argv: Sequence[str], timeout_s: float) -> tuple[str, float]:
     if proc.returncode != 0:
         raise BenchError(f"{argv[0]} exited {proc.returncode}: {out[-500:]}")
     return out, 100.0 * (_children_cpu_s() - cpu_before) / wall
+
+
+def run_measured(argv: Sequence[str], server_pid: int, timeout_s: float) -> tuple[str, CpuShares]:
+    """`run_tool` against a server: the tool's output, and where the CPU went meanwhile."""
+    server_before = cpu_sample(server_pid)
+    busy_before, stolen_before = machine_samples()
+    output, tool = run_tool(argv, timeout_s)
+    server = cpu_sample(server_pid).percent_since(server_before)
+    busy_after, stolen_after = machine_samples()
+    others = max(0.0, busy_after.percent_since(busy_before) - server - tool)
+    return output, CpuShares(server, tool, others, stolen_after.percent_since(stolen_before))

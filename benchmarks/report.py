@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.processes import CpuShares
+
 IMPROVEMENTS = Path(__file__).resolve().parent / "improvements.md"
+CPU_NOTE = (
+    "CPU in % of one core over the run, from /proc (server: its whole process tree; others: "
+    "the rest of the machine's busy time, e.g. idle peers or other test suites; stolen: time "
+    "the hypervisor ran other guests while a vCPU of this machine was ready, /proc/stat steal)."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,16 +110,18 @@ def write(path: Path, parts: Sequence[Part], header: Sequence[str]) -> None:
     path.write_text(render(parts, header, IMPROVEMENTS.read_text()))
 
 
-def bottleneck(server_cpu: float, tool_cpu: float, other_cpu: float, tool: str) -> str:
-    """Which side limited a run, judged from the CPU used (in % of one core) by the server,
-    the load generator and everything else on the machine (other tests, other benchmarks)."""
+def bottleneck(cpu: CpuShares, tool: str) -> str:
+    """Which side limited a run, judged from where the CPU went (in % of one core): the
+    server, the load generator, everything else on the machine, or the hypervisor."""
     capacity = 100.0 * (os.cpu_count() or 1)
-    if server_cpu + tool_cpu + other_cpu >= 0.9 * capacity:
-        if other_cpu >= 0.25 * capacity:
-            return f"shared machine (others {other_cpu:.0f} %)"
-        return f"all cores busy ({'server' if server_cpu >= tool_cpu else tool} most)"
-    if server_cpu >= 90.0 and server_cpu >= tool_cpu:
+    if cpu.server + cpu.tool + cpu.others + cpu.stolen >= 0.9 * capacity:
+        if cpu.stolen >= 0.15 * capacity:
+            return f"hypervisor (stolen {cpu.stolen:.0f} %)"
+        if cpu.others >= 0.25 * capacity:
+            return f"shared machine (others {cpu.others:.0f} %)"
+        return f"all cores busy ({'server' if cpu.server >= cpu.tool else tool} most)"
+    if cpu.server >= 90.0 and cpu.server >= cpu.tool:
         return "server (one core full)"
-    if tool_cpu >= 90.0:
+    if cpu.tool >= 90.0:
         return tool
     return "neither CPU-bound (window)"

@@ -10,6 +10,7 @@ ECS subnet of each region (RFC 7871 §7.1.1, scope from its database network).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import shutil
 import subprocess
@@ -27,7 +28,8 @@ from benchmarks import peers
 from benchmarks.cdn import TOPOLOGY
 from benchmarks.dns import DnsRun, latencies_ms, latency_table, parse_dnsperf, percentile
 from benchmarks.edge_hit import parse_wrk
-from benchmarks.processes import Endpoint, run_tool
+from benchmarks.processes import CpuShares, Endpoint, run_measured, run_tool
+from benchmarks.report import bottleneck
 from georouter.config import RouterConfig, load_config
 
 GEOIP = Path(_maxminddb_geolite2.geolite2_database())
@@ -110,16 +112,36 @@ def test_parsers_read_tool_output() -> None:
 
 
 def test_latency_table_gives_median_percentiles_and_the_p99_range_over_rounds() -> None:
-    def run(server: str, p99: float) -> DnsRun:
-        return DnsRun(server, "ecs", 1000.0, 0.2, 0, 100, 50.0, 40.0, 0.0, 0.1, p99, 2 * p99)
+    def run(server: str, p99: float, stolen: float = 1.0) -> DnsRun:
+        cpu = CpuShares(50.0, 40.0, 0.0, stolen)
+        return DnsRun(server, "ecs", 1000.0, 0.2, 0, 100, cpu, 0.1, p99, 2 * p99)
 
-    runs = [run("a", 0.9), run("b", 3.0), run("a", 1.4), run("b", 2.0), run("a", 0.7)]
+    runs = [run("a", 0.9), run("b", 3.0), run("a", 1.4, 0.2), run("b", 2.0), run("a", 0.7, 9)]
     runs.append(run("b", 2.5))
     table = latency_table(runs, 1000.0)
     rows = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.rows}
     assert rows["a"]["p99 ms"] == "0.900" and rows["a"]["p99 range ms"] == "0.70 to 1.40"
     assert rows["b"]["p99 range ms"] == "2.00 to 3.00"
+    assert rows["a"]["stolen CPU %"] == "1"
+    assert rows["a"]["p99 ms, least-stolen round (stolen)"] == "1.400 (0 %)"
     assert "medians of 3 alternating rounds" in table.notes[0]
+
+
+def test_bottleneck_names_the_hypervisor_when_it_stole_the_cores() -> None:
+    cores = 100.0 * (os.cpu_count() or 1)
+    assert bottleneck(CpuShares(0.5 * cores, 0.3 * cores, 0.0, 0.2 * cores), "dnsperf") == (
+        f"hypervisor (stolen {0.2 * cores:.0f} %)"
+    )
+    assert bottleneck(CpuShares(95.0, 30.0, 0.0, 0.0), "wrk") == "server (one core full)"
+    assert bottleneck(CpuShares(20.0, 20.0, 0.0, 0.2 * cores), "wrk").startswith("neither")
+
+
+def test_run_measured_splits_the_machine_cpu_into_server_tool_others_stolen() -> None:
+    script = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"
+    output, cpu = run_measured(["sh", "-c", script], os.getpid(), timeout_s=30)
+    assert output == ""
+    assert cpu.tool > 10.0  # the shell loop kept a core busy
+    assert min(cpu.server, cpu.others, cpu.stolen) >= 0.0
 
 
 def test_run_tool_returns_all_output_written_after_the_tool_exits() -> None:
