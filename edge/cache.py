@@ -193,10 +193,9 @@ class Cache:
             return None  # §3.3: never keep an incomplete response
         names = vary_names(headers) or ()
         vary = tuple((name, selecting_value(req.headers, name)) for name in names)
-        keys = tuple(k for line in headers.getall("Surrogate-Key", []) for k in line.split())
+        keys = _surrogate_keys(headers)
         cc = response_cache_control(headers)
-        kept = stored_headers(headers, cc)
-        kept.popall("Age", None)  # regenerated on every use (§5.1)
+        kept = _kept_fields(headers, cc)
         entry = make_entry(status, kept, body, vary, keys, cc, headers, request_time, response_time)
         if not self._store.put((req.host, req.target, vary), entry, entry.size, keys):
             return None
@@ -214,14 +213,16 @@ class Cache:
         return the entry to serve; it replaces the stored one, or leaves the
         store if the updated fields forbid storing it (e.g. a new no-store)."""
         merged = update_headers(entry.headers, not_modified_headers)
-        merged.popall("Age", None)
         cc = response_cache_control(merged)
+        # The 304's fields pass the same filter as a stored response's (§3.1): no field
+        # no-cache="..." or private="..." names is kept, and its Surrogate-Key tags
+        # replace the entry's rather than reach clients.
         fresh = make_entry(
             entry.status,
-            merged,
+            _kept_fields(merged, cc),
             entry.body,
             entry.vary,
-            entry.surrogate_keys,
+            _surrogate_keys(not_modified_headers) or entry.surrogate_keys,
             cc,
             not_modified_headers,  # the 304's own Date and Age give the new age
             request_time,
@@ -343,3 +344,15 @@ def _worth_storing(headers: Headers, cc: CacheControl) -> bool:
         or "stale-if-error" in cc
         or "stale-while-revalidate" in cc
     )
+
+
+def _kept_fields(headers: Headers, cc: CacheControl) -> CIMultiDict[str]:
+    """The fields an entry keeps (§3.1); Age is regenerated on every use (§5.1)."""
+    kept = stored_headers(headers, cc)
+    kept.popall("Age", None)
+    return kept
+
+
+def _surrogate_keys(headers: Headers) -> tuple[str, ...]:
+    """The purge tags of a response (space-separated, in any number of fields)."""
+    return tuple(k for line in headers.getall("Surrogate-Key", []) for k in line.split())

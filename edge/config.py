@@ -31,11 +31,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from edge.errors import ConfigError
 from edge.eviction import POLICIES, PolicyName
-from georouter.config import MAX_CAPACITY_RPS, MAX_TIMER_S, HostPort, parse_host_port
+from georouter.config import MAX_CAPACITY_RPS, MAX_TIMER_S, HostPort, http_url, parse_host_port
 from georouter.tomltable import Table, read_toml
 
 KiB = 1024
@@ -202,10 +201,7 @@ def _non_empty(text: str) -> str:
 
 
 def _http_url(text: str) -> str:
-    parts = urlsplit(text)
-    if parts.scheme != "http" or not parts.hostname or parts.query or parts.fragment:
-        raise ValueError(f"expected an http://host[:port][/path] URL, got {text!r}")
-    return text.rstrip("/")
+    return http_url(text, ("http",)).rstrip("/")
 
 
 def _positive_size(value: str | int) -> int:

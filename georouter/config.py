@@ -351,7 +351,7 @@ def _node(t: Table, seen: set[str], regions: Mapping[str, Region]) -> Node:
             name=_unique_name(t, seen, "node"),
             region=_known_region(t, regions),
             capacity_rps=t.real("capacity_rps", 0, MAX_CAPACITY_RPS, lo_open=True),
-            control_url=t.parsed("control_url", _http_url),
+            control_url=t.parsed("control_url", http_url),
             ipv4=t.optional("ipv4", lambda text: ip_address_of(text, IPv4Address)),
             ipv6=t.optional("ipv6", lambda text: ip_address_of(text, IPv6Address)),
         )
@@ -360,14 +360,16 @@ def _node(t: Table, seen: set[str], regions: Mapping[str, Region]) -> Node:
     return node
 
 
-def _http_url(text: str) -> str:
-    problem = f"expected an http:// or https:// URL with a host, got {text!r}"
+def http_url(text: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    """`text` if it is a URL of one of `schemes` with a host, a valid port and no query or
+    fragment (a path is appended to it); else ValueError. The edge's config uses it too."""
+    problem = f"expected an {' or '.join(s + '://' for s in schemes)} URL with a host, got {text!r}"
     try:
         parts = urlsplit(text)
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError:
         raise ValueError(problem) from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+    if parts.scheme not in schemes or not parts.hostname or parts.query or parts.fragment:
         raise ValueError(problem)
     return text
 

@@ -263,6 +263,20 @@ def test_304_freshens_and_updates_fields_rfc9111_4_3_4(cache: Cache) -> None:
     assert cache.response_headers(fresh, T0 + 6)["Age"] == "1"
 
 
+def test_304_fields_pass_the_stored_field_filter_rfc9111_3_1_and_5_2_2_4(cache: Cache) -> None:
+    no_cookie = 'max-age=1, no-cache="Set-Cookie"'
+    put(cache, ("Cache-Control", no_cookie), ("ETag", '"e1"'), ("Surrogate-Key", "k1"))
+    stale = look(cache, 5)
+    assert stale.entry is not None
+    not_modified = CIMultiDict(
+        [("Cache-Control", no_cookie), ("Set-Cookie", "b=2"), ("Surrogate-Key", "k2")]
+    )
+    fresh = cache.freshen(req(), stale.entry, not_modified, T0 + 5, T0 + 5)
+    assert "Set-Cookie" not in fresh.headers and "Surrogate-Key" not in fresh.headers
+    assert fresh.surrogate_keys == ("k2",)
+    assert cache.purge_key("k2") == 1
+
+
 def test_304_that_forbids_storing_removes_the_entry_rfc9111_4_3_4(cache: Cache) -> None:
     put(cache, ("Cache-Control", "max-age=1"), ("ETag", '"e1"'))
     stale = look(cache, 5)

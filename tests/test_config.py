@@ -231,6 +231,9 @@ CASES = [
      "nodes[0].control_url", "expected an http:// or https:// URL"),
     ("control_url_port", edited("http://127.0.0.11:9080", "http://h:99999"),
      "nodes[0].control_url", "expected an http:// or https:// URL"),
+    # A fragment would swallow the /healthz appended to it: probes would ask for "/".
+    ("control_url_fragment", edited("http://127.0.0.11:9080", "http://127.0.0.11:9080/#x"),
+     "nodes[0].control_url", "expected an http:// or https:// URL"),
     # overrides
     ("override_host_bits", override(("10.1.2.3/8", "eu")), "overrides[0].network",
      "10.1.2.3/8 has host bits set (did you mean 10.0.0.0/8?)"),
