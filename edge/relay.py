@@ -90,9 +90,12 @@ def _for_client(out: CIMultiDict[str], via: str, member: str) -> CIMultiDict[str
 async def send(
     request: web.Request, status: int, headers: CIMultiDict[str], body: bytes, reason: str = ""
 ) -> web.StreamResponse:
-    """One complete response with a known body (HEAD and 204/304 get the head only)."""
+    """One complete response with a known body (HEAD and 204/304 get the head only).
+
+    A HEAD answered by the origin comes with no body: its Content-Length stays the
+    origin's (RFC 9110 §8.6), not the length of nothing."""
     response = web.StreamResponse(status=status, reason=reason or None, headers=headers)
-    if status not in _NO_BODY_STATUSES and status >= 200:
+    if status not in _NO_BODY_STATUSES and status >= 200 and (body or request.method != "HEAD"):
         response.content_length = len(body)
     await response.prepare(request)
     if body and request.method != "HEAD" and status not in _NO_BODY_STATUSES:

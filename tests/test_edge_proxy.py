@@ -87,6 +87,16 @@ async def test_head_hit_has_headers_and_no_body_rfc9110_9_3_2(
     assert origin.fetches["/h"] == 1
 
 
+async def test_head_passed_to_the_origin_keeps_its_content_length_rfc9110_8_6(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession
+) -> None:
+    origin.script("/hp", headers=CACHEABLE, body=b"0123456789")
+    # If-Match is the origin's to evaluate (RFC 9110 §13.1.1): the HEAD goes through.
+    status, headers, body = await get(client, edge, "/hp", method="HEAD", headers={"If-Match": "*"})
+    assert (status, body) == (200, b"") and origin.seen[-1].method == "HEAD"
+    assert headers["Content-Length"] == "10"
+
+
 async def test_post_passes_through_and_invalidates_rfc9111_4_4(
     origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession
 ) -> None:
