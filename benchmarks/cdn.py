@@ -65,7 +65,8 @@ def start_edge(
     """
     argv = [sys.executable, "-m", "edge", "serve", "--name", name, "--origin", origin_url]
     argv += ["--listen", f"{host}:{ports[0]}", "--control", f"{host}:{ports[1]}"]
-    argv += ["--token", BENCH_TOKEN]
+    # No drain on SIGTERM: the default 25 s would outlast Service.stop's grace (a SIGKILL).
+    argv += ["--token", BENCH_TOKEN, "--drain-s", "0"]
     for router in routers:
         argv += ["--router", router]
     service = Service(name, argv)

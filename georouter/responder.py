@@ -200,7 +200,11 @@ class Responder:
             reply = shape if isinstance(shape, _Reply) else self._route(shape, client_ip)
         except Exception:  # the one guard: a bug costs this query a SERVFAIL, not the server
             log.exception("answering %r failed", data)
-            reply = self._reply(parse(data), self._servfail, 0, transport)
+            try:
+                query = parse(data)
+            except MalformedQuery:
+                return None  # the bug struck while rejecting a malformed query: drop it
+            reply = self._reply(query, self._servfail, 0, transport)
         tallies = self._tallies
         tallies.queries[reply.tally] += 1
         if reply.scope is not None:

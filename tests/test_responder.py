@@ -624,6 +624,18 @@ def test_a_bug_costs_one_query_a_servfail_not_the_server(
     assert [r.address for r in ask(responder, query).answer[0]] == ["127.0.0.11", "127.0.0.12"]
 
 
+def test_a_bug_while_rejecting_a_malformed_query_drops_it(
+    responder: Responder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_: object) -> None:
+        raise RuntimeError("rejection bug")
+
+    monkeypatch.setattr(responder, "_rejection", broken)
+    wire = dns.message.make_query("cdn.example.com", "A").to_wire()
+    assert responder.respond(wire[:20], "192.0.2.1", "udp") is None
+    assert "rejection bug" in caplog.text
+
+
 queries = st.builds(
     lambda name, rdtype, edns, ecs_on: dns.message.make_query(
         name,
