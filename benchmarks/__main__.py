@@ -1,4 +1,5 @@
-"""`python -m benchmarks` (`make bench`): every part in one run, tables to docs/benchmarks.md.
+"""`python -m benchmarks` (`make bench`): every part in one run, tables to docs/benchmarks.md,
+its headline also into README.md.
 
 BENCH_QUICK=1 shortens every part (about 3 minutes in all) for development; the full run
 stays under 20 minutes on 2 cores. `--parts dns,hit,failover,balance,cache` picks parts.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import _maxminddb_geolite2  # type: ignore[import-untyped]
 
-from benchmarks import balance, cache_policy, cdn, dns, edge_hit, failover, peers, report
+from benchmarks import balance, cache_policy, cdn, dns, edge_hit, failover, headline, peers, report
 from benchmarks.processes import BenchError, Endpoint, rss_bytes
 from benchmarks.report import Part, Table
 from georouter.config import RouterConfig, load_config
@@ -227,8 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         ordered.append(Part("Memory", "", [memory_table(run.memory)]))
         print(ordered[-1].tables[0].text())
     header = report.machine_lines(peers.versions(), settings.mode)
-    report.write(args.output, ordered, header)
+    summary = headline.headline([table for part in ordered for table in part.tables])
+    report.write(args.output, ordered, header, summary)
     print(f"wrote {args.output}")
+    if args.output == OUTPUT:  # a run written elsewhere leaves the README's headline alone
+        headline.update_readme(headline.README, header, summary)
+        print(f"updated the headline in {headline.README}")
     return 0
 
 

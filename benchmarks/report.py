@@ -1,7 +1,8 @@
 """Result tables: printed as each part finishes and written together to docs/benchmarks.md.
 
-Every run rewrites the file; it ends with benchmarks/improvements.md, the hand-kept
-before/after figures of the profile-driven DNS-path changes.
+Every run rewrites the file: the run's headline (benchmarks/headline.py), how the run works
+(benchmarks/method.md, kept by hand), the parts' tables, and last benchmarks/improvements.md,
+the hand-kept before/after figures of the profile-driven DNS-path changes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from benchmarks.processes import CpuShares
 
 IMPROVEMENTS = Path(__file__).resolve().parent / "improvements.md"
+METHOD = Path(__file__).resolve().parent / "method.md"
 CPU_NOTE = (
     "CPU in % of one core over the run, from /proc (server: its whole process tree; others: "
     "the rest of the machine's busy time, e.g. idle peers or other test suites; stolen: time "
@@ -95,9 +97,13 @@ def machine_lines(versions: dict[str, str], mode: str) -> list[str]:
     ]
 
 
-def render(parts: Sequence[Part], header: Sequence[str], improvements: str) -> str:
+def render(
+    parts: Sequence[Part], header: Sequence[str], summary: Table, method: str, improvements: str
+) -> str:
+    """The whole report; `summary` (the headline) is rendered without its heading level."""
     lines = ["# Benchmarks", "", "Written by `make bench` (`python -m benchmarks`).", ""]
     lines += [*header, ""]
+    lines += [f"## {summary.title}", "", *summary.markdown().split("\n")[2:], method]
     for number, part in enumerate(parts, start=1):
         lines += [f"## {number}. {part.title}", "", part.intro, ""]
         lines += [table.markdown() for table in part.tables]
@@ -105,9 +111,9 @@ def render(parts: Sequence[Part], header: Sequence[str], improvements: str) -> s
     return "\n".join(lines)
 
 
-def write(path: Path, parts: Sequence[Part], header: Sequence[str]) -> None:
+def write(path: Path, parts: Sequence[Part], header: Sequence[str], summary: Table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(parts, header, IMPROVEMENTS.read_text()))
+    path.write_text(render(parts, header, summary, METHOD.read_text(), IMPROVEMENTS.read_text()))
 
 
 def bottleneck(cpu: CpuShares, tool: str) -> str:

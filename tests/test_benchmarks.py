@@ -24,12 +24,20 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from benchmarks import peers
+from benchmarks import headline, peers
 from benchmarks.cdn import TOPOLOGY
-from benchmarks.dns import DnsRun, latencies_ms, latency_table, parse_dnsperf, percentile
+from benchmarks.dns import (
+    DnsRun,
+    Mix,
+    latencies_ms,
+    latency_table,
+    parse_dnsperf,
+    percentile,
+    throughput_table,
+)
 from benchmarks.edge_hit import parse_wrk
 from benchmarks.processes import CpuShares, Endpoint, run_measured, run_tool
-from benchmarks.report import bottleneck
+from benchmarks.report import Part, Table, bottleneck, render
 from georouter.config import RouterConfig, load_config
 
 GEOIP = Path(_maxminddb_geolite2.geolite2_database())
@@ -125,6 +133,54 @@ def test_latency_table_gives_median_percentiles_and_the_p99_range_over_rounds() 
     assert rows["a"]["stolen CPU %"] == "1"
     assert rows["a"]["p99 ms, least-stolen round (stolen)"] == "1.400 (0 %)"
     assert "medians of 3 alternating rounds" in table.notes[0]
+
+
+def throughput_runs() -> tuple[list[DnsRun], list[Mix]]:
+    """Two mixes, our one-process server at 50k/40k q/s and a peer at 25k/10k."""
+    cpu = CpuShares(50.0, 40.0, 0.0, 1.0)
+    qps = {("georouter", "plain"): 50_000.0, ("georouter", "ecs"): 40_000.0}
+    qps |= {("peer", "plain"): 25_000.0, ("peer", "ecs"): 10_000.0}
+    runs = [DnsRun(server, mix, q, 1.0, 0, 100, cpu) for (server, mix), q in qps.items()]
+    mixes = [Mix(name, name, Path(name)) for name in ("plain", "ecs")]
+    return runs, mixes
+
+
+def test_headline_reads_our_ratio_to_each_peer_from_the_throughput_table() -> None:
+    runs, mixes = throughput_runs()
+    summary = headline.headline([throughput_table(runs, mixes, ["georouter"])])
+    rows = dict((comparison, result) for comparison, result in summary.rows)
+    assert rows["georouter vs peer, max q/s (plain / ecs)"] == "georouter 2.00x / 4.00x"
+    assert rows["max q/s (plain / ecs)"] == "georouter 50 k / 40 k, peer 25 k / 10 k"
+
+
+def test_headline_leaves_out_the_parts_that_did_not_run() -> None:
+    assert headline.headline([]).rows == []
+    memory = Table("Resident memory", ["process", "RSS MiB"], [["router", "61.2"]])
+    assert headline.headline([memory]).rows == [["resident memory, MiB", "router 61.2"]]
+
+
+def test_headline_is_read_back_from_the_rendered_report() -> None:
+    runs, mixes = throughput_runs()
+    table = throughput_table(runs, mixes, ["georouter"])
+    summary = headline.headline([table])
+    text = render([Part("DNS", "intro", [table])], ["- Date: today"], summary, "", "")
+    (read,) = headline.tables_in(text)  # the headline itself is rendered under "##"
+    assert (read.title, read.columns, read.rows) == (table.title, table.columns, table.rows)
+    assert headline.headline(headline.tables_in(text)) == summary
+    assert headline.header_in(text) == ["- Date: today"]
+
+
+def test_readme_block_replaces_only_what_lies_between_the_markers() -> None:
+    summary = Table(headline.TITLE, headline.COLUMNS, [["a", "b"]])
+    block = headline.readme_block(["- Date: today; mode: full"], summary)
+    text = f"intro\n{headline.START}\nold figures\n{headline.END}\nafter\n"
+    updated = headline.replace_block(text, block)
+    assert updated == f"intro\n{block}\nafter\n"
+    assert "| a | b |" in updated and "(today; mode: full)" in updated
+    assert headline.replace_block(updated, block) == updated  # idempotent
+    for broken in ("no markers", f"{headline.END} {headline.START}", headline.START * 2):
+        with pytest.raises(headline.HeadlineError):
+            headline.replace_block(broken, block)
 
 
 def test_bottleneck_names_the_hypervisor_when_it_stole_the_cores() -> None:
