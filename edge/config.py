@@ -57,12 +57,24 @@ MAX_HEADERS = 100  # header fields per request
 MAX_BODY_BYTES = 16 * MiB  # request body passed to the origin (aiohttp client_max_size)
 ORIGIN_CONNECT_TIMEOUT_S = 2.0
 ORIGIN_READ_TIMEOUT_S = 10.0  # for the response head, then between body reads
+# The whole fetch up to a complete response head, against an origin that trickles it (each
+# read within the read timeout). Above connect + read (12 s), so an origin that is merely slow
+# to answer meets the read timeout first; like Fastly's first_byte_timeout (15 s) and well
+# under nginx's and Varnish's 60 s: a stale-if-error copy after a minute helps nobody.
+ORIGIN_HEAD_TIMEOUT_S = 15.0
+# A body below this rate over the window of waiting for it is cut (0: no floor). Twice
+# Apache's MinRate for client bodies (500 bytes/s) and four times Kestrel's response floor
+# (240 bytes/s): an origin sits on a data-centre link, not a phone's.
+ORIGIN_MIN_BYTES_PER_S = 1024
+# As long as one read may wait (the read timeout): the floor judges no shorter stretch.
+ORIGIN_MIN_RATE_WINDOW_S = 10.0
 COALESCE_WAIT_S = 5.0  # how long a request waits for another's fetch of the same key
 REPORT_INTERVAL_S = 1.0
 
 # Bounds of what a config may ask for: beyond them a value is a typo, not a setting.
 MAX_HEADER_LIMIT_BYTES = MiB
 MAX_HEADER_FIELDS = 10_000
+MAX_MIN_BYTES_PER_S = GiB
 
 _SECTIONS = ("edge", "cache", "limits")
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)i?B?\s*$", re.IGNORECASE)
@@ -85,6 +97,9 @@ class Limits:
     max_body_bytes: int = MAX_BODY_BYTES
     origin_connect_timeout_s: float = ORIGIN_CONNECT_TIMEOUT_S
     origin_read_timeout_s: float = ORIGIN_READ_TIMEOUT_S
+    origin_head_timeout_s: float = ORIGIN_HEAD_TIMEOUT_S
+    origin_min_bytes_per_s: int = ORIGIN_MIN_BYTES_PER_S
+    origin_min_rate_window_s: float = ORIGIN_MIN_RATE_WINDOW_S
     coalesce_wait_s: float = COALESCE_WAIT_S
 
 
@@ -190,6 +205,11 @@ def _limits(t: Table) -> Limits:
             max_body_bytes=t.amount("max_body_bytes", _positive_size, MAX_BODY_BYTES),
             origin_connect_timeout_s=seconds("origin_connect_timeout_s", ORIGIN_CONNECT_TIMEOUT_S),
             origin_read_timeout_s=seconds("origin_read_timeout_s", ORIGIN_READ_TIMEOUT_S),
+            origin_head_timeout_s=seconds("origin_head_timeout_s", ORIGIN_HEAD_TIMEOUT_S),
+            origin_min_bytes_per_s=t.integer(
+                "origin_min_bytes_per_s", 0, MAX_MIN_BYTES_PER_S, ORIGIN_MIN_BYTES_PER_S
+            ),
+            origin_min_rate_window_s=seconds("origin_min_rate_window_s", ORIGIN_MIN_RATE_WINDOW_S),
             coalesce_wait_s=seconds("coalesce_wait_s", COALESCE_WAIT_S, lo_open=False),
         )
 

@@ -39,6 +39,12 @@ class EdgeMetrics:
             ["kind"],
             registry=r,
         )
+        self.origin_timeouts = Counter(
+            "edge_origin_timeouts",
+            "Origin fetches that timed out, by the limit that fired (connect, read, head, rate).",
+            ["limit"],
+            registry=r,
+        )
         self.bytes_served = Counter(
             "edge_bytes_served",
             "Response body bytes sent to clients.",

@@ -2,15 +2,26 @@
 
 Every way an origin can fail us ends as one of three kinds (the edge_origin_errors label,
 and through OriginError.status what the client gets): `connect` (refused, unreachable:
-502), `timeout` (no connection or no bytes within the limit: 504), `invalid` (a malformed
-status line or header, broken chunking, a body shorter than its Content-Length, a
-connection dropped mid-response: 502). The proxy never sees an aiohttp exception.
+502), `timeout` (504), `invalid` (a malformed status line or header, broken chunking, a
+body shorter than its Content-Length, a connection dropped mid-response: 502). The proxy
+never sees an aiohttp exception.
+
+Four limits end in `timeout` (edge_origin_timeouts{limit}): `connect` and `read` bound
+each wait on the socket, and an origin that trickles passes both, one byte at a time. So
+`head` bounds the whole fetch up to a complete response head, and `rate` cuts a body that
+delivers less than origin_min_bytes_per_s over origin_min_rate_window_s of waiting for
+it. Only the time spent waiting on the origin counts, never the time a slow client holds a
+chunk (that is back-pressure, not a slow origin); the check costs two clock reads and
+additions per chunk. Bodies slow by design (event streams) get no floor: their idle limit
+governs them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import math
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,6 +32,7 @@ from aiohttp.client_proto import ResponseHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from edge.config import Limits
 from edge.errors import OriginError
 from edge.framing import ResponseFraming
 from edge.metrics import EdgeMetrics
@@ -34,6 +46,9 @@ ORIGIN_KEEPALIVE_S = 4.0
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # What a failing origin raises through aiohttp (InvalidURL and friends are ValueErrors).
 _FAILURES = (aiohttp.ClientError, OSError, TimeoutError, ValueError)
+# Media types whose bodies are slow by design (HTML Living Standard §9.2 event streams): no
+# rate floor. WebSocket tunnels never read a body through OriginResponse.chunks().
+SLOW_BY_DESIGN = frozenset({"text/event-stream"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +61,29 @@ class OriginResponse:
     request_time: float
     response_time: float
     _response: aiohttp.ClientResponse
+    _metrics: EdgeMetrics
+    # The body's floor: at least _min_bytes_per_s per _window_s of waiting (inf: none).
+    _min_bytes_per_s: float = 0.0
+    _window_s: float = math.inf
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; a broken or slow body raises OriginError."""
+        floor, window = self._min_bytes_per_s, self._window_s
+        got, waited = 0, 0.0
+        clock = time.monotonic
+        resumed = clock()
         try:
             async for chunk in self._response.content.iter_chunked(READ_CHUNK_BYTES):
+                waited += clock() - resumed  # time in the read: the origin's, not the client's
+                got += len(chunk)
+                if waited >= window:
+                    if got < floor * waited:
+                        raise _too_slow(self._metrics, got, waited, floor)
+                    got, waited = 0, 0.0
                 yield chunk
+                resumed = clock()
         except _FAILURES as exc:
-            raise _origin_error(exc) from exc
+            raise _origin_error(exc, self._metrics) from exc
 
 
 class _OriginProtocol(ResponseHandler):
@@ -93,16 +123,19 @@ class OriginClient:
     """Fetches from one origin base URL; start() before use, close() at shutdown."""
 
     def __init__(
-        self,
-        base_url: str,
-        connect_timeout_s: float,
-        read_timeout_s: float,
-        metrics: EdgeMetrics,
-        clock: Callable[[], float],
+        self, base_url: str, limits: Limits, metrics: EdgeMetrics, clock: Callable[[], float]
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+            total=None,
+            sock_connect=limits.origin_connect_timeout_s,
+            sock_read=limits.origin_read_timeout_s,
+        )
+        self._head_timeout_s = limits.origin_head_timeout_s
+        self._min_bytes_per_s = float(limits.origin_min_bytes_per_s)
+        # A floor of 0 is no floor: a window that never closes.
+        self._window_s = (
+            limits.origin_min_rate_window_s if limits.origin_min_bytes_per_s else math.inf
         )
         self._metrics = metrics
         self._clock = clock
@@ -138,16 +171,24 @@ class OriginClient:
         assert self._session is not None, "OriginClient.start() not called"
         url = URL(self.base_url + target, encoded=True)
         request_time = self._clock()
+        # One deadline from connecting to the last byte of the head: the per-read timeout
+        # alone lets an origin trickle its head for ever.
+        head = asyncio.timeout(self._head_timeout_s)
         try:
-            # aiohttp retries an idempotent request once on a dropped connection and
-            # never a POST (RFC 9110 §9.2.2); the edge adds no retries of its own.
-            response = await self._session.request(
-                method, url, headers=headers, data=body, allow_redirects=False
-            )
+            async with head:
+                # aiohttp retries an idempotent request once on a dropped connection and
+                # never a POST (RFC 9110 §9.2.2); the edge adds no retries of its own.
+                response = await self._session.request(
+                    method, url, headers=headers, data=body, allow_redirects=False
+                )
         except _FAILURES as exc:
-            raise _origin_error(exc) from exc
+            if head.expired():
+                message = f"response head not complete within {self._head_timeout_s:g} s"
+                raise _timed_out(self._metrics, "head", message) from exc
+            raise _origin_error(exc, self._metrics) from exc
         response_time = self._clock()
         self._metrics.origin_duration.observe(response_time - request_time)
+        paced = _media_type(response.headers) not in SLOW_BY_DESIGN
         try:
             yield OriginResponse(
                 status=response.status,
@@ -156,14 +197,32 @@ class OriginClient:
                 request_time=request_time,
                 response_time=response_time,
                 _response=response,
+                _metrics=self._metrics,
+                _min_bytes_per_s=self._min_bytes_per_s,
+                _window_s=self._window_s if paced else math.inf,
             )
         finally:
             response.release()
 
 
-def _origin_error(exc: Exception) -> OriginError:
+def _media_type(headers: CIMultiDictProxy[str]) -> str:
+    return headers.get("Content-Type", "").partition(";")[0].strip().lower()
+
+
+def _timed_out(metrics: EdgeMetrics, limit: str, message: str) -> OriginError:
+    metrics.origin_timeouts.labels(limit).inc()
+    return OriginError("timeout", message)
+
+
+def _too_slow(metrics: EdgeMetrics, got: int, waited: float, floor: float) -> OriginError:
+    rate = f"{got / waited:.0f} bytes/s over {waited:.1f} s"
+    return _timed_out(metrics, "rate", f"body at {rate}, under the floor of {floor:g} bytes/s")
+
+
+def _origin_error(exc: Exception, metrics: EdgeMetrics) -> OriginError:
     if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
-        return OriginError("timeout", str(exc) or type(exc).__name__)
+        limit = "connect" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "read"
+        return _timed_out(metrics, limit, str(exc) or type(exc).__name__)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return OriginError("connect", str(exc))
     return OriginError("invalid", str(exc) or type(exc).__name__)

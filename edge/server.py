@@ -52,13 +52,7 @@ class EdgeServer:
         )
         self.metrics.cache_capacity_bytes.set(cfg.cache.size_bytes)
         self.tracker = LoadTracker(cfg.capacity_rps, clock())
-        self.origin = OriginClient(
-            cfg.origin,
-            cfg.limits.origin_connect_timeout_s,
-            cfg.limits.origin_read_timeout_s,
-            self.metrics,
-            clock,
-        )
+        self.origin = OriginClient(cfg.origin, cfg.limits, self.metrics, clock)
         self.reporter = Reporter(
             cfg.name, cfg.routers, cfg.token, cfg.capacity_rps, self.snapshot,
             self.metrics, cfg.report_interval_s, clock,
