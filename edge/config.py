@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cdn.tomltable import Table, read_toml
 from edge.errors import ConfigError
 from edge.eviction import POLICIES, PolicyName
 from georouter.config import MAX_CAPACITY_RPS, MAX_TIMER_S, HostPort, http_url, parse_host_port
-from georouter.tomltable import Table, read_toml
 
 KiB = 1024
 MiB = 1024 * KiB

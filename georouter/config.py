@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from georouter.tomltable import Table, read_toml
+from cdn.tomltable import Table, read_toml
+from georouter.errors import ConfigError
 from georouter.zonedata import MAX_TTL_S, Zone, absolute_name, ip_address_of, read_zones
 from georouter.zonedata import RecordType as RecordType
 from georouter.zonedata import StaticRecord as StaticRecord
@@ -166,7 +167,8 @@ def parse_host_port(text: str) -> HostPort:
 def load_config(path: Path) -> RouterConfig:
     """Read and validate a router config; each defect raises ConfigError(file, key, expectation)."""
     path = Path(path)
-    with Table(str(path), "", read_toml(path, str(path))) as top:
+    source = str(path)
+    with Table(source, "", read_toml(path, source, ConfigError), ConfigError) as top:
         router = _router(top.table("router"), path.absolute().parent)
         regions = _regions(top, top.tables("regions"))
         policy = _policy(top.table("policy"), regions)

@@ -23,10 +23,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from cdn.report import MAX_REPORT_BYTES, LoadReport
 from georouter.errors import ReportError
 from georouter.fleet import NODE_STATES, Fleet, NodeStatus, Observe, Transition
 from georouter.metrics import RouterMetrics
-from georouter.report import MAX_REPORT_BYTES, LoadReport
 from georouter.selector import Selector
 
 log = logging.getLogger("georouter.fleet")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Literal, TypeVar, cast
 
-from georouter.tomltable import Table
+from cdn.tomltable import Table
 
 RecordType = Literal["A", "AAAA", "CNAME", "TXT", "NS"]
 AddressT = TypeVar("AddressT", IPv4Address, IPv6Address)

@@ -30,6 +30,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol
 
+from cdn.report import LoadReport
 from georouter.config import (
     HealthSettings,
     HostPort,
@@ -40,7 +41,6 @@ from georouter.config import (
     RouterSettings,
 )
 from georouter.fleet import Candidate, Family, Fleet, FleetSnapshot
-from georouter.report import LoadReport
 from georouter.selector import Decision, Selector
 
 REGION = "sim"

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cdn.errors import ConfigError as SharedConfigError
 from edge.cli import main
 from edge.config import (
     DRAIN_S,
@@ -20,7 +21,6 @@ from edge.config import (
 )
 from edge.errors import ConfigError, EdgeError
 from georouter.config import ANSWER_TTL_S, HostPort
-from georouter.errors import ConfigError as RouterConfigError
 
 GOOD = """
 [edge]
@@ -176,4 +176,4 @@ def test_config_error_is_the_edges_and_the_readers(tmp_path: Path) -> None:
     # One class serves both: `edge serve` catches EdgeError, the shared reader raises it.
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, GOOD.replace("[edge]", "edge = 1\n[edgy]")))
-    assert isinstance(err.value, EdgeError) and isinstance(err.value, RouterConfigError)
+    assert isinstance(err.value, EdgeError) and isinstance(err.value, SharedConfigError)

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
-from georouter.errors import ReportError
+from cdn.errors import ReportError
 
 EdgeStatus = Literal["up", "degraded", "draining"]
 EDGE_STATUSES: frozenset[str] = frozenset({"up", "degraded", "draining"})
