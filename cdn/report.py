@@ -8,8 +8,9 @@ from typing import Any, Literal, cast
 
 from cdn.errors import ReportError
 
+REPORT_PATH = "/api/v1/report"  # on each router's control port; POST, Bearer token
 EdgeStatus = Literal["up", "degraded", "draining"]
-EDGE_STATUSES: frozenset[str] = frozenset({"up", "degraded", "draining"})
+EDGE_STATUSES: tuple[EdgeStatus, ...] = ("up", "degraded", "draining")
 MAX_REPORT_BYTES = 4096
 
 

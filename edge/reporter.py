@@ -18,13 +18,12 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from cdn.report import LoadReport
+from cdn.report import REPORT_PATH, LoadReport
 from edge.load import LoadSnapshot
 from edge.metrics import EdgeMetrics
 
 REPORT_TIMEOUT_S = 0.5
 MAX_BACKOFF_S = 10.0
-REPORT_PATH = "/api/v1/report"
 
 log = logging.getLogger("edge.reporter")
 

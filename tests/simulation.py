@@ -30,16 +30,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol
 
+from cdn.config import HostPort
 from cdn.report import LoadReport
-from georouter.config import (
-    HealthSettings,
-    HostPort,
-    Node,
-    Policy,
-    Region,
-    RouterConfig,
-    RouterSettings,
-)
+from georouter.config import HealthSettings, Node, Policy, Region, RouterConfig, RouterSettings
 from georouter.fleet import Candidate, Family, Fleet, FleetSnapshot
 from georouter.selector import Decision, Selector
 
