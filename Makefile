@@ -29,12 +29,14 @@ bench-packages:
 	scripts/install-packages $(BENCH_PACKAGES)
 
 test: $(STAMP) test-packages
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check georouter edge tests benchmarks
-	$(BIN)/ruff format --check georouter edge tests benchmarks
+	$(BIN)/ruff check cdn georouter edge tests benchmarks
+	$(BIN)/ruff format --check cdn georouter edge tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP) test-packages bench-packages
 	$(BIN)/python -m benchmarks

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cdn.errors import EXIT_INTERRUPTED, CDNError
 from edge.config import EdgeConfig, config_from_flags, load_config
-from edge.errors import ConfigError, EdgeError
+from edge.errors import ConfigError
 from edge.eviction import POLICIES
-
-EXIT_CONFIG = 2
 
 # flag destination -> config key (section.key) it overrides
 _FLAG_KEYS = {
@@ -69,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         from edge.server import serve
 
         return serve(cfg)
-    except EdgeError as exc:
+    except CDNError as exc:
         print(f"edge: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ A config file looks like::
     origin = "http://127.0.0.1:8000"
     routers = ["http://127.0.0.1:9153"]
     token = "demo-token"
+    previous_tokens = []              # still accepted while clients rotate
     capacity_rps = 2000
     drain_s = 25
 
@@ -32,10 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cdn.config import (
+    MAX_CAPACITY_RPS,
+    MAX_TIMER_S,
+    HostPort,
+    http_url,
+    parse_host_port,
+    previous_tokens,
+)
+from cdn.tomltable import Table, read_toml
 from edge.errors import ConfigError
 from edge.eviction import POLICIES, PolicyName
-from georouter.config import MAX_CAPACITY_RPS, MAX_TIMER_S, HostPort, http_url, parse_host_port
-from georouter.tomltable import Table, read_toml
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -112,6 +120,7 @@ class EdgeConfig:
     origin: str  # http://host[:port][/base]: every request target is appended
     routers: tuple[str, ...] = ()
     token: str = ""
+    previous_tokens: tuple[str, ...] = ()  # still accepted for /purge during a rotation
     capacity_rps: float = CAPACITY_RPS
     drain_s: float = DRAIN_S
     report_interval_s: float = REPORT_INTERVAL_S
@@ -171,6 +180,7 @@ def _edge(t: Table, cache: CacheSettings, limits: Limits) -> EdgeConfig:
             origin=t.parsed("origin", _http_url),
             routers=tuple(t.item(key, url, _http_url) for key, url in t.strings("routers")),
             token=t.get("token", str, ""),
+            previous_tokens=previous_tokens(t),
             capacity_rps=t.real("capacity_rps", 0, MAX_CAPACITY_RPS, CAPACITY_RPS, lo_open=True),
             drain_s=t.real("drain_s", 0, MAX_TIMER_S, DRAIN_S),
             report_interval_s=t.real(

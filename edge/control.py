@@ -15,7 +15,6 @@ passes unchanged, and the control port is not the content port.
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Callable
 from typing import Any
@@ -24,26 +23,28 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from cdn import auth
+from cdn.report import EDGE_STATUSES
 from edge.cache import Cache
 from edge.load import LoadSnapshot
 from edge.metrics import EdgeMetrics
 from edge.proxy import cache_host
 
 MAX_PURGE_BODY_BYTES = 8192
-_STATUSES = ("up", "degraded", "draining")
 
 
 def control_app(
     cache: Cache,
     metrics: EdgeMetrics,
     snapshot: Callable[[], LoadSnapshot],
-    token: str,
+    tokens: tuple[str, ...],
 ) -> web.Application:
-    """The control application; ``snapshot`` gives the current load figures."""
+    """The control application; ``snapshot`` gives the current load figures, ``tokens``
+    the purge credentials (edge.token, then edge.previous_tokens: a rotation)."""
     app = web.Application(client_max_size=MAX_PURGE_BODY_BYTES)
     app.router.add_get("/healthz", _Health(snapshot).handle)
     app.router.add_get("/metrics", _Metrics(cache, metrics, snapshot).handle)
-    app.router.add_post("/purge", _Purge(cache, metrics, token).handle)
+    app.router.add_post("/purge", _Purge(cache, metrics, tokens).handle)
     return app
 
 
@@ -74,24 +75,25 @@ class _Metrics:
         m.cache_bytes.set(self._cache.bytes)
         m.utilization.set(snap.utilization)
         m.hit_ratio.set(snap.cache_hit_ratio)
-        for status in _STATUSES:
+        for status in EDGE_STATUSES:
             m.status.labels(status).set(1 if status == snap.status else 0)
         body = generate_latest(m.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 class _Purge:
-    def __init__(self, cache: Cache, metrics: EdgeMetrics, token: str) -> None:
+    def __init__(self, cache: Cache, metrics: EdgeMetrics, tokens: tuple[str, ...]) -> None:
         self._cache = cache
         self._metrics = metrics
-        self._expected = f"Bearer {token}".encode()
-        self._enabled = bool(token)
+        self._tokens = tokens
 
     async def handle(self, request: web.Request) -> web.Response:
-        given = request.headers.get("Authorization", "").encode()
+        given = request.headers.get("Authorization")
         # An edge without a token refuses every purge rather than allowing any.
-        if not self._enabled or not hmac.compare_digest(given, self._expected):
-            return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        if not auth.authorized(given, self._tokens):
+            return _error(
+                401, auth.UNAUTHORIZED, {"WWW-Authenticate": auth.challenge("edge", given)}
+            )
         try:
             kind, value = _selector(json.loads(await request.read()))
         except (ValueError, UnicodeDecodeError) as exc:

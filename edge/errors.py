@@ -9,20 +9,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from georouter import errors as router_errors
+from cdn import errors as shared
 
 OriginFailure = Literal["connect", "timeout", "invalid"]
 
 
-class EdgeError(Exception):
+class EdgeError(shared.CDNError):
     """Root of every error the edge raises on purpose."""
 
 
-class ConfigError(EdgeError, router_errors.ConfigError):
+class ConfigError(EdgeError, shared.ConfigError):
     """A configuration file or flag is unusable: names the file, the key and the expectation.
 
-    Also the router's ConfigError: the edge reads its TOML with the router's typed reader
-    (georouter.tomltable), which raises this class when the edge asks it to.
+    The shared TOML reader (cdn.tomltable) raises this class when the edge asks it to.
     """
 
 

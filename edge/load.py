@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-from georouter.report import EdgeStatus
+from cdn.report import EdgeStatus
 
 BUCKET_S = 1.0
 WINDOW_S = 5.0

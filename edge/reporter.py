@@ -1,7 +1,7 @@
 """Pushes this edge's load report to every router: every REPORT_INTERVAL_S, and at once
 when woken (a status change such as draining).
 
-Each round builds one `georouter.report.LoadReport` with the next sequence number (1 for
+Each round builds one `cdn.report.LoadReport` with the next sequence number (1 for
 the first report of the process, so a router can tell a restart) and posts it to every
 router whose back-off has expired. A router that is down or refuses costs one log line
 per outage, a capped exponential back-off, and an `edge_reports{result="failed"}` count;
@@ -18,13 +18,12 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from cdn.report import REPORT_PATH, LoadReport
 from edge.load import LoadSnapshot
 from edge.metrics import EdgeMetrics
-from georouter.report import LoadReport
 
 REPORT_TIMEOUT_S = 0.5
 MAX_BACKOFF_S = 10.0
-REPORT_PATH = "/api/v1/report"
 
 log = logging.getLogger("edge.reporter")
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from cdn.config import HostPort
+from cdn.logs import setup_logging
 from edge.cache import Cache
 from edge.config import EdgeConfig
 from edge.control import control_app
@@ -27,11 +28,9 @@ from edge.metrics import EdgeMetrics
 from edge.origin import OriginClient
 from edge.proxy import Proxy
 from edge.reporter import Reporter
-from georouter.config import HostPort
 
 # In-flight requests get this long to finish once the edge stops accepting.
 SHUTDOWN_GRACE_S = 5.0
-LOG_FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 
 log = logging.getLogger("edge")
 
@@ -80,7 +79,8 @@ class EdgeServer:
             "max_headers": limits.max_headers,
         }
         self.content = await self._bind(content, self.cfg.listen, "edge.listen", handler_args)
-        control = control_app(self.cache, self.metrics, self.snapshot, self.cfg.token)
+        tokens = (self.cfg.token, *self.cfg.previous_tokens)
+        control = control_app(self.cache, self.metrics, self.snapshot, tokens)
         self.control = await self._bind(control, self.cfg.control, "edge.control", {})
         self._reporter_task = asyncio.create_task(self.reporter.run())
 
@@ -149,6 +149,6 @@ async def run(cfg: EdgeConfig) -> None:
 
 def serve(cfg: EdgeConfig) -> int:
     """The `edge serve` command: structured log lines on stderr, exit 0 on a clean stop."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    setup_logging()
     asyncio.run(run(cfg))
     return 0

@@ -1,8 +1,8 @@
 """georouter: the authoritative geo-DNS request router of the CDN."""
 
+from cdn.report import LoadReport
 from georouter.config import RouterConfig, load_config
 from georouter.errors import ConfigError, GeoRouterError, ReportError
-from georouter.report import LoadReport
 
 __all__ = [
     "ConfigError",

@@ -9,10 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cdn.errors import EXIT_INTERRUPTED, CDNError
 from georouter.config import DEFAULT_CONFIG
-from georouter.errors import GeoRouterError
-
-EXIT_CONFIG = 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,11 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         from georouter.demo import run_demo
 
         return run_demo(args.config, args.geoip, load=args.load)
-    except GeoRouterError as exc:
+    except CDNError as exc:
         print(f"georouter: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

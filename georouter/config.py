@@ -15,10 +15,19 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
-from georouter.tomltable import Table, read_toml
-from georouter.zonedata import MAX_TTL_S, Zone, absolute_name, ip_address_of, read_zones
+from cdn.config import (
+    MAX_CAPACITY_RPS,
+    MAX_TIMER_S,
+    HostPort,
+    bearer_token,
+    http_url,
+    parse_host_port,
+    previous_tokens,
+)
+from cdn.tomltable import Table, read_toml
+from georouter.errors import ConfigError
+from georouter.zonedata import MAX_TTL_S, Zone, ip_address_of, read_zones
 from georouter.zonedata import RecordType as RecordType
 from georouter.zonedata import StaticRecord as StaticRecord
 
@@ -37,32 +46,16 @@ PROBE_FALL = 2
 PROBE_RISE = 2
 REPORT_EXPIRY_S = 2.5
 DNS_WORKERS, MAX_DNS_WORKERS = 1, 64  # processes answering UDP; 1: the main process itself
-MAX_PREVIOUS_TOKENS = 8  # each is compared on every report
 
 MAX_ANSWERS = 8
 MAX_SATURATION = 1.5
-MAX_TIMER_S = 3600.0
 MAX_PROBE_COUNT = 100
-MAX_CAPACITY_RPS = 1e9
 EARTH_RADIUS_KM = 6371.0088
 CONTINENTS = frozenset({"AF", "AN", "AS", "EU", "NA", "OC", "SA"})  # MaxMind continent codes
 ALL_DOWN_POLICIES: tuple[AllDownPolicy, ...] = ("fail-open", "servfail")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # region and node names (metric labels)
 _COUNTRY = re.compile(r"[A-Z]{2}")
-_HOST_PORT = re.compile(
-    r"\[(?P<v6>[0-9A-Fa-f:.]+)\]:(?P<p6>[0-9]{1,5})|(?P<host>[^:\[\]]+):(?P<port>[0-9]{1,5})"
-)
-_BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # b64token, RFC 6750 §2.1
-
-
-@dataclass(frozen=True, slots=True)
-class HostPort:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,27 +139,11 @@ class RouterConfig:
         return self.regions_by_name[name]
 
 
-def parse_host_port(text: str) -> HostPort:
-    """Parse HOST:PORT, IPv6 as [::1]:53 (port 0 lets the OS choose); ValueError if malformed."""
-    match = _HOST_PORT.fullmatch(text)
-    if match is None:
-        raise ValueError(f"expected HOST:PORT (IPv6 as [::1]:53), got {text!r}")
-    host, port = match["v6"] or match["host"], int(match["p6"] or match["port"])
-    if port > 65535:
-        raise ValueError(f"port must be in 0..65535, got {port}")
-    if match["v6"]:
-        IPv6Address(host)  # raises ValueError naming the address
-    elif re.fullmatch(r"[0-9.]+", host):
-        IPv4Address(host)
-    else:
-        absolute_name(host)
-    return HostPort(host, port)
-
-
 def load_config(path: Path) -> RouterConfig:
     """Read and validate a router config; each defect raises ConfigError(file, key, expectation)."""
     path = Path(path)
-    with Table(str(path), "", read_toml(path, str(path))) as top:
+    source = str(path)
+    with Table(source, "", read_toml(path, source, ConfigError), ConfigError) as top:
         router = _router(top.table("router"), path.absolute().parent)
         regions = _regions(top, top.tables("regions"))
         policy = _policy(top.table("policy"), regions)
@@ -192,24 +169,11 @@ def _router(t: Table, config_dir: Path) -> RouterSettings:
         return RouterSettings(
             dns_listen=t.parsed("dns_listen", parse_host_port, DNS_LISTEN),
             control_listen=t.parsed("control_listen", parse_host_port, CONTROL_LISTEN),
-            token=t.parsed("token", _bearer_token),
+            token=t.parsed("token", bearer_token),
             geoip=t.optional("geoip", lambda text: _file_path(text, config_dir)),
             dns_workers=t.integer("dns_workers", 1, MAX_DNS_WORKERS, DNS_WORKERS),
-            previous_tokens=_previous_tokens(t),
+            previous_tokens=previous_tokens(t),
         )
-
-
-def _previous_tokens(t: Table) -> tuple[str, ...]:
-    items = t.strings("previous_tokens")
-    if len(items) > MAX_PREVIOUS_TOKENS:
-        raise t.error("previous_tokens", f"expected at most {MAX_PREVIOUS_TOKENS} tokens")
-    return tuple(t.item(key, text, _bearer_token) for key, text in items)
-
-
-def _bearer_token(text: str) -> str:
-    if not _BEARER_TOKEN.fullmatch(text):
-        raise ValueError("expected a non-empty bearer token (letters, digits, -._~+/, =)")
-    return text
 
 
 def _file_path(text: str, config_dir: Path) -> Path:
@@ -358,20 +322,6 @@ def _node(t: Table, seen: set[str], regions: Mapping[str, Region]) -> Node:
     if node.ipv4 is None and node.ipv6 is None:
         raise t.error("", "a node needs an ipv4 or an ipv6 address (or both)")
     return node
-
-
-def http_url(text: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
-    """`text` if it is a URL of one of `schemes` with a host, a valid port and no query or
-    fragment (a path is appended to it); else ValueError. The edge's config uses it too."""
-    problem = f"expected an {' or '.join(s + '://' for s in schemes)} URL with a host, got {text!r}"
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - parsing the port is the check
-    except ValueError:
-        raise ValueError(problem) from None
-    if parts.scheme not in schemes or not parts.hostname or parts.query or parts.fragment:
-        raise ValueError(problem)
-    return text
 
 
 def _overrides(tables: list[Table], regions: Mapping[str, Region]) -> tuple[Override, ...]:

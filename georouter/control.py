@@ -13,7 +13,6 @@ The handlers only translate HTTP to Fleet calls and back; decisions live in the 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -23,10 +22,11 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from georouter.errors import ReportError
+from cdn import auth
+from cdn.errors import ReportError
+from cdn.report import MAX_REPORT_BYTES, REPORT_PATH, LoadReport
 from georouter.fleet import NODE_STATES, Fleet, NodeStatus, Observe, Transition
 from georouter.metrics import RouterMetrics
-from georouter.report import MAX_REPORT_BYTES, LoadReport
 from georouter.selector import Selector
 
 log = logging.getLogger("georouter.fleet")
@@ -66,7 +66,7 @@ def make_control_app(plane: ControlPlane) -> web.Application:
     app[CONTROL] = plane
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
-    app.router.add_post("/api/v1/report", _report)
+    app.router.add_post(REPORT_PATH, _report)
     app.router.add_get("/api/v1/nodes", _nodes)
     app.router.add_post("/api/v1/nodes/{name}/drain", _drain)
     app.router.add_post("/api/v1/nodes/{name}/undrain", _undrain)
@@ -103,38 +103,14 @@ def _plane(request: web.Request) -> ControlPlane:
     return request.app[CONTROL]
 
 
-def _credentials(request: web.Request) -> bytes | None:
-    """The b64token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1), as bytes;
-    None if there is no such header. The scheme is case-insensitive (RFC 9110 §11.1)."""
-    header = request.headers.get("Authorization")
-    if header is None:
-        return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return b""
-    # aiohttp decodes header bytes as UTF-8 with surrogateescape: this gets them back.
-    return token.lstrip(" ").encode("utf-8", "surrogateescape")
-
-
 def _authorized(request: web.Request) -> bool:
-    given = _credentials(request)
-    if given is None:
-        return False
-    # Every token compared in constant time, none skipped, so timing tells nothing.
-    matches = [hmac.compare_digest(given, t.encode()) for t in _plane(request).tokens]
-    return any(matches)
+    return auth.authorized(request.headers.get("Authorization"), _plane(request).tokens)
 
 
 def _unauthorized(request: web.Request) -> web.Response:
-    # RFC 6750 §3: a challenge; §3.1: error="invalid_token" when a token was given but
-    # is wrong, no error code when the request carried no credentials at all.
-    challenge = 'Bearer realm="georouter"'
-    if request.headers.get("Authorization") is not None:
-        challenge += ', error="invalid_token"'
+    challenge = auth.challenge("georouter", request.headers.get("Authorization"))
     return web.json_response(
-        {"error": "missing or wrong bearer token"},
-        status=401,
-        headers={"WWW-Authenticate": challenge},
+        {"error": auth.UNAUTHORIZED}, status=401, headers={"WWW-Authenticate": challenge}
     )
 
 

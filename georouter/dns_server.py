@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Protocol
 
-from georouter.config import HostPort
+from cdn.config import HostPort
 from georouter.metrics import HotPathTallies, RouterMetrics
 from georouter.responder import Responder
 from georouter.wire import HEADER

@@ -1,21 +1,14 @@
-"""Exception root of the router, split by whose fault it is."""
+"""Exception root of the router, split by whose fault it is (under the shared cdn.errors)."""
 
 from __future__ import annotations
 
+from cdn import errors as shared
+from cdn.errors import ReportError as ReportError  # raised by the shared report codec
 
-class GeoRouterError(Exception):
+
+class GeoRouterError(shared.CDNError):
     """Root of every error the router raises on purpose."""
 
 
-class ConfigError(GeoRouterError):
+class ConfigError(GeoRouterError, shared.ConfigError):
     """A configuration or GeoIP file is unusable: names the file, the key and the expectation."""
-
-    def __init__(self, source: str, key: str, message: str) -> None:
-        super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
-        self.source = source
-        self.key = key
-        self.message = message
-
-
-class ReportError(GeoRouterError):
-    """A load report from an edge is malformed (the edge's fault: HTTP 400)."""

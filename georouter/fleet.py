@@ -37,8 +37,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from cdn.report import LoadReport
 from georouter.config import Node, RouterConfig
-from georouter.report import LoadReport
 
 NodeState = Literal["unknown", "up", "down", "draining", "saturated"]
 NODE_STATES: tuple[NodeState, ...] = ("unknown", "up", "down", "draining", "saturated")

@@ -17,7 +17,6 @@ import logging
 import os
 import random
 import signal
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +24,9 @@ from pathlib import Path
 from aiohttp import web
 from maxminddb import Reader
 
-from georouter.config import HostPort, RouterConfig, load_config, parse_host_port
+from cdn.config import HostPort, parse_host_port
+from cdn.logs import setup_logging
+from georouter.config import RouterConfig, load_config
 from georouter.control import ControlPlane, make_control_app, observer
 from georouter.dns_server import DnsService
 from georouter.errors import ConfigError
@@ -40,7 +41,6 @@ from georouter.workers import DnsWorkers
 # Report expiry is checked this often, so a silent node leaves answers at most this long
 # after report_expiry_s (2.5 s + 0.25 s with the defaults: inside the 3 s goal).
 TICK_INTERVAL_S = 0.25
-LOG_FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 
 log = logging.getLogger("georouter")
 
@@ -225,7 +225,7 @@ def serve(
     """The `georouter serve` command: log lines on stderr, 0 on a clean stop.
 
     A bad config, GeoIP file or listen address raises ConfigError (the CLI: exit 2)."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    setup_logging()
 
     async def main() -> int:
         return await _run(Router(config_path, geoip_path, dns, control))

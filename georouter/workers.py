@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cdn.logs import setup_logging
 from georouter.config import RouterConfig
 from georouter.dns_server import UdpShell
 from georouter.errors import GeoRouterError
@@ -263,9 +264,7 @@ def serve(udp_fd: int, control_fd: int) -> None:
     # Terminal signals reach the whole process group; main decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    from georouter.server import LOG_FORMAT  # here: server imports this module
-
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    setup_logging()
     control = socket.socket(fileno=control_fd)
     first = _receive(control)
     if first is None or first[0] != "config":

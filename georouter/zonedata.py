@@ -9,13 +9,13 @@ lower-case, with the trailing dot.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Literal, TypeVar, cast
 
-from georouter.tomltable import Table
+from cdn.config import absolute_name
+from cdn.tomltable import Table
 
 RecordType = Literal["A", "AAAA", "CNAME", "TXT", "NS"]
 AddressT = TypeVar("AddressT", IPv4Address, IPv6Address)
@@ -30,9 +30,6 @@ NEGATIVE_TTL_S = 60
 MAX_TTL_S = 2**31 - 1  # RFC 2181 §8: TTLs and SOA timers are 31-bit
 MAX_SERIAL = 2**32 - 1  # RFC 1982 serial numbers are 32-bit
 MAX_TXT_OCTETS = 255  # one <character-string> (RFC 1035 §3.3.14)
-MAX_NAME_OCTETS = 255  # RFC 1035 §2.3.4, counted in wire form
-# Host-name letters (RFC 1123 §2.1) plus "_" for service labels such as _dmarc (RFC 8552).
-_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,20 +52,6 @@ class Zone:
     negative_ttl: int  # SOA MINIMUM and the TTL of negative answers (RFC 2308 §5)
     services: tuple[str, ...]  # absolute geo-routed names
     records: tuple[StaticRecord, ...] = ()
-
-
-def absolute_name(text: str) -> str:
-    """A fully qualified name (trailing dot optional) in canonical form; ValueError if invalid."""
-    if not text.isascii():
-        raise ValueError(f"expected an ASCII domain name (IDNA 'xn--' form), got {text!r}")
-    name = text.lower().removesuffix(".")
-    for label in name.split("."):
-        if not _LABEL.fullmatch(label):
-            raise ValueError(f"expected a domain name, got {text!r} (bad label {label!r})")
-    # Wire form: a length octet per label, the label octets, and the root's zero octet.
-    if len(name) + 2 > MAX_NAME_OCTETS:
-        raise ValueError(f"domain name longer than {MAX_NAME_OCTETS} octets: {text!r}")
-    return name + "."
 
 
 def owner_name(text: str, origin: str) -> str:

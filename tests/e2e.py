@@ -33,7 +33,8 @@ import dns.message
 import dns.rdatatype
 import yaml
 
-from georouter.config import HostPort, load_config
+from cdn.config import HostPort
+from georouter.config import load_config
 from georouter.demo.plan import DemoPlan, edge_spec, make_plan
 from georouter.demo.runner import start_all
 from georouter.demo.supervisor import Child, Supervisor

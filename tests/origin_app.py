@@ -24,11 +24,11 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from cdn.config import HostPort
+from cdn.report import LoadReport
 from edge.config import CacheSettings, EdgeConfig, Limits
 from edge.metrics import EdgeMetrics
 from edge.server import EdgeServer
-from georouter.config import HostPort
-from georouter.report import LoadReport
 
 LOOPBACK = "127.0.0.1"
 CACHEABLE = {"Cache-Control": "max-age=60"}

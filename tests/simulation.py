@@ -30,17 +30,10 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol
 
-from georouter.config import (
-    HealthSettings,
-    HostPort,
-    Node,
-    Policy,
-    Region,
-    RouterConfig,
-    RouterSettings,
-)
+from cdn.config import HostPort
+from cdn.report import LoadReport
+from georouter.config import HealthSettings, Node, Policy, Region, RouterConfig, RouterSettings
 from georouter.fleet import Candidate, Family, Fleet, FleetSnapshot
-from georouter.report import LoadReport
 from georouter.selector import Decision, Selector
 
 REGION = "sim"

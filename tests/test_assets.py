@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 import yaml
 
-from georouter.config import HostPort
+from cdn.config import HostPort
 from tests.e2e import (
     ALERTS_YML,
     GRAFANA_JSON,

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from georouter.config import DEFAULT_CONFIG, HostPort, load_config, parse_host_port
+from cdn.config import HostPort, absolute_name, parse_host_port
+from georouter.config import DEFAULT_CONFIG, load_config
 from georouter.errors import ConfigError
-from georouter.zonedata import absolute_name
 
 BASE = """\
 [router]

@@ -15,7 +15,8 @@ import dns.opcode
 import dns.rcode
 import pytest
 
-from georouter.config import HostPort, RouterConfig
+from cdn.config import HostPort
+from georouter.config import RouterConfig
 from georouter.dns_server import MAX_UDP_QUERY_BYTES, UDP_BATCH, DnsService, TcpLimits
 from georouter.geo import Placement
 from georouter.metrics import BucketTally, RouterMetrics

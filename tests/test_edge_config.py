@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cdn.config import HostPort
+from cdn.errors import ConfigError as SharedConfigError
 from edge.cli import main
 from edge.config import (
     DRAIN_S,
@@ -19,8 +21,7 @@ from edge.config import (
     parse_size,
 )
 from edge.errors import ConfigError, EdgeError
-from georouter.config import ANSWER_TTL_S, HostPort
-from georouter.errors import ConfigError as RouterConfigError
+from georouter.config import ANSWER_TTL_S
 
 GOOD = """
 [edge]
@@ -56,6 +57,13 @@ def test_full_config_loads(tmp_path: Path) -> None:
     assert cfg.cache.size_bytes == 128 * MiB and cfg.cache.eviction == "lru"
     assert cfg.limits.max_headers == 50 and cfg.limits.coalesce_wait_s == 2.5
     assert cfg.limits.max_body_bytes == MAX_BODY_BYTES
+
+
+def test_previous_tokens_load_for_a_rotation(tmp_path: Path) -> None:
+    text = GOOD.replace('token = "s3cret"', 'token = "new"\nprevious_tokens = ["old", "older"]')
+    cfg = load_config(write(tmp_path, text))
+    assert (cfg.token, cfg.previous_tokens) == ("new", ("old", "older"))
+    assert load_config(write(tmp_path, GOOD)).previous_tokens == ()
 
 
 def test_default_drain_outlasts_the_routers_answer_ttl() -> None:
@@ -95,6 +103,14 @@ def test_flags_override_file(tmp_path: Path) -> None:
         ),
         (("[edge]", "[edgy]\n[edge]"), "edge.toml: edgy: unknown key"),
         (("[cache]", "[cache"), "edge.toml: not valid TOML"),
+        (
+            ('token = "s3cret"', 'previous_tokens = ["ok", "two words"]'),
+            "edge.toml: edge.previous_tokens[1]: expected a non-empty bearer token",
+        ),
+        (
+            ('token = "s3cret"', f"previous_tokens = {['t'] * 9}"),
+            "edge.toml: edge.previous_tokens: expected at most 8 tokens",
+        ),
     ],
 )
 def test_every_defect_is_one_line_naming_the_key(
@@ -176,4 +192,4 @@ def test_config_error_is_the_edges_and_the_readers(tmp_path: Path) -> None:
     # One class serves both: `edge serve` catches EdgeError, the shared reader raises it.
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, GOOD.replace("[edge]", "edge = 1\n[edgy]")))
-    assert isinstance(err.value, EdgeError) and isinstance(err.value, RouterConfigError)
+    assert isinstance(err.value, EdgeError) and isinstance(err.value, SharedConfigError)

@@ -103,6 +103,54 @@ async def test_purge_without_the_token_is_401_rfc6750_3(
     assert edge.cache.objects == 1
 
 
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+async def test_purge_bearer_scheme_is_case_insensitive_rfc9110_11_1(
+    edge: EdgeServer, client: aiohttp.ClientSession, scheme: str
+) -> None:
+    await warm(client, edge, "/img/a.png")
+    headers = {"Authorization": f"{scheme} t0ken"}
+    body = {"url": "http://cdn.example.com/img/a.png"}
+    assert await purge(client, edge, body, headers) == (200, {"purged": 1})
+
+
+async def test_purge_accepts_previous_tokens_during_a_rotation(
+    origin: ScriptedOrigin, client: aiohttp.ClientSession
+) -> None:
+    origin.script("/img/a.png", headers=CACHEABLE)
+    async with running_edge(origin.url, token="new", previous_tokens=("old",)) as edge:
+        body = {"key": "product-42"}
+        for token in ("new", "old"):
+            headers = {"Authorization": f"Bearer {token}"}
+            assert await purge(client, edge, body, headers) == (200, {"purged": 0})
+        status, _ = await purge(client, edge, body, {"Authorization": "Bearer t0ken"})
+        assert status == 401
+
+
+@pytest.mark.parametrize(
+    ("headers", "challenge"),
+    [
+        ({}, 'Bearer realm="edge"'),
+        ({"Authorization": "Bearer wrong"}, 'Bearer realm="edge", error="invalid_token"'),
+    ],
+)
+async def test_purge_401_challenge_rfc6750_3_1(
+    edge: EdgeServer, client: aiohttp.ClientSession, headers: dict[str, str], challenge: str
+) -> None:
+    url = f"http://{edge.control}/purge"
+    async with client.post(url, json={"key": "k"}, headers=headers) as resp:
+        assert resp.status == 401
+        assert resp.headers["WWW-Authenticate"] == challenge
+
+
+async def test_edge_without_a_token_refuses_every_purge(
+    origin: ScriptedOrigin, client: aiohttp.ClientSession
+) -> None:
+    async with running_edge(origin.url, token="") as edge:
+        for value in ("Bearer ", "Bearer", "bearer  "):
+            status, _ = await purge(client, edge, {"key": "k"}, {"Authorization": value})
+            assert status == 401
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cdn.report import EdgeStatus, LoadReport
 from georouter.config import HealthSettings, Node, Policy, Region
 from georouter.fleet import Fleet, FleetSnapshot, Transition
-from georouter.report import EdgeStatus, LoadReport
 from tests.simulation import make_config
 
 EU1 = Node(

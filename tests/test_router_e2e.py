@@ -26,7 +26,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from georouter.report import LoadReport
+from cdn.report import LoadReport
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGY = ROOT / "data" / "cdn.toml"

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cdn.report import LoadReport
 from georouter.config import AllDownPolicy, Node, Policy, Region, RouterConfig
 from georouter.fleet import Fleet
-from georouter.report import LoadReport
 from georouter.selector import Selector
 from tests.simulation import SCENARIOS, SimParams, make_config, simulate
 

@@ -21,7 +21,7 @@ import dns.rcode
 import pytest
 import pytest_asyncio
 
-from georouter.config import HostPort
+from cdn.config import HostPort
 from georouter.demo.supervisor import ChildSpec, Supervisor
 from tests.e2e import (
     SERVICE,

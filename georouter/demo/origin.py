@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from georouter.config import HostPort, parse_host_port
+from cdn.config import HostPort, parse_host_port
 
 ORIGIN_ROOT = Path(__file__).resolve().parents[2] / "data" / "demo-origin"
 DEFAULT_LISTEN = HostPort("127.0.0.1", 8000)

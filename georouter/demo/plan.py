@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from georouter.config import HostPort, RouterConfig
+from cdn.config import HostPort
+from georouter.config import RouterConfig
 from georouter.demo.supervisor import ChildSpec, DemoError, Transport
 
 ORIGIN_PORT = 8000

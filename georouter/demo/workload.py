@@ -25,7 +25,7 @@ import dns.exception
 import dns.message
 import dns.rdatatype
 
-from georouter.config import HostPort
+from cdn.config import HostPort
 
 LOAD_DURATION_S = 60.0
 LOAD_MAX_REQUESTS = 20_000

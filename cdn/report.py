@@ -6,10 +6,11 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
-from georouter.errors import ReportError
+from cdn.errors import ReportError
 
+REPORT_PATH = "/api/v1/report"  # on each router's control port; POST, Bearer token
 EdgeStatus = Literal["up", "degraded", "draining"]
-EDGE_STATUSES: frozenset[str] = frozenset({"up", "degraded", "draining"})
+EDGE_STATUSES: tuple[EdgeStatus, ...] = ("up", "degraded", "draining")
 MAX_REPORT_BYTES = 4096
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from georouter.errors import ConfigError
+from cdn.errors import ConfigError
 
 T = TypeVar("T")
 D = TypeVar("D")
