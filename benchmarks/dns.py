@@ -28,7 +28,7 @@ import dns.message
 import dns.rdatatype
 import maxminddb
 
-from benchmarks.processes import BenchError, CpuShares, Endpoint, run_measured
+from benchmarks.processes import BenchError, CpuShares, Endpoint, Placement, run_measured
 from benchmarks.report import CPU_NOTE, Table, bottleneck, fmt, ratio
 from georouter.config import RouterConfig
 
@@ -67,6 +67,7 @@ class DnsRun:
     p50_ms: float | None = None
     p99_ms: float | None = None
     p999_ms: float | None = None
+    tool: Placement | None = None  # how dnsperf was started
 
 
 def _code(record: dict[str, Any], kind: str, key: str) -> str:
@@ -191,11 +192,13 @@ def run_dnsperf(
     ]  # fmt: skip
     if rate_qps is not None:
         argv += ["-Q", str(int(rate_qps)), "-v"]
-    output, cpu = run_measured(argv, server.pid, duration_s + DNSPERF_TIMEOUT_S + 30)
+    measured = run_measured(argv, server.pid, duration_s + DNSPERF_TIMEOUT_S + 30)
+    output = measured.output
     figures = parse_dnsperf(output)
     run = DnsRun(
         server=server.name, mix=mix.name, qps=figures["qps"], avg_ms=figures["avg"] * 1000.0,
-        lost=int(figures["lost"]), sent=int(figures["sent"]), cpu=cpu,
+        lost=int(figures["lost"]), sent=int(figures["sent"]), cpu=measured.cpu,
+        tool=measured.tool,
     )  # fmt: skip
     if rate_qps is None:
         return run
