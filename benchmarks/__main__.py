@@ -150,7 +150,8 @@ HARNESS_TITLE = "The harness: how each process was started, and a bias check"
 
 
 def harness_part(run: Run) -> Part:
-    return run.parts.setdefault("bias", Part(HARNESS_TITLE, report.intro(fairness.__doc__)))
+    intro = report.intro(fairness.__doc__)
+    return run.parts.setdefault("bias", Part(HARNESS_TITLE, intro, numbered=False))
 
 
 def bias_part(run: Run) -> None:

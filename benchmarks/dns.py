@@ -29,7 +29,7 @@ import dns.rdatatype
 import maxminddb
 
 from benchmarks.processes import BenchError, CpuShares, Endpoint, Placement, run_measured
-from benchmarks.report import CPU_NOTE, Table, bottleneck, fmt, ratio
+from benchmarks.report import CPU_NOTE, EQUAL_TERMS_NOTE, Table, bottleneck, fmt, ratio
 from georouter.config import RouterConfig
 
 SEED = 7
@@ -281,6 +281,7 @@ def throughput_table(runs: Sequence[DnsRun], mixes: Sequence[Mix], ours: Sequenc
         f"Medians of {rounds} alternating round(s); range: slowest to fastest round; "
         "lost: sum over the rounds.",
         CPU_NOTE,
+        EQUAL_TERMS_NOTE,
         "On 2 cores dnsperf and the server share the CPU: a server faster than dnsperf "
         "(gdnsd) shows a lower bound. PowerDNS does not packet-cache answers with an ECS "
         "scope, so every ecs query goes through its geoip backend.",
@@ -315,6 +316,7 @@ def latency_table(runs: Sequence[DnsRun], rate_qps: float) -> Table:
         f"Offered {rate_qps:,.0f} q/s (dnsperf -Q), ecs mix; percentiles from dnsperf -v;"
         f" medians of {rounds} alternating rounds.",
         CPU_NOTE,
+        EQUAL_TERMS_NOTE,
     ]
     columns = [
         "server", "avg ms", "p50 ms", "p99 ms", "p99 range ms", "p99.9 ms", "lost",

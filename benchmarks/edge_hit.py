@@ -17,7 +17,7 @@ from pathlib import Path
 
 from benchmarks.cdn import DEMO_ROOT
 from benchmarks.processes import BenchError, CpuShares, Endpoint, Placement, run_measured
-from benchmarks.report import CPU_NOTE, Table, bottleneck, fmt, ratio
+from benchmarks.report import CPU_NOTE, EQUAL_TERMS_NOTE, Table, bottleneck, fmt, ratio
 
 WRK_THREADS = 1
 WRK_CONNECTIONS = 32
@@ -131,6 +131,7 @@ def hit_table(runs: Sequence[HitRun], ours: str) -> Table:
         "The demo objects closest to 1 KiB and 100 KiB; nginx runs one worker process, "
         "like one edge process.",
         CPU_NOTE,
+        EQUAL_TERMS_NOTE,
     ]
     columns = ["object", "server", "req/s", "p50 ms", "p99 ms", "errors", "server CPU %"]
     columns += ["wrk CPU %", "others CPU %", "stolen CPU %", "limited by", "edge / server"]

@@ -1,4 +1,4 @@
-"""Part 0: the harness: how each process was started, and a check that this is fair.
+"""The harness section: how each process was started, and a check that this is fair.
 
 Every server and load generator competes for the CPU on equal terms: each server runs in
 the harness's session (its own process group, so the terminal's Ctrl-C does not reach it

@@ -49,7 +49,7 @@ from benchmarks.processes import (
     unequal,
     wait_until,
 )
-from benchmarks.report import bottleneck
+from benchmarks.report import Part, bottleneck, render
 from georouter.config import RouterConfig, load_config
 
 GEOIP = Path(_maxminddb_geolite2.geolite2_database())
@@ -431,3 +431,9 @@ def test_powerdns_answers_with_the_region_of_the_ecs_subnet_rfc7871_7_1_1(
     addresses, scope = ask(powerdns, subnet)
     assert addresses == region_addresses(config, region)
     assert scope > 0
+
+
+def test_the_harness_section_stands_before_the_numbered_parts() -> None:
+    parts = [Part("The harness", "", numbered=False), Part("DNS", ""), Part("Edge", "")]
+    headings = [line for line in render(parts, [], "").splitlines() if line.startswith("## ")]
+    assert headings == ["## The harness", "## 1. DNS", "## 2. Edge"]
