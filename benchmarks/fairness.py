@@ -7,7 +7,7 @@ session, and nothing is pinned to a core. With `kernel.sched_autogroup_enabled =
 session is a CPU scheduling group of its own, and the scheduler shares the cores between
 groups before it shares a group between its threads: a server in its own session gets one
 group's share against the load generator's group however many threads it has. That cost
-PowerDNS (a receiver and three distributor threads) about 40 % of its queries/s in earlier
+PowerDNS (a receiver and three distributor threads) a third of its queries/s in earlier
 runs of this benchmark and a single-threaded server nothing. Pinning (server on one core,
 load generator on the other) would avoid that, but it caps the multi-threaded and
 multi-process servers (PowerDNS, gdnsd, georouter with `dns_workers = 2`) at one core and
@@ -15,15 +15,17 @@ is not how they are deployed. The table "How each process was started" reads eac
 from /proc (session, process group, /proc/<pid>/autogroup, nice, allowed cores, cgroup);
 the run stops if one of them would be scheduled differently from the harness itself.
 
-The bias check runs first. PowerDNS, the server that showed the bias, is started three
-times from one generated configuration: plain (as a shell starts a command), the
-harness's way, and in its own session (setsid, as this harness used to). dnsperf drives
-the three in alternating short rounds with the ecs mix. The noise is the widest spread
-(slowest to fastest round, over the median) of any one way, and at least 10 %. The run
-stops (exit 1) when the harness's median differs from the plain one by more than the
-noise. The own-session way is the control: when it differs by more than the noise, the
-check has shown it can see an autogroup bias on this machine; when it does not
-(autogroup off, or the cores not saturated), the table says the check could not tell.
+The bias check runs first. PowerDNS, the server that showed the bias, is started three times
+from one generated configuration: plain (as a shell starts a command), the harness's way,
+and in its own session (setsid, as this harness used to). dnsperf drives the three in
+alternating short rounds with the ecs mix, and each way's figure is taken relative to the
+plain one of the same round (so a load that drifts between rounds cancels out). The gap of a
+way is how far the median of its ratios is from 1; the noise is the widest spread (smallest
+to largest ratio) of either way, and at least 10 %. The run stops (exit 1) when the
+harness's gap exceeds the noise. The own-session way is the control: when it differs by more
+than the noise, the check has shown it can see an autogroup bias on this machine; when it
+does not (autogroup off, or the cores not saturated), the table says the check could not
+tell.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import dns, peers
+from benchmarks import cdn, dns, peers
 from benchmarks.processes import BenchError, Placement, Start, placement
 from benchmarks.report import Table, fmt
 from georouter.config import RouterConfig
@@ -47,15 +49,19 @@ WAYS = (Start.PLAIN, Start.GROUP, Start.SESSION)
 WAY_NAMES = {Start.PLAIN: "plain", Start.GROUP: "harness", Start.SESSION: "own session"}
 
 
+def ratios(values: Sequence[float], reference: Sequence[float]) -> tuple[float, ...]:
+    """Each round's figure over the reference's figure of the same round."""
+    return tuple(v / r for v, r in zip(values, reference, strict=True))
+
+
 def spread(values: Sequence[float]) -> float:
-    """Slowest to fastest, relative to the median."""
-    return (max(values) - min(values)) / statistics.median(values)
+    """Smallest to largest."""
+    return max(values) - min(values)
 
 
-def gap(values: Sequence[float], reference: Sequence[float]) -> float:
-    """How far the median of `values` is from the reference's median, relative to it."""
-    base = statistics.median(reference)
-    return abs(statistics.median(values) - base) / base
+def gap(relative: Sequence[float]) -> float:
+    """How far the median of per-round ratios is from 1 (no difference)."""
+    return abs(statistics.median(relative) - 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +71,8 @@ class Verdict:
     plain: tuple[float, ...]
     harness: tuple[float, ...]
     own_session: tuple[float, ...]
-    noise: float  # relative
-    harness_gap: float  # relative to plain
+    noise: float  # the widest spread of the per-round ratios to plain, at least MIN_NOISE
+    harness_gap: float  # of the harness's per-round ratios to plain
     own_session_gap: float
 
     @property
@@ -105,17 +111,19 @@ class Verdict:
 def judge(
     *, plain: Sequence[float], harness: Sequence[float], own_session: Sequence[float]
 ) -> Verdict:
-    """The verdict on the queries/s of each way's rounds (each at least one, all positive)."""
+    """The verdict on the queries/s of each way's rounds: round i of each way ran back to
+    back, so every way needs the same number of rounds (at least one), all positive."""
     ways = (plain, harness, own_session)
-    if not all(ways) or min(min(w) for w in ways) <= 0:
-        raise ValueError("every way needs at least one round, and every figure must be > 0")
+    if not plain or len({len(w) for w in ways}) != 1 or min(min(w) for w in ways) <= 0:
+        raise ValueError("every way needs the same rounds, at least one, every figure > 0")
+    ours, control = ratios(harness, plain), ratios(own_session, plain)
     return Verdict(
         plain=tuple(plain),
         harness=tuple(harness),
         own_session=tuple(own_session),
-        noise=max(MIN_NOISE, *(spread(w) for w in ways)),
-        harness_gap=gap(harness, plain),
-        own_session_gap=gap(own_session, plain),
+        noise=max(MIN_NOISE, spread(ours), spread(control)),
+        harness_gap=gap(ours),
+        own_session_gap=gap(control),
     )
 
 
@@ -162,23 +170,26 @@ def check_table(check: Check, harness: Placement | None) -> Table:
         Start.GROUP: verdict.harness,
         Start.SESSION: verdict.own_session,
     }
-    gaps = {Start.PLAIN: 0.0, Start.GROUP: verdict.harness_gap}
-    gaps[Start.SESSION] = verdict.own_session_gap
+    gaps = {Start.GROUP: verdict.harness_gap, Start.SESSION: verdict.own_session_gap}
     rows = []
     for way in WAYS:
         found = check.placements.get(way)
         values = figures[way]
+        relative = ", ".join(f"{r:.2f}" for r in ratios(values, verdict.plain))
         rows.append([
             WAY_NAMES[way], _session(found, harness), _autogroup(found),
-            fmt(statistics.median(values)), f"{min(values):,.0f} to {max(values):,.0f}",
-            f"{spread(values):.0%}", "" if way is Start.PLAIN else f"{gaps[way]:.0%}",
+            fmt(statistics.median(values)), ", ".join(f"{v:,.0f}" for v in values),
+            "" if way is Start.PLAIN else relative,
+            f"{gaps[way]:.0%}" if way in gaps else "",
         ])  # fmt: skip
     notes = [
         f"{len(verdict.plain)} alternating round(s) of {ROUND_S:g} s per way, dnsperf with "
-        f"the ecs mix as in part 1; noise: the widest spread, at least {MIN_NOISE:.0%}.",
+        "the ecs mix as in part 1; gap: the median ratio's distance from 1; noise: the "
+        f"widest spread of either way's ratios, at least {MIN_NOISE:.0%}.",
         f"Verdict: {verdict.summary()}",
     ]
-    columns = ["way", "session", "autogroup", "q/s", "range", "spread", "gap to plain"]
+    columns = ["way", "session", "autogroup", "median q/s", "q/s per round"]
+    columns += ["per round / plain", "gap"]
     return Table("Bias check: PowerDNS started three ways", columns, rows, notes)
 
 
@@ -207,7 +218,7 @@ def command_line(argv: Sequence[str], replacements: Mapping[str, str]) -> str:
 def started_table(placements: Mapping[str, Placement], workdir: Path) -> Table:
     """Every process the run started, and the harness itself, as /proc shows them."""
     harness = placement(os.getpid())
-    shown = {sys.executable: "python", str(workdir): "$WORK", str(peers.LOOPBACK): "127.0.0.1"}
+    shown = {sys.executable: "python", str(workdir): "$WORK", f"{cdn.REPO}/": ""}
     rows = []
     for name, found in placements.items():
         rows.append([

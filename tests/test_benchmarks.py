@@ -33,7 +33,7 @@ from benchmarks.__main__ import QUICK, Run
 from benchmarks.cdn import TOPOLOGY
 from benchmarks.dns import DnsRun, latencies_ms, latency_table, parse_dnsperf, percentile
 from benchmarks.edge_hit import parse_wrk
-from benchmarks.fairness import MIN_NOISE, judge, spread
+from benchmarks.fairness import MIN_NOISE, judge, ratios, spread
 from benchmarks.processes import (
     BenchError,
     CpuShares,
@@ -303,39 +303,61 @@ def test_a_harness_that_starts_servers_with_setsid_is_biased_and_stops_the_run()
 
 
 def test_a_gap_within_the_noise_of_the_rounds_is_not_a_bias() -> None:
-    noisy = (40_000.0, 64_000.0, 70_000.0)  # a spread of 47 %
+    noisy = (40_000.0, 64_000.0, 70_000.0)  # the machine got busier round by round
     verdict = judge(plain=noisy, harness=SETSID, own_session=SETSID)
-    assert verdict.noise == pytest.approx(30_000 / 64_000)
+    assert verdict.noise == pytest.approx(40_400 / 40_000 - 43_400 / 70_000)  # 0.39
+    assert verdict.harness_gap == pytest.approx(1 - 42_000 / 64_000)  # 0.34
     assert not verdict.biased and not verdict.sensitive
     assert "could not tell" in verdict.summary()
 
 
-def test_judge_needs_rounds_and_positive_figures() -> None:
-    with pytest.raises(ValueError, match="at least one round"):
-        judge(plain=(), harness=PLAIN, own_session=PLAIN)
+def test_judge_needs_paired_rounds_and_positive_figures() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        judge(plain=(), harness=(), own_session=())
+    with pytest.raises(ValueError, match="same rounds"):
+        judge(plain=PLAIN, harness=PLAIN[:2], own_session=PLAIN)
     with pytest.raises(ValueError, match="> 0"):
-        judge(plain=PLAIN, harness=(0.0,), own_session=PLAIN)
+        judge(plain=PLAIN, harness=(1.0, 1.0, 0.0), own_session=PLAIN)
 
 
-ROUNDS = st.lists(st.floats(1_000.0, 200_000.0), min_size=1, max_size=6)
+FIGURE = st.floats(1_000.0, 200_000.0)
+ROUND_PAIRS = st.lists(st.tuples(FIGURE, FIGURE), min_size=1, max_size=6)
 
 
-@given(plain=ROUNDS, own=ROUNDS, factor=st.floats(0.3, 3.0))
+@given(rounds=ROUND_PAIRS, factor=st.floats(0.3, 3.0))
 def test_biased_exactly_when_the_harness_gap_exceeds_the_noise(
-    plain: list[float], own: list[float], factor: float
+    rounds: list[tuple[float, float]], factor: float
 ) -> None:
-    harness = [q * factor for q in plain]  # the same spread as plain, shifted
+    plain, own = [p for p, _ in rounds], [o for _, o in rounds]
+    harness = [q * factor for q in plain]  # every round shifted alike: no spread of its own
     verdict = judge(plain=plain, harness=harness, own_session=own)
-    noise = max(MIN_NOISE, spread(plain), spread(own), spread(harness))
-    assert verdict.noise == pytest.approx(noise)
-    assert verdict.noise >= MIN_NOISE
+    assert verdict.noise == pytest.approx(max(MIN_NOISE, spread(ratios(own, plain))))
+    assert verdict.harness_gap == pytest.approx(abs(factor - 1.0))
     assume(abs(abs(factor - 1.0) - verdict.noise) > 1e-6)  # not on the boundary
     assert verdict.biased == (abs(factor - 1.0) > verdict.noise)
 
 
-@given(plain=ROUNDS, own=ROUNDS)
-def test_the_same_figures_are_never_biased(plain: list[float], own: list[float]) -> None:
-    assert not judge(plain=plain, harness=list(reversed(plain)), own_session=own).biased
+@given(rounds=ROUND_PAIRS)
+def test_the_same_figures_are_never_biased(rounds: list[tuple[float, float]]) -> None:
+    plain, own = [p for p, _ in rounds], [o for _, o in rounds]
+    verdict = judge(plain=plain, harness=plain, own_session=own)
+    assert verdict.harness_gap == 0.0 and not verdict.biased
+
+
+@given(rounds=ROUND_PAIRS, drift=st.lists(st.floats(0.2, 1.0), min_size=6, max_size=6))
+def test_a_load_that_drifts_between_rounds_cancels_out(
+    rounds: list[tuple[float, float]], drift: list[float]
+) -> None:
+    """Every way of a round slowed alike (another program busy then): the same verdict."""
+    plain, own = [p for p, _ in rounds], [o for _, o in rounds]
+    harness = [q * 0.6 for q in plain]
+    steady = judge(plain=plain, harness=harness, own_session=own)
+    slowed = [[q * d for q, d in zip(way, drift, strict=False)] for way in (plain, harness, own)]
+    drifted = judge(plain=slowed[0], harness=slowed[1], own_session=slowed[2])
+    assert drifted.harness_gap == pytest.approx(steady.harness_gap)
+    assert drifted.noise == pytest.approx(steady.noise)
+    assume(abs(steady.harness_gap - steady.noise) > 1e-6)  # not on the boundary
+    assert drifted.biased == steady.biased
 
 
 def test_check_table_shows_each_way_with_its_session_and_gap() -> None:
@@ -348,14 +370,14 @@ def test_check_table_shows_each_way_with_its_session_and_gap() -> None:
     verdict = judge(plain=PLAIN, harness=PLAIN, own_session=SETSID)
     table = fairness.check_table(fairness.Check(verdict, placements), harness)
     rows = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.rows}
-    assert rows["plain"]["session"] == "harness's" and rows["plain"]["gap to plain"] == ""
+    assert rows["plain"]["session"] == "harness's" and rows["plain"]["gap"] == ""
+    assert rows["plain"]["q/s per round"] == "63,400, 64,000, 64,500"
     assert rows["harness"]["session"] == "harness's, own group"
-    assert rows["harness"]["autogroup"] == "autogroup-1" and rows["harness"]["gap to plain"] == "0%"
-    assert (
-        rows["own session"]["session"] == "own"
-        and rows["own session"]["autogroup"] == "autogroup-8"
-    )
-    assert rows["own session"]["q/s"] == "42,000" and rows["own session"]["gap to plain"] == "34%"
+    assert rows["harness"]["autogroup"] == "autogroup-1" and rows["harness"]["gap"] == "0%"
+    own = rows["own session"]
+    assert own["session"] == "own" and own["autogroup"] == "autogroup-8"
+    assert own["median q/s"] == "42,000" and own["gap"] == "34%"
+    assert own["per round / plain"] == "0.64, 0.66, 0.67"
     assert any("Verdict: no harness bias" in note for note in table.notes)
 
 
