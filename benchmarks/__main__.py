@@ -1,6 +1,6 @@
 """`python -m benchmarks` (`make bench`): every part in one run, tables to docs/benchmarks.md.
 
-BENCH_QUICK=1 shortens every part (about 3 minutes in all) for development; the full run
+BENCH_QUICK=1 shortens every part (about 4 minutes in all) for development; the full run
 stays under 20 minutes on 2 cores. `--parts bias,dns,hit,failover,balance,cache` picks parts.
 The bias check (benchmarks/fairness.py) runs first and stops the run, exit 1, if the harness
 would measure a server started its way differently from one started plainly; every started
