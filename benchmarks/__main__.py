@@ -93,17 +93,16 @@ class Run:
     def note_start(self, label: str, pid: int) -> None:
         """Record how a server was started; BenchError if any process of its tree would be
         scheduled apart from the harness (another autogroup, nice, set of cores, cgroup)."""
-        found = {f"{label} (pid {member})": placement(member) for member in process_tree(pid)}
-        self._admit(label, {k: v for k, v in found.items() if v is not None}, found)
+        tree = [(f"{label} (pid {member})", placement(member)) for member in process_tree(pid)]
+        self._admit(label, {name: found for name, found in tree if found is not None})
 
     def note_tool(self, label: str, started: Placement | None) -> None:
         """Record how a load generator was started (its first run), checked like a server."""
         if started is not None and label not in self.started:
-            self._admit(label, {label: started}, {label: started})
+            self._admit(label, {label: started})
 
-    def _admit(
-        self, label: str, found: dict[str, Placement], tree: dict[str, Placement | None]
-    ) -> None:
+    def _admit(self, label: str, found: dict[str, Placement]) -> None:
+        """Keep the first (the leader) of `found` under `label`, if all are scheduled alike."""
         if apart := unequal(found, self.harness):
             first = found[apart[0]]
             raise BenchError(
@@ -112,9 +111,8 @@ class Run:
                 f"harness: {self.harness.autogroup!r}, nice {self.harness.nice}, cpus "
                 f"{self.harness.cpus}); see benchmarks/processes.py"
             )
-        leader = next(iter(tree.values()))
-        if leader is not None:
-            self.started.setdefault(label, leader)
+        if found:
+            self.started.setdefault(label, next(iter(found.values())))
 
     def emit(self, key: str, part: Part, table: Table) -> None:
         part.tables.append(table)

@@ -11,7 +11,7 @@ distributions) every new session (setsid) is its own CPU scheduling group, and t
 scheduler shares the cores between groups before it shares a group between its threads. A
 server started in its own session then gets one group's share against the load
 generator's group however many threads it runs: PowerDNS (a receiver and three distributor
-threads) lost about 40 % of its queries/s that way, a single-threaded server nothing. So a
+threads) lost about a third of its queries/s that way, a single-threaded server nothing. So a
 server stays in the harness's session (`Start.GROUP`: only its own process group, which
 keeps the terminal's Ctrl-C off it, lets the SIGKILL fallback reach its children, and does
 not change its autogroup), and the load generators run as plain children of the same
@@ -200,9 +200,7 @@ class Placement:
     argv: tuple[str, ...]
     session: int
     group: int  # process group
-    autogroup: (
-        str  # /proc/<pid>/autogroup ("" when the kernel has none), e.g. "/autogroup-9 nice 0"
-    )
+    autogroup: str  # /proc/<pid>/autogroup, e.g. "/autogroup-9 nice 0" ("": none)
     nice: int
     cpus: str  # Cpus_allowed_list: the cores it may run on
     cgroup: str  # of the cpu controller (cgroup v1), or the unified one (v2)
