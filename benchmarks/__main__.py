@@ -60,11 +60,11 @@ class Settings:
     failover_trials: int
     cache_requests: int
     balance_seeds: int
-    bias_rounds: int  # per way, of fairness.ROUND_S each
+    bias_rounds: int  # per way, of fairness.ROUND_S each; a multiple of 3 rotates fully
 
 
 FULL = Settings("full", rounds=3, latency_rounds=5, run_s=10.0, failover_trials=20,
-                cache_requests=1_000_000, balance_seeds=3, bias_rounds=5)  # fmt: skip
+                cache_requests=1_000_000, balance_seeds=3, bias_rounds=6)  # fmt: skip
 QUICK = Settings("quick (BENCH_QUICK=1)", rounds=1, latency_rounds=1, run_s=3.0,
                  failover_trials=5, cache_requests=100_000, balance_seeds=1,
                  bias_rounds=3)  # fmt: skip

@@ -18,14 +18,14 @@ the run stops if one of them would be scheduled differently from the harness its
 The bias check runs first. PowerDNS, the server that showed the bias, is started three times
 from one generated configuration: plain (as a shell starts a command), the harness's way,
 and in its own session (setsid, as this harness used to). dnsperf drives the three in
-alternating short rounds with the ecs mix, and each way's figure is taken relative to the
-plain one of the same round (so a load that drifts between rounds cancels out). The gap of a
-way is how far the median of its ratios is from 1; the noise is the widest spread (smallest
-to largest ratio) of either way, and at least 10 %. The run stops (exit 1) when the
-harness's gap exceeds the noise. The own-session way is the control: when it differs by more
-than the noise, the check has shown it can see an autogroup bias on this machine; when it
-does not (autogroup off, or the cores not saturated), the table says the check could not
-tell.
+alternating short rounds (the order rotating) with the ecs mix, and each way's figure is
+taken relative to the plain one of the same round (so a load that drifts between rounds
+cancels out). The gap of a way is how far the median of its ratios is from 1; the noise is
+the widest spread (smallest to largest ratio) of either way, and at least 10 %. The run
+stops (exit 1) when the harness's gap exceeds the noise. The own-session way is the control:
+when it differs by more than the noise, the check has shown it can see an autogroup bias on
+this machine; when it does not (autogroup off, or the cores not saturated), the table says
+the check could not tell.
 """
 
 from __future__ import annotations
@@ -127,6 +127,13 @@ def judge(
     )
 
 
+def rotated(ways: Sequence[Start], index: int) -> list[Start]:
+    """Round `index`'s order: each way goes first, second and third equally often (a server
+    measured right after another may pay for the queries that one still has queued)."""
+    shift = index % len(ways)
+    return [*ways[shift:], *ways[:shift]]
+
+
 @dataclass(frozen=True, slots=True)
 class Check:
     """A finished bias check: the verdict and how each PowerDNS was started."""
@@ -136,7 +143,7 @@ class Check:
 
 
 def run_check(config: RouterConfig, geoip: Path, workdir: Path, mix: dns.Mix, rounds: int) -> Check:
-    """Three PowerDNS, one per way, driven in alternating rounds (drift hits all alike)."""
+    """Three PowerDNS, one per way, driven in rotating rounds (drift hits all alike)."""
     with contextlib.ExitStack() as stack:
         servers = {}
         for way in WAYS:
@@ -148,9 +155,9 @@ def run_check(config: RouterConfig, geoip: Path, workdir: Path, mix: dns.Mix, ro
             )
         placements = {way: placement(server.pid) for way, server in servers.items()}
         qps: dict[Start, list[float]] = {way: [] for way in WAYS}
-        for _ in range(rounds):
-            for way, server in servers.items():
-                qps[way].append(dns.run_dnsperf(server, mix, ROUND_S).qps)
+        for index in range(rounds):
+            for way in rotated(WAYS, index):
+                qps[way].append(dns.run_dnsperf(servers[way], mix, ROUND_S).qps)
     verdict = judge(
         plain=qps[Start.PLAIN], harness=qps[Start.GROUP], own_session=qps[Start.SESSION]
     )

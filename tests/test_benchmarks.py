@@ -459,3 +459,11 @@ def test_the_harness_section_stands_before_the_numbered_parts() -> None:
     parts = [Part("The harness", "", numbered=False), Part("DNS", ""), Part("Edge", "")]
     headings = [line for line in render(parts, [], "").splitlines() if line.startswith("## ")]
     assert headings == ["## The harness", "## 1. DNS", "## 2. Edge"]
+
+
+def test_each_way_takes_each_place_in_the_rounds_equally_often() -> None:
+    ways = fairness.WAYS
+    orders = [fairness.rotated(ways, index) for index in range(2 * len(ways))]
+    assert all(sorted(o, key=ways.index) == list(ways) for o in orders)
+    for place in range(len(ways)):
+        assert sorted((o[place] for o in orders), key=ways.index) == [w for w in ways for _ in "ab"]
