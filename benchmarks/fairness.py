@@ -24,8 +24,8 @@ cancels out). The gap of a way is how far the median of its ratios is from 1; th
 the widest spread (smallest to largest ratio) of either way, and at least 10 %. The run
 stops (exit 1) when the harness's gap exceeds the noise. The own-session way is the control:
 when it differs by more than the noise, the check has shown it can see an autogroup bias on
-this machine; when it does not (autogroup off, or the cores not saturated), the table says
-the check could not tell.
+this machine; when it does not (autogroup off, the cores not saturated, or too much noise),
+the table says the run could not tell.
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ class Verdict:
         control = (
             "the own-session control shows the check can see an autogroup bias here"
             if self.sensitive
-            else "the own-session control stayed within the noise: this machine shows no "
-            "autogroup bias (autogroup off or cores not saturated), so the check could not tell"
+            else "the own-session control stayed within the noise, so this run could not "
+            "tell a bias from the noise (autogroup off, cores not saturated, or a busy machine)"
         )
         return f"no harness bias: {figures}; {control}."
 
