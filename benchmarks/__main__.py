@@ -1,8 +1,11 @@
 """`python -m benchmarks` (`make bench`): every part in one run, tables to docs/benchmarks.md,
 its headline also into README.md.
 
-BENCH_QUICK=1 shortens every part (about 3 minutes in all) for development; the full run
-stays under 20 minutes on 2 cores. `--parts dns,hit,failover,balance,cache` picks parts.
+BENCH_QUICK=1 shortens every part (about 4 minutes in all) for development; the full run
+stays under 20 minutes on 2 cores. `--parts bias,dns,hit,failover,balance,cache` picks parts.
+The bias check (benchmarks/fairness.py) runs first and stops the run, exit 1, if the harness
+would measure a server started its way differently from one started plainly; every started
+process is checked against the harness's own scheduling (session autogroup, nice, cores).
 """
 
 from __future__ import annotations
@@ -14,18 +17,37 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import _maxminddb_geolite2  # type: ignore[import-untyped]
 
-from benchmarks import balance, cache_policy, cdn, dns, edge_hit, failover, headline, peers, report
-from benchmarks.processes import BenchError, Endpoint, rss_bytes
+from benchmarks import (
+    balance,
+    cache_policy,
+    cdn,
+    dns,
+    edge_hit,
+    failover,
+    fairness,
+    headline,
+    peers,
+    report,
+)
+from benchmarks.processes import (
+    BenchError,
+    Endpoint,
+    Placement,
+    placement,
+    process_tree,
+    rss_bytes,
+    unequal,
+)
 from benchmarks.report import Part, Table
 from georouter.config import RouterConfig, load_config
 
 OUTPUT = cdn.REPO / "docs" / "benchmarks.md"
-PARTS = ("dns", "hit", "failover", "balance", "cache")
+PARTS = ("bias", "dns", "hit", "failover", "balance", "cache")
 LATENCY_LOAD_SHARE = 0.5  # the fixed-rate run offers half of georouter's max q/s
 DNS_WORKERS = 2  # the second georouter configuration measured: one UDP worker per core
 FAILOVER_VICTIM = "edge-eu-1"
@@ -40,12 +62,14 @@ class Settings:
     failover_trials: int
     cache_requests: int
     balance_seeds: int
+    bias_rounds: int  # per way, of fairness.ROUND_S each; a multiple of 3 rotates fully
 
 
 FULL = Settings("full", rounds=3, latency_rounds=5, run_s=10.0, failover_trials=20,
-                cache_requests=1_000_000, balance_seeds=3)  # fmt: skip
+                cache_requests=1_000_000, balance_seeds=3, bias_rounds=6)  # fmt: skip
 QUICK = Settings("quick (BENCH_QUICK=1)", rounds=1, latency_rounds=1, run_s=3.0,
-                 failover_trials=5, cache_requests=100_000, balance_seeds=1)  # fmt: skip
+                 failover_trials=5, cache_requests=100_000, balance_seeds=1,
+                 bias_rounds=3)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -58,6 +82,39 @@ class Run:
     workdir: Path
     parts: dict[str, Part]
     memory: dict[str, int]
+    harness: Placement
+    started: dict[str, Placement] = field(default_factory=dict)
+    mixes: tuple[dns.Mix, ...] = ()
+
+    def query_mixes(self) -> tuple[dns.Mix, ...]:
+        """The dnsperf query files, built once (the bias check and part 1 share them)."""
+        if not self.mixes:
+            self.mixes = dns.build_mixes(self.config, self.geoip, self.workdir)
+        return self.mixes
+
+    def note_start(self, label: str, pid: int) -> None:
+        """Record how a server was started; BenchError if any process of its tree would be
+        scheduled apart from the harness (another autogroup, nice, set of cores, cgroup)."""
+        tree = [(f"{label} (pid {member})", placement(member)) for member in process_tree(pid)]
+        self._admit(label, {name: found for name, found in tree if found is not None})
+
+    def note_tool(self, label: str, started: Placement | None) -> None:
+        """Record how a load generator was started (its first run), checked like a server."""
+        if started is not None and label not in self.started:
+            self._admit(label, {label: started})
+
+    def _admit(self, label: str, found: dict[str, Placement]) -> None:
+        """Keep the first (the leader) of `found` under `label`, if all are scheduled alike."""
+        if apart := unequal(found, self.harness):
+            first = found[apart[0]]
+            raise BenchError(
+                f"harness bias: {', '.join(apart)} scheduled apart from the harness "
+                f"(autogroup {first.autogroup!r}, nice {first.nice}, cpus {first.cpus}; the "
+                f"harness: {self.harness.autogroup!r}, nice {self.harness.nice}, cpus "
+                f"{self.harness.cpus}); see benchmarks/processes.py"
+            )
+        if found:
+            self.started.setdefault(label, next(iter(found.values())))
 
     def emit(self, key: str, part: Part, table: Table) -> None:
         part.tables.append(table)
@@ -89,21 +146,47 @@ def _dns_peers(run: Run) -> Iterator[list[Endpoint]]:
         yield started
 
 
+HARNESS_TITLE = "The harness: how each process was started, and a bias check"
+
+
+def harness_part(run: Run) -> Part:
+    intro = report.intro(fairness.__doc__)
+    return run.parts.setdefault("bias", Part(HARNESS_TITLE, intro, numbered=False))
+
+
+def bias_part(run: Run) -> None:
+    """PowerDNS started three ways, measured in turn; BenchError if the harness is biased."""
+    part = harness_part(run)
+    if missing := _missing("dnsperf", "pdns_server"):
+        part.intro += f"\n\nBias check skipped: {', '.join(missing)} not installed."
+        return
+    mix = next(m for m in run.query_mixes() if m.name == "ecs")
+    check = fairness.run_check(
+        run.config, run.geoip, run.workdir / "bias", mix, run.settings.bias_rounds
+    )
+    run.emit("bias", part, fairness.check_table(check, run.harness))
+    print(check.verdict.summary(), flush=True)
+    fairness.enforce(check.verdict)
+
+
 def dns_part(run: Run, fleet: cdn.Cdn) -> None:
     title = "DNS throughput and latency (dnsperf)"
     if missing := _missing("dnsperf"):
         run.parts["dns"] = _skipped(title, f"{', '.join(missing)} not installed")
         return
     part = Part(title, report.intro(dns.__doc__))
-    mixes = dns.build_mixes(run.config, run.geoip, run.workdir)
+    mixes = run.query_mixes()
     s = run.settings
     with (
         cdn.router_with_workers(run.workdir, DNS_WORKERS) as workers,
         _dns_peers(run) as others,
     ):
+        for server in [workers, *others]:
+            run.note_start(server.name, server.pid)
         georouters = [fleet.router.dns, workers]
         servers = [*georouters, *others]
         runs = dns.throughput_rounds(servers, mixes, s.rounds, s.run_s)
+        run.note_tool("dnsperf", runs[0].tool)
         run.emit("dns", part, dns.throughput_table(runs, mixes, [e.name for e in georouters]))
         ours = [r.qps for r in runs if r.server == fleet.router.dns.name and r.mix == "ecs"]
         rate = LATENCY_LOAD_SHARE * sorted(ours)[len(ours) // 2]
@@ -139,6 +222,7 @@ def hit_part(run: Run, origin: Endpoint) -> None:
             (run.workdir / "nginx").mkdir()
             servers.append(stack.enter_context(peers.nginx(origin.port, run.workdir / "nginx")))
         for server in servers:
+            run.note_start(server.name, server.pid)
             for obj in objects:
                 edge_hit.warm(server, obj)
         runs = [
@@ -147,6 +231,7 @@ def hit_part(run: Run, origin: Endpoint) -> None:
             for obj in objects
             for server in servers
         ]
+        run.note_tool("wrk", runs[0].tool)
         run.emit("hit", part, edge_hit.hit_table(runs, ours.name))
         for server in servers:
             run.note_memory(f"{server.name} (after part 2, objects cached)", server.pid)
@@ -174,10 +259,16 @@ def _selected(argv: list[str] | None) -> argparse.Namespace:
 
 def _with_servers(run: Run, parts: list[str]) -> None:
     """The parts that need our processes: one origin, one CDN shared by parts 1 and 3."""
+    if not {"dns", "failover", "hit"} & set(parts):
+        return
     with cdn.origin() as origin:
+        run.note_start("origin (demo)", origin.pid)
         origin_url = f"http://{origin.host}:{origin.port}"
         if "dns" in parts or "failover" in parts:
             with cdn.cdn(run.config, run.workdir, origin_url) as fleet:
+                run.note_start("georouter", fleet.router.service.pid)
+                for started in fleet.edges.values():
+                    run.note_start("edge (one of the CDN's six)", started.service.pid)
                 if "dns" in parts:
                     dns_part(run, fleet)
                 run.note_memory("georouter (GeoLite2-City loaded)", fleet.router.service.pid)
@@ -216,13 +307,20 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(cdn.TOPOLOGY)
     geoip = Path(_maxminddb_geolite2.geolite2_database())
     with tempfile.TemporaryDirectory(prefix="georouter-bench-") as scratch:
-        run = Run(settings, config, geoip, Path(scratch), {}, {})
+        harness = placement(os.getpid())
+        assert harness is not None  # this very process
+        run = Run(settings, config, geoip, Path(scratch), {}, {}, harness)
         try:
+            if "bias" in args.parts:
+                bias_part(run)
             _with_servers(run, args.parts)
             _pure_parts(run, args.parts)
         except BenchError as exc:
             print(f"benchmarks: {exc}", file=sys.stderr)
             return 1
+        if run.started:
+            started = fairness.started_table(run.started, run.workdir)
+            run.emit("bias", harness_part(run), started)
     ordered = [run.parts[key] for key in PARTS if key in run.parts]
     if run.memory:
         ordered.append(Part("Memory", "", [memory_table(run.memory)]))

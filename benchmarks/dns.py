@@ -28,8 +28,8 @@ import dns.message
 import dns.rdatatype
 import maxminddb
 
-from benchmarks.processes import BenchError, CpuShares, Endpoint, run_measured
-from benchmarks.report import CPU_NOTE, Table, bottleneck, fmt, ratio
+from benchmarks.processes import BenchError, CpuShares, Endpoint, Placement, run_measured
+from benchmarks.report import CPU_NOTE, EQUAL_TERMS_NOTE, Table, bottleneck, fmt, ratio
 from georouter.config import RouterConfig
 
 SEED = 7
@@ -67,6 +67,7 @@ class DnsRun:
     p50_ms: float | None = None
     p99_ms: float | None = None
     p999_ms: float | None = None
+    tool: Placement | None = None  # how dnsperf was started
 
 
 def _code(record: dict[str, Any], kind: str, key: str) -> str:
@@ -191,11 +192,13 @@ def run_dnsperf(
     ]  # fmt: skip
     if rate_qps is not None:
         argv += ["-Q", str(int(rate_qps)), "-v"]
-    output, cpu = run_measured(argv, server.pid, duration_s + DNSPERF_TIMEOUT_S + 30)
+    measured = run_measured(argv, server.pid, duration_s + DNSPERF_TIMEOUT_S + 30)
+    output = measured.output
     figures = parse_dnsperf(output)
     run = DnsRun(
         server=server.name, mix=mix.name, qps=figures["qps"], avg_ms=figures["avg"] * 1000.0,
-        lost=int(figures["lost"]), sent=int(figures["sent"]), cpu=cpu,
+        lost=int(figures["lost"]), sent=int(figures["sent"]), cpu=measured.cpu,
+        tool=measured.tool,
     )  # fmt: skip
     if rate_qps is None:
         return run
@@ -278,6 +281,7 @@ def throughput_table(runs: Sequence[DnsRun], mixes: Sequence[Mix], ours: Sequenc
         f"Medians of {rounds} alternating round(s); range: slowest to fastest round; "
         "lost: sum over the rounds.",
         CPU_NOTE,
+        EQUAL_TERMS_NOTE,
         "On 2 cores dnsperf and the server share the CPU: a server faster than dnsperf "
         "(gdnsd) shows a lower bound. PowerDNS does not packet-cache answers with an ECS "
         "scope, so every ecs query goes through its geoip backend.",
@@ -312,6 +316,7 @@ def latency_table(runs: Sequence[DnsRun], rate_qps: float) -> Table:
         f"Offered {rate_qps:,.0f} q/s (dnsperf -Q), ecs mix; percentiles from dnsperf -v;"
         f" medians of {rounds} alternating rounds.",
         CPU_NOTE,
+        EQUAL_TERMS_NOTE,
     ]
     columns = [
         "server", "avg ms", "p50 ms", "p99 ms", "p99 range ms", "p99.9 ms", "lost",

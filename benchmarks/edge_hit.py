@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.cdn import DEMO_ROOT
-from benchmarks.processes import BenchError, CpuShares, Endpoint, run_measured
-from benchmarks.report import CPU_NOTE, Table, bottleneck, fmt, ratio
+from benchmarks.processes import BenchError, CpuShares, Endpoint, Placement, run_measured
+from benchmarks.report import CPU_NOTE, EQUAL_TERMS_NOTE, Table, bottleneck, fmt, ratio
 
 WRK_THREADS = 1
 WRK_CONNECTIONS = 32
@@ -42,6 +42,7 @@ class HitRun:
     p99_ms: float
     errors: int
     cpu: CpuShares  # the load generator is wrk
+    tool: Placement | None = None  # how wrk was started
 
 
 def pick_objects(root: Path = DEMO_ROOT) -> list[CachedObject]:
@@ -99,9 +100,11 @@ def parse_wrk(output: str) -> tuple[float, float, float, int]:
 def run_wrk(server: Endpoint, obj: CachedObject, duration_s: float) -> HitRun:
     url = f"http://{server.host}:{server.port}{obj.path}"
     argv = ["wrk", "-t", str(WRK_THREADS), "-c", str(WRK_CONNECTIONS), "-d", f"{duration_s:g}s"]
-    output, cpu = run_measured([*argv, "--latency", url], server.pid, duration_s + 30)
-    rps, p50, p99, errors = parse_wrk(output)
-    return HitRun(server.name, obj.path, obj.size, rps, p50, p99, errors, cpu)
+    measured = run_measured([*argv, "--latency", url], server.pid, duration_s + 30)
+    rps, p50, p99, errors = parse_wrk(measured.output)
+    return HitRun(
+        server.name, obj.path, obj.size, rps, p50, p99, errors, measured.cpu, measured.tool
+    )
 
 
 def hit_table(runs: Sequence[HitRun], ours: str) -> Table:
@@ -128,6 +131,7 @@ def hit_table(runs: Sequence[HitRun], ours: str) -> Table:
         "The demo objects closest to 1 KiB and 100 KiB; nginx runs one worker process, "
         "like one edge process.",
         CPU_NOTE,
+        EQUAL_TERMS_NOTE,
     ]
     columns = ["object", "server", "req/s", "p50 ms", "p99 ms", "errors", "server CPU %"]
     columns += ["wrk CPU %", "others CPU %", "stolen CPU %", "limited by", "edge / server"]

@@ -36,7 +36,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from benchmarks.processes import Endpoint, free_port, running, tcp_accepts
+from benchmarks.processes import Endpoint, Start, free_port, running, tcp_accepts
 from georouter.config import Node, Region, RouterConfig
 from georouter.zonedata import StaticRecord, Zone
 
@@ -278,8 +278,10 @@ def answers_soa(host: str, port: int, zone: str) -> bool:
 
 
 @contextlib.contextmanager
-def _serving(name: str, argv: list[str], port: int, zone: str) -> Iterator[Endpoint]:
-    with running(name, argv) as service:
+def _serving(
+    name: str, argv: list[str], port: int, zone: str, start: Start = Start.GROUP
+) -> Iterator[Endpoint]:
+    with running(name, argv, start=start) as service:
         service.wait_ready(lambda: answers_soa(LOOPBACK, port, zone))
         yield Endpoint(name, LOOPBACK, port, service.pid)
 
@@ -295,12 +297,20 @@ def gdnsd(config: RouterConfig, geoip: Path, workdir: Path) -> Iterator[Endpoint
 
 
 @contextlib.contextmanager
-def powerdns(config: RouterConfig, geoip: Path, workdir: Path) -> Iterator[Endpoint]:
-    """pdns_server on a free loopback port with the generated configuration."""
+def powerdns(
+    config: RouterConfig,
+    geoip: Path,
+    workdir: Path,
+    *,
+    start: Start = Start.GROUP,
+    name: str = "powerdns",
+) -> Iterator[Endpoint]:
+    """pdns_server on a free loopback port with the generated configuration (`start`: see
+    benchmarks/processes.py; the bias check starts it each way)."""
     port = free_port()
     write_files(workdir, pdns_files(config, geoip, port, workdir))
     argv = ["pdns_server", f"--config-dir={workdir}"]
-    with _serving("powerdns", argv, port, config.zones[0].origin) as endpoint:
+    with _serving(name, argv, port, config.zones[0].origin, start) as endpoint:
         yield endpoint
 
 

@@ -1,15 +1,32 @@
 """Child processes for the benchmarks: started and stopped by PID, CPU and memory read from /proc.
 
-Every server and load generator a benchmark runs goes through `Service`: it is started in
-its own session, waited for (a log line or a TCP/UDP probe, polled with a deadline), and
-stopped by its PID — SIGTERM, then SIGKILL after a grace period — in a `finally`. CPU time
-is the sum of utime+stime over the process and its live descendants (nginx and gdnsd work
-in child processes or threads), read from /proc/<pid>/stat.
+Every server a benchmark runs goes through `Service`: it is started, waited for (a log line
+or a TCP/UDP probe, polled with a deadline), and stopped by its PID — SIGTERM, then SIGKILL
+to its process group after a grace period — in a `finally`. CPU time is the sum of
+utime+stime over the process and its live descendants (nginx and gdnsd work in child
+processes or threads), read from /proc/<pid>/stat.
+
+Equal terms for the CPU. With `kernel.sched_autogroup_enabled = 1` (the default of most
+distributions) every new session (setsid) is its own CPU scheduling group, and the
+scheduler shares the cores between groups before it shares a group between its threads. A
+server started in its own session then gets one group's share against the load
+generator's group however many threads it runs: PowerDNS (a receiver and three distributor
+threads) lost about a third of its queries/s that way, a single-threaded server nothing. So a
+server stays in the harness's session (`Start.GROUP`: only its own process group, which
+keeps the terminal's Ctrl-C off it, lets the SIGKILL fallback reach its children, and does
+not change its autogroup), and the load generators run as plain children of the same
+session: every thread of a server and of dnsperf or wrk is one task among equals, as when
+an operator starts both from one shell. Nothing is pinned to a core: a multi-threaded or
+multi-process server (PowerDNS, gdnsd, georouter with `dns_workers = 2`) is meant to use
+both cores, and pinning it to one would handicap it as the autogroup did. `placement`
+reads how each process ended up (session, process group, /proc/<pid>/autogroup, allowed
+CPUs) so that a run records it and `unequal` can refuse a run where they differ.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import re
 import resource
@@ -20,7 +37,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,21 +185,105 @@ def tcp_accepts(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-class Service:
-    """One child process, started in its own session, its stderr collected line by line."""
+class Start(enum.Enum):
+    """Where a child goes relative to the harness (the module docstring says why GROUP)."""
 
-    def __init__(self, name: str, argv: Sequence[str], *, cwd: Path | None = None) -> None:
+    PLAIN = "plain"  # as a shell starts a command: the harness's session and process group
+    GROUP = "own process group"  # the harness's session, so its CPU autogroup, too
+    SESSION = "own session"  # setsid: its own CPU autogroup; only the bias check uses it
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """How a process was started, as the kernel sees it: what decides its share of the CPU."""
+
+    argv: tuple[str, ...]
+    session: int
+    group: int  # process group
+    autogroup: str  # /proc/<pid>/autogroup, e.g. "/autogroup-9 nice 0" ("": none)
+    nice: int
+    cpus: str  # Cpus_allowed_list: the cores it may run on
+    cgroup: str  # of the cpu controller (cgroup v1), or the unified one (v2)
+
+    def scheduling(self) -> tuple[str, int, str, str]:
+        """What the scheduler weighs; two processes with equal values compete as equals."""
+        return (self.autogroup, self.nice, self.cpus, self.cgroup)
+
+
+def _proc_text(pid: int, name: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_cgroup(text: str) -> str:
+    """The cgroup that weighs a process's CPU, from /proc/<pid>/cgroup ("id:controllers:path"
+    lines): the v1 hierarchy with the cpu controller, else the v2 unified one ("0::path")."""
+    unified = ""
+    for line in text.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if "cpu" in controllers.split(","):
+            return path
+        if hierarchy == "0" and not controllers:
+            unified = path
+    return unified
+
+
+def placement(pid: int) -> Placement | None:
+    """The process's placement, or None once it has exited."""
+    fields = _stat_fields(pid)
+    try:
+        session, group = os.getsid(pid), os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+    if fields is None:
+        return None
+    cpus = re.search(r"^Cpus_allowed_list:\s*(\S+)", _proc_text(pid, "status"), re.MULTILINE)
+    return Placement(
+        argv=tuple(a for a in _proc_text(pid, "cmdline").split("\0") if a),
+        session=session,
+        group=group,
+        autogroup=_proc_text(pid, "autogroup").strip(),
+        nice=int(fields[16]),
+        cpus=cpus.group(1) if cpus else "",
+        cgroup=cpu_cgroup(_proc_text(pid, "cgroup")),
+    )
+
+
+def unequal(placements: Mapping[str, Placement], reference: Placement) -> list[str]:
+    """The processes that do not compete for the CPU on the reference's terms (autogroup,
+    nice, allowed cores, cgroup): a benchmark with any of them would be biased."""
+    return [
+        name for name, found in placements.items() if found.scheduling() != reference.scheduling()
+    ]
+
+
+class Service:
+    """One child process, in the harness's session (`start`), its stderr collected by line."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        start: Start = Start.GROUP,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
+        self.start = start
         self.lines: list[str] = []
-        self._proc = subprocess.Popen(
+        self._proc: subprocess.Popen[str] = subprocess.Popen(
             self.argv,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            start_new_session=True,
+            process_group=0 if start is Start.GROUP else None,
+            start_new_session=start is Start.SESSION,
         )
         self._reader = threading.Thread(target=self._collect, daemon=True)
         self._reader.start()
@@ -225,9 +326,17 @@ class Service:
         return " | ".join(self.lines[-lines:])
 
     def kill(self) -> None:
-        """SIGKILL the process (a crash, for the failover benchmark) and reap it."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
+        """SIGKILL the process (a crash, for the failover benchmark) and reap it.
+
+        A process in a group of its own takes its children with it; the group is
+        signalled only while its leader is unreaped, so its ID cannot have been reused.
+        """
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                if self.start is Start.PLAIN:
+                    os.kill(self.pid, signal.SIGKILL)
+                else:
+                    os.killpg(self.pid, signal.SIGKILL)
         self._proc.wait()
 
     def stop(self) -> None:
@@ -243,9 +352,11 @@ class Service:
 
 
 @contextlib.contextmanager
-def running(name: str, argv: Sequence[str], *, cwd: Path | None = None) -> Iterator[Service]:
+def running(
+    name: str, argv: Sequence[str], *, cwd: Path | None = None, start: Start = Start.GROUP
+) -> Iterator[Service]:
     """Start a Service and stop it by PID on the way out, whatever happens."""
-    service = Service(name, argv, cwd=cwd)
+    service = Service(name, argv, cwd=cwd, start=start)
     try:
         yield service
     finally:
@@ -257,8 +368,17 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_tool(argv: Sequence[str], timeout_s: float) -> tuple[str, float]:
-    """Run a load generator to completion: its output and its CPU use in % of one core.
+@dataclass(frozen=True, slots=True)
+class ToolRun:
+    """A load generator's run: its output, its CPU use in % of one core, how it was started."""
+
+    output: str
+    cpu_percent: float
+    placement: Placement | None  # None if it exited before /proc could be read
+
+
+def run_tool(argv: Sequence[str], timeout_s: float) -> ToolRun:
+    """Run a load generator to completion, as a plain child (the harness's session).
 
     The output goes to an unlinked temporary file, read once the tool has exited: a pipe
     read while it runs would wake this process for every line (`dnsperf -v` prints one
@@ -271,6 +391,7 @@ def run_tool(argv: Sequence[str], timeout_s: float) -> tuple[str, float]:
         proc = subprocess.Popen(
             list(argv), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT
         )
+        started = placement(proc.pid)
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -282,15 +403,25 @@ def run_tool(argv: Sequence[str], timeout_s: float) -> tuple[str, float]:
         out = sink.read()
     if proc.returncode != 0:
         raise BenchError(f"{argv[0]} exited {proc.returncode}: {out[-500:]}")
-    return out, 100.0 * (_children_cpu_s() - cpu_before) / wall
+    return ToolRun(out, 100.0 * (_children_cpu_s() - cpu_before) / wall, started)
 
 
-def run_measured(argv: Sequence[str], server_pid: int, timeout_s: float) -> tuple[str, CpuShares]:
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """A load generator's run against a server: output, where the CPU went, the tool's start."""
+
+    output: str
+    cpu: CpuShares
+    tool: Placement | None
+
+
+def run_measured(argv: Sequence[str], server_pid: int, timeout_s: float) -> Measured:
     """`run_tool` against a server: the tool's output, and where the CPU went meanwhile."""
     server_before = cpu_sample(server_pid)
     busy_before, stolen_before = machine_samples()
-    output, tool = run_tool(argv, timeout_s)
+    run = run_tool(argv, timeout_s)
     server = cpu_sample(server_pid).percent_since(server_before)
     busy_after, stolen_after = machine_samples()
-    others = max(0.0, busy_after.percent_since(busy_before) - server - tool)
-    return output, CpuShares(server, tool, others, stolen_after.percent_since(stolen_before))
+    others = max(0.0, busy_after.percent_since(busy_before) - server - run.cpu_percent)
+    stolen = stolen_after.percent_since(stolen_before)
+    return Measured(run.output, CpuShares(server, run.cpu_percent, others, stolen), run.placement)

@@ -24,6 +24,10 @@ CPU_NOTE = (
     "the rest of the machine's busy time, e.g. idle peers or other test suites; stolen: time "
     "the hypervisor ran other guests while a vCPU of this machine was ready, /proc/stat steal)."
 )
+EQUAL_TERMS_NOTE = (
+    "Every server and the load generator run in the harness's session, so in one CPU "
+    'autogroup, unpinned (see "The harness": how each was started, and the bias check).'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,7 @@ class Part:
     title: str
     intro: str
     tables: list[Table] = field(default_factory=list)
+    numbered: bool = True  # the harness section stands before the numbered parts
 
 
 def intro(docstring: str | None) -> str:
@@ -104,8 +109,11 @@ def render(
     lines = ["# Benchmarks", "", "Written by `make bench` (`python -m benchmarks`).", ""]
     lines += [*header, ""]
     lines += [f"## {summary.title}", "", *summary.markdown().split("\n")[2:], method]
-    for number, part in enumerate(parts, start=1):
-        lines += [f"## {number}. {part.title}", "", part.intro, ""]
+    number = 0
+    for part in parts:
+        number += part.numbered
+        heading = f"{number}. {part.title}" if part.numbered else part.title
+        lines += [f"## {heading}", "", part.intro, ""]
         lines += [table.markdown() for table in part.tables]
     lines.append(improvements)
     return "\n".join(lines)

@@ -14,7 +14,9 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import _maxminddb_geolite2  # type: ignore[import-untyped]
@@ -23,8 +25,11 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
-from benchmarks import headline, peers
+from benchmarks import fairness, headline, peers
+from benchmarks.__main__ import QUICK, Run
 from benchmarks.cdn import TOPOLOGY
 from benchmarks.dns import (
     DnsRun,
@@ -36,7 +41,22 @@ from benchmarks.dns import (
     throughput_table,
 )
 from benchmarks.edge_hit import parse_wrk
-from benchmarks.processes import CpuShares, Endpoint, run_measured, run_tool
+from benchmarks.fairness import MIN_NOISE, judge, ratios, spread
+from benchmarks.processes import (
+    BenchError,
+    CpuShares,
+    Endpoint,
+    Placement,
+    Start,
+    cpu_cgroup,
+    placement,
+    process_tree,
+    run_measured,
+    run_tool,
+    running,
+    unequal,
+    wait_until,
+)
 from benchmarks.report import Part, Table, bottleneck, render
 from georouter.config import RouterConfig, load_config
 
@@ -194,18 +214,234 @@ def test_bottleneck_names_the_hypervisor_when_it_stole_the_cores() -> None:
 
 def test_run_measured_splits_the_machine_cpu_into_server_tool_others_stolen() -> None:
     script = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"
-    output, cpu = run_measured(["sh", "-c", script], os.getpid(), timeout_s=30)
-    assert output == ""
+    measured = run_measured(["sh", "-c", script], os.getpid(), timeout_s=30)
+    assert measured.output == ""
+    cpu = measured.cpu
     assert cpu.tool > 10.0  # the shell loop kept a core busy
     assert min(cpu.server, cpu.others, cpu.stolen) >= 0.0
 
 
 def test_run_tool_returns_all_output_written_after_the_tool_exits() -> None:
     script = 'for i in $(seq 20000); do echo "> line $i"; done; echo done >&2'
-    output, cpu = run_tool(["sh", "-c", script], timeout_s=30)
-    lines = output.splitlines()
+    run = run_tool(["sh", "-c", script], timeout_s=30)
+    lines = run.output.splitlines()
     assert len(lines) == 20001 and lines[-2] == "> line 20000" and lines[-1] == "done"
-    assert cpu >= 0.0
+    assert run.cpu_percent >= 0.0
+
+
+# --- equal terms for the CPU: how processes are started (benchmarks/processes.py) ------
+
+
+def autogroup_enabled() -> bool:
+    path = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    return path.exists() and path.read_text().strip() == "1"
+
+
+def test_a_load_generator_runs_in_the_harness_session_and_autogroup() -> None:
+    run = run_tool(["sleep", "0.3"], timeout_s=30)
+    harness = placement(os.getpid())
+    assert run.placement is not None and harness is not None
+    assert run.placement.argv == ("sleep", "0.3")
+    assert run.placement.session == os.getsid(0)
+    assert run.placement.scheduling() == harness.scheduling()
+
+
+def test_a_server_shares_the_harness_session_and_autogroup_in_its_own_group() -> None:
+    with running("sleeper", ["sleep", "60"]) as service:
+        started, harness = placement(service.pid), placement(os.getpid())
+        assert started is not None and harness is not None
+        assert os.getsid(service.pid) == os.getsid(0)  # no setsid: no autogroup of its own
+        assert os.getpgid(service.pid) == service.pid  # terminal signals stay off it
+        assert started.autogroup == harness.autogroup
+        assert unequal({"sleeper": started}, harness) == []
+
+
+def test_a_plain_start_shares_the_harness_process_group() -> None:
+    with running("sleeper", ["sleep", "60"], start=Start.PLAIN) as service:
+        assert os.getpgid(service.pid) == os.getpgid(0)
+        assert os.getsid(service.pid) == os.getsid(0)
+
+
+def test_a_server_in_its_own_session_is_scheduled_apart_when_autogroup_is_on() -> None:
+    with running("sleeper", ["sleep", "60"], start=Start.SESSION) as service:
+        started, harness = placement(service.pid), placement(os.getpid())
+        assert started is not None and harness is not None
+        assert started.session == service.pid != os.getsid(0)
+        if not autogroup_enabled():
+            pytest.skip("kernel.sched_autogroup_enabled is not 1: one group for all")
+        assert started.autogroup != harness.autogroup
+        assert unequal({"sleeper": started, "same": harness}, harness) == ["sleeper"]
+
+
+@pytest.mark.parametrize("start", [Start.GROUP, Start.SESSION])
+def test_kill_takes_the_children_of_a_server_in_its_own_group(start: Start) -> None:
+    with running("tree", ["sh", "-c", "sleep 60 & sleep 61 & wait"], start=start) as service:
+        wait_until(lambda: len(process_tree(service.pid)) == 3, 10.0, "sh to start two sleeps")
+        children = process_tree(service.pid)[1:]
+        service.kill()
+        wait_until(lambda: not any(alive(pid) for pid in children), 10.0, "the sleeps to die")
+
+
+def alive(pid: int) -> bool:
+    state = Path(f"/proc/{pid}/stat")
+    return state.exists() and ") Z " not in state.read_text()
+
+
+def test_run_refuses_a_server_scheduled_apart_from_the_harness(tmp_path: Path) -> None:
+    harness = placement(os.getpid())
+    assert harness is not None
+    run = Run(QUICK, load_config(TOPOLOGY), GEOIP, tmp_path, {}, {}, harness)
+    with running("sleeper", ["sleep", "60"]) as service:
+        run.note_start("sleeper", service.pid)
+    assert run.started["sleeper"].argv == ("sleep", "60")
+    if not autogroup_enabled():
+        pytest.skip("kernel.sched_autogroup_enabled is not 1: one group for all")
+    with (
+        running("apart", ["sleep", "60"], start=Start.SESSION) as service,
+        pytest.raises(BenchError, match=r"harness bias: apart \(pid \d+\) scheduled apart"),
+    ):
+        run.note_start("apart", service.pid)
+
+
+def where(**changes: object) -> Placement:
+    base = Placement(
+        argv=("x",), session=1, group=1, autogroup="/autogroup-1 nice 0", nice=0,
+        cpus="0-1", cgroup="/",
+    )  # fmt: skip
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_unequal_names_processes_scheduled_on_other_terms() -> None:
+    harness = where()
+    found = {
+        "same session": where(argv=("y",)),
+        "other session, no autogroup": where(session=2, group=2),
+        "own autogroup": where(session=2, autogroup="/autogroup-2 nice 0"),
+        "reniced group": where(autogroup="/autogroup-1 nice 5"),
+        "niced": where(nice=10),
+        "pinned": where(cpus="0"),
+        "other cgroup": where(cgroup="/bench"),
+    }
+    assert unequal(found, harness) == [
+        "own autogroup", "reniced group", "niced", "pinned", "other cgroup",
+    ]  # fmt: skip
+
+
+def test_cpu_cgroup_reads_the_cpu_controller_or_the_unified_hierarchy() -> None:
+    v1 = "9:name=systemd:/a\n4:memory:/m\n2:cpu,cpuacct:/bench\n0::/\n"
+    assert cpu_cgroup(v1) == "/bench"
+    assert cpu_cgroup("0::/user.slice/session-3.scope\n") == "/user.slice/session-3.scope"
+    assert cpu_cgroup("") == ""
+
+
+# --- the bias check's verdict (benchmarks/fairness.py) ---------------------------------
+
+# The issue's figures, same shell, back to back: plain pdns_server 63.4k-64.5k q/s, setsid
+# pdns_server 40.4k-43.4k q/s.
+PLAIN = (63_400.0, 64_000.0, 64_500.0)
+SETSID = (40_400.0, 42_000.0, 43_400.0)
+
+
+def test_a_harness_that_starts_servers_plainly_is_not_biased() -> None:
+    verdict = judge(plain=PLAIN, harness=(63_900.0, 64_200.0, 63_000.0), own_session=SETSID)
+    assert not verdict.biased and verdict.sensitive
+    assert verdict.noise == MIN_NOISE  # the spreads are below the floor
+    assert verdict.own_session_gap == pytest.approx(22_000 / 64_000)
+    assert "no harness bias" in verdict.summary() and "can see" in verdict.summary()
+    fairness.enforce(verdict)
+
+
+def test_a_harness_that_starts_servers_with_setsid_is_biased_and_stops_the_run() -> None:
+    verdict = judge(plain=PLAIN, harness=SETSID, own_session=SETSID)
+    assert verdict.biased
+    with pytest.raises(BenchError, match=r"harness bias: .* \(gap 34%\)"):
+        fairness.enforce(verdict)
+
+
+def test_a_gap_within_the_noise_of_the_rounds_is_not_a_bias() -> None:
+    noisy = (40_000.0, 64_000.0, 70_000.0)  # the machine got busier round by round
+    verdict = judge(plain=noisy, harness=SETSID, own_session=SETSID)
+    assert verdict.noise == pytest.approx(40_400 / 40_000 - 43_400 / 70_000)  # 0.39
+    assert verdict.harness_gap == pytest.approx(1 - 42_000 / 64_000)  # 0.34
+    assert not verdict.biased and not verdict.sensitive
+    assert "could not tell" in verdict.summary()
+
+
+def test_judge_needs_paired_rounds_and_positive_figures() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        judge(plain=(), harness=(), own_session=())
+    with pytest.raises(ValueError, match="same rounds"):
+        judge(plain=PLAIN, harness=PLAIN[:2], own_session=PLAIN)
+    with pytest.raises(ValueError, match="> 0"):
+        judge(plain=PLAIN, harness=(1.0, 1.0, 0.0), own_session=PLAIN)
+
+
+FIGURE = st.floats(1_000.0, 200_000.0)
+ROUND_PAIRS = st.lists(st.tuples(FIGURE, FIGURE), min_size=1, max_size=6)
+
+
+@given(rounds=ROUND_PAIRS, factor=st.floats(0.3, 3.0))
+def test_biased_exactly_when_the_harness_gap_exceeds_the_noise(
+    rounds: list[tuple[float, float]], factor: float
+) -> None:
+    plain, own = [p for p, _ in rounds], [o for _, o in rounds]
+    harness = [q * factor for q in plain]  # every round shifted alike: no spread of its own
+    verdict = judge(plain=plain, harness=harness, own_session=own)
+    assert verdict.noise == pytest.approx(max(MIN_NOISE, spread(ratios(own, plain))))
+    assert verdict.harness_gap == pytest.approx(abs(factor - 1.0))
+    assume(abs(abs(factor - 1.0) - verdict.noise) > 1e-6)  # not on the boundary
+    assert verdict.biased == (abs(factor - 1.0) > verdict.noise)
+
+
+@given(rounds=ROUND_PAIRS)
+def test_the_same_figures_are_never_biased(rounds: list[tuple[float, float]]) -> None:
+    plain, own = [p for p, _ in rounds], [o for _, o in rounds]
+    verdict = judge(plain=plain, harness=plain, own_session=own)
+    assert verdict.harness_gap == 0.0 and not verdict.biased
+
+
+@given(rounds=ROUND_PAIRS, drift=st.lists(st.floats(0.2, 1.0), min_size=6, max_size=6))
+def test_a_load_that_drifts_between_rounds_cancels_out(
+    rounds: list[tuple[float, float]], drift: list[float]
+) -> None:
+    """Every way of a round slowed alike (another program busy then): the same verdict."""
+    plain, own = [p for p, _ in rounds], [o for _, o in rounds]
+    harness = [q * 0.6 for q in plain]
+    steady = judge(plain=plain, harness=harness, own_session=own)
+    slowed = [[q * d for q, d in zip(way, drift, strict=False)] for way in (plain, harness, own)]
+    drifted = judge(plain=slowed[0], harness=slowed[1], own_session=slowed[2])
+    assert drifted.harness_gap == pytest.approx(steady.harness_gap)
+    assert drifted.noise == pytest.approx(steady.noise)
+    assume(abs(steady.harness_gap - steady.noise) > 1e-6)  # not on the boundary
+    assert drifted.biased == steady.biased
+
+
+def test_check_table_shows_each_way_with_its_session_and_gap() -> None:
+    harness = where()
+    placements = {
+        Start.PLAIN: where(argv=("pdns_server",)),
+        Start.GROUP: where(group=7),
+        Start.SESSION: where(session=8, group=8, autogroup="/autogroup-8 nice 0"),
+    }
+    verdict = judge(plain=PLAIN, harness=PLAIN, own_session=SETSID)
+    table = fairness.check_table(fairness.Check(verdict, placements), harness)
+    rows = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.rows}
+    assert rows["plain"]["session"] == "harness's" and rows["plain"]["gap"] == ""
+    assert rows["plain"]["q/s per round"] == "63,400, 64,000, 64,500"
+    assert rows["harness"]["session"] == "harness's, own group"
+    assert rows["harness"]["autogroup"] == "autogroup-1" and rows["harness"]["gap"] == "0%"
+    own = rows["own session"]
+    assert own["session"] == "own" and own["autogroup"] == "autogroup-8"
+    assert own["median q/s"] == "42,000" and own["gap"] == "34%"
+    assert own["per round / plain"] == "0.64, 0.66, 0.67"
+    assert any("Verdict: no harness bias" in note for note in table.notes)
+
+
+def test_started_table_shortens_command_lines_and_lists_the_harness(tmp_path: Path) -> None:
+    argv = (sys.executable, "-m", "edge", "serve", "--root", f"{tmp_path}/x")
+    table = fairness.started_table({"edge": where(argv=argv)}, tmp_path)
+    assert table.rows[0][:2] == ["edge", "`python -m edge serve --root $WORK/x`"]
+    assert table.rows[-1][0] == "the harness" and table.rows[-1][2] == "(reference)"
 
 
 def ask(server: Endpoint, subnet: str) -> tuple[set[str], int]:
@@ -273,3 +509,19 @@ def test_powerdns_answers_with_the_region_of_the_ecs_subnet_rfc7871_7_1_1(
     addresses, scope = ask(powerdns, subnet)
     assert addresses == region_addresses(config, region)
     assert scope > 0
+
+
+def test_the_harness_section_stands_before_the_numbered_parts() -> None:
+    parts = [Part("The harness", "", numbered=False), Part("DNS", ""), Part("Edge", "")]
+    summary = Table(headline.TITLE, headline.COLUMNS, [])
+    text = render(parts, [], summary, "", "")
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings == [f"## {headline.TITLE}", "## The harness", "## 1. DNS", "## 2. Edge"]
+
+
+def test_each_way_takes_each_place_in_the_rounds_equally_often() -> None:
+    ways = fairness.WAYS
+    orders = [fairness.rotated(ways, index) for index in range(2 * len(ways))]
+    assert all(sorted(o, key=ways.index) == list(ways) for o in orders)
+    for place in range(len(ways)):
+        assert sorted((o[place] for o in orders), key=ways.index) == [w for w in ways for _ in "ab"]
