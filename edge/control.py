@@ -16,7 +16,6 @@ passes unchanged, and the control port is not the content port.
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,8 +27,10 @@ from edge.cache import Cache
 from edge.load import LoadSnapshot
 from edge.metrics import EdgeMetrics
 from edge.proxy import cache_host
+from georouter.jsonbody import decode_json_object
 
 MAX_PURGE_BODY_BYTES = 8192
+MAX_PURGE_DEPTH = 4  # a purge is one flat object
 _STATUSES = ("up", "degraded", "draining")
 
 
@@ -93,8 +94,11 @@ class _Purge:
         if not self._enabled or not hmac.compare_digest(given, self._expected):
             return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
         try:
-            kind, value = _selector(json.loads(await request.read()))
-        except (ValueError, UnicodeDecodeError) as exc:
+            body = await request.read()
+            kind, value = _selector(
+                decode_json_object(body, max_bytes=MAX_PURGE_BODY_BYTES, max_depth=MAX_PURGE_DEPTH)
+            )
+        except ValueError as exc:  # JsonBodyError is one
             return _error(400, str(exc))
         purged = self._purge(kind, value)
         self._metrics.purges.labels(kind).inc()
@@ -110,8 +114,8 @@ class _Purge:
         return self._cache.purge_prefix(host, target)
 
 
-def _selector(body: Any) -> tuple[str, str]:
-    if not isinstance(body, dict) or len(body) != 1:
+def _selector(body: dict[str, Any]) -> tuple[str, str]:
+    if len(body) != 1:
         raise ValueError('expected one of {"url": ...}, {"prefix": ...}, {"key": ...}')
     ((kind, value),) = body.items()
     if kind not in ("url", "prefix", "key") or not isinstance(value, str) or not value:

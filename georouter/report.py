@@ -7,10 +7,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
 from georouter.errors import ReportError
+from georouter.jsonbody import JsonBodyError, decode_json_object
 
 EdgeStatus = Literal["up", "degraded", "draining"]
 EDGE_STATUSES: frozenset[str] = frozenset({"up", "degraded", "draining"})
 MAX_REPORT_BYTES = 4096
+MAX_REPORT_DEPTH = 8  # a report is one flat object; room for nested fields to come
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,14 +32,10 @@ class LoadReport:
     @classmethod
     def from_json(cls, body: bytes) -> LoadReport:
         """Decode and validate; every defect raises ReportError naming the field."""
-        if len(body) > MAX_REPORT_BYTES:
-            raise ReportError(f"report larger than {MAX_REPORT_BYTES} bytes")
         try:
-            raw = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ReportError(f"report is not JSON: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ReportError("report must be a JSON object")
+            raw = decode_json_object(body, max_bytes=MAX_REPORT_BYTES, max_depth=MAX_REPORT_DEPTH)
+        except JsonBodyError as exc:
+            raise ReportError(f"report: {exc}") from None
         return cls(
             node=_text(raw, "node"),
             seq=_count(raw, "seq"),
