@@ -35,10 +35,9 @@ _KIND_NAMES: dict[type, str] = {
 }
 
 
-# tomllib converts a decimal integer with int(), which refuses more digits than this
-# (CVE-2020-10735 guard), and recurses once per level of nested arrays and inline tables.
-_MAX_DIGITS = sys.get_int_max_str_digits() or sys.maxsize
-_LONG_INTEGER = re.compile(rb"[0-9_]{%d,}" % (_MAX_DIGITS + 1))
+# tomllib converts a decimal integer with int(), which refuses more digits than
+# sys.get_int_max_str_digits() (the CVE-2020-10735 guard, 4300 by default) with a plain
+# ValueError, and recurses once per level of nested arrays and inline tables.
 _DEEP_NESTING = re.compile(rb"(?:[\[{][^\[\]{}]*){100}")  # 100 opened, none closed
 _KEY_LINE = re.compile(rb"[ \t]*([A-Za-z0-9_.\-\"' ]+?)[ \t]*=")
 _HEADER_LINE = re.compile(rb"[ \t]*(\[\[?)[ \t]*([A-Za-z0-9_.\-\"' ]+?)[ \t]*\]")
@@ -58,13 +57,20 @@ def read_toml(
         raise error_type(source, "", f"not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise error_type(source, "", f"not valid TOML: {exc}") from None
-    except ValueError:  # int() refused the digits; tomllib does not say where
-        key, line = _locate(data, _LONG_INTEGER)
-        raise error_type(source, key, f"integer longer than {_MAX_DIGITS} digits{line}") from None
+    except ValueError as exc:  # int() refused the digits; tomllib does not say where
+        limit = sys.get_int_max_str_digits()
+        key, line = _locate(data, re.compile(rb"[0-9_]{%d,}" % (limit + 1))) if limit else ("", "")
+        if not line:
+            raise error_type(source, "", f"not valid TOML: {_one_line(exc)}") from None
+        raise error_type(source, key, f"integer longer than {limit} digits{line}") from None
     except RecursionError:
         key, line = _locate(data, _DEEP_NESTING)
         message = f"arrays or inline tables nested too deeply{line}"
         raise error_type(source, key, message) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _locate(data: bytes, pattern: re.Pattern[bytes]) -> tuple[str, str]:
