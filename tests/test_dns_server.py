@@ -13,6 +13,7 @@ import dns.flags
 import dns.message
 import dns.opcode
 import dns.rcode
+import dns.update
 import pytest
 
 from georouter.config import HostPort, RouterConfig
@@ -175,6 +176,32 @@ async def test_invalid_ecs_is_formerr_rfc7871_6(service: DnsService) -> None:
     query = dns.message.make_query("cdn.example.com", "A", use_edns=0, options=[option])
     answer = await udp(service, query)
     assert answer.rcode() == dns.rcode.FORMERR
+
+
+@both
+async def test_ecs_family_zero_gets_a_formerr_dnspython_reads_rfc7871_7_2_1(
+    service: DnsService, exchange: Exchange
+) -> None:
+    option = dns.edns.GenericOption(8, bytes.fromhex("0000 00 00"))
+    query = dns.message.make_query("cdn.example.com", "A", use_edns=0, options=[option])
+    answer = await exchange(service, query)
+    assert answer.rcode() == dns.rcode.FORMERR and not answer.options
+
+
+@both
+async def test_update_gets_a_notimp_dnspython_reads_rfc2136_2_3(
+    service: DnsService, exchange: Exchange
+) -> None:
+    update = dns.update.UpdateMessage("example.com")
+    update.present("www.example.com")
+    update.replace("cdn.example.com", 300, "A", "192.0.2.1")
+    answer = await exchange(service, update)
+    assert answer.rcode() == dns.rcode.NOTIMP and answer.opcode() == dns.opcode.UPDATE
+    # Opcode 5 over a question that is no zone section: the answer leaves it out.
+    stray = dns.message.make_query("example.com", "A")
+    stray.set_opcode(dns.opcode.UPDATE)
+    answer = await exchange(service, stray)
+    assert answer.rcode() == dns.rcode.NOTIMP and not answer.question
 
 
 async def test_tc_over_udp_then_full_answer_over_tcp_rfc7766_8(service: DnsService) -> None:
