@@ -7,14 +7,17 @@ Overload. The parser bounds the work of any one message; these shells bound how 
 flood can queue in front of other clients. UDP: a query that has waited in the receive
 buffer longer than MAX_QUEUE_AGE_S is dropped unanswered (its asker has retried by then), so
 a backlog is bounded by the time it represents, not by the buffer's size; the age is the
-kernel's receive timestamp (SO_TIMESTAMPNS), read on one datagram in AGE_SAMPLE_EVERY while
-the queue is fresh and on every one while it is stale (queues are FIFO, so the first fresh
-one ends the stale run). TCP: each client address (an IPv6 client's /64) may hold a share of
-the connection cap; at either cap the oldest idle connection is closed to make room
-(RFC 7766 §6.2.3 lets a server close idle connections), and only if none is idle is the new
-one refused. A connection answers at most TCP_QUERIES_PER_TURN pipelined queries before
-other connections and the UDP socket get a turn, and buffers at most TCP_READ_LIMIT_BYTES of
-them (the rest stays in the kernel, so a client's pipeline is flow-controlled).
+kernel's receive timestamp (SO_TIMESTAMPNS). Reading it costs more than the read itself, so
+while the queue is fresh it is read once per AGE_CHECK_INTERVAL_S, and on every datagram
+while it is stale: the queue is FIFO, so a datagram read after a fresh one arrived after it,
+and one slow query cannot hide a stale run (a count of datagrams between checks would).
+
+TCP: each client address (an IPv6 client's /64) may hold a share of the connection cap; at
+either cap the oldest idle connection is closed to make room (RFC 7766 §6.2.3 lets a server
+close idle connections), and only if none is idle is the new one refused. A connection
+answers at most TCP_QUERIES_PER_TURN pipelined queries before other connections and the UDP
+socket get a turn, and buffers at most TCP_READ_LIMIT_BYTES of them (the rest stays in the
+kernel, so a client's pipeline is flow-controlled).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ TCP_QUERIES_PER_TURN = 4  # pipelined answers before the connection yields to th
 TCP_READ_LIMIT_BYTES = MAX_TCP_QUERY_BYTES + 2  # buffered per connection: about two queries
 IPV6_CLIENT_PREFIX = 64  # an IPv6 client is its /64 for the per-client share
 MAX_QUEUE_AGE_S = 0.5  # a datagram queued longer is dropped: resolvers retry within ~0.4-1 s
-AGE_SAMPLE_EVERY = 16  # datagrams read without a timestamp while the queue is fresh
+AGE_CHECK_INTERVAL_S = 0.01  # while the queue is fresh, how often a datagram's age is read
 # Python does not export it; 35 is SO_TIMESTAMPNS (struct timespec) on Linux, whose
 # asm-generic value most architectures share. Elsewhere queue ages are not checked.
 SO_TIMESTAMPNS = 35 if sys.platform == "linux" else None
@@ -100,7 +103,7 @@ class UdpShell:
         self._timestamped = SO_TIMESTAMPNS is not None and bool(
             sock.getsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS)
         )
-        self._unchecked = 0  # datagrams still to read before the next age check
+        self._next_check = 0.0  # monotonic time of the next age check
 
     def read_ready(self) -> None:
         for _ in range(UDP_BATCH):
@@ -124,8 +127,8 @@ class UdpShell:
 
     def _receive(self) -> tuple[bytes, tuple[str, int] | tuple[str, int, int, int]] | None:
         """The next datagram, or None for one that waited past MAX_QUEUE_AGE_S (dropped)."""
-        if self._unchecked or not self._timestamped:
-            self._unchecked = max(0, self._unchecked - 1)
+        now = time.monotonic()
+        if now < self._next_check or not self._timestamped:
             return self._sock.recvfrom(MAX_UDP_QUERY_BYTES + 1)
         data, ancillary, _, addr = self._sock.recvmsg(MAX_UDP_QUERY_BYTES + 1, _TIMESTAMP_SPACE)
         for level, kind, payload in ancillary:
@@ -134,7 +137,7 @@ class UdpShell:
                 if self._clock() - seconds - nanoseconds * 1e-9 > MAX_QUEUE_AGE_S:
                     self._dropped["stale"] += 1
                     return None  # and the next datagram is checked too
-        self._unchecked = AGE_SAMPLE_EVERY
+        self._next_check = now + AGE_CHECK_INTERVAL_S
         return data, addr
 
     def _answer(self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int]) -> None:
