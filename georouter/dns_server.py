@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import math
 import socket
 import struct
 import sys
@@ -54,6 +55,7 @@ AGE_CHECK_INTERVAL_S = 0.01  # while the queue is fresh, how often a datagram's 
 # asm-generic value most architectures share. Elsewhere queue ages are not checked.
 SO_TIMESTAMPNS = 35 if sys.platform == "linux" else None
 _TIMESPEC = struct.Struct("@qq")
+Address = tuple[str, int] | tuple[str, int, int, int]
 _TIMESTAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 TCP_BACKLOG = 1024
 UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # rides out bursts; the kernel caps it (rmem_max)
@@ -100,47 +102,53 @@ class UdpShell:
         self._source = source
         self._duration = tallies.durations["udp"]
         self._dropped = tallies.dropped
-        self._timestamped = SO_TIMESTAMPNS is not None and bool(
-            sock.getsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS)
-        )
-        self._next_check = 0.0  # monotonic time of the next age check
+        dated = SO_TIMESTAMPNS is not None and sock.getsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS)
+        self._next_check = 0.0 if dated else math.inf  # monotonic time of the next age check
 
     def read_ready(self) -> None:
+        recvfrom, monotonic = self._sock.recvfrom, time.monotonic
         for _ in range(UDP_BATCH):
             try:
-                received = self._receive()
+                if monotonic() < self._next_check:
+                    data, addr = recvfrom(MAX_UDP_QUERY_BYTES + 1)
+                elif (received := self._receive_dated()) is not None:
+                    data, addr = received
+                else:
+                    continue
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 continue  # an error queued on the socket (ICMP about an earlier answer)
-            if received is not None:
-                self._answer(*received)
+            self._answer(data, addr)
 
     def serve_blocking(self) -> None:
+        recvfrom, monotonic = self._sock.recvfrom, time.monotonic
         while True:
             try:
-                received = self._receive()
+                if monotonic() < self._next_check:
+                    data, addr = recvfrom(MAX_UDP_QUERY_BYTES + 1)
+                elif (received := self._receive_dated()) is not None:
+                    data, addr = received
+                else:
+                    continue
             except OSError:
                 continue
-            if received is not None:
-                self._answer(*received)
+            self._answer(data, addr)
 
-    def _receive(self) -> tuple[bytes, tuple[str, int] | tuple[str, int, int, int]] | None:
-        """The next datagram, or None for one that waited past MAX_QUEUE_AGE_S (dropped)."""
-        now = time.monotonic()
-        if now < self._next_check or not self._timestamped:
-            return self._sock.recvfrom(MAX_UDP_QUERY_BYTES + 1)
+    def _receive_dated(self) -> tuple[bytes, Address] | None:
+        """The next datagram with its age checked: None if it waited past MAX_QUEUE_AGE_S
+        (dropped, and the next one is checked too); else no check for a while."""
         data, ancillary, _, addr = self._sock.recvmsg(MAX_UDP_QUERY_BYTES + 1, _TIMESTAMP_SPACE)
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                 seconds, nanoseconds = _TIMESPEC.unpack(payload)
                 if self._clock() - seconds - nanoseconds * 1e-9 > MAX_QUEUE_AGE_S:
                     self._dropped["stale"] += 1
-                    return None  # and the next datagram is checked too
-        self._next_check = now + AGE_CHECK_INTERVAL_S
+                    return None
+        self._next_check = time.monotonic() + AGE_CHECK_INTERVAL_S
         return data, addr
 
-    def _answer(self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int]) -> None:
+    def _answer(self, data: bytes, addr: Address) -> None:
         started = perf_counter()
         if len(data) > MAX_UDP_QUERY_BYTES:
             self._dropped["oversized"] += 1
