@@ -23,6 +23,7 @@ kernel, so a client's pipeline is flow-controlled).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import math
@@ -358,7 +359,8 @@ def _bound(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER_BYTES)
             if SO_TIMESTAMPNS is not None:
-                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                with contextlib.suppress(OSError):  # without it, queue ages go unchecked
+                    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.bind(address)
         sock.setblocking(False)
     except OSError:

@@ -394,3 +394,31 @@ def test_name_to_wire_folds_case() -> None:
     assert name_to_wire("Cdn.Example.com.") == b"\3cdn\7example\3com\0"
     assert name_to_wire(".") == b"\0"
     assert dns.name.from_wire(name_to_wire("a.b."), 0)[0].to_text() == "a.b."
+
+
+name_pieces = st.lists(
+    st.one_of(
+        labels.map(lambda label: bytes((len(label),)) + label),
+        st.integers(0, 80).map(lambda target: struct.pack(">H", 0xC000 | target)),
+        st.just(b"\0"),
+        st.binary(max_size=3),
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@settings(max_examples=800, deadline=None)
+@given(body=name_pieces, target=st.integers(0, 200))
+def test_read_name_agrees_with_dnspython_rfc1035_4_1_4(body: bytes, target: int) -> None:
+    """Labels, pointers and damage, read from a final pointer into them: read_name either
+    refuses (ValueError) or reads what dnspython reads, which also allows only pointers
+    below every offset already visited."""
+    data = bytes(12) + body
+    start = len(data)
+    data += struct.pack(">H", 0xC000 | (12 + target % max(1, len(body))))
+    try:
+        name, end = read_name(data, start)
+    except ValueError:
+        return
+    theirs, used = dns.name.from_wire(data, start)
+    assert name == theirs.to_wire() and end == start + used and len(name) <= 255
