@@ -109,9 +109,10 @@ class Lookup:
     key: str  # primary cache key, method-independent (GET and HEAD share it)
     entry: CacheEntry | None
     revalidate_headers: Mapping[str, str]  # If-None-Match / If-Modified-Since for `entry`
-    serve_stale_while_revalidate: bool  # serve `entry` now, refresh once in background
-    stale_if_error: bool  # may serve `entry` if the origin fails (5xx/connect/timeout)
-    detail: str | None  # why (for Cache-Status detail=)
+    # The defaults are a lookup that serves nothing stale.
+    serve_stale_while_revalidate: bool = False  # serve `entry` now, refresh once in background
+    stale_if_error: bool = False  # may serve `entry` if the origin fails (5xx/connect/timeout)
+    detail: str | None = None  # why (for Cache-Status detail=)
     fwd: str | None = None
     only_if_cached: bool = False
 
@@ -155,15 +156,38 @@ class Cache:
         if entry is None:
             if "no-store" in req_cc:
                 return _pass(req, key, "request", "request-no-store")
-            return _lookup("miss", req, key, None, fwd=fwd, only_if_cached=only)
+            return Lookup(
+                outcome="miss",
+                request=req,
+                key=key,
+                entry=None,
+                revalidate_headers=_NO_HEADERS,
+                fwd=fwd,
+                only_if_cached=only,
+            )
         self._store.touch((req.host, req.target, entry.vary))
         age = entry.current_age(now)
         staleness = age - entry.freshness_lifetime
         forced = _forced_revalidation(entry, req_cc, age, staleness)
         if forced is None and staleness < 0:
-            return _lookup("fresh", req, key, entry, only_if_cached=only)
+            return Lookup(
+                outcome="fresh",
+                request=req,
+                key=key,
+                entry=entry,
+                revalidate_headers=_NO_HEADERS,
+                only_if_cached=only,
+            )
         if forced is None and not entry.no_stale and _max_stale_allows(req_cc, staleness):
-            return _lookup("fresh", req, key, entry, detail="max-stale", only_if_cached=only)
+            return Lookup(
+                outcome="fresh",
+                request=req,
+                key=key,
+                entry=entry,
+                revalidate_headers=_NO_HEADERS,
+                detail="max-stale",
+                only_if_cached=only,
+            )
         if "no-store" in req_cc:
             return _pass(req, key, "request", "request-no-store")
         return Lookup(
@@ -340,33 +364,16 @@ def response_headers(entry: CacheEntry, now: float) -> CIMultiDict[str]:
     return headers
 
 
-def _lookup(
-    outcome: Outcome,
-    req: RequestInfo,
-    key: str,
-    entry: CacheEntry | None,
-    *,
-    detail: str | None = None,
-    fwd: str | None = None,
-    only_if_cached: bool = False,
-) -> Lookup:
-    """A lookup that sends no validators and serves nothing stale."""
+def _pass(req: RequestInfo, key: str, fwd: str, detail: str | None) -> Lookup:
     return Lookup(
-        outcome=outcome,
+        outcome="pass",
         request=req,
         key=key,
-        entry=entry,
+        entry=None,
         revalidate_headers=_NO_HEADERS,
-        serve_stale_while_revalidate=False,
-        stale_if_error=False,
         detail=detail,
         fwd=fwd,
-        only_if_cached=only_if_cached,
     )
-
-
-def _pass(req: RequestInfo, key: str, fwd: str, detail: str | None) -> Lookup:
-    return _lookup("pass", req, key, None, detail=detail, fwd=fwd)
 
 
 def _request_cc(req: RequestInfo) -> CacheControl:
