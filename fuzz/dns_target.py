@@ -153,7 +153,9 @@ def dns_seeds() -> list[bytes]:
                 options.append(dns.edns.ECSOption(address, prefix))
             if j % 3 == 0:
                 options.append(dns.edns.GenericOption(dns.edns.NSID, b""))
-            query.use_edns(0, dns.flags.DO if j % 2 else 0, 1232 if i % 2 else 4096, options=options)
+            query.use_edns(
+                0, dns.flags.DO if j % 2 else 0, 1232 if i % 2 else 4096, options=options
+            )
             seeds.append(query.to_wire())
     mixed = "".join(c.upper() if rng.random() < 0.5 else c for c in "cdn.example.com.")
     seeds.append(dns.message.make_query(mixed, "A", use_edns=0).to_wire())
@@ -165,7 +167,9 @@ def dns_seeds() -> list[bytes]:
     seeds.append(notify.to_wire())
     seeds.append(dns.message.make_query("cdn.example.com.", "A", "CH").to_wire())
     # A compressed question: a second question name pointing into the first.
-    seeds.append(bytes.fromhex("abcd0100000100000000000003636e64076578616d706c6503636f6d0000010001"))
+    seeds.append(
+        bytes.fromhex("abcd0100000100000000000003636e64076578616d706c6503636f6d0000010001")
+    )
     return seeds
 
 
