@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 
 import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.opcode
 import dns.rdataclass
 import dns.rdatatype
 
@@ -46,7 +47,12 @@ from georouter.wire import HEADER, OPCODE_MASK, QR, MalformedQuery, parse
 CLIENTS = ("198.51.100.7", "203.0.113.9", "2001:db8:1::5", "127.0.0.1", "::ffff:192.0.2.1")
 OPCODE_UPDATE = 5 << 11  # RFC 2136 §1.3
 MAX_QUERY_BYTES = 4096  # what the DNS shells accept (dns_server.MAX_UDP_QUERY_BYTES)
-NAMES = ("cdn.example.com.", "img.example.com.", "www.example.com.", "example.com.")
+NAMES: tuple[str, ...] = (
+    "cdn.example.com.",
+    "img.example.com.",
+    "www.example.com.",
+    "example.com.",
+)
 NAMES += ("nx.example.com.", "ns1.example.com.", "example.org.", "a.b.c.cdn.example.com.")
 TYPES = ("A", "AAAA", "ANY", "SOA", "NS", "TXT", "CNAME", "AXFR", "DS", "MX", "TYPE65535")
 ECS = (("198.51.100.0", 24), ("203.0.113.0", 20), ("2001:db8:1::", 56), ("0.0.0.0", 0))
@@ -64,7 +70,7 @@ class DnsTarget:
 
     name = "dns"
     max_len = MAX_QUERY_BYTES
-    tokens = TOKENS
+    tokens: Sequence[bytes] = TOKENS
 
     def __init__(self) -> None:
         config = load_config(DEFAULT_CONFIG)
@@ -163,7 +169,7 @@ def dns_seeds() -> list[bytes]:
     badvers.use_edns(1)
     seeds.append(badvers.to_wire())
     notify = dns.message.make_query("example.com.", "SOA")
-    notify.set_opcode(4)
+    notify.set_opcode(dns.opcode.NOTIFY)
     seeds.append(notify.to_wire())
     seeds.append(dns.message.make_query("cdn.example.com.", "A", "CH").to_wire())
     # A compressed question: a second question name pointing into the first.

@@ -14,7 +14,7 @@ target; fresh and stale outcomes carry an entry, miss and pass none).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import BadHttpMessage
@@ -33,12 +33,14 @@ HOST = "cdn.example.com"
 NOW = 1_800_000_000.0
 READ_BUFSIZE = 2**16  # aiohttp's DEFAULT_CHUNK_SIZE: the payload stream's high-water mark
 MAX_HEAD_BYTES = 16384
+LONG_AGO = "Mon, 01 Jan 2024 00:00:00 GMT"
 STORED = {  # target -> response headers of an entry stored at NOW - 100 s
-    "/a.jpg": {"Cache-Control": "max-age=3600", "ETag": '"a1"', "Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"},
-    "/stale": {"Cache-Control": "max-age=10, stale-while-revalidate=60, stale-if-error=600", "ETag": 'W/"s"'},
+    "/a.jpg": {"Cache-Control": "max-age=3600", "ETag": '"a1"', "Last-Modified": LONG_AGO},
+    "/stale": {"Cache-Control": "max-age=10, stale-while-revalidate=60, stale-if-error=600",
+               "ETag": 'W/"s"'},
     "/v": {"Cache-Control": "max-age=3600", "Vary": "Accept-Encoding, Accept-Language"},
     "/nc": {"Cache-Control": "no-cache, max-age=3600", "Surrogate-Key": "k1 k2"},
-    "/q?x=1": {"Cache-Control": "s-maxage=5, must-revalidate", "Date": "Mon, 01 Jan 2024 00:00:00 GMT"},
+    "/q?x=1": {"Cache-Control": "s-maxage=5, must-revalidate", "Date": LONG_AGO},
 }  # fmt: skip
 # An origin's answer to an unsafe method, naming same-host targets to invalidate (§4.4).
 MOVED = CIMultiDict({"Location": "/moved", "Content-Location": "../a.jpg?x"})
@@ -61,10 +63,10 @@ class HttpTarget:
 
     name = "http"
     max_len = MAX_HEAD_BYTES
-    tokens = TOKENS
+    tokens: Sequence[bytes] = TOKENS
 
-    def __init__(self, limits: Limits = Limits()) -> None:
-        self._limits = limits
+    def __init__(self, limits: Limits | None = None) -> None:
+        self._limits = limits or Limits()
         self._loop = asyncio.new_event_loop()
         self._protocol = BaseProtocol(self._loop)
         self.cache = Cache(capacity_bytes=1 << 20)
@@ -148,7 +150,8 @@ def http_seeds() -> list[bytes]:
     heads.append(f"HEAD /a.jpg HTTP/1.0\r\nHost: {HOST}\r\n\r\n")
     heads.append(f"POST /a.jpg HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 3\r\n\r\nabc")
     heads.append(
-        f"PUT /v HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        f"PUT /v HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "3\r\nabc\r\n0\r\n\r\n"
     )
     heads.append(f"PURGE /a.jpg HTTP/1.1\r\nHost: {HOST}\r\n\r\n")
     heads.append(
