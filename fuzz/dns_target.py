@@ -145,7 +145,7 @@ def check_reply(
 
 
 def dns_seeds() -> list[bytes]:
-    """Valid queries made with dnspython: every name and type, EDNS with and without DO,
+    """Valid queries made with dnspython (fixed IDs: the same list every time): every name and type, EDNS with and without DO,
     ECS of both families, 0x20 mixed case, NSID and unknown options, and a few odd ones."""
     rng = random.Random(20)
     seeds = []
@@ -164,18 +164,17 @@ def dns_seeds() -> list[bytes]:
             )
             seeds.append(query.to_wire())
     mixed = "".join(c.upper() if rng.random() < 0.5 else c for c in "cdn.example.com.")
-    seeds.append(dns.message.make_query(mixed, "A", use_edns=0).to_wire())
-    badvers = dns.message.make_query("cdn.example.com.", "A")
+    seeds.append(dns.message.make_query(mixed, "A", use_edns=0, id=0x20).to_wire())
+    badvers = dns.message.make_query("cdn.example.com.", "A", id=0xBAD)
     badvers.use_edns(1)
     seeds.append(badvers.to_wire())
-    notify = dns.message.make_query("example.com.", "SOA")
+    notify = dns.message.make_query("example.com.", "SOA", id=4)
     notify.set_opcode(dns.opcode.NOTIFY)
     seeds.append(notify.to_wire())
-    seeds.append(dns.message.make_query("cdn.example.com.", "A", "CH").to_wire())
-    # A compressed question: a second question name pointing into the first.
-    seeds.append(
-        bytes.fromhex("abcd0100000100000000000003636e64076578616d706c6503636f6d0000010001")
-    )
+    seeds.append(dns.message.make_query("cdn.example.com.", "A", "CH", id=3).to_wire())
+    # Compression (RFC 1035 §4.1.4): an additional record owned by a pointer to the question.
+    question = "abcd0100000100000000000103636e64076578616d706c6503636f6d0000010001"
+    seeds.append(bytes.fromhex(question + "c00c000100010000000000047f000001"))
     return seeds
 
 
