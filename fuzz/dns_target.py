@@ -145,8 +145,9 @@ def check_reply(
 
 
 def dns_seeds() -> list[bytes]:
-    """Valid queries made with dnspython (fixed IDs: the same list every time): every name and type, EDNS with and without DO,
-    ECS of both families, 0x20 mixed case, NSID and unknown options, and a few odd ones."""
+    """Valid queries made with dnspython, the same list every time (fixed IDs): every name
+    and type, EDNS with and without DO, ECS of both families, NSID, 0x20 mixed case, and a
+    few odd ones (BADVERS, NOTIFY, class CH, a compressed owner name)."""
     rng = random.Random(20)
     seeds = []
     for i, name in enumerate(NAMES):
