@@ -174,7 +174,7 @@ def dns_seeds() -> list[bytes]:
     seeds.append(notify.to_wire())
     seeds.append(dns.message.make_query("cdn.example.com.", "A", "CH", id=3).to_wire())
     # Compression (RFC 1035 §4.1.4): an additional record owned by a pointer to the question.
-    question = "abcd0100000100000000000103636e64076578616d706c6503636f6d0000010001"
+    question = "abcd010000010000000000010363646e076578616d706c6503636f6d0000010001"
     seeds.append(bytes.fromhex(question + "c00c000100010000000000047f000001"))
     return seeds
 
