@@ -42,7 +42,7 @@ from fuzz.dns_target import check_reply, dns_seeds
 from fuzz.mutator import Mutator
 from fuzz.runner import FuzzFailure
 from georouter.dns_server import IDLE_TIMEOUT_S, MAX_UDP_QUERY_BYTES
-from georouter.responder import Transport
+from georouter.responder import MIN_UDP_PAYLOAD, Transport
 from georouter.wire import MalformedQuery, parse
 
 LOOPBACK = "127.0.0.1"
@@ -90,7 +90,9 @@ class Tally:
 
     def judge(self, query: bytes, reply: bytes, transport: Transport) -> bool:
         """Count one reply; False (and counted as malformed) if it is not a proper answer."""
-        payload = _payload(query)
+        # The payload only matters for a UDP reply over 512 octets (RFC 6891 §6.2.5): the
+        # full parse that reads it is skipped for the rest.
+        payload = _payload(query) if transport == "udp" and len(reply) > MIN_UDP_PAYLOAD else None
         key = (reply[2:], payload, transport)
         problem = self._verdicts.get(key, "")
         if problem == "":
