@@ -3,8 +3,8 @@
 One router (`georouter serve` on data/cdn.toml, loopback, ports chosen by the kernel; no
 edges, so it answers from the configured nodes) takes at least 1,000,000 UDP datagrams
 made by the fuzz mutator (fuzz/mutator.py) from dnspython-made queries (ECS, OPT, DO,
-0x20 case; fuzz/dns_target.py), a tenth of them plain random bytes, sent at a fixed rate
-so the run ends by itself, and 10,000 TCP streams of six kinds: a garbage length prefix,
+0x20 case; fuzz/dns_target.py), a tenth of them plain random bytes, sent at 10,000/s for
+at most 150 s (a sender too slow for the million fails the verdict, saying so), and 10,000 TCP streams of six kinds: a garbage length prefix,
 an oversized message, a valid query left half-sent (slowloris-style, then abandoned), a
 valid query dribbled a few octets at a time, pipelined messages (valid, mutated and junk
 after them), and a few connections held idle until the router closes them. Every reply is
@@ -66,10 +66,11 @@ class Load:
     streams: int
     stream_concurrency: int
     held_idle: int  # connections kept open and silent until the router closes them
+    max_udp_s: float = 150.0  # a sender slower than the rate stops here (the verdict says so)
 
 
 FULL_LOAD = Load(1_000_000, 10_000.0, 10_000, 64, held_idle=16)
-QUICK_LOAD = Load(20_000, 10_000.0, 1_000, 64, held_idle=0)
+QUICK_LOAD = Load(20_000, 10_000.0, 1_000, 64, held_idle=0, max_udp_s=10.0)
 
 
 @dataclass(slots=True)
@@ -86,6 +87,7 @@ class Tally:
     ratio_query: bytes = b""
     held_closed: int = 0  # idle connections the router closed in time
     stuck: int = 0  # streams the router kept open after our EOF
+    reset: int = 0  # streams refused or reset while we still wrote
     _verdicts: dict[tuple[bytes, int | None, Transport], str | None] = field(default_factory=dict)
 
     def judge(self, query: bytes, reply: bytes, transport: Transport) -> bool:
@@ -147,6 +149,8 @@ def _payload(query: bytes) -> int | None:
 def verdict(outcome: Outcome) -> list[str]:
     """The goals missed; empty when the router passed."""
     problems = []
+    if (sent := outcome.tally.datagrams) < outcome.load.datagrams:
+        problems.append(f"only {sent:,} datagrams sent in {outcome.load.max_udp_s:.0f} s")
     if not outcome.alive:
         problems.append("the router process died")
     elif not outcome.answers_normal_query:
@@ -173,6 +177,7 @@ def hostile_table(outcome: Outcome) -> Table:
         ["UDP answers", fmt(tally.udp_replies), ""],
         ["TCP streams", f"{sum(tally.streams.values()):,} ({streams})", f"≥ {load.streams:,}"],
         ["TCP answers", fmt(tally.tcp_replies), ""],
+        ["TCP streams reset while sending", fmt(tally.reset), ""],
         ["crashes", str(crashes), "0"],
         ["malformed replies", fmt(malformed), "0"],
         ["ERROR lines logged", str(outcome.errors_logged), "0"],
@@ -238,7 +243,10 @@ def send_datagrams(where: tuple[str, int], load: Load, tally: Tally, rng: random
         sock.setblocking(False)
         interval = SEND_BATCH / load.datagrams_per_s
         next_batch = time.monotonic()
+        stop = next_batch + load.max_udp_s
         for start in range(0, load.datagrams, SEND_BATCH):
+            if time.monotonic() > stop:
+                break
             for serial in range(start, min(start + SEND_BATCH, load.datagrams)):
                 query = make()
                 if len(query) >= 2:  # a unique ID, so the reply finds its query
@@ -314,7 +322,7 @@ async def _stream(
     try:
         reader, writer = await asyncio.open_connection(*where)
     except OSError:
-        tally.malformed["TCP connection refused"] += 1
+        tally.reset += 1
         return
     sent: dict[bytes, bytes] = {}
     try:
@@ -340,17 +348,18 @@ async def _stream(
                 writer.write(message[at : at + 5])
                 await writer.drain()
                 await asyncio.sleep(0.001)
-        else:  # pipelined: valid and mutated messages, then junk
+        else:  # pipelined: valid and mutated messages, then junk, in one write
+            burst = b""
             for serial in range(rng.randint(2, 10)):
                 query = rng.choice(seeds) if serial % 2 else make()
                 query = _stamped(query, serial + 1, sent) if len(query) >= 2 else query
-                writer.write(len(query).to_bytes(2) + query)
-            writer.write(rng.randbytes(rng.randint(0, 64)))
+                burst += len(query).to_bytes(2) + query
+            writer.write(burst + rng.randbytes(rng.randint(0, 64)))
         await writer.drain()
         writer.write_eof()  # done sending: the router must answer what it can and close
         await _read_replies(reader, sent, tally)
     except OSError:
-        pass  # the router closed on us mid-write (reset, not connected): its right
+        tally.reset += 1  # closed on us mid-write: its right with garbage, or at its cap
     finally:
         writer.transport.abort()
 

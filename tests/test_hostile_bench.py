@@ -20,7 +20,8 @@ def exchange() -> tuple[bytes, bytes]:
 
 
 def clean(load: Load = TINY) -> Outcome:
-    return Outcome(load, Tally(), alive=True, answers_normal_query=True, errors_logged=0, seconds=1)
+    tally = Tally(datagrams=load.datagrams)
+    return Outcome(load, tally, alive=True, answers_normal_query=True, errors_logged=0, seconds=1)
 
 
 def test_a_clean_run_meets_every_goal() -> None:
@@ -51,7 +52,9 @@ def test_malformed_stuck_and_unclosed_idle_streams_fail_the_run() -> None:
     outcome.tally.malformed["answer without QR"] += 2
     outcome.tally.stuck = 1
     outcome.tally.held_closed = 2
+    outcome.tally.datagrams -= 1
     assert verdict(outcome) == [
+        f"only {TINY.datagrams - 1} datagrams sent in 150 s",
         "2 malformed replies",
         "1 TCP streams left open after the client's EOF",
         "1 idle connections not closed by the router",
