@@ -4,16 +4,17 @@ One router (`georouter serve` on data/cdn.toml, loopback, ports chosen by the ke
 edges, so it answers from the configured nodes) takes at least 1,000,000 UDP datagrams
 made by the fuzz mutator (fuzz/mutator.py) from dnspython-made queries (ECS, OPT, DO,
 0x20 case; fuzz/dns_target.py), a tenth of them plain random bytes, sent at 10,000/s for
-at most 150 s (a sender too slow for the million fails the verdict, saying so), and 10,000 TCP streams of six kinds: a garbage length prefix,
-an oversized message, a valid query left half-sent (slowloris-style, then abandoned), a
-valid query dribbled a few octets at a time, pipelined messages (valid, mutated and junk
-after them), and a few connections held idle until the router closes them. Every reply is
-checked as the fuzz target checks it (ID, QR, size within the requestor's payload, parsed
-by dnspython); the largest reply-to-query byte ratio over UDP is the amplification a
-spoofed source could get from one datagram. At the end the router must still be running
-and answer a normal query over UDP and TCP; every ERROR line it logged is counted. The
-goals: no crash, no malformed reply, no error logged. BENCH_QUICK=1 sends 20,000
-datagrams and 1,000 streams.
+at most 150 s (a sender too slow for the million fails the verdict, saying so), then
+10,000 TCP streams of five kinds: a garbage length prefix, an oversized message, a valid
+query left half-sent (slowloris-style, then abandoned), a valid query dribbled a few
+octets at a time, pipelined messages (valid, mutated and junk after them); and 16
+connections held idle until the router closes them. Every reply is checked as the fuzz
+target checks it (ID, QR, size within the requestor's payload, parsed by dnspython); the
+largest reply-to-query byte ratio over UDP is the amplification a spoofed source could
+get from one datagram. At the end the router must still be running and answer a normal
+query over UDP and TCP; every ERROR line it logged is counted. The goals: no crash, no
+malformed reply, no error logged, no stream left open after the client's end. BENCH_QUICK=1
+sends 20,000 datagrams and 1,000 streams, and holds none idle.
 """
 
 from __future__ import annotations
