@@ -2,7 +2,7 @@
 
 Each is the installed console entry point, exactly as an operator runs it, with ports
 chosen by the kernel (port 0) and read back from its `event=listening` line. The router's
-topology is data/cdn.toml with each node's control URL pointed at the edge started for it.
+topology is georouter/data/cdn.toml with each node's control URL pointed at the edge started for it.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.processes import Endpoint, Service, free_port, running
-from georouter.config import RouterConfig
+from cdnlab.origin import ORIGIN_ROOT
+from georouter.config import DEFAULT_CONFIG, RouterConfig
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_ROOT = REPO / "data" / "demo-origin"
-TOPOLOGY = REPO / "data" / "cdn.toml"
+DEMO_ROOT = ORIGIN_ROOT
+TOPOLOGY = DEFAULT_CONFIG
 LOOPBACK = "127.0.0.1"
 BENCH_TOKEN = "bench-token"
 NODES_UP_TIMEOUT_S = 20.0
@@ -35,8 +36,8 @@ def _bound(service: Service, key: str) -> tuple[str, int]:
 
 @contextlib.contextmanager
 def origin() -> Iterator[Endpoint]:
-    """The demo origin (georouter.demo.origin) serving data/demo-origin."""
-    argv = [sys.executable, "-m", "georouter.demo.origin", "--listen", f"{LOOPBACK}:0"]
+    """The demo origin (cdnlab.origin) serving data/demo-origin."""
+    argv = [sys.executable, "-m", "cdnlab.origin", "--listen", f"{LOOPBACK}:0"]
     with running("origin", [*argv, "--root", str(DEMO_ROOT)]) as service:
         host, port = _bound(service, "origin")
         yield Endpoint("origin", host, port, service.pid)
@@ -89,7 +90,7 @@ def edge(name: str, origin_url: str, routers: list[str] | None = None) -> Iterat
 
 
 def bench_topology(config: RouterConfig, control_urls: dict[str, str]) -> str:
-    """data/cdn.toml with each node's control_url replaced and the bench token set."""
+    """georouter/data/cdn.toml with each node's control_url replaced and the bench token set."""
     text = TOPOLOGY.read_text()
     for node in config.nodes:
         pattern = rf'(name = "{re.escape(node.name)}"[^\[]*?control_url = )"[^"]*"'
@@ -118,7 +119,7 @@ def all_nodes_up(router_url: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Cdn:
-    """Six edges of data/cdn.toml and a router that probes them and takes their reports."""
+    """Six edges of the shipped topology and a router that probes them and takes their reports."""
 
     router: Router
     edges: dict[str, Edge]

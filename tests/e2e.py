@@ -1,6 +1,6 @@
 """Whole-CDN fixtures for end-to-end tests: real processes on fresh loopback addresses.
 
-`start_cdn()` runs the shipped topology (data/cdn.toml) relocated to a random 127.A.B.0/24
+`start_cdn()` runs the shipped topology (georouter/data/cdn.toml) relocated to a random 127.A.B.0/24
 block with ephemeral ports: origin, six edges and the router, started exactly as
 `georouter demo` starts them (same argv builders), and stopped by PID on exit. Nothing a
 developer's running `make demo` (127.0.0.0/24, fixed ports) uses can collide with it.
@@ -34,13 +34,13 @@ import dns.rdatatype
 import yaml
 
 from cdn.config import HostPort
-from georouter.config import load_config
-from georouter.demo.plan import DemoPlan, edge_spec, make_plan
-from georouter.demo.runner import start_all
-from georouter.demo.supervisor import Child, Supervisor
+from cdnlab.plan import DemoPlan, edge_spec, make_plan
+from cdnlab.runner import start_all
+from cdnlab.supervisor import Child, Supervisor
+from georouter.config import DEFAULT_CONFIG, load_config
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED_CONFIG = REPO / "data" / "cdn.toml"
+SHIPPED_CONFIG = DEFAULT_CONFIG
 PROMETHEUS_YML = REPO / "data" / "prometheus" / "prometheus.yml"
 ALERTS_YML = REPO / "data" / "prometheus" / "alerts.yml"
 GRAFANA_JSON = REPO / "data" / "grafana" / "georouter.json"

@@ -29,9 +29,8 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
-from georouter.config import load_config
-from georouter.demo import origin
-from georouter.demo.plan import (
+from cdnlab import origin
+from cdnlab.plan import (
     EDGE_LAYER,
     ORIGIN_LAYER,
     ROUTER_LAYER,
@@ -43,8 +42,8 @@ from georouter.demo.plan import (
     origin_spec,
     router_spec,
 )
-from georouter.demo.status import answers_by_node, render_table, rows_from_json
-from georouter.demo.supervisor import (
+from cdnlab.status import answers_by_node, render_table, rows_from_json
+from cdnlab.supervisor import (
     LINE_START_BYTES,
     ChildSpec,
     DemoError,
@@ -53,7 +52,7 @@ from georouter.demo.supervisor import (
     parse_logfmt,
     split_lines,
 )
-from georouter.demo.workload import (
+from cdnlab.workload import (
     CLIENTS,
     OBJECTS,
     Workload,
@@ -61,6 +60,7 @@ from georouter.demo.workload import (
     requests,
     zipf_weights,
 )
+from georouter.config import load_config
 from georouter.geo import Geo, open_geoip
 from georouter.metrics import HotPathTallies
 from tests.e2e import (

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 
 from cdn.config import HostPort
-from georouter.demo.supervisor import ChildSpec, Supervisor
+from cdnlab.supervisor import ChildSpec, Supervisor
 from tests.e2e import SUBNETS, Cdn, free_port, poll, prometheus_config, start_cdn, which
 from tests.test_assets import dashboard_exprs, rule_exprs
 

@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 
 from cdn.config import HostPort
-from georouter.demo.supervisor import ChildSpec, Supervisor
+from cdnlab.supervisor import ChildSpec, Supervisor
 from tests.e2e import (
     SERVICE,
     SUBNETS,

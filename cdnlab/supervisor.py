@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
-from georouter.errors import GeoRouterError
+from cdn.errors import CDNError
 
 READY_EVENT = "event=listening"
 START_TIMEOUT_S = 15.0
@@ -36,7 +36,7 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 Transport = Literal["tcp", "udp"]
 
 
-class DemoError(GeoRouterError):
+class DemoError(CDNError):
     """The demo cannot run: a port is busy or a child failed to start (exit code 2)."""
 
 
@@ -222,7 +222,7 @@ class Supervisor:
         code = await child.process.wait()
         if child.pump is not None:
             await child.pump
-        with contextlib.suppress(asyncio.CancelledError, GeoRouterError):
+        with contextlib.suppress(asyncio.CancelledError, CDNError):
             await child.ready  # retrieve it, so an unread failure is not logged at exit
         return code
 
