@@ -44,6 +44,7 @@ from benchmarks.processes import (
     unequal,
 )
 from benchmarks.report import Part, Table
+from cdnlab.supervisor import DemoError
 from georouter.config import RouterConfig, load_config
 
 OUTPUT = cdn.REPO / "docs" / "benchmarks.md"
@@ -111,7 +112,7 @@ class Run:
                 f"harness bias: {', '.join(apart)} scheduled apart from the harness "
                 f"(autogroup {first.autogroup!r}, nice {first.nice}, cpus {first.cpus}; the "
                 f"harness: {self.harness.autogroup!r}, nice {self.harness.nice}, cpus "
-                f"{self.harness.cpus}); see benchmarks/processes.py"
+                f"{self.harness.cpus}); see cdnlab/supervisor.py"
             )
         if found:
             self.started.setdefault(label, next(iter(found.values())))
@@ -315,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                 bias_part(run)
             _with_servers(run, args.parts)
             _pure_parts(run, args.parts)
-        except BenchError as exc:
+        except (BenchError, DemoError) as exc:  # DemoError: a server did not start
             print(f"benchmarks: {exc}", file=sys.stderr)
             return 1
         if run.started:

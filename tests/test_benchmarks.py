@@ -47,17 +47,16 @@ from benchmarks.processes import (
     CpuShares,
     Endpoint,
     Placement,
-    Start,
     cpu_cgroup,
     placement,
     process_tree,
     run_measured,
     run_tool,
-    running,
     unequal,
     wait_until,
 )
 from benchmarks.report import Part, Table, bottleneck, render
+from cdnlab.supervisor import Start, running
 from georouter.config import RouterConfig, load_config
 
 GEOIP = Path(_maxminddb_geolite2.geolite2_database())
@@ -229,7 +228,7 @@ def test_run_tool_returns_all_output_written_after_the_tool_exits() -> None:
     assert run.cpu_percent >= 0.0
 
 
-# --- equal terms for the CPU: how processes are started (benchmarks/processes.py) ------
+# --- equal terms for the CPU: how processes are started (cdnlab/supervisor.py) ------
 
 
 def autogroup_enabled() -> bool:
