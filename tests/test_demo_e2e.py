@@ -1,7 +1,7 @@
 """`georouter demo` and the whole CDN end to end: origin, supervisor, failover, drain, purge.
 
 The first half tests the demo's parts with plain calls and single processes; the second
-half runs whole CDNs (tests/e2e.py) on fresh loopback blocks with ephemeral ports, so a
+half runs whole CDNs (cdnlab/loopback.py) on fresh loopback blocks with ephemeral ports, so a
 developer's running `make demo` is never disturbed.
 """
 
@@ -30,6 +30,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdnlab import origin
+from cdnlab.loopback import (
+    SHIPPED_CONFIG,
+    SUBNETS,
+    TOKEN,
+    TRANSIENT,
+    Cdn,
+    free_dns_port,
+    free_port,
+    loopback_block,
+    poll,
+    relocate_config,
+    start_cdn,
+)
 from cdnlab.plan import (
     EDGE_LAYER,
     ORIGIN_LAYER,
@@ -63,20 +76,7 @@ from cdnlab.workload import (
 from georouter.config import load_config
 from georouter.geo import Geo, open_geoip
 from georouter.metrics import HotPathTallies
-from tests.e2e import (
-    SHIPPED_CONFIG,
-    SUBNETS,
-    TOKEN,
-    TRANSIENT,
-    Cdn,
-    free_dns_port,
-    free_port,
-    loopback_block,
-    poll,
-    relocate_config,
-    start_cdn,
-    which,
-)
+from tests.e2e import which
 
 ORIGIN_ROOT = origin.ORIGIN_ROOT
 
