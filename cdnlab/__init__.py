@@ -8,6 +8,7 @@ cdnlab.cli         `cdnlab` / `python -m cdnlab` (also `georouter demo`): run th
 cdnlab.runner      start origin, edges and router, print the guide and the live table
 cdnlab.plan        what the demo runs and prints, derived from the router config alone
 cdnlab.supervisor  the one process supervisor: start, wait for listening, layered stop by PID
+cdnlab.loopback    the whole CDN on a fresh 127.A.B.0/24 with ephemeral ports (the tests)
 cdnlab.origin      the demo origin (a small social app) serving the packaged cdnlab/content/
 cdnlab.status      the live status table, from the router's API and metrics
 cdnlab.workload    the bounded synthetic workload (`--load`; needs dnspython, the extra)

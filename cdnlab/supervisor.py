@@ -71,7 +71,8 @@ class Start(enum.Enum):
 
 
 class DemoError(CDNError):
-    """The demo cannot run: a port is busy or a child failed to start (exit code 2)."""
+    """A port is busy or a child failed to start (exit code 2): the demo cannot run, nor a
+    test's or a benchmark's CDN."""
 
 
 @dataclass(frozen=True, slots=True)
