@@ -38,7 +38,7 @@ def _bound(service: Running, *keys: str) -> list[HostPort]:
 
 @contextlib.contextmanager
 def origin() -> Iterator[Endpoint]:
-    """The demo origin (cdnlab.origin) serving data/demo-origin."""
+    """The demo origin (cdnlab.origin) serving the packaged cdnlab/content/."""
     argv = [sys.executable, "-m", "cdnlab.origin", "--listen", f"{LOOPBACK}:0"]
     with running("origin", [*argv, "--root", str(DEMO_ROOT)], ready_event=READY_EVENT) as service:
         (bound,) = _bound(service, "origin")

@@ -12,7 +12,7 @@ servers, so a benchmark compares like with like:
   `nets`. No service_types: every node is statically "up", no monitoring traffic.
 - PowerDNS 4.7, geoip backend: services templated on `%cc` (country) then `%cn`
   (continent), falling back to the default region. The backend cannot rank by distance,
-  so an unclaimed continent (only Antarctica in data/cdn.toml) gets the default region.
+  so an unclaimed continent (only Antarctica in georouter/data/cdn.toml) gets the default region.
 - nginx 1.22 proxy_cache in front of the loopback origin, for the edge hit-path benchmark.
 
 Nothing here may reach beyond loopback: PowerDNS's security poll (a DNS query to the

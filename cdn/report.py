@@ -7,11 +7,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
 from cdn.errors import ReportError
+from cdn.jsonbody import JsonBodyError, decode_json_object
 
 REPORT_PATH = "/api/v1/report"  # on each router's control port; POST, Bearer token
 EdgeStatus = Literal["up", "degraded", "draining"]
 EDGE_STATUSES: tuple[EdgeStatus, ...] = ("up", "degraded", "draining")
 MAX_REPORT_BYTES = 4096
+MAX_REPORT_DEPTH = 8  # a report is one flat object; room for nested fields to come
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,14 +33,10 @@ class LoadReport:
     @classmethod
     def from_json(cls, body: bytes) -> LoadReport:
         """Decode and validate; every defect raises ReportError naming the field."""
-        if len(body) > MAX_REPORT_BYTES:
-            raise ReportError(f"report larger than {MAX_REPORT_BYTES} bytes")
         try:
-            raw = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ReportError(f"report is not JSON: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ReportError("report must be a JSON object")
+            raw = decode_json_object(body, max_bytes=MAX_REPORT_BYTES, max_depth=MAX_REPORT_DEPTH)
+        except JsonBodyError as exc:
+            raise ReportError(f"report: {exc}") from None
         return cls(
             node=_text(raw, "node"),
             seq=_count(raw, "seq"),

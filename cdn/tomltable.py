@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
+import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -33,19 +35,74 @@ _KIND_NAMES: dict[type, str] = {
 }
 
 
+# tomllib converts a decimal integer with int(), which refuses more digits than
+# sys.get_int_max_str_digits() (the CVE-2020-10735 guard, 4300 by default) with a plain
+# ValueError, and recurses once per level of nested arrays and inline tables.
+_DEEP_NESTING = re.compile(rb"(?:[\[{][^\[\]{}]*){100}")  # 100 opened, none closed
+_KEY_LINE = re.compile(rb"[ \t]*([A-Za-z0-9_.\-\"' ]+?)[ \t]*=")
+_HEADER_LINE = re.compile(rb"[ \t]*(\[\[?)[ \t]*([A-Za-z0-9_.\-\"' ]+?)[ \t]*\]")
+
+
 def read_toml(
     path: Path, source: str, error_type: type[ConfigError] = ConfigError
 ) -> dict[str, Any]:
     """The parsed document at `path`; unreadable or malformed files raise `error_type`."""
     try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
+        data = path.read_bytes()
     except OSError as exc:
         raise error_type(source, "", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(data.decode())
     except UnicodeDecodeError as exc:
         raise error_type(source, "", f"not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise error_type(source, "", f"not valid TOML: {exc}") from None
+    except ValueError as exc:  # int() refused the digits; tomllib does not say where
+        limit = sys.get_int_max_str_digits()
+        key, line = _locate(data, re.compile(rb"[0-9_]{%d,}" % (limit + 1))) if limit else ("", "")
+        if not line:
+            raise error_type(source, "", f"not valid TOML: {_one_line(exc)}") from None
+        raise error_type(source, key, f"integer longer than {limit} digits{line}") from None
+    except RecursionError:
+        key, line = _locate(data, _DEEP_NESTING)
+        message = f"arrays or inline tables nested too deeply{line}"
+        raise error_type(source, key, message) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _locate(data: bytes, pattern: re.Pattern[bytes]) -> tuple[str, str]:
+    """Where the first match of `pattern` is: the key path as far as plain headers and keys
+    tell it ("nodes[2].capacity_rps") and " (line N)"; ("", "") if nothing matches."""
+    found = pattern.search(data)
+    if found is None:
+        return "", ""
+    lines = data[: found.start()].split(b"\n")
+    indices: dict[str, int] = {}  # array-of-tables header -> index of its latest table
+    header = ""
+    for text in lines[:-1]:
+        if match := _HEADER_LINE.match(text):
+            dotted = match.group(2).decode().replace(" ", "")
+            if match.group(1) == b"[[":  # a new table: its own sub-arrays start again
+                indices = {k: v for k, v in indices.items() if not k.startswith(f"{dotted}.")}
+                indices[dotted] = indices.get(dotted, -1) + 1
+            header = _table_path(dotted, indices)
+    key = _KEY_LINE.match(lines[-1])
+    parts = [header] if header else []
+    parts += [key.group(1).decode().replace(" ", "")] if key else []
+    return ".".join(parts), f" (line {len(lines)})"
+
+
+def _table_path(dotted: str, indices: dict[str, int]) -> str:
+    """`dotted` with the current index after each array of tables it passes ("zones[1].x")."""
+    out: list[str] = []
+    prefix = ""
+    for part in dotted.split("."):
+        prefix = f"{prefix}.{part}" if prefix else part
+        out.append(f"{part}[{indices[prefix]}]" if prefix in indices else part)
+    return ".".join(out)
 
 
 def _describe(value: object) -> str:

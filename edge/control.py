@@ -15,7 +15,6 @@ passes unchanged, and the control port is not the content port.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cdn import auth
+from cdn.jsonbody import decode_json_object
 from cdn.report import EDGE_STATUSES
 from edge.cache import Cache
 from edge.load import LoadSnapshot
@@ -31,6 +31,7 @@ from edge.metrics import EdgeMetrics
 from edge.proxy import cache_host
 
 MAX_PURGE_BODY_BYTES = 8192
+MAX_PURGE_DEPTH = 4  # a purge is one flat object
 
 
 def control_app(
@@ -95,8 +96,11 @@ class _Purge:
                 401, auth.UNAUTHORIZED, {"WWW-Authenticate": auth.challenge("edge", given)}
             )
         try:
-            kind, value = _selector(json.loads(await request.read()))
-        except (ValueError, UnicodeDecodeError) as exc:
+            body = await request.read()
+            kind, value = _selector(
+                decode_json_object(body, max_bytes=MAX_PURGE_BODY_BYTES, max_depth=MAX_PURGE_DEPTH)
+            )
+        except ValueError as exc:  # JsonBodyError is one
             return _error(400, str(exc))
         purged = self._purge(kind, value)
         self._metrics.purges.labels(kind).inc()
@@ -112,8 +116,8 @@ class _Purge:
         return self._cache.purge_prefix(host, target)
 
 
-def _selector(body: Any) -> tuple[str, str]:
-    if not isinstance(body, dict) or len(body) != 1:
+def _selector(body: dict[str, Any]) -> tuple[str, str]:
+    if len(body) != 1:
         raise ValueError('expected one of {"url": ...}, {"prefix": ...}, {"key": ...}')
     ((kind, value),) = body.items()
     if kind not in ("url", "prefix", "key") or not isinstance(value, str) or not value:

@@ -1,4 +1,5 @@
-"""Where an origin response ends on the wire (RFC 9112 §6.3), so nothing past it is parsed.
+"""Where an origin response ends on the wire (RFC 9112 §6.3), so nothing past it is parsed,
+and which response heads are refused before the parser sees them (RFC 9112 §2.2).
 
 An origin that sends more body than its Content-Length announces leaves bytes on the
 connection that belong to no response. RFC 9112 §6.3: a client "MAY discard the remaining
@@ -9,10 +10,21 @@ So the origin client counts each response's bytes with a ResponseFraming and fee
 parser no further than the response's end; the excess is dropped and the connection is
 never reused.
 
+A head whose lines end in a bare LF, or that is larger than MAX_TRACKED_HEAD_BYTES, raises
+MalformedResponse: the origin client answers 502 (an `invalid` origin error) and nothing
+is stored. RFC 9112 §2.2 lets a recipient accept a bare LF, but does not require it, and
+the edge is a cache: where a head ends and how its lines split is exactly where two
+parsers can disagree (response splitting, RFC 9112 §11.2), and a copy stored from a
+misread frame is served to every client until it expires. Refusing is the one reading
+that cannot be wrong, and a bare LF is a broken origin to fix (every HTTP server library
+writes CRLF). A 64 KiB head is far past any real one (nginx refuses an upstream head over
+proxy_buffer_size, 4-8 KiB, with 502 "upstream sent too big header"; Varnish's
+http_resp_size is 32 KiB).
+
 Only framings that can be counted from the head are followed: no body (a HEAD request,
-204, 304) and Content-Length. Chunked responses, bodies read until close, a head this
-reader cannot place (bare-LF line ends, conflicting Content-Length, over
-MAX_TRACKED_HEAD_BYTES) pass through untouched, for the parser to judge.
+204, 304) and Content-Length. Chunked responses, bodies read until close, and a head this
+reader cannot place (conflicting Content-Length, no status line) pass through untouched,
+for the parser to judge.
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["MAX_TRACKED_HEAD_BYTES", "ResponseFraming"]
+__all__ = ["MAX_TRACKED_HEAD_BYTES", "MalformedResponse", "ResponseFraming"]
 
 MAX_TRACKED_HEAD_BYTES: Final = 64 * 1024
 _END_OF_HEAD: Final = b"\r\n\r\n"
@@ -28,6 +40,10 @@ _STATUS = re.compile(rb"HTTP/\d\.\d ([1-5]\d\d)(?: |\r\n)")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _FIELD = re.compile(rb"\r\n(content-length|transfer-encoding)[ \t]*:[ \t]*([^\r]*)", re.I)
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
+
+
+class MalformedResponse(ValueError):
+    """The origin's response head is refused before parsing (the client gets 502)."""
 
 
 class ResponseFraming:
@@ -43,7 +59,8 @@ class ResponseFraming:
 
     def feed(self, data: bytes) -> tuple[bytes, bool]:
         """The part of ``data`` that belongs to the response, and whether bytes past its
-        end were dropped."""
+        end were dropped; a head with a bare LF or over the size limit raises
+        MalformedResponse."""
         if self.ended:
             return b"", bool(data)
         if not self._following:
@@ -56,9 +73,12 @@ class ResponseFraming:
         start = len(self._head)
         self._head += data
         end = self._head.find(_END_OF_HEAD)
+        # Only the new bytes are searched (from one back: a CR may end the previous piece).
+        if _BARE_LF.search(self._head, max(start - 1, 0), end if end >= 0 else len(self._head)):
+            raise MalformedResponse("bare LF line ending in the response head (RFC 9112 §2.2)")
         if end < 0:
             if len(self._head) > MAX_TRACKED_HEAD_BYTES:
-                self._following, self._head = False, b""
+                raise MalformedResponse(f"response head larger than {MAX_TRACKED_HEAD_BYTES} bytes")
             return data, False
         head, self._head = self._head[: end + 2], b""
         body_at = end + len(_END_OF_HEAD) - start  # where the body starts within data
@@ -75,7 +95,7 @@ class ResponseFraming:
         """Count the final response's body if its head says how (sets ``_left``, or stops
         following); returns the status code."""
         status = _STATUS.match(head)
-        if status is None or _BARE_LF.search(head):
+        if status is None:
             self._following = False
             return None
         code = int(status.group(1))

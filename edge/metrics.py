@@ -45,6 +45,13 @@ class EdgeMetrics:
             ["limit"],
             registry=r,
         )
+        self.bad_requests = Counter(
+            "edge_bad_requests",
+            "Malformed client requests the HTTP parser answered 400, by reason (method, "
+            "request_line, header, framing, too_large, other).",
+            ["reason"],
+            registry=r,
+        )
         self.bytes_served = Counter(
             "edge_bytes_served",
             "Response body bytes sent to clients.",

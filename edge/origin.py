@@ -34,7 +34,7 @@ from yarl import URL
 
 from edge.config import Limits
 from edge.errors import OriginError
-from edge.framing import ResponseFraming
+from edge.framing import MalformedResponse, ResponseFraming
 from edge.metrics import EdgeMetrics
 
 READ_CHUNK_BYTES = 64 * 1024
@@ -90,7 +90,8 @@ class _OriginProtocol(ResponseHandler):
     """aiohttp's client protocol, fed no further than the end of each response.
 
     Bytes past the end (a body longer than its Content-Length) are dropped and the
-    connection is closed instead of pooled: RFC 9112 §6.3, see edge/framing.py.
+    connection is closed instead of pooled: RFC 9112 §6.3, see edge/framing.py. A head
+    the framing refuses (bare LF, oversized) fails the response before aiohttp parses it.
     """
 
     _framing: ResponseFraming | None = None
@@ -106,7 +107,13 @@ class _OriginProtocol(ResponseHandler):
             super().data_received(data)
             return
         ended_before = framing.ended
-        kept, dropped = framing.feed(data)
+        try:
+            kept, dropped = framing.feed(data)
+        except MalformedResponse as exc:  # never parsed, so never stored: 502 invalid
+            if self.transport is not None:
+                self.transport.close()
+            self.set_exception(exc)
+            return
         if kept:
             super().data_received(kept)
         if dropped:

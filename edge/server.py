@@ -23,6 +23,7 @@ from edge.cache import Cache
 from edge.config import EdgeConfig
 from edge.control import control_app
 from edge.errors import ConfigError
+from edge.http_log import ServerLog
 from edge.load import LoadSnapshot, LoadTracker
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginClient
@@ -59,6 +60,7 @@ class EdgeServer:
         self.proxy = Proxy(
             cfg, self.cache, self.origin, self.tracker, self.metrics, clock, self.reporter.wake
         )
+        self._server_log = ServerLog(self.metrics.bad_requests)
         self._runners: list[web.AppRunner] = []
         self._reporter_task: asyncio.Task[None] | None = None
         self.content: HostPort | None = None
@@ -104,9 +106,14 @@ class EdgeServer:
     async def _bind(
         self, app: web.Application, where: HostPort, key: str, handler_args: dict[str, Any]
     ) -> HostPort:
-        # The keyword arguments reach aiohttp's RequestHandler: the header limits.
+        # The keyword arguments reach aiohttp's RequestHandler: the header limits, and the
+        # logger that turns a client's malformed request into a count (edge.http_log).
         runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S, **handler_args
+            app,
+            access_log=None,
+            logger=self._server_log,
+            shutdown_timeout=SHUTDOWN_GRACE_S,
+            **handler_args,
         )
         await runner.setup()
         self._runners.append(runner)

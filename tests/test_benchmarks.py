@@ -1,7 +1,7 @@
 """Smoke tests of the benchmarks: the peers' generated configurations, the parsers and tables
 (fast; no load is run).
 
-The configs are generated from data/cdn.toml and the embedded GeoLite2-City. They must
+The configs are generated from georouter/data/cdn.toml and the embedded GeoLite2-City. They must
 hold only loopback addresses and keep every outbound feature off; where gdnsd and PowerDNS
 are installed, each must accept its config and answer with the right region's nodes for an
 ECS subnet of each region (RFC 7871 §7.1.1, scope from its database network).
@@ -61,7 +61,7 @@ from georouter.config import RouterConfig, load_config
 
 GEOIP = Path(_maxminddb_geolite2.geolite2_database())
 # Subnets located with the embedded GeoLite2-City: IE (EU), US (NA), JP (AS), and IL, a
-# country data/cdn.toml moves from its continent (AS) to eu.
+# country georouter/data/cdn.toml moves from its continent (AS) to eu.
 REGION_SUBNETS = {
     "185.60.216.0/24": "eu",
     "8.8.8.0/24": "na",

@@ -3,13 +3,15 @@ as another response, and the connection is not reused; the edge still answers.""
 
 from __future__ import annotations
 
+import logging
+
 import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.framing import MAX_TRACKED_HEAD_BYTES, ResponseFraming
-from tests.origin_app import RawOrigin, get, running_edge
+from edge.framing import MAX_TRACKED_HEAD_BYTES, MalformedResponse, ResponseFraming
+from tests.origin_app import RawOrigin, get, metric, running_edge
 
 pytest_plugins = ("tests.edge_fixtures",)
 
@@ -65,7 +67,6 @@ def test_interim_response_is_followed_by_the_final_one_rfc9110_15_2() -> None:
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",  # until close
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-        b"HTTP/1.1 200 OK\nContent-Length: 5\n\n",  # bare LF: the parser's call
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
         b"garbage\r\n\r\n",
     ],
@@ -77,12 +78,37 @@ def test_other_framings_pass_through_for_the_parser(head: bytes) -> None:
     assert framing.feed(b"more") == (b"more", False)
 
 
-def test_an_oversized_head_is_not_followed() -> None:
+def test_an_oversized_head_is_refused() -> None:
     framing = ResponseFraming(head_only=False)
     huge = b"HTTP/1.1 200 OK\r\nX: " + b"a" * MAX_TRACKED_HEAD_BYTES
-    assert framing.feed(huge) == (huge, False)
-    rest = b"\r\nContent-Length: 1\r\n\r\nxyz"
-    assert framing.feed(rest) == (rest, False)
+    with pytest.raises(MalformedResponse, match="head larger than"):
+        framing.feed(huge)
+
+
+BARE_LF_HEADS = [
+    b"HTTP/1.1 200 OK\nContent-Length: 5\n\n",
+    b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\nContent-Length: 5\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\n",  # the empty line alone
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\nContent-Length: 5\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("head", BARE_LF_HEADS)
+@pytest.mark.parametrize("cut", [1, 15, 16, 17, 30, 1000])
+def test_a_bare_lf_in_the_head_is_refused_rfc9112_2_2(head: bytes, cut: int) -> None:
+    framing = ResponseFraming(head_only=False)
+    wire = head + b"hello"
+    with pytest.raises(MalformedResponse, match="bare LF"):
+        feed_all(framing, [wire[:cut], wire[cut:]])
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=len(HEAD) + 12), max_size=6))
+def test_crlf_split_anywhere_and_lf_in_the_body_pass(cuts: list[int]) -> None:
+    body = b"a\nb\n\nc\r\n"
+    wire = HEAD.replace(b"Length: 5", b"Length: %d" % len(body)) + body
+    points = sorted({min(c, len(wire)) for c in cuts})
+    pieces = [wire[a:b] for a, b in zip([0, *points], [*points, len(wire)], strict=True)]
+    assert feed_all(ResponseFraming(head_only=False), pieces) == (wire, False)
 
 
 @given(
@@ -113,3 +139,16 @@ async def test_body_longer_than_content_length_is_served_and_not_reused_rfc9112_
             assert "hit" in headers["Cache-Status"]
         # Each origin response left excess behind: no connection carried a second one.
         assert raw.requests == 2 and raw.connections == 2
+
+
+async def test_bare_lf_response_is_502_invalid_and_never_stored_rfc9112_2_2(
+    client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    bare = b"HTTP/1.1 200 OK\nCache-Control: max-age=60\nContent-Length: 5\n\nhello"
+    async with RawOrigin(bare) as raw, running_edge(raw.url) as edge:
+        for _ in range(2):
+            status, _, _ = await get(client, edge, "/a")
+            assert status == 502
+        assert raw.requests == 2 and edge.cache.objects == 0  # asked again: nothing stored
+        assert metric(edge.metrics, "edge_origin_errors_total", {"kind": "invalid"}) == 2
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
