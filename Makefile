@@ -13,14 +13,14 @@ BENCH_PACKAGES := dnsperf gdnsd pdns-server pdns-backend-geoip nginx wrk
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]'  # dev includes the demo extra
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/georouter demo
+	$(BIN)/cdnlab
 
 demo-load: $(STAMP)
-	$(BIN)/georouter demo --load
+	$(BIN)/cdnlab --load
 
 test-packages:
 	scripts/install-packages $(TEST_PACKAGES)
@@ -33,8 +33,8 @@ test: $(STAMP) test-packages
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check cdn georouter edge tests benchmarks fuzz
-	$(BIN)/ruff format --check cdn georouter edge tests benchmarks fuzz
+	$(BIN)/ruff check cdn georouter edge cdnlab tests benchmarks fuzz
+	$(BIN)/ruff format --check cdn georouter edge cdnlab tests benchmarks fuzz
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

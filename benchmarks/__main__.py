@@ -46,6 +46,7 @@ from benchmarks.processes import (
     unequal,
 )
 from benchmarks.report import Part, Table
+from cdnlab.supervisor import DemoError
 from georouter.config import RouterConfig, load_config
 
 OUTPUT = cdn.REPO / "docs" / "benchmarks.md"
@@ -113,7 +114,7 @@ class Run:
                 f"harness bias: {', '.join(apart)} scheduled apart from the harness "
                 f"(autogroup {first.autogroup!r}, nice {first.nice}, cpus {first.cpus}; the "
                 f"harness: {self.harness.autogroup!r}, nice {self.harness.nice}, cpus "
-                f"{self.harness.cpus}); see benchmarks/processes.py"
+                f"{self.harness.cpus}); see cdnlab/supervisor.py"
             )
         if found:
             self.started.setdefault(label, next(iter(found.values())))
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             _pure_parts(run, args.parts)
             if "hostile" in args.parts:
                 hostile_part(run)
-        except BenchError as exc:
+        except (BenchError, DemoError) as exc:  # DemoError: a server did not start
             print(f"benchmarks: {exc}", file=sys.stderr)
             return 1
         if run.started:

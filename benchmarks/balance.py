@@ -1,4 +1,4 @@
-"""Part 4: herding. The seeded simulation of tests/simulation.py run as a benchmark.
+"""Part 4: herding. The seeded simulation of cdnlab/simulation.py run as a benchmark.
 
 One region of unequal nodes takes a steady stream of answers while load reports arrive
 late by the given delay; each selector is scored by max/mean node utilisation over time
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from benchmarks.report import Table, fmt
-from tests.simulation import SELECTORS, SimParams, simulate
+from cdnlab.simulation import SELECTORS, SimParams, simulate
 
 REPORT_DELAYS_S = (0.5, 1.0, 3.0)
 QUICK_DURATION_S = 120.0

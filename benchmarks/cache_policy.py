@@ -1,4 +1,4 @@
-"""Part 5: hit ratio of the edge's eviction policies on Zipf traces (tests/cache_sim.py).
+"""Part 5: hit ratio of the edge's eviction policies on Zipf traces (cdnlab/cache_sim.py).
 
 Objects are unit-sized, so the comparison is about which keys each policy keeps. The
 cache sizes are 1 % and 10 % of the working set (the distinct objects of the trace), and
@@ -8,9 +8,9 @@ the edge's default store size expressed in objects of a typical size.
 from __future__ import annotations
 
 from benchmarks.report import Table, fmt
+from cdnlab.cache_sim import hit_ratios, zipf_trace
 from edge.config import CACHE_BYTES
 from edge.eviction import POLICIES
-from tests.cache_sim import hit_ratios, zipf_trace
 
 ALPHAS = (0.8, 1.0)
 WORKING_SET = 100_000  # distinct objects

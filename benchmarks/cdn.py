@@ -2,7 +2,7 @@
 
 Each is the installed console entry point, exactly as an operator runs it, with ports
 chosen by the kernel (port 0) and read back from its `event=listening` line. The router's
-topology is data/cdn.toml with each node's control URL pointed at the edge started for it.
+topology is georouter/data/cdn.toml with each node's control URL pointed at the edge started for it.
 """
 
 from __future__ import annotations
@@ -16,30 +16,33 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.processes import Endpoint, Service, free_port, running
-from georouter.config import RouterConfig
+from benchmarks.processes import START_TIMEOUT_S, Endpoint, free_port
+from cdn.config import HostPort, parse_host_port
+from cdnlab.origin import ORIGIN_ROOT
+from cdnlab.supervisor import READY_EVENT, Running, running, spawn
+from georouter.config import DEFAULT_CONFIG, RouterConfig
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_ROOT = REPO / "data" / "demo-origin"
-TOPOLOGY = REPO / "data" / "cdn.toml"
+DEMO_ROOT = ORIGIN_ROOT
+TOPOLOGY = DEFAULT_CONFIG
 LOOPBACK = "127.0.0.1"
 BENCH_TOKEN = "bench-token"
 NODES_UP_TIMEOUT_S = 20.0
-LISTENING = r"event=listening.*?{key}=(\S+):(\d+)"
 
 
-def _bound(service: Service, key: str) -> tuple[str, int]:
-    match = service.wait_for_line(LISTENING.format(key=key))
-    return match.group(1), int(match.group(2))
+def _bound(service: Running, *keys: str) -> list[HostPort]:
+    """The addresses a child's ready line (`event=listening key=HOST:PORT ...`) names."""
+    fields = service.ready(START_TIMEOUT_S)
+    return [parse_host_port(fields[key]) for key in keys]
 
 
 @contextlib.contextmanager
 def origin() -> Iterator[Endpoint]:
-    """The demo origin (georouter.demo.origin) serving data/demo-origin."""
-    argv = [sys.executable, "-m", "georouter.demo.origin", "--listen", f"{LOOPBACK}:0"]
-    with running("origin", [*argv, "--root", str(DEMO_ROOT)]) as service:
-        host, port = _bound(service, "origin")
-        yield Endpoint("origin", host, port, service.pid)
+    """The demo origin (cdnlab.origin) serving the packaged cdnlab/content/."""
+    argv = [sys.executable, "-m", "cdnlab.origin", "--listen", f"{LOOPBACK}:0"]
+    with running("origin", [*argv, "--root", str(DEMO_ROOT)], ready_event=READY_EVENT) as service:
+        (bound,) = _bound(service, "origin")
+        yield Endpoint("origin", bound.host, bound.port, service.pid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +52,7 @@ class Edge:
     name: str
     content: Endpoint
     control_url: str
-    service: Service
+    service: Running
 
     @property
     def ports(self) -> tuple[int, int]:
@@ -65,18 +68,19 @@ def start_edge(
     """
     argv = [sys.executable, "-m", "edge", "serve", "--name", name, "--origin", origin_url]
     argv += ["--listen", f"{host}:{ports[0]}", "--control", f"{host}:{ports[1]}"]
-    # No drain on SIGTERM: the default 25 s would outlast Service.stop's grace (a SIGKILL).
+    # No drain on SIGTERM: the default 25 s would outlast the supervisor's grace (a SIGKILL).
     argv += ["--token", BENCH_TOKEN, "--drain-s", "0"]
     for router in routers:
         argv += ["--router", router]
-    service = Service(name, argv)
+    service = spawn(name, argv, ready_event=READY_EVENT)
     try:
-        match = service.wait_for_line(r"event=listening.*content=(\S+):(\d+) control=(\S+)")
+        content, control = _bound(service, "content", "control")
     except BaseException:
         service.stop()
         raise
-    content = Endpoint(name, match.group(1), int(match.group(2)), service.pid)
-    return Edge(name, content, f"http://{match.group(3)}", service)
+    return Edge(
+        name, Endpoint(name, content.host, content.port, service.pid), f"http://{control}", service
+    )
 
 
 @contextlib.contextmanager
@@ -89,7 +93,7 @@ def edge(name: str, origin_url: str, routers: list[str] | None = None) -> Iterat
 
 
 def bench_topology(config: RouterConfig, control_urls: dict[str, str]) -> str:
-    """data/cdn.toml with each node's control_url replaced and the bench token set."""
+    """georouter/data/cdn.toml with each node's control_url replaced and the bench token set."""
     text = TOPOLOGY.read_text()
     for node in config.nodes:
         pattern = rf'(name = "{re.escape(node.name)}"[^\[]*?control_url = )"[^"]*"'
@@ -103,7 +107,7 @@ class Router:
 
     dns: Endpoint
     control_url: str
-    service: Service
+    service: Running
 
 
 def all_nodes_up(router_url: str) -> bool:
@@ -118,7 +122,7 @@ def all_nodes_up(router_url: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Cdn:
-    """Six edges of data/cdn.toml and a router that probes them and takes their reports."""
+    """Six edges of the shipped topology and a router that probes them and takes their reports."""
 
     router: Router
     edges: dict[str, Edge]
@@ -142,9 +146,9 @@ def cdn(config: RouterConfig, workdir: Path, origin_url: str) -> Iterator[Cdn]:
         config_path.write_text(bench_topology(config, {n: e.control_url for n, e in edges.items()}))
         argv = [sys.executable, "-m", "georouter", "serve", "--config", str(config_path)]
         argv += ["--dns", f"{LOOPBACK}:0", "--control", f"{LOOPBACK}:{control_port}"]
-        with running("georouter", argv) as service:
-            match = service.wait_for_line(r"event=listening dns=(\S+):(\d+) control=(\S+)")
-            dns = Endpoint("georouter", match.group(1), int(match.group(2)), service.pid)
+        with running("georouter", argv, ready_event=READY_EVENT) as service:
+            (bound,) = _bound(service, "dns")
+            dns = Endpoint("georouter", bound.host, bound.port, service.pid)
             service.wait_ready(lambda: all_nodes_up(router_url), timeout_s=NODES_UP_TIMEOUT_S)
             yield Cdn(Router(dns, router_url, service), edges)
     finally:
@@ -165,9 +169,9 @@ def router_with_workers(workdir: Path, workers: int) -> Iterator[Endpoint]:
     config_path.write_text(topology.replace("[router]\n", setting, 1))
     argv = [sys.executable, "-m", "georouter", "serve", "--config", str(config_path)]
     argv += ["--dns", f"{LOOPBACK}:0", "--control", f"{LOOPBACK}:0"]
-    with running(f"georouter-{workers}w", argv) as service:
-        match = service.wait_for_line(r"event=listening dns=(\S+):(\d+) control=(\S+):(\d+)")
-        control_url = f"http://{match.group(3)}:{match.group(4)}"
+    with running(f"georouter-{workers}w", argv, ready_event=READY_EVENT) as service:
+        dns, control = _bound(service, "dns", "control")
+        control_url = f"http://{control}"
         service.wait_ready(lambda: all_nodes_up(control_url), timeout_s=NODES_UP_TIMEOUT_S)
         name = f"georouter ({workers} workers)"
-        yield Endpoint(name, match.group(1), int(match.group(2)), service.pid)
+        yield Endpoint(name, dns.host, dns.port, service.pid)

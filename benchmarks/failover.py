@@ -154,7 +154,7 @@ def failover_table(result: FailoverResult, config: RouterConfig) -> Table:
         f"measured: median {result.median_s:.2f} s, max {result.max_s:.2f} s "
         f"over {len(result.trials)} kill -9 trials"
     )
-    rows = [["georouter (data/cdn.toml)", ours, measured, "this run"]]
+    rows = [["georouter (georouter/data/cdn.toml)", ours, measured, "this run"]]
     rows += [[p.system, p.settings, p.detection, p.source] for p in PEER_DEFAULTS]
     notes = [
         f"Victim {result.victim}; a steady {1 / QUERY_INTERVAL_S:.0f} queries/s with ECS from "

@@ -39,8 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import cdn, dns, peers
-from benchmarks.processes import BenchError, Placement, Start, placement
+from benchmarks.processes import BenchError, Placement, placement
 from benchmarks.report import Table, fmt
+from cdnlab.supervisor import Start
 from georouter.config import RouterConfig
 
 MIN_NOISE = 0.10  # a few rounds of a few seconds on a shared machine swing at least this
@@ -97,7 +98,7 @@ class Verdict:
             return (
                 f"harness bias: {figures}. The harness must start every server as a "
                 "shell does: in the harness's session and CPU autogroup "
-                "(benchmarks/processes.py)."
+                "(cdnlab/supervisor.py)."
             )
         control = (
             "the own-session control shows the check can see an autogroup bias here"

@@ -36,8 +36,8 @@ import dns.message
 import dns.query
 import dns.rcode
 
-from benchmarks.processes import running
 from benchmarks.report import Table, fmt
+from cdnlab.supervisor import running
 from fuzz.dns_target import TOKENS as DNS_TOKENS
 from fuzz.dns_target import check_reply, dns_seeds
 from fuzz.mutator import Mutator
@@ -207,15 +207,16 @@ def run(config_path: Path, load: Load, seed: int = 15) -> Outcome:
     argv = [sys.executable, "-m", "georouter", "serve", "--config", str(config_path)]
     argv += ["--dns", f"{LOOPBACK}:0", "--control", f"{LOOPBACK}:0"]
     started = time.monotonic()
-    with running("georouter (hostile)", argv) as service:
-        match = service.wait_for_line(r"event=listening dns=(\S+):(\d+)")
-        where = (match.group(1), int(match.group(2)))
+    with running("georouter-hostile", argv, ready_event="listening") as service:
+        host, port = service.ready()["dns"].rsplit(":", 1)
+        where = (host, int(port))
         tally = Tally()
         send_datagrams(where, load, tally, random.Random(seed))
         asyncio.run(send_streams(where, load, tally, random.Random(seed + 1)))
         alive = service.alive()
         healthy = alive and answers_normal_query(where)
-        errors = [line for line in service.lines if ERROR_LINE.search(line)]
+        log = service.child.log_path.read_text(errors="replace").splitlines()
+        errors = [line for line in log if ERROR_LINE.search(line)]
         return Outcome(
             load, tally, alive, healthy, len(errors), time.monotonic() - started,
             errors[0] if errors else "",

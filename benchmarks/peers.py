@@ -12,7 +12,7 @@ servers, so a benchmark compares like with like:
   `nets`. No service_types: every node is statically "up", no monitoring traffic.
 - PowerDNS 4.7, geoip backend: services templated on `%cc` (country) then `%cn`
   (continent), falling back to the default region. The backend cannot rank by distance,
-  so an unclaimed continent (only Antarctica in data/cdn.toml) gets the default region.
+  so an unclaimed continent (only Antarctica in georouter/data/cdn.toml) gets the default region.
 - nginx 1.22 proxy_cache in front of the loopback origin, for the edge hit-path benchmark.
 
 Nothing here may reach beyond loopback: PowerDNS's security poll (a DNS query to the
@@ -36,7 +36,8 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from benchmarks.processes import Endpoint, Start, free_port, running, tcp_accepts
+from benchmarks.processes import START_TIMEOUT_S, Endpoint, free_port, tcp_accepts
+from cdnlab.supervisor import Start, running
 from georouter.config import Node, Region, RouterConfig
 from georouter.zonedata import StaticRecord, Zone
 
@@ -282,7 +283,7 @@ def _serving(
     name: str, argv: list[str], port: int, zone: str, start: Start = Start.GROUP
 ) -> Iterator[Endpoint]:
     with running(name, argv, start=start) as service:
-        service.wait_ready(lambda: answers_soa(LOOPBACK, port, zone))
+        service.wait_ready(lambda: answers_soa(LOOPBACK, port, zone), START_TIMEOUT_S)
         yield Endpoint(name, LOOPBACK, port, service.pid)
 
 
@@ -306,7 +307,7 @@ def powerdns(
     name: str = "powerdns",
 ) -> Iterator[Endpoint]:
     """pdns_server on a free loopback port with the generated configuration (`start`: see
-    benchmarks/processes.py; the bias check starts it each way)."""
+    cdnlab/supervisor.py; the bias check starts it each way)."""
     port = free_port()
     write_files(workdir, pdns_files(config, geoip, port, workdir))
     argv = ["pdns_server", f"--config-dir={workdir}"]
@@ -387,5 +388,5 @@ def nginx(origin_port: int, workdir: Path) -> Iterator[Endpoint]:
         (workdir / directory).mkdir(exist_ok=True)
     argv = ["nginx", "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-e", "stderr"]
     with running("nginx", argv) as service:
-        service.wait_ready(lambda: tcp_accepts(LOOPBACK, port))
+        service.wait_ready(lambda: tcp_accepts(LOOPBACK, port), START_TIMEOUT_S)
         yield Endpoint("nginx", LOOPBACK, port, service.pid)

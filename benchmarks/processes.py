@@ -1,50 +1,38 @@
-"""Child processes for the benchmarks: started and stopped by PID, CPU and memory read from /proc.
+"""CPU, memory and placement of the benchmarks' processes, read from /proc; load generators.
 
-Every server a benchmark runs goes through `Service`: it is started, waited for (a log line
-or a TCP/UDP probe, polled with a deadline), and stopped by its PID — SIGTERM, then SIGKILL
-to its process group after a grace period — in a `finally`. CPU time is the sum of
-utime+stime over the process and its live descendants (nginx and gdnsd work in child
-processes or threads), read from /proc/<pid>/stat.
+Every server a benchmark runs is started and stopped by cdnlab's one process supervisor
+(cdnlab/supervisor.py, `running`): in the harness's session, in a process group of its own,
+so that it shares the load generator's CPU autogroup (that module's docstring says why), and
+stopped by its PID in a `finally`. The load generators run here, as plain children of the
+same session (`run_tool`): every thread of a server and of dnsperf or wrk is one task among
+equals, as when an operator starts both from one shell. Nothing is pinned to a core: a
+multi-threaded or multi-process server (PowerDNS, gdnsd, georouter with `dns_workers = 2`)
+is meant to use both cores, and pinning it to one would handicap it as the autogroup did.
 
-Equal terms for the CPU. With `kernel.sched_autogroup_enabled = 1` (the default of most
-distributions) every new session (setsid) is its own CPU scheduling group, and the
-scheduler shares the cores between groups before it shares a group between its threads. A
-server started in its own session then gets one group's share against the load
-generator's group however many threads it runs: PowerDNS (a receiver and three distributor
-threads) lost about a third of its queries/s that way, a single-threaded server nothing. So a
-server stays in the harness's session (`Start.GROUP`: only its own process group, which
-keeps the terminal's Ctrl-C off it, lets the SIGKILL fallback reach its children, and does
-not change its autogroup), and the load generators run as plain children of the same
-session: every thread of a server and of dnsperf or wrk is one task among equals, as when
-an operator starts both from one shell. Nothing is pinned to a core: a multi-threaded or
-multi-process server (PowerDNS, gdnsd, georouter with `dns_workers = 2`) is meant to use
-both cores, and pinning it to one would handicap it as the autogroup did. `placement`
-reads how each process ended up (session, process group, /proc/<pid>/autogroup, allowed
-CPUs) so that a run records it and `unequal` can refuse a run where they differ.
+CPU time is the sum of utime+stime over a process and its live descendants (nginx and gdnsd
+work in child processes or threads), read from /proc/<pid>/stat. `placement` reads how each
+process ended up (session, process group, /proc/<pid>/autogroup, allowed CPUs) so that a run
+records it and `unequal` can refuse a run where they differ.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
 import re
 import resource
-import signal
 import socket
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 START_TIMEOUT_S = 30.0
-STOP_GRACE_S = 5.0
 POLL_S = 0.05
 
 
@@ -185,14 +173,6 @@ def tcp_accepts(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-class Start(enum.Enum):
-    """Where a child goes relative to the harness (the module docstring says why GROUP)."""
-
-    PLAIN = "plain"  # as a shell starts a command: the harness's session and process group
-    GROUP = "own process group"  # the harness's session, so its CPU autogroup, too
-    SESSION = "own session"  # setsid: its own CPU autogroup; only the bias check uses it
-
-
 @dataclass(frozen=True, slots=True)
 class Placement:
     """How a process was started, as the kernel sees it: what decides its share of the CPU."""
@@ -258,109 +238,6 @@ def unequal(placements: Mapping[str, Placement], reference: Placement) -> list[s
     return [
         name for name, found in placements.items() if found.scheduling() != reference.scheduling()
     ]
-
-
-class Service:
-    """One child process, in the harness's session (`start`), its stderr collected by line."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        *,
-        cwd: Path | None = None,
-        start: Start = Start.GROUP,
-    ) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.start = start
-        self.lines: list[str] = []
-        self._proc: subprocess.Popen[str] = subprocess.Popen(
-            self.argv,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            process_group=0 if start is Start.GROUP else None,
-            start_new_session=start is Start.SESSION,
-        )
-        self._reader = threading.Thread(target=self._collect, daemon=True)
-        self._reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    def _collect(self) -> None:
-        assert self._proc.stderr is not None
-        for line in self._proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def alive(self) -> bool:
-        return self._proc.poll() is None
-
-    def wait_for_line(self, pattern: str, timeout_s: float = START_TIMEOUT_S) -> re.Match[str]:
-        """The first stderr line matching `pattern`; BenchError if the process dies first."""
-        regex = re.compile(pattern)
-        found: list[re.Match[str]] = []
-
-        def seen() -> bool:
-            found.extend(m for m in map(regex.search, list(self.lines)) if m)
-            if not found and not self.alive():
-                raise BenchError(f"{self.name} exited {self._proc.returncode}: {self.tail()}")
-            return bool(found)
-
-        wait_until(seen, timeout_s, f"{self.name} to log /{pattern}/")
-        return found[0]
-
-    def wait_ready(self, ready: Callable[[], bool], timeout_s: float = START_TIMEOUT_S) -> None:
-        def check() -> bool:
-            if not self.alive():
-                raise BenchError(f"{self.name} exited {self._proc.returncode}: {self.tail()}")
-            return ready()
-
-        wait_until(check, timeout_s, f"{self.name} to be ready")
-
-    def tail(self, lines: int = 5) -> str:
-        return " | ".join(self.lines[-lines:])
-
-    def kill(self) -> None:
-        """SIGKILL the process (a crash, for the failover benchmark) and reap it.
-
-        A process in a group of its own takes its children with it; the group is
-        signalled only while its leader is unreaped, so its ID cannot have been reused.
-        """
-        if self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                if self.start is Start.PLAIN:
-                    os.kill(self.pid, signal.SIGKILL)
-                else:
-                    os.killpg(self.pid, signal.SIGKILL)
-        self._proc.wait()
-
-    def stop(self) -> None:
-        """SIGTERM by PID, SIGKILL after a grace period; always reaps."""
-        if self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._reader.join(timeout=1.0)
-
-
-@contextlib.contextmanager
-def running(
-    name: str, argv: Sequence[str], *, cwd: Path | None = None, start: Start = Start.GROUP
-) -> Iterator[Service]:
-    """Start a Service and stop it by PID on the way out, whatever happens."""
-    service = Service(name, argv, cwd=cwd, start=start)
-    try:
-        yield service
-    finally:
-        service.stop()
 
 
 def _children_cpu_s() -> float:

@@ -1,6 +1,6 @@
 """Fuzz target: the router's query path, `wire.parse` and `Responder.respond`, as served.
 
-The responder is the one `georouter serve` builds: the shipped topology (data/cdn.toml),
+The responder is the one `georouter serve` builds: the shipped topology (georouter/data/cdn.toml),
 the embedded GeoLite2-City database and the selector with no load reports yet (it fails
 open to the configured nodes), so a query goes through GeoIP placement, ECS and encoding.
 Per input, over UDP and over TCP, the properties are:

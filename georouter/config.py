@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from importlib.resources import files
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
@@ -34,7 +35,9 @@ from georouter.zonedata import StaticRecord as StaticRecord
 AllDownPolicy = Literal["fail-open", "servfail"]
 IPNetwork = IPv4Network | IPv6Network
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "cdn.toml"
+# The default topology ships inside the package (package data), so an installed wheel finds it.
+# Installed or editable, the package is a directory and the resource a plain file.
+DEFAULT_CONFIG = Path(str(files("georouter") / "data" / "cdn.toml"))
 DNS_LISTEN = "127.0.0.1:5300"
 CONTROL_LISTEN = "127.0.0.1:9153"
 ANSWER_TTL_S = 20

@@ -3,7 +3,7 @@
 Run as `python tests/geoip_fixture.py OUT.mmdb` to write one by hand. Every network lies in
 address space reserved for documentation or benchmarking (RFC 5737, RFC 2544, RFC 3849), so
 no test can mistake it for real data. `TEST_NETWORKS` says what each network is for and where
-the shipped topology (data/cdn.toml) places it.
+the shipped topology (georouter/data/cdn.toml) places it.
 
 The database is IPv6 with the IPv4 tree at ::/96, as MaxMind builds theirs (mmdb_writer's
 `ipv4_compatible=True`): an IPv4 lookup starts 96 bits down, so its prefix length is
@@ -32,7 +32,7 @@ class TestNetwork:
     continent: str | None
     latitude: float | None
     longitude: float | None
-    demo_region: str  # where data/cdn.toml places it
+    demo_region: str  # where georouter/data/cdn.toml places it
     purpose: str
     registered_country: str | None = None
 

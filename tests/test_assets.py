@@ -20,17 +20,15 @@ import pytest
 import yaml
 
 from cdn.config import HostPort
+from cdnlab.loopback import SUBNETS, TOKEN, start_cdn
 from tests.e2e import (
     ALERTS_YML,
     GRAFANA_JSON,
     PROMETHEUS_YML,
-    SUBNETS,
-    TOKEN,
     UNBOUND_FORBIDDEN_KEYS,
     non_loopback,
     prometheus_config,
     prometheus_targets,
-    start_cdn,
     unbound_config,
     unbound_settings,
     unbound_upstreams,

@@ -1,7 +1,7 @@
 """Smoke tests of the benchmarks: the peers' generated configurations, the parsers and tables
 (fast; no load is run).
 
-The configs are generated from data/cdn.toml and the embedded GeoLite2-City. They must
+The configs are generated from georouter/data/cdn.toml and the embedded GeoLite2-City. They must
 hold only loopback addresses and keep every outbound feature off; where gdnsd and PowerDNS
 are installed, each must accept its config and answer with the right region's nodes for an
 ECS subnet of each region (RFC 7871 §7.1.1, scope from its database network).
@@ -47,22 +47,21 @@ from benchmarks.processes import (
     CpuShares,
     Endpoint,
     Placement,
-    Start,
     cpu_cgroup,
     placement,
     process_tree,
     run_measured,
     run_tool,
-    running,
     unequal,
     wait_until,
 )
 from benchmarks.report import Part, Table, bottleneck, render
+from cdnlab.supervisor import Start, running
 from georouter.config import RouterConfig, load_config
 
 GEOIP = Path(_maxminddb_geolite2.geolite2_database())
 # Subnets located with the embedded GeoLite2-City: IE (EU), US (NA), JP (AS), and IL, a
-# country data/cdn.toml moves from its continent (AS) to eu.
+# country georouter/data/cdn.toml moves from its continent (AS) to eu.
 REGION_SUBNETS = {
     "185.60.216.0/24": "eu",
     "8.8.8.0/24": "na",
@@ -229,7 +228,7 @@ def test_run_tool_returns_all_output_written_after_the_tool_exits() -> None:
     assert run.cpu_percent >= 0.0
 
 
-# --- equal terms for the CPU: how processes are started (benchmarks/processes.py) ------
+# --- equal terms for the CPU: how processes are started (cdnlab/supervisor.py) ------
 
 
 def autogroup_enabled() -> bool:

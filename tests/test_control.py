@@ -14,13 +14,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from cdn.report import LoadReport
+from cdnlab.simulation import make_config
 from georouter.config import HealthSettings, Node, Policy, Region
 from georouter.control import ControlPlane, make_control_app, observer
 from georouter.fleet import Fleet
 from georouter.metrics import RouterMetrics
 from georouter.prober import Prober
 from georouter.selector import Selector
-from tests.simulation import make_config
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -1,7 +1,7 @@
 """`georouter demo` and the whole CDN end to end: origin, supervisor, failover, drain, purge.
 
 The first half tests the demo's parts with plain calls and single processes; the second
-half runs whole CDNs (tests/e2e.py) on fresh loopback blocks with ephemeral ports, so a
+half runs whole CDNs (cdnlab/loopback.py) on fresh loopback blocks with ephemeral ports, so a
 developer's running `make demo` is never disturbed.
 """
 
@@ -29,41 +29,8 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
-from georouter.config import load_config
-from georouter.demo import origin
-from georouter.demo.plan import (
-    EDGE_LAYER,
-    ORIGIN_LAYER,
-    ROUTER_LAYER,
-    SAMPLE_SUBNETS,
-    addresses_needed,
-    edge_spec,
-    guide,
-    make_plan,
-    origin_spec,
-    router_spec,
-)
-from georouter.demo.status import answers_by_node, render_table, rows_from_json
-from georouter.demo.supervisor import (
-    LINE_START_BYTES,
-    ChildSpec,
-    DemoError,
-    Supervisor,
-    check_ports_free,
-    parse_logfmt,
-    split_lines,
-)
-from georouter.demo.workload import (
-    CLIENTS,
-    OBJECTS,
-    Workload,
-    cache_verdict,
-    requests,
-    zipf_weights,
-)
-from georouter.geo import Geo, open_geoip
-from georouter.metrics import HotPathTallies
-from tests.e2e import (
+from cdnlab import origin
+from cdnlab.loopback import (
     SHIPPED_CONFIG,
     SUBNETS,
     TOKEN,
@@ -75,8 +42,41 @@ from tests.e2e import (
     poll,
     relocate_config,
     start_cdn,
-    which,
 )
+from cdnlab.plan import (
+    EDGE_LAYER,
+    ORIGIN_LAYER,
+    ROUTER_LAYER,
+    SAMPLE_SUBNETS,
+    addresses_needed,
+    edge_spec,
+    guide,
+    make_plan,
+    origin_spec,
+    router_spec,
+)
+from cdnlab.status import answers_by_node, render_table, rows_from_json
+from cdnlab.supervisor import (
+    LINE_START_BYTES,
+    ChildSpec,
+    DemoError,
+    Supervisor,
+    check_ports_free,
+    parse_logfmt,
+    split_lines,
+)
+from cdnlab.workload import (
+    CLIENTS,
+    OBJECTS,
+    Workload,
+    cache_verdict,
+    requests,
+    zipf_weights,
+)
+from georouter.config import load_config
+from georouter.geo import Geo, open_geoip
+from georouter.metrics import HotPathTallies
+from tests.e2e import which
 
 ORIGIN_ROOT = origin.ORIGIN_ROOT
 
@@ -426,6 +426,35 @@ async def test_supervisor_stops_router_then_edges_together_then_origin(tmp_path:
     assert max(exit_[e] for e in edges) < term["origin"]  # origin serves until they are done
 
 
+async def test_supervisor_child_shares_its_session_in_a_group_of_its_own(tmp_path: Path) -> None:
+    # The session (hence the CPU autogroup) is the supervisor's; a group of its own keeps a
+    # terminal's Ctrl-C off it and lets SIGKILL take its whole tree.
+    sup = Supervisor(tmp_path)
+    await sup.start(ChildSpec("tree", ("sh", "-c", "sleep 60 & sleep 61 & wait"), None))
+    child = sup.children[0]
+    assert os.getsid(child.pid) == os.getsid(0)
+    assert os.getpgid(child.pid) == child.pid != os.getpgid(0)
+    sleeps = await poll(lambda: _kids(child.pid), lambda k: len(k) == 2, 10, "two sleeps")
+    sup.kill(child)
+    await sup.stop_all()
+    await poll(lambda: _alive(sleeps), lambda alive: not alive, 10, "the sleeps to die")
+
+
+async def _kids(pid: int) -> list[int]:
+    return _children_of(pid)
+
+
+async def _alive(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if _running(pid)]
+
+
+def _running(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    with contextlib.suppress(OSError):
+        return ") Z " not in stat.read_text()
+    return False
+
+
 LONG_LINE_BYTES = 200 * 1024  # over the pipe buffer and StreamReader's 64 KiB line limit
 
 
@@ -741,18 +770,46 @@ def load_node_ip(config: Path, name: str) -> str:
     return next(str(n.ipv4) for n in load_config(config).nodes if n.name == name)
 
 
-def test_demo_exits_2_with_one_line_when_a_port_is_busy(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("command", "prog"),
+    [(("georouter", "demo"), "georouter"), (("cdnlab",), "cdnlab")],
+    ids=["georouter-demo", "cdnlab"],
+)
+def test_demo_exits_2_with_one_line_when_a_port_is_busy(
+    tmp_path: Path, command: tuple[str, ...], prog: str
+) -> None:
     config, block = _demo_config(tmp_path)
     with socket.socket() as busy:
         busy.bind((f"{block}13", 8080))
         busy.listen()
         done = subprocess.run(
-            [sys.executable, "-m", "georouter", "demo", "--config", str(config)],
+            [sys.executable, "-m", *command, "--config", str(config)],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"georouter: {block}13:8080/tcp is already in use (is another demo running?)"
+        f"{prog}: {block}13:8080/tcp is already in use (is another demo running?)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("command", "prog"),
+    [(("georouter", "demo"), "georouter"), (("cdnlab",), "cdnlab")],
+    ids=["georouter-demo", "cdnlab"],
+)
+def test_demo_load_without_the_demo_extra_says_how_to_install_it(
+    command: tuple[str, ...], prog: str
+) -> None:
+    # dnspython blocked as if the `demo` extra were not installed (find_spec then says None).
+    code = (
+        "import runpy, sys; sys.modules['dns'] = None; "
+        f"sys.argv = [{command[0]!r}, *{list(command[1:])!r}, '--load']; "
+        f"runpy.run_module({command[0]!r}, run_name='__main__')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"{prog}: --load needs dnspython, the demo extra: pip install 'georouter[demo]'"
     ]
 
 

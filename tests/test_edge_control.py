@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cdnlab.loopback import free_port
 from edge.control import _split_url as split_url
 from edge.proxy import cache_host
 from edge.server import EdgeServer
-from tests.e2e import free_port
 from tests.origin_app import CACHEABLE, FakeRouter, ScriptedOrigin, metric, poll, running_edge
 
 pytest_plugins = ("tests.edge_fixtures",)

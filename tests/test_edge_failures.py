@@ -8,9 +8,9 @@ import asyncio
 import aiohttp
 import pytest
 
+from cdnlab.loopback import free_port
 from edge.relay import STREAM_PREBUFFER_BYTES
 from edge.server import EdgeServer
-from tests.e2e import free_port
 from tests.origin_app import CACHEABLE, RawOrigin, ScriptedOrigin, get, metric, running_edge
 
 pytest_plugins = ("tests.edge_fixtures",)

@@ -22,8 +22,8 @@ import dns.message
 import dns.rdatatype
 import pytest
 
-from tests.e2e import free_port, loopback_block
-from tests.e2e import poll as e2e_poll
+from cdnlab.loopback import free_port, loopback_block
+from cdnlab.loopback import poll as e2e_poll
 from tests.origin_app import CACHEABLE, FakeRouter, ScriptedOrigin, poll
 
 pytest_plugins = ("tests.edge_fixtures",)

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from cdnlab.loopback import free_port
 from edge.load import LoadSnapshot
 from edge.metrics import EdgeMetrics
 from edge.reporter import Reporter
-from tests.e2e import free_port
 from tests.origin_app import FakeRouter, background, metric, poll
 
 pytest_plugins = ("tests.edge_fixtures",)

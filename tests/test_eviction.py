@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cdnlab.cache_sim import hit_ratios, simulate_hit_ratio, zipf_trace
 from edge.eviction import (
     LRU,
     MAX_FREQUENCY,
@@ -16,7 +17,6 @@ from edge.eviction import (
     EvictionPolicy,
     make_policy,
 )
-from tests.cache_sim import hit_ratios, simulate_hit_ratio, zipf_trace
 
 
 def fill(policy: EvictionPolicy[str], keys: str) -> EvictionPolicy[str]:

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdn.report import EdgeStatus, LoadReport
+from cdnlab.simulation import make_config
 from georouter.config import HealthSettings, Node, Policy, Region
 from georouter.fleet import Fleet, FleetSnapshot, Transition
-from tests.simulation import make_config
 
 EU1 = Node(
     "edge-eu-1",

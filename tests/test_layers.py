@@ -58,3 +58,15 @@ def test_the_pure_list_names_the_cores() -> None:
     modules = pure_modules()
     assert {"edge.rules", "edge.cache", "georouter.wire", "georouter.selector"} <= set(modules)
     assert {"cdn.auth", "cdn.report", "cdn.tomltable"} <= set(modules)
+
+
+def test_the_router_loads_the_demo_only_for_georouter_demo() -> None:
+    # cdnlab sits above the programs; `georouter demo` imports it inside that command only.
+    probe = "import sys, georouter.cli, georouter.server, edge.cli; print(sorted(sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert not [m for m in out.stdout.split("'") if m.split(".")[0] == "cdnlab"]
+    linter = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    ignored = [c.get("ignore_imports", []) for c in linter["contracts"]]
+    assert sorted(i for group in ignored for i in group) == ["georouter.cli -> cdnlab.runner"]

@@ -16,8 +16,9 @@ import pytest
 import pytest_asyncio
 
 from cdn.config import HostPort
-from georouter.demo.supervisor import ChildSpec, Supervisor
-from tests.e2e import SUBNETS, Cdn, free_port, poll, prometheus_config, start_cdn, which
+from cdnlab.loopback import SUBNETS, Cdn, free_port, poll, start_cdn
+from cdnlab.supervisor import ChildSpec, Supervisor
+from tests.e2e import prometheus_config, which
 from tests.test_assets import dashboard_exprs, rule_exprs
 
 # One CDN and one Prometheus serve every test here.

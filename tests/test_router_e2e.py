@@ -1,6 +1,6 @@
 """The real `georouter serve` process: ECS routing, failover timing, drain, reloads, signals.
 
-The router runs from data/cdn.toml with every node's control_url pointed at a fake edge
+The router runs from georouter/data/cdn.toml with every node's control_url pointed at a fake edge
 (a small aiohttp app on 127.0.0.1, port 0, answering /healthz); the test itself pushes
 the edges' load reports. Everything stays on loopback; the process is stopped by PID.
 """
@@ -27,9 +27,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from cdn.report import LoadReport
+from georouter.config import DEFAULT_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
-TOPOLOGY = ROOT / "data" / "cdn.toml"
+TOPOLOGY = DEFAULT_CONFIG
 TOKEN = "demo-token"
 EU = {"127.0.0.13", "127.0.0.14"}
 NA = {"127.0.0.11", "127.0.0.12"}

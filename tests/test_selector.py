@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdn.report import LoadReport
+from cdnlab.simulation import SCENARIOS, SimParams, make_config, simulate
 from georouter.config import AllDownPolicy, Node, Policy, Region, RouterConfig
 from georouter.fleet import Fleet
 from georouter.selector import Selector
-from tests.simulation import SCENARIOS, SimParams, make_config, simulate
 
 REGIONS = (
     Region("na", 39.8, -98.6, failover=("eu", "ap")),
@@ -361,7 +361,7 @@ def test_selection_properties(
 
 
 def test_herding_simulation_ours_stays_balanced_and_least_loaded_herds() -> None:
-    # tests/simulation.py: 4 nodes (1000..4000 rps), reports measured over 1 s and 1 s late,
+    # cdnlab/simulation.py: 4 nodes (1000..4000 rps), reports measured over 1 s and 1 s late,
     # 200 answers/s each bringing 1.25 rps for the 20 s TTL, 5 simulated minutes.
     params = SimParams(report_delay_s=1.0)
     ours = simulate("ours", params)

@@ -22,18 +22,9 @@ import pytest
 import pytest_asyncio
 
 from cdn.config import HostPort
-from georouter.demo.supervisor import ChildSpec, Supervisor
-from tests.e2e import (
-    SERVICE,
-    SUBNETS,
-    Cdn,
-    free_dns_port,
-    non_loopback,
-    poll,
-    start_cdn,
-    unbound_config,
-    which,
-)
+from cdnlab.loopback import SERVICE, SUBNETS, Cdn, free_dns_port, poll, start_cdn
+from cdnlab.supervisor import ChildSpec, Supervisor
+from tests.e2e import non_loopback, unbound_config, which
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,30 @@
-"""Start child processes, wait until they listen, and stop every one of them by PID.
+"""The one process supervisor of the demo, the end-to-end tests and the benchmarks.
+
+Start child processes, wait until they listen, and stop every one of them by PID.
 
 A child is ready when it writes its `event=listening key=value ...` line on stderr (the
-router, the edges and the demo origin all do). Until then a child that exits, or stays
-silent past a deadline, fails the start with its last log lines. Children run in their own
-session, so a terminal's Ctrl-C reaches only the supervisor, which then stops them layer by
-layer, the highest first (each child's spec names its layer: what it depends on is lower),
-the children of one layer together: SIGTERM, a grace period, SIGKILL. On Linux each child also gets
-PR_SET_PDEATHSIG, so even a supervisor killed with SIGKILL leaves no orphans behind.
+router, the edges and the demo origin all do), or, for a program that writes none (the
+benchmarks' peers), when the caller's probe says so. Until then a child that exits, or stays
+silent past a deadline, fails the start with its last log lines. The supervisor stops
+children layer by layer, the highest first (each child's spec names its layer: what it
+depends on is lower), the children of one layer together: SIGTERM by PID, a grace period,
+then SIGKILL to the child's process group, which takes its own children with it (nginx's and
+the router's workers). On Linux each child also gets PR_SET_PDEATHSIG, so even a supervisor
+killed with SIGKILL leaves no orphans behind.
+
+Where a child goes (`Start`), and why the default is its own process group in the
+supervisor's session. With `kernel.sched_autogroup_enabled = 1` (the default of most
+distributions) every new session (setsid) is its own CPU scheduling group, and the scheduler
+shares the cores between groups before it shares a group between its threads. A server in a
+session of its own then gets one group's share against the load generator's group however
+many threads it runs: in the benchmarks PowerDNS (four threads) lost about a third of its
+queries/s that way. So a child stays in the supervisor's session, hence its autogroup, and
+gets only a process group of its own: a terminal's Ctrl-C (sent to the foreground group)
+reaches only the supervisor, which then stops the children in order, and the SIGKILL fallback
+reaches a child's whole tree. benchmarks/processes.py reads where each process ended up.
+
+Supervisor is asyncio (the demo and the tests run in an event loop); the benchmarks, which
+block, drive the same Supervisor through `running()`, whose loop runs in a thread.
 """
 
 from __future__ import annotations
@@ -14,16 +32,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import enum
+import os
 import signal
 import socket
 import sys
+import tempfile
+import threading
+import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal, TypeVar
 
-from georouter.errors import GeoRouterError
+from cdn.errors import CDNError
 
 READY_EVENT = "event=listening"
 START_TIMEOUT_S = 15.0
@@ -32,12 +56,23 @@ LOG_TAIL_LINES = 8
 PUMP_CHUNK_BYTES = 64 * 1024
 LINE_START_BYTES = 1024  # of a longer line, the log keeps it all, the tail only this much
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+POLL_S = 0.05  # readiness probes of children that log no ready line
 
 Transport = Literal["tcp", "udp"]
+T = TypeVar("T")
 
 
-class DemoError(GeoRouterError):
-    """The demo cannot run: a port is busy or a child failed to start (exit code 2)."""
+class Start(enum.Enum):
+    """Where a child goes relative to the supervisor (the module docstring says why GROUP)."""
+
+    PLAIN = "plain"  # as a shell starts a command: the supervisor's session and process group
+    GROUP = "own process group"  # the supervisor's session, so its CPU autogroup, too
+    SESSION = "own session"  # setsid: its own CPU autogroup; only the bias check uses it
+
+
+class DemoError(CDNError):
+    """A port is busy or a child failed to start (exit code 2): the demo cannot run, nor a
+    test's or a benchmark's CDN."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +81,7 @@ class ChildSpec:
     argv: tuple[str, ...]
     ready_event: str | None = READY_EVENT  # None: the caller decides when the child is ready
     layer: int = 0  # stop_all stops higher layers first: give dependents a higher layer
+    start: Start = Start.GROUP
 
 
 @dataclass(slots=True)
@@ -144,7 +180,7 @@ class Supervisor:
         try:
             return await asyncio.wait_for(asyncio.shield(child.ready), timeout_s)
         except TimeoutError:
-            raise DemoError(self._failure(child, f"not listening after {timeout_s:g} s")) from None
+            raise DemoError(self.failure(child, f"not listening after {timeout_s:g} s")) from None
 
     async def spawn(self, spec: ChildSpec) -> Child:
         log_path = self.log_dir / f"{spec.name}.log"
@@ -154,7 +190,8 @@ class Supervisor:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
+            process_group=0 if spec.start is Start.GROUP else None,
+            start_new_session=spec.start is Start.SESSION,
             preexec_fn=self._preexec,
         )
         ready: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
@@ -184,7 +221,7 @@ class Supervisor:
             log.close()
         await child.process.wait()
         if not child.ready.done():
-            failure = self._failure(child, f"exited with code {child.process.returncode}")
+            failure = self.failure(child, f"exited with code {child.process.returncode}")
             child.ready.set_exception(DemoError(failure))
 
     def _take_line(self, child: Child, raw: bytes) -> None:
@@ -194,7 +231,7 @@ class Supervisor:
         if event and not child.ready.done() and event in line:
             child.ready.set_result(parse_logfmt(line))
 
-    def _failure(self, child: Child, what: str) -> str:
+    def failure(self, child: Child, what: str) -> str:
         tail = "".join(f"\n  | {line}" for line in child.tail)
         return f"{child.spec.name} (pid {child.pid}) {what}; log {child.log_path}{tail}"
 
@@ -203,7 +240,7 @@ class Supervisor:
         await child.process.wait()
         if child.pump is not None:
             await child.pump
-        return self._failure(child, f"exited with code {child.process.returncode}")
+        return self.failure(child, f"exited with code {child.process.returncode}")
 
     def exited(self) -> list[Child]:
         """Children that have exited (on their own or killed), in start order."""
@@ -217,19 +254,26 @@ class Supervisor:
             try:
                 await asyncio.wait_for(child.process.wait(), grace_s)
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    child.process.kill()
+                self.kill(child)
         code = await child.process.wait()
         if child.pump is not None:
             await child.pump
-        with contextlib.suppress(asyncio.CancelledError, GeoRouterError):
+        with contextlib.suppress(asyncio.CancelledError, CDNError):
             await child.ready  # retrieve it, so an unread failure is not logged at exit
         return code
 
     def kill(self, child: Child) -> None:
-        """SIGKILL at once (a crash, as `kill -9` does it)."""
+        """SIGKILL at once (a crash, as `kill -9` does it), with its process group if it has one.
+
+        The group is signalled only while its leader is unreaped, so its ID cannot have been
+        reused by then.
+        """
         if child.process.returncode is None:
-            child.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                if child.spec.start is Start.PLAIN:
+                    child.process.kill()
+                else:
+                    os.killpg(child.pid, signal.SIGKILL)
 
     async def stop_all(self, grace_s: float = STOP_GRACE_S) -> None:
         """Stop every child, the highest layer first; a layer's children stop together.
@@ -248,3 +292,128 @@ class Supervisor:
             if child.spec.name == name:
                 return child
         raise KeyError(name)
+
+
+# ---- the same supervisor for blocking callers (the benchmarks) ---------------------------
+
+
+class _LoopThread:
+    """One event loop in a daemon thread, started on first use, for every blocking caller."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def submit(cls, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        with cls._lock:
+            if cls._loop is None:
+                cls._loop = asyncio.new_event_loop()
+                name = "cdnlab-supervisor"
+                threading.Thread(target=cls._loop.run_forever, name=name, daemon=True).start()
+        return asyncio.run_coroutine_threadsafe(coro, cls._loop)
+
+
+def _blocking(coro: Coroutine[Any, Any, T]) -> T:
+    return _LoopThread.submit(coro).result()
+
+
+class Running:
+    """A child of the Supervisor, for blocking code: waited for and stopped by PID."""
+
+    def __init__(
+        self, supervisor: Supervisor, child: Child, scratch: tempfile.TemporaryDirectory[str] | None
+    ) -> None:
+        self.supervisor = supervisor
+        self.child = child
+        self._scratch = scratch  # the log directory, if it is this child's own
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    @property
+    def name(self) -> str:
+        return self.child.spec.name
+
+    def alive(self) -> bool:
+        return self.child.process.returncode is None
+
+    def ready(self, timeout_s: float = START_TIMEOUT_S) -> dict[str, str]:
+        """The fields of the child's ready line; DemoError if it exits or stays silent."""
+
+        async def wait() -> dict[str, str]:
+            try:
+                return await asyncio.wait_for(asyncio.shield(self.child.ready), timeout_s)
+            except TimeoutError:
+                failure = f"not listening after {timeout_s:g} s"
+                raise DemoError(self.supervisor.failure(self.child, failure)) from None
+
+        return _blocking(wait())
+
+    def wait_ready(self, probe: Callable[[], bool], timeout_s: float = START_TIMEOUT_S) -> None:
+        """Poll `probe` until true; DemoError if the child exits first or after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while not probe():
+            if not self.alive():
+                raise DemoError(_blocking(self.supervisor.obituary(self.child)))
+            if time.monotonic() > deadline:
+                failure = f"not ready after {timeout_s:g} s"
+                raise DemoError(self.supervisor.failure(self.child, failure))
+            time.sleep(POLL_S)
+
+    def kill(self) -> None:
+        """SIGKILL with its process group (a crash) and reap it."""
+
+        async def kill() -> None:
+            self.supervisor.kill(self.child)
+            await self.supervisor.stop(self.child)
+
+        _blocking(kill())
+
+    def stop(self) -> None:
+        """SIGTERM by PID, SIGKILL to its group after the grace period; always reaps."""
+        _blocking(self.supervisor.stop(self.child))
+        if self._scratch is not None:
+            self._scratch.cleanup()
+
+
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    *,
+    start: Start = Start.GROUP,
+    ready_event: str | None = None,
+    log_dir: Path | None = None,
+) -> Running:
+    """Start one child for blocking code; the caller stops it (`Running.stop`).
+
+    Its stderr goes to `log_dir`/NAME.log (a temporary directory, removed on stop, if None).
+    With `ready_event`, `Running.ready()` returns the fields of that line.
+    """
+    spec = ChildSpec(name, tuple(argv), ready_event=ready_event, start=start)
+    scratch = None if log_dir else tempfile.TemporaryDirectory(prefix="cdnlab-")
+    supervisor = Supervisor(log_dir or Path(scratch.name if scratch else "."))
+    try:
+        child = _blocking(supervisor.spawn(spec))
+    except BaseException:
+        if scratch is not None:
+            scratch.cleanup()
+        raise
+    return Running(supervisor, child, scratch)
+
+
+@contextlib.contextmanager
+def running(
+    name: str,
+    argv: Sequence[str],
+    *,
+    start: Start = Start.GROUP,
+    ready_event: str | None = None,
+    log_dir: Path | None = None,
+) -> Iterator[Running]:
+    """`spawn`, and stop the child by PID on the way out, whatever happens."""
+    handle = spawn(name, argv, start=start, ready_event=ready_event, log_dir=log_dir)
+    try:
+        yield handle
+    finally:
+        handle.stop()

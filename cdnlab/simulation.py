@@ -16,7 +16,7 @@ Model (deterministic for a given seed):
 
 Selectors compared: "ours" (georouter.selector.Selector), "least_loaded" (always the node
 with the lowest reported utilisation), "round_robin", "static_weights" (random by capacity).
-Run `python -m tests.simulation` for a table.
+Run `python -m cdnlab.simulation` for a table.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from cdn.config import HostPort
+from cdnlab.supervisor import ChildSpec, DemoError, Transport
 from georouter.config import RouterConfig
-from georouter.demo.supervisor import ChildSpec, DemoError, Transport
 
 ORIGIN_PORT = 8000
 CONTENT_PORT = 8080
@@ -138,7 +138,7 @@ def addresses_needed(plan: DemoPlan) -> list[tuple[str, int, Transport]]:
 
 
 def origin_spec(plan: DemoPlan) -> ChildSpec:
-    argv = (sys.executable, "-m", "georouter.demo.origin", "--listen", str(plan.origin))
+    argv = (sys.executable, "-m", "cdnlab.origin", "--listen", str(plan.origin))
     return ChildSpec("origin", argv, layer=ORIGIN_LAYER)
 
 

@@ -1,8 +1,8 @@
 """The demo origin: static files with realistic caching headers, and a small JSON API.
 
-Run as `python -m georouter.demo.origin --listen HOST:PORT --root data/demo-origin`. It logs
-`event=listening origin=HOST:PORT` on stderr once it accepts connections, and stops cleanly on
-SIGTERM or SIGINT.
+Run as `python -m cdnlab.origin --listen HOST:PORT [--root DIR]` (the packaged cdnlab/content/
+by default). It logs `event=listening origin=HOST:PORT` on stderr once it accepts connections,
+and stops cleanly on SIGTERM or SIGINT.
 
 What each path teaches the cache in front of it (RFC 9111):
 - images: `public, max-age=86400`; static files carry ETag and Last-Modified, so a stale copy
@@ -25,6 +25,7 @@ import signal
 import sys
 from collections import deque
 from dataclasses import asdict, dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from aiohttp import web
 
 from cdn.config import HostPort, parse_host_port
 
-ORIGIN_ROOT = Path(__file__).resolve().parents[2] / "data" / "demo-origin"
+# The demo content ships inside the package (package data); the origin only reads it.
+ORIGIN_ROOT = Path(str(files("cdnlab") / "content"))
 DEFAULT_LISTEN = HostPort("127.0.0.1", 8000)
 IMAGE_CACHE_CONTROL = "public, max-age=86400"
 IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
@@ -176,7 +178,7 @@ async def add_comment(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(root: Path = ORIGIN_ROOT) -> web.Application:
-    """The origin application serving `root` (data/demo-origin by default)."""
+    """The origin application serving `root` (the packaged cdnlab/content/ by default)."""
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app[COMMENTS] = deque(maxlen=MAX_COMMENTS)
     app[FILES] = index_files(root)
@@ -212,7 +214,7 @@ async def _serve(listen: HostPort, root: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m georouter.demo.origin", description=__doc__.splitlines()[0]
+        prog="python -m cdnlab.origin", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--listen", type=_listen_address, default=DEFAULT_LISTEN)
     parser.add_argument("--root", type=Path, default=ORIGIN_ROOT)

@@ -12,6 +12,7 @@ printed and the log directory kept (it is removed only after a clean exit).
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import shutil
 import signal
 import tempfile
@@ -19,8 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from georouter.config import load_config
-from georouter.demo.plan import (
+from cdnlab.plan import (
     DemoPlan,
     addresses_needed,
     edge_spec,
@@ -29,18 +29,22 @@ from georouter.demo.plan import (
     origin_spec,
     router_spec,
 )
-from georouter.demo.status import STATUS_INTERVAL_S, STATUS_TIMEOUT_S, fetch_table
-from georouter.demo.supervisor import Child, Supervisor, check_ports_free
+from cdnlab.status import STATUS_INTERVAL_S, STATUS_TIMEOUT_S, fetch_table
+from cdnlab.supervisor import Child, DemoError, Supervisor, check_ports_free
+from georouter.config import load_config
 
 ESSENTIAL = frozenset({"origin", "router"})
 EXIT_CHILD_DIED = 1
+DEMO_EXTRA_INSTALL = "pip install 'georouter[demo]'"
 
 
 def run_demo(config_path: Path, geoip_path: Path | None, load: bool = False) -> int:
     """Run the demo CDN until SIGINT/SIGTERM; returns the process exit code.
 
-    Config and busy-port problems raise GeoRouterError (the CLI prints it, exit code 2).
+    Config and busy-port problems raise CDNError (the CLI prints it, exit code 2).
     """
+    if load and importlib.util.find_spec("dns") is None:
+        raise DemoError(f"--load needs dnspython, the demo extra: {DEMO_EXTRA_INSTALL}")
     plan = make_plan(load_config(config_path), config_path, geoip_path)
     check_ports_free(addresses_needed(plan))
     return asyncio.run(_run(plan, load))
@@ -127,7 +131,7 @@ def _death(child: Child) -> str:
 
 async def _load(plan: DemoPlan) -> None:
     # Imported here: the workload needs dnspython, which only --load uses.
-    from georouter.demo.workload import LOAD_DURATION_S, LOAD_MAX_REQUESTS, Workload
+    from cdnlab.workload import LOAD_DURATION_S, LOAD_MAX_REQUESTS, Workload
 
     print(
         f"georouter demo: synthetic load for {LOAD_DURATION_S:g} s "

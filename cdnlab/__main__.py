@@ -1,0 +1,5 @@
+import sys
+
+from cdnlab.cli import main
+
+sys.exit(main())
