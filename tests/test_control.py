@@ -8,6 +8,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from ipaddress import IPv4Address
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -16,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cdn.report import LoadReport
 from georouter.config import HealthSettings, Node, Policy, Region
 from georouter.control import ControlPlane, make_control_app, observer
+from georouter.controller import Controller
 from georouter.fleet import Fleet
 from georouter.metrics import RouterMetrics
 from georouter.prober import Prober
@@ -39,11 +41,13 @@ class Clock:
         return self.now
 
 
-def make_plane(clock: Clock) -> ControlPlane:
+def make_plane(clock: Clock, state_dir: Path) -> ControlPlane:
+    config = replace(CONFIG, router=replace(CONFIG.router, state_dir=state_dir))
     metrics = RouterMetrics()
-    selector = Selector(CONFIG.policy, CONFIG.regions, random.Random(1))
-    fleet = Fleet(CONFIG, selector.update, observer(metrics))
-    return ControlPlane(fleet, selector, metrics, (TOKEN,), clock)
+    selector = Selector(config.policy, config.regions, random.Random(1))
+    fleet = Fleet(config, selector.update, observer(metrics))
+    controller = Controller(config=config, fleet=fleet, metrics=metrics)
+    return ControlPlane(fleet, selector, metrics, (TOKEN,), controller, clock)
 
 
 @pytest.fixture
@@ -52,8 +56,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def plane(clock: Clock) -> ControlPlane:
-    return make_plane(clock)
+def plane(clock: Clock, tmp_path: Path) -> ControlPlane:
+    return make_plane(clock, tmp_path / "state")
 
 
 @pytest.fixture
