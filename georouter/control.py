@@ -186,6 +186,7 @@ def _node_json(s: NodeStatus, selector: Selector, now: float) -> dict[str, Any]:
         "seq": r.seq if r else None,
         "report_age_s": None if age is None else round(age, 3),
         "drained": s.api_drained,
+        "weight": s.weight,
         "probe_health": s.probe_health,
         "last_probe_ok": s.last_probe_ok,
         "last_probe_age_s": None if s.last_probe_at is None else round(now - s.last_probe_at, 3),

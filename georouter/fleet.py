@@ -23,8 +23,8 @@ Theory of operation. Two independent signals say whether a node can take clients
 The state shown to operators and used for selection is derived from both, in this order:
 drained by the API (or a weight override of 0) → draining; probe down or report
 expired → down; edge reports "draining" → draining; no probe success and no fresh report
-yet → unknown; utilisation at or above policy.saturation_threshold → saturated (up, but takes no new clients);
-otherwise up ("degraded" edges stay up, with reason edge_degraded).
+yet → unknown; utilisation at or above policy.saturation_threshold → saturated (up, but
+takes no new clients); otherwise up ("degraded" edges stay up, with reason edge_degraded).
 
 Every change that matters to selection publishes a new FleetSnapshot (version + 1) that
 holds, per address family and region, the eligible nodes with their spare capacity, so
