@@ -47,8 +47,11 @@ REQUEST_TIMEOUT_S = 2.0  # one JetStream API call or publish acknowledgement
 RETRY_S = 0.5  # between sessions: catch-up starts within this of the bus returning
 PING_INTERVAL_S = 1.0  # a silent server is noticed after MAX_PINGS_OUT missed pings
 MAX_PINGS_OUT = 2
+HEALTH_INTERVAL_S = 1.0  # consumers checked and the outbox retried this often
 
 log = logging.getLogger("georouter.bus")
+# nats-py logs each failed connect with a traceback; our one bus_unavailable line says it.
+logging.getLogger("nats").setLevel(logging.CRITICAL)
 
 
 class BusUnavailable(Exception):
@@ -185,16 +188,24 @@ class Bus:
                 nc.connected_url.netloc if nc.connected_url else "?",
             )
             while not lost.is_set():
-                update = await _next_update(watcher, lost)
-                if update is None:
+                try:
+                    update = await watcher.updates(timeout=HEALTH_INTERVAL_S)  # type: ignore[no-untyped-call]
+                except nats.errors.TimeoutError:
+                    await self._check(js, watcher, sub)
                     continue
-                _note(values, update.key, update.value, update.operation)
-                await self._on_overrides(_overrides(values))
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                if update is not None:
+                    _note(values, update.key, update.value, update.operation)
+                    await self._on_overrides(_overrides(values))
         finally:
             with contextlib.suppress(Exception):
                 await nc.close()
+
+    async def _check(self, js: JetStreamContext, watcher: Any, sub: Any) -> None:
+        """Both consumers still exist (a dead server takes its consumers along), and the
+        outbox goes out; an error here ends the session, and the next one resyncs."""
+        await sub.consumer_info()
+        await watcher._sub.consumer_info()
+        await self._flush_outbox(js)
 
     async def _bucket(self, js: JetStreamContext) -> KeyValue:
         try:
@@ -235,27 +246,18 @@ class Bus:
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
         )
         return await js.subscribe(
-            SUBJECT, stream=STREAM, cb=deliver, ordered_consumer=True, config=config
+            SUBJECT,
+            stream=STREAM,
+            cb=deliver,
+            ordered_consumer=True,
+            config=config,
+            idle_heartbeat=HEALTH_INTERVAL_S,
         )
 
     async def _flush_outbox(self, js: JetStreamContext) -> None:
         for purge_id, body in list(self._outbox.items()):
             await js.publish(SUBJECT, body, stream=STREAM, headers={"Nats-Msg-Id": purge_id})
             self._outbox.pop(purge_id, None)
-
-
-async def _next_update(watcher: Any, lost: asyncio.Event) -> Any:
-    """The watcher's next entry, or None once the connection is lost."""
-    update = asyncio.ensure_future(watcher.updates(timeout=None))
-    gone = asyncio.ensure_future(lost.wait())
-    try:
-        await asyncio.wait({update, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-    if not update.done():
-        update.cancel()
-        return None
-    return update.result()
 
 
 def _note(values: dict[str, bytes], key: str, value: bytes | None, operation: Any) -> None:

@@ -149,8 +149,8 @@ class Controller:
         purge = request.with_id(new_purge_id(now, self._rng))
         record, _ = self.log.add(purge, self.targets(), now)
         await self._save()
-        if self._bus is not None:
-            await self._bus.publish(purge, now)
+        if self._bus is not None:  # in parallel: the fan-out never waits on the bus
+            self._spawn(self._bus.publish(purge, now), f"publish-{purge.id}")
         await self._fan_out(record)
         return record
 

@@ -26,7 +26,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HOST_HEADER = {"Host": "cdn.example.com"}
 OBJECT = "/img/dog.jpg"
 SELECTOR = {"url": f"http://cdn.example.com{OBJECT}"}
-REACHABLE_GOAL_S = 2.0  # the goal: a purge applied within 2 s of being reachable
+REACHABLE_GOAL_S = 2.0
+# JetStream re-elects the leaders of what a killed node led (measured here: 5-10 s on a
+# loaded two-core machine); the routers resync after it.
+CLUSTER_RECOVERY_S = 30.0  # the goal: a purge applied within 2 s of being reachable
 
 
 async def fetch_verdict(session: aiohttp.ClientSession, cdn: Cdn, node: str) -> str:
@@ -295,14 +298,20 @@ async def test_a_three_node_jetstream_cluster_loses_a_node_during_a_purge(tmp_pa
             await poll(
                 lambda: get_json(session, f"{router_b}/api/v1/purge/{body['id']}"),
                 lambda answer: answer[0] == 200,
-                10.0,
+                CLUSTER_RECOVERY_S,
                 "router B hears the purge through the two surviving NATS nodes",
             )
             for edge in cdn.plan.edges:
                 assert await fetch_verdict(session, cdn, edge.name) == "miss", edge.name
-            # The shared state still takes writes with two of three nodes.
-            status, _ = await post(session, f"{router_b}/api/v1/nodes/edge-ap-1/drain")
-            assert status == 200
+            # The shared state takes writes with two of three nodes (once JetStream has
+            # elected new leaders for what the dead node led).
+            drain = f"{router_b}/api/v1/nodes/edge-ap-1/drain"
+            await poll(
+                lambda: post(session, drain),
+                lambda a: a[0] == 200,
+                CLUSTER_RECOVERY_S,
+                "drain on B",
+            )
             await poll(
                 lambda: cdn.nodes(session),
                 lambda answer: answer["edge-ap-1"]["drained"],
