@@ -10,8 +10,9 @@ is away, so routers never disagree), then to memory and the file; other routers 
 from their watch. A purge is logged and saved, published (kept in an outbox while the bus
 is away) and fanned out by this router at once; the others hear it from the stream and
 fan it out too (edges apply each id once). Nodes the fan-out did not reach get it on the
-reply to their next load report, until their report acknowledges it. Node results are
-written to the file by a flusher (at most every FLUSH_INTERVAL_S), off the event loop.
+reply to their next load report, until their report acknowledges it. A new purge and
+node results are written to the file by a flusher (every FLUSH_INTERVAL_S while there is
+news), off the event loop, so a purge's fan-out never waits for a disk.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ class Controller:
         now = self._clock()
         purge = request.with_id(new_purge_id(now, self._rng))
         record, _ = self.log.add(purge, self.targets(), now)
-        await self._save()
+        self._dirty = True  # saved by the flusher, while the fan-out runs
         if self._bus is not None:  # in parallel: the fan-out never waits on the bus
             self._spawn(self._bus.publish(purge, now), f"publish-{purge.id}")
         await self._fan_out(record)
@@ -174,14 +175,15 @@ class Controller:
             deadline_s=self.config.router.fanout_timeout_s,
             settle=lambda node, result: self._settle(record.purge.id, node, result),
         )
-        self._metrics.fanout_duration.observe(time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        self._metrics.fanout_duration.observe(elapsed)
         for node, result in results.items():
             self.log.settle(record.purge.id, node, result)
         complete = record.complete
         self._metrics.purges.labels("complete" if complete else "incomplete").inc()
-        log.info("event=purge id=%s %s nodes=%d done=%d", record.purge.id,
+        log.info("event=purge id=%s %s nodes=%d done=%d fanout_ms=%.1f", record.purge.id,
                  f"{record.purge.kind}={record.purge.value!r}", len(record.nodes),
-                 sum(r == DONE for r in record.nodes.values()))  # fmt: skip
+                 sum(r == DONE for r in record.nodes.values()), elapsed * 1000)  # fmt: skip
         self._dirty = True
 
     def _settle(self, purge_id: str, node: str, result: str) -> None:
