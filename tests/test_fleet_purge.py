@@ -228,3 +228,33 @@ async def test_edge_applies_purges_riding_on_a_report_reply_and_acks_them(
         assert await warm(client, edge, "/img/a.png") == "miss"
         applied = {"via": "report", "result": "applied"}
         assert metric(edge.metrics, "edge_fleet_purges_total", applied) == 1
+
+
+@given(
+    events=st.lists(
+        st.tuples(
+            st.integers(0, 4),  # purge number
+            st.sampled_from(NODES),
+            st.sampled_from(["done", "pending", "failed: x", "ack"]),
+        ),
+        max_size=60,
+    )
+)
+def test_log_owes_a_purge_until_the_node_confirmed_it_and_done_is_final(
+    events: list[tuple[int, str, str]],
+) -> None:
+    log = PurgeLog()
+    purges = [purge(n) for n in range(5)]
+    for p in purges:
+        log.add(p, NODES, 100.0)
+    confirmed: set[tuple[int, str]] = set()
+    for n, node, event in events:
+        if event == "ack":
+            log.ack(node, [purges[n].id])
+        else:
+            log.settle(purges[n].id, node, event)
+        if event in ("ack", "done"):
+            confirmed.add((n, node))
+    for node in NODES:
+        owed = {p.id for p in log.owed(node, 10)}
+        assert owed == {purges[n].id for n in range(5) if (n, node) not in confirmed}
