@@ -1,4 +1,11 @@
-"""The load report an edge pushes to every router: one definition for sender and receiver."""
+"""The load report an edge pushes to every router: one definition for sender and receiver.
+
+The router answers a report with a small JSON ReportReply: {"result": "accepted"} and,
+when the edge still owes purges (it was unreachable when they fanned out), "purges": the
+oldest MAX_REPLY_PURGES of them. The edge applies them by id and lists their ids as
+"acks" in its next report, which tells every router they are done. Both fields are
+optional on the wire: an older router or edge ignores them.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +15,17 @@ from typing import Any, Literal, cast
 
 from cdn.errors import ReportError
 from cdn.jsonbody import JsonBodyError, decode_json_object
+from cdn.purge import Purge
 
 REPORT_PATH = "/api/v1/report"  # on each router's control port; POST, Bearer token
 EdgeStatus = Literal["up", "degraded", "draining"]
 EDGE_STATUSES: tuple[EdgeStatus, ...] = ("up", "degraded", "draining")
 MAX_REPORT_BYTES = 4096
 MAX_REPORT_DEPTH = 8  # a report is one flat object; room for nested fields to come
+MAX_ACKS = 32  # purge ids acknowledged per report (32 x 36 characters fit the size limit)
+MAX_REPLY_PURGES = 32  # purges per reply; an edge that owes more gets the rest next time
+MAX_REPLY_BYTES = 256 * 1024
+MAX_REPLY_DEPTH = 4  # {"purges": [{selector}]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,9 +38,13 @@ class LoadReport:
     capacity_rps: float
     utilization: float
     cache_hit_ratio: float
+    acks: tuple[str, ...] = ()  # purge ids applied from replies since the last report
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        raw = asdict(self)
+        if not self.acks:
+            del raw["acks"]
+        return json.dumps(raw, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, body: bytes) -> LoadReport:
@@ -46,7 +62,45 @@ class LoadReport:
             capacity_rps=_number(raw, "capacity_rps"),
             utilization=_number(raw, "utilization"),
             cache_hit_ratio=_number(raw, "cache_hit_ratio"),
+            acks=_acks(raw.get("acks", [])),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ReportReply:
+    """The router's answer to an accepted report: the purges this edge still owes."""
+
+    result: str
+    purges: tuple[Purge, ...] = ()
+
+    def to_json(self) -> bytes:
+        raw: dict[str, Any] = {"result": self.result}
+        if self.purges:
+            raw["purges"] = [p.to_dict() for p in self.purges]
+        return json.dumps(raw, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes) -> ReportReply:
+        """Decode a reply; an empty body (an older router's 204) is a plain acceptance."""
+        if not body.strip():
+            return cls("accepted")
+        try:
+            raw = decode_json_object(body, max_bytes=MAX_REPLY_BYTES, max_depth=MAX_REPLY_DEPTH)
+        except JsonBodyError as exc:
+            raise ReportError(f"reply: {exc}") from None
+        purges = raw.get("purges", [])
+        if not isinstance(purges, list) or len(purges) > MAX_REPLY_PURGES:
+            raise ReportError(f"purges: expected a list of at most {MAX_REPLY_PURGES}")
+        result = raw.get("result", "accepted")
+        return cls(str(result), tuple(Purge.from_dict(p, need_id=True) for p in purges))
+
+
+def _acks(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_ACKS:
+        raise ReportError(f"acks: expected a list of at most {MAX_ACKS} purge ids")
+    if not all(isinstance(v, str) and 0 < len(v) <= 64 for v in value):
+        raise ReportError("acks: expected purge ids")
+    return tuple(value)
 
 
 def _count(raw: dict[str, Any], key: str) -> int:

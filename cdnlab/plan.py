@@ -182,15 +182,17 @@ def guide(plan: DemoPlan, log_dir: Path, pids: dict[str, int]) -> str:
             lines.append(f"  {dig}    # {country} → {region}")
     lines += [
         "",
-        f"Fetch from {edge.name} twice (Cache-Status: miss, then hit), then purge it:",
+        f"Fetch from {edge.name} twice (Cache-Status: miss, then hit), then purge it on"
+        " every edge through the router:",
         f"  curl -sI {obj}",
         f"  curl -sI {obj}",
-        f"  curl -s -H {token} -d {purge} http://{edge.control}/purge",
+        f"  curl -s -H {token} -d {purge} {plan.control_url}/api/v1/purge",
         "",
         "Watch the router:",
         f"  curl -s {plan.control}/metrics | grep georouter_answers",
         f"  curl -s {plan.control}/api/v1/nodes",
         f"  curl -s -X POST -H {token} {plan.control_url}/api/v1/nodes/{edge.name}/drain",
+        "  # (a drain is kept across restarts: .../undrain puts the node back)",
         "",
         f"Crash {edge.name} and watch the answers move (the table below follows):",
         f"  kill -9 {pids.get(edge.name, '<pid>')}",

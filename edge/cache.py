@@ -327,9 +327,13 @@ class Cache:
         """Remove every entry of ``host`` whose target starts with ``prefix``."""
         return self._store.remove_prefix(host.lower(), prefix)
 
-    def purge_key(self, key: str) -> int:
-        """Remove every entry tagged with surrogate key ``key`` (Surrogate-Key header)."""
-        return self._store.remove_tag(key)
+    def purge_key(self, key: str, host: str | None = None) -> int:
+        """Remove every entry tagged with surrogate key ``key`` (Surrogate-Key header);
+        only those of ``host`` if given (a fleet purge's "site")."""
+        if host is None:
+            return self._store.remove_tag(key)
+        slots = [slot for slot in self._store.tagged(key) if slot[0] == host.lower()]
+        return sum(self._store.remove(slot) for slot in slots)
 
     def _select(self, req: RequestInfo) -> tuple[CacheEntry | None, str]:
         """§4.1: the newest stored variant whose selecting fields match ``req``."""

@@ -101,6 +101,13 @@ class EdgeMetrics:
             ["kind"],
             registry=r,
         )
+        self.fleet_purges = Counter(
+            "edge_fleet_purges",
+            "Purges from routers (by id), by way (fanout, report) and result "
+            "(applied, duplicate: that id was applied before).",
+            ["via", "result"],
+            registry=r,
+        )
         self.purged_objects = Counter(
             "edge_purged_objects",
             "Responses removed by purges.",

@@ -5,7 +5,9 @@ Each round builds one `cdn.report.LoadReport` with the next sequence number (1 f
 the first report of the process, so a router can tell a restart) and posts it to every
 router whose back-off has expired. A router that is down or refuses costs one log line
 per outage, a capped exponential back-off, and an `edge_reports{result="failed"}` count;
-the edge keeps serving regardless.
+the edge keeps serving regardless. A router's reply may carry purges the edge missed:
+they go to `on_purges` before anything else happens, their ids ride as acks on the next
+report, and that report goes out at once when any of them was new.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import aiohttp
 
-from cdn.report import REPORT_PATH, LoadReport
+from cdn.errors import ReportError
+from cdn.purge import Purge
+from cdn.report import REPORT_PATH, LoadReport, ReportReply
 from edge.load import LoadSnapshot
 from edge.metrics import EdgeMetrics
 
@@ -48,8 +52,12 @@ class Reporter:
         metrics: EdgeMetrics,
         interval_s: float,
         clock: Callable[[], float],
+        on_purges: Callable[[Iterable[Purge]], bool] | None = None,
+        take_acks: Callable[[], tuple[str, ...]] | None = None,
     ) -> None:
         self.name = name
+        self._on_purges = on_purges
+        self._take_acks = take_acks
         self.token = token
         self.capacity_rps = capacity_rps
         self.interval_s = interval_s
@@ -95,6 +103,7 @@ class Reporter:
             capacity_rps=self.capacity_rps,
             utilization=snap.utilization,
             cache_hit_ratio=snap.cache_hit_ratio,
+            acks=self._take_acks() if self._take_acks is not None else (),
         )
 
     async def _post(
@@ -103,14 +112,27 @@ class Reporter:
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         try:
             async with session.post(router.url + REPORT_PATH, data=body, headers=headers) as resp:
-                await resp.read()
+                reply = await resp.read()
                 error = None if resp.status < 300 else f"status {resp.status}"
+            if error is None:
+                self._apply_reply(router, reply)
         except (aiohttp.ClientError, TimeoutError) as exc:
             error = type(exc).__name__
         if error is None:
             self._succeeded(router)
         else:
             self._failed(router, error)
+
+    def _apply_reply(self, router: _RouterState, body: bytes) -> None:
+        if self._on_purges is None:
+            return
+        try:
+            reply = ReportReply.from_json(body)
+        except ReportError as exc:
+            log.warning("event=report_reply_rejected router=%s error=%r", router.url, str(exc))
+            return
+        if reply.purges and self._on_purges(reply.purges):
+            self.wake()  # acknowledge at once: every router stops re-sending them
 
     def _succeeded(self, router: _RouterState) -> None:
         self._metrics.reports.labels(router.url, "ok").inc()

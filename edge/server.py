@@ -19,6 +19,7 @@ from aiohttp import web
 
 from cdn.config import HostPort
 from cdn.logs import setup_logging
+from cdn.purge import PURGE_PATH
 from edge.cache import Cache
 from edge.config import EdgeConfig
 from edge.control import control_app
@@ -28,6 +29,7 @@ from edge.load import LoadSnapshot, LoadTracker
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginClient
 from edge.proxy import Proxy
+from edge.purges import FleetPurges
 from edge.reporter import Reporter
 
 # In-flight requests get this long to finish once the edge stops accepting.
@@ -53,9 +55,12 @@ class EdgeServer:
         self.metrics.cache_capacity_bytes.set(cfg.cache.size_bytes)
         self.tracker = LoadTracker(cfg.capacity_rps, clock())
         self.origin = OriginClient(cfg.origin, cfg.limits, self.metrics, clock)
+        tokens = (cfg.token, *cfg.previous_tokens)
+        self.fleet_purges = FleetPurges(self.cache, self.metrics, time.monotonic, tokens)
         self.reporter = Reporter(
             cfg.name, cfg.routers, cfg.token, cfg.capacity_rps, self.snapshot,
             self.metrics, cfg.report_interval_s, clock,
+            on_purges=self.fleet_purges.apply_from_reply, take_acks=self.fleet_purges.take_acks,
         )  # fmt: skip
         self.proxy = Proxy(
             cfg, self.cache, self.origin, self.tracker, self.metrics, clock, self.reporter.wake
@@ -83,6 +88,7 @@ class EdgeServer:
         self.content = await self._bind(content, self.cfg.listen, "edge.listen", handler_args)
         tokens = (self.cfg.token, *self.cfg.previous_tokens)
         control = control_app(self.cache, self.metrics, self.snapshot, tokens)
+        control.router.add_post(PURGE_PATH, self.fleet_purges.handle)  # a router's fan-out
         self.control = await self._bind(control, self.cfg.control, "edge.control", {})
         self._reporter_task = asyncio.create_task(self.reporter.run())
 

@@ -1,4 +1,4 @@
-"""`georouter` command line: serve, check, locate, demo.
+"""`georouter` command line: serve, check, locate, purge, demo.
 
 Every expected failure (bad config, bad GeoIP file) ends as one line on stderr and exit 2.
 """
@@ -33,6 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     with_config(locate)
     locate.add_argument("addresses", nargs="+", metavar="IP")
 
+    purge = sub.add_parser("purge", help="purge objects on every edge through the router")
+    purge.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="topology TOML")
+    purge.add_argument("--control", help="the router's control address (HOST:PORT)")
+    which = purge.add_mutually_exclusive_group(required=True)
+    which.add_argument("--url", help="every variant of this absolute URL")
+    which.add_argument("--prefix", help="every URL of its host under this absolute URL")
+    which.add_argument("--key", help="every response tagged with this Surrogate-Key")
+    purge.add_argument("--site", help="only objects of this host (for --key)")
+
     demo = sub.add_parser("demo", help="run a whole CDN on loopback: origin, six edges, router")
     with_config(demo)
     demo.add_argument("--load", action="store_true", help="add a bounded synthetic workload")
@@ -54,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
             from georouter.geo import locate_command
 
             return locate_command(args.config, args.geoip, args.addresses)
+        if args.command == "purge":
+            from georouter.purge_command import purge_command
+
+            kind = next(k for k in ("url", "prefix", "key") if getattr(args, k) is not None)
+            selector = {kind: getattr(args, kind)}
+            if args.site is not None:
+                selector["site"] = args.site
+            return purge_command(args.config, selector, args.control)
         # The demo lives in cdnlab, above the router: imported only for this command (the
         # one import-linter exception, declared in pyproject.toml).
         from cdnlab.runner import run_demo

@@ -8,7 +8,9 @@ DNS names are stored absolute, lower-case, with the trailing dot ("cdn.example.c
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -48,6 +50,9 @@ PROBE_TIMEOUT_S = 0.5
 PROBE_FALL = 2
 PROBE_RISE = 2
 REPORT_EXPIRY_S = 2.5
+FANOUT_TIMEOUT_S = 2.0  # a node that has not confirmed a purge by then is "pending"
+STATE_DIR_NAME = "georouter"  # under $XDG_STATE_HOME (default ~/.local/state)
+BUS_REPLICAS, MAX_BUS_REPLICAS = 1, 5  # JetStream replicas of the shared state (3 in a cluster)
 DNS_WORKERS, MAX_DNS_WORKERS = 1, 64  # processes answering UDP; 1: the main process itself
 
 MAX_ANSWERS = 8
@@ -69,6 +74,16 @@ class RouterSettings:
     geoip: Path | None = None  # None: the embedded GeoLite2-City
     dns_workers: int = DNS_WORKERS
     previous_tokens: tuple[str, ...] = ()  # still accepted while edges move to `token`
+    state_dir: Path | None = None  # None: default_state_dir(the config file)
+    fanout_timeout_s: float = FANOUT_TIMEOUT_S
+
+
+@dataclass(frozen=True, slots=True)
+class BusSettings:
+    """NATS servers shared by several routers; none: this router keeps its state alone."""
+
+    servers: tuple[str, ...] = ()
+    replicas: int = BUS_REPLICAS
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +151,16 @@ class RouterConfig:
     regions: tuple[Region, ...]
     nodes: tuple[Node, ...]
     overrides: tuple[Override, ...] = ()
+    bus: BusSettings = BusSettings()
     regions_by_name: dict[str, Region] = field(default_factory=dict, compare=False, repr=False)
 
     def region(self, name: str) -> Region:
         return self.regions_by_name[name]
+
+    @property
+    def state_dir(self) -> Path:
+        """router.state_dir, else the default for this config file."""
+        return self.router.state_dir or default_state_dir(self.source)
 
 
 def load_config(path: Path) -> RouterConfig:
@@ -154,6 +175,7 @@ def load_config(path: Path) -> RouterConfig:
         zones = read_zones(top, top.tables("zones"))
         nodes = _nodes(top.tables("nodes"), regions)
         overrides = _overrides(top.tables("overrides"), regions)
+        bus = _bus(top.table("bus"))
     return RouterConfig(
         source=path,
         router=router,
@@ -163,6 +185,7 @@ def load_config(path: Path) -> RouterConfig:
         regions=tuple(regions.values()),
         nodes=nodes,
         overrides=overrides,
+        bus=bus,
         regions_by_name=regions,
     )
 
@@ -176,7 +199,38 @@ def _router(t: Table, config_dir: Path) -> RouterSettings:
             geoip=t.optional("geoip", lambda text: _file_path(text, config_dir)),
             dns_workers=t.integer("dns_workers", 1, MAX_DNS_WORKERS, DNS_WORKERS),
             previous_tokens=previous_tokens(t),
+            state_dir=t.optional("state_dir", lambda text: _dir_path(text, config_dir)),
+            fanout_timeout_s=t.real("fanout_timeout_s", 0, MAX_TIMER_S, FANOUT_TIMEOUT_S,
+                                    lo_open=True),
+        )  # fmt: skip
+
+
+def default_state_dir(config_path: Path) -> Path:
+    """$XDG_STATE_HOME/georouter/<config name>-<hash of its absolute path> (XDG Base
+    Directory spec; ~/.local/state if unset): one per config file, so a restart finds its
+    state and two routers started from two files on one host never share one."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    where = str(Path(config_path).absolute())
+    digest = hashlib.sha256(where.encode()).hexdigest()[:12]
+    return Path(base) / STATE_DIR_NAME / f"{Path(config_path).stem}-{digest}"
+
+
+def _dir_path(text: str, config_dir: Path) -> Path:
+    if not text:
+        raise ValueError("expected a directory path")
+    return config_dir / Path(text).expanduser()
+
+
+def _bus(t: Table) -> BusSettings:
+    with t:
+        servers = tuple(t.item(key, value, _nats_url) for key, value in t.strings("servers"))
+        return BusSettings(
+            servers=servers, replicas=t.integer("replicas", 1, MAX_BUS_REPLICAS, BUS_REPLICAS)
         )
+
+
+def _nats_url(text: str) -> str:
+    return http_url(text, schemes=("nats", "tls"))
 
 
 def _file_path(text: str, config_dir: Path) -> Path:

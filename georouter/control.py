@@ -6,6 +6,9 @@
     GET  /api/v1/nodes                 every node's state, load, probe and answer counts
     POST /api/v1/nodes/{name}/drain    take a node out of answers at once (Bearer token)
     POST /api/v1/nodes/{name}/undrain  put it back (Bearer token)
+    POST /api/v1/nodes/{name}/weight   {"weight": 0..100}: a capacity override (Bearer token)
+    POST /api/v1/purge                 purge on every node at once (Bearer token)
+    GET  /api/v1/purge/{id}            that purge's progress, node by node
 
 The handlers only translate HTTP to Fleet calls and back; decisions live in the Fleet.
 """
@@ -24,7 +27,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cdn import auth
 from cdn.errors import ReportError
-from cdn.report import MAX_REPORT_BYTES, REPORT_PATH, LoadReport
+from cdn.report import MAX_REPORT_BYTES, REPORT_PATH, LoadReport, ReportReply
+from georouter import fleet_api
+from georouter.controller import Controller
 from georouter.fleet import NODE_STATES, Fleet, NodeStatus, Observe, Transition
 from georouter.metrics import RouterMetrics
 from georouter.selector import Selector
@@ -43,6 +48,7 @@ class ControlPlane:
     selector: Selector
     metrics: RouterMetrics
     tokens: tuple[str, ...]  # router.token, then router.previous_tokens (a rotation)
+    controller: Controller
     clock: Callable[[], float] = time.monotonic
     labelled: set[tuple[str, str]] = field(default_factory=set)  # (region, node) with series
 
@@ -68,8 +74,10 @@ def make_control_app(plane: ControlPlane) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_post(REPORT_PATH, _report)
     app.router.add_get("/api/v1/nodes", _nodes)
-    app.router.add_post("/api/v1/nodes/{name}/drain", _drain)
-    app.router.add_post("/api/v1/nodes/{name}/undrain", _undrain)
+    api = fleet_api.FleetApi(
+        plane.controller, plane.fleet, plane.metrics, _authorized, _unauthorized
+    )
+    fleet_api.add_routes(app, api)  # drain, undrain, weight, purge
     return app
 
 
@@ -97,6 +105,7 @@ def refresh_node_gauges(plane: ControlPlane) -> None:
             with contextlib.suppress(KeyError):
                 m.node_report_age.remove(name)
     m.snapshot_version.set(plane.fleet.snapshot.version)
+    plane.controller.refresh_gauges()
 
 
 def _plane(request: web.Request) -> ControlPlane:
@@ -149,7 +158,8 @@ async def _report(request: web.Request) -> web.Response:
     reports.labels(result).inc()
     if result == "unknown_node":
         return web.json_response({"error": f"unknown node {report.node!r}"}, status=404)
-    return web.json_response({"result": result})
+    reply = ReportReply(result, plane.controller.on_report(report.node, report.acks))
+    return web.Response(body=reply.to_json(), content_type="application/json")
 
 
 async def _nodes(request: web.Request) -> web.Response:
@@ -176,27 +186,9 @@ def _node_json(s: NodeStatus, selector: Selector, now: float) -> dict[str, Any]:
         "seq": r.seq if r else None,
         "report_age_s": None if age is None else round(age, 3),
         "drained": s.api_drained,
+        "weight": s.weight,
         "probe_health": s.probe_health,
         "last_probe_ok": s.last_probe_ok,
         "last_probe_age_s": None if s.last_probe_at is None else round(now - s.last_probe_at, 3),
         "answers_since_report": selector.answers_since_report(s.node.name),
     }
-
-
-async def _drain(request: web.Request) -> web.Response:
-    return _set_drain(request, drained=True)
-
-
-async def _undrain(request: web.Request) -> web.Response:
-    return _set_drain(request, drained=False)
-
-
-def _set_drain(request: web.Request, drained: bool) -> web.Response:
-    if not _authorized(request):
-        return _unauthorized(request)
-    fleet = _plane(request).fleet
-    name = request.match_info["name"]
-    if not (fleet.drain(name) if drained else fleet.undrain(name)):
-        return web.json_response({"error": f"unknown node {name!r}"}, status=404)
-    log.info("event=%s node=%s", "drain" if drained else "undrain", name)
-    return web.json_response({"node": name, "state": fleet.statuses[name].state})

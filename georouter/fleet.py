@@ -21,10 +21,10 @@ Theory of operation. Two independent signals say whether a node can take clients
   passed the old one (hours for a long-lived edge), although probes say it is up.
 
 The state shown to operators and used for selection is derived from both, in this order:
-drained by the API → draining; probe down or report expired → down; edge reports
-"draining" → draining; no probe success and no fresh report yet → unknown; utilisation at
-or above policy.saturation_threshold → saturated (up, but takes no new clients);
-otherwise up ("degraded" edges stay up, with reason edge_degraded).
+drained by the API (or a weight override of 0) → draining; probe down or report
+expired → down; edge reports "draining" → draining; no probe success and no fresh report
+yet → unknown; utilisation at or above policy.saturation_threshold → saturated (up, but
+takes no new clients); otherwise up ("degraded" edges stay up, with reason edge_degraded).
 
 Every change that matters to selection publishes a new FleetSnapshot (version + 1) that
 holds, per address family and region, the eligible nodes with their spare capacity, so
@@ -65,6 +65,7 @@ class NodeStatus:
     report_at: float | None = None
     report_expired: bool = False
     api_drained: bool = False
+    weight: float = 1.0  # the operator's override: capacity_rps as the selector sees it x this
 
     @property
     def utilization(self) -> float:
@@ -188,6 +189,22 @@ class Fleet:
     def undrain(self, name: str) -> bool:
         return self._set_drained(name, False)
 
+    def set_weight(self, name: str, weight: float) -> bool:
+        status = self._statuses.get(name)
+        if status is None:
+            return False
+        self._set(replace(status, weight=weight), publish=True)
+        return True
+
+    def apply_overrides(self, drained: frozenset[str], weights: Mapping[str, float]) -> None:
+        """Adopt the operators' drains and weights (shared state) in one snapshot."""
+        for status in list(self._statuses.values()):
+            name = status.node.name
+            weight = weights.get(name, 1.0)
+            if (status.api_drained, status.weight) != (name in drained, weight):
+                self._store(replace(status, api_drained=name in drained, weight=weight))
+        self._publish_new()
+
     def reconfigure(self, config: RouterConfig) -> None:
         """Adopt a reloaded config and publish one snapshot; nodes that still exist with
         the same control URL keep their state, the others start unknown (an operator's
@@ -264,6 +281,8 @@ def _probe_health(health: ProbeHealth, streak: int, config: RouterConfig) -> Pro
 def _derive(s: NodeStatus, threshold: float) -> tuple[NodeState, str]:
     if s.api_drained:
         return "draining", "api_drain"
+    if s.weight == 0:
+        return "draining", "weight_zero"
     if s.probe_health == "down":
         return "down", "probe_failures"
     if s.report_expired:
@@ -283,13 +302,13 @@ def _carry_over(old: NodeStatus | None, node: Node) -> NodeStatus:
     if old.node.control_url != node.control_url:
         # Another process, perhaps another machine: its health is unknown. The drain is
         # the operator's intent about the node's name and stays.
-        return NodeStatus(node, api_drained=old.api_drained)
+        return NodeStatus(node, api_drained=old.api_drained, weight=old.weight)
     return replace(old, node=node)
 
 
 def _candidate(s: NodeStatus, threshold: float) -> Candidate:
-    capacity = s.node.capacity_rps
-    load = s.utilization * capacity
+    load = s.utilization * s.node.capacity_rps  # what the node reports carrying
+    capacity = s.node.capacity_rps * s.weight
     return Candidate(s.node, capacity, load, max(capacity * threshold - load, 0.0), s.report_at)
 
 
@@ -298,5 +317,5 @@ def _pool(members: list[NodeStatus], threshold: float) -> Pool:
     saturated = tuple(_candidate(s, threshold) for s in members if s.state == "saturated")
     draining = any(s.state == "draining" for s in members)
     configured = tuple(s.node for s in members)
-    undrained = tuple(s.node for s in members if not s.api_drained)
+    undrained = tuple(s.node for s in members if not s.api_drained and s.weight > 0)
     return Pool(eligible, saturated, draining, configured, undrained)

@@ -13,7 +13,7 @@ from collections import Counter as Tally
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -241,5 +241,35 @@ class RouterMetrics:
         self.snapshot_version = Gauge(
             "georouter_fleet_snapshot_version",
             "Version of the fleet snapshot the DNS path is answering from.",
+            registry=r,
+        )
+        self.purges = Counter(
+            "georouter_purges",
+            "Fleet purges, by result (complete: every node confirmed within the fan-out "
+            "deadline; incomplete: some pending or failed; rejected; unauthorized).",
+            ["result"],
+            registry=r,
+        )
+        self.fanout_duration = Histogram(
+            "georouter_purge_fanout_seconds",
+            "Time from a purge until every node confirmed it or the fan-out deadline passed.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+            registry=r,
+        )
+        self.purges_owed = Gauge(
+            "georouter_purges_pending",
+            "Purges a node has not yet confirmed (they ride on the replies to its reports).",
+            ["node"],
+            registry=r,
+        )
+        self.bus_connected = Gauge(
+            "georouter_bus_connected",
+            "1 while the router is connected to the NATS bus and in step with the shared "
+            "state; 0 while it answers from its last copy (always 1 without a bus).",
+            registry=r,
+        )
+        self.bus_disconnects = Counter(
+            "georouter_bus_disconnects",
+            "Times the router lost the NATS bus (or failed to reach it).",
             registry=r,
         )

@@ -28,6 +28,7 @@ from cdn.config import HostPort, parse_host_port
 from cdn.logs import setup_logging
 from georouter.config import RouterConfig, load_config
 from georouter.control import ControlPlane, make_control_app, observer
+from georouter.controller import Controller
 from georouter.dns_server import DnsService
 from georouter.errors import ConfigError
 from georouter.fleet import Fleet, FleetSnapshot
@@ -61,7 +62,11 @@ class Router:
         geo = Geo(self.config, self._reader, self.metrics.tallies)
         responder = Responder(self.config, geo, self.selector, self.metrics)
         self.dns = DnsService(responder, self.config.router.dns_listen, self.metrics)
-        self.plane = ControlPlane(self.fleet, self.selector, self.metrics, _tokens(self.config))
+        # Reads the state file and applies drains and weights before DNS opens.
+        self.controller = Controller(config=self.config, fleet=self.fleet, metrics=self.metrics)
+        self.plane = ControlPlane(
+            self.fleet, self.selector, self.metrics, _tokens(self.config), self.controller
+        )
         self.prober = Prober(self.fleet, self.config.health, self.metrics)
         self._runner = web.AppRunner(make_control_app(self.plane), access_log=None)
         self._ticker: asyncio.Task[None] | None = None
@@ -72,11 +77,13 @@ class Router:
         # nodes are up, rather than failing open on every query until the first round ends.
         await self.prober.start()
         try:
+            await self.controller.start()  # with a bus: its state first (bounded wait)
             await self._bind_dns()
             await self._start_workers()
             await self._bind_control()
         except BaseException:
             await self.prober.stop()
+            await self.controller.stop()
             raise
         self._ticker = asyncio.create_task(self._tick(), name="report-expiry")
 
@@ -87,6 +94,7 @@ class Router:
                 await self._ticker
         await self.prober.stop()
         await self._runner.cleanup()
+        await self.controller.stop()
         if self.workers is not None:
             await self.workers.stop()
         await self.dns.stop()
@@ -108,6 +116,7 @@ class Router:
             self.workers.reconfigure(config, self._geoip_path(config))
         self.selector.reconfigure(config.policy, config.regions)
         self.fleet.reconfigure(config)
+        self.controller.reconfigure(config)
         self.prober.health = config.health
         self.plane.tokens = _tokens(config)
         self.dns.responder = responder

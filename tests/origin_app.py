@@ -25,7 +25,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from cdn.config import HostPort
-from cdn.report import LoadReport
+from cdn.purge import Purge
+from cdn.report import LoadReport, ReportReply
 from edge.config import CacheSettings, EdgeConfig, Limits
 from edge.metrics import EdgeMetrics
 from edge.server import EdgeServer
@@ -202,6 +203,7 @@ class FakeRouter(_ServedApp):
         self.reports: list[LoadReport] = []
         self.unauthorized = 0
         self.refuse = False
+        self.owed: list[Purge] = []  # purges sent with each reply until a report acks them
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -214,8 +216,12 @@ class FakeRouter(_ServedApp):
             return web.Response(status=401)
         if self.refuse:
             return web.Response(status=503)
-        self.reports.append(LoadReport.from_json(await request.read()))
-        return web.Response(status=204)
+        report = LoadReport.from_json(await request.read())
+        self.reports.append(report)
+        self.owed = [p for p in self.owed if p.id not in report.acks]
+        if not self.owed:
+            return web.Response(status=204)
+        return web.Response(body=ReportReply("accepted", tuple(self.owed)).to_json())
 
 
 def edge_config(origin: str, **changes: object) -> EdgeConfig:

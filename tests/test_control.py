@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from ipaddress import IPv4Address
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -17,6 +19,7 @@ from cdn.report import LoadReport
 from cdnlab.simulation import make_config
 from georouter.config import HealthSettings, Node, Policy, Region
 from georouter.control import ControlPlane, make_control_app, observer
+from georouter.controller import Controller
 from georouter.fleet import Fleet
 from georouter.metrics import RouterMetrics
 from georouter.prober import Prober
@@ -39,11 +42,13 @@ class Clock:
         return self.now
 
 
-def make_plane(clock: Clock) -> ControlPlane:
+def make_plane(clock: Clock, state_dir: Path) -> ControlPlane:
+    config = replace(CONFIG, router=replace(CONFIG.router, state_dir=state_dir))
     metrics = RouterMetrics()
-    selector = Selector(CONFIG.policy, CONFIG.regions, random.Random(1))
-    fleet = Fleet(CONFIG, selector.update, observer(metrics))
-    return ControlPlane(fleet, selector, metrics, (TOKEN,), clock)
+    selector = Selector(config.policy, config.regions, random.Random(1))
+    fleet = Fleet(config, selector.update, observer(metrics))
+    controller = Controller(config=config, fleet=fleet, metrics=metrics)
+    return ControlPlane(fleet, selector, metrics, (TOKEN,), controller, clock)
 
 
 @pytest.fixture
@@ -52,8 +57,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def plane(clock: Clock) -> ControlPlane:
-    return make_plane(clock)
+def plane(clock: Clock, tmp_path: Path) -> ControlPlane:
+    return make_plane(clock, tmp_path / "state")
 
 
 @pytest.fixture
@@ -402,3 +407,47 @@ async def test_a_probe_of_a_url_a_reload_replaced_is_not_applied() -> None:
         release.set()
         await prober.stop()
         await old.close()
+
+
+async def test_weight_override_steers_the_selector_and_zero_drains(
+    client: Client, plane: ControlPlane
+) -> None:
+    for name in ("edge-eu-1", "edge-eu-2"):
+        plane.fleet.apply_probe(name, True, 100.0)
+    url = "/api/v1/nodes/edge-eu-2/weight"
+    response = await client.post(url, json={"weight": 4}, headers=AUTH)
+    assert (await response.json())["weight"] == 4.0
+    pool = plane.selector.snapshot.pool("eu", 4)
+    assert {c.node.name: c.capacity_rps for c in pool.eligible}["edge-eu-2"] == 4000.0
+    response = await client.post(url, json={"weight": 0}, headers=AUTH)
+    assert (await response.json())["state"] == "draining"
+    assert [n.name for n in plane.selector.pick("eu", 4).nodes] == ["edge-eu-1"]
+    for bad in ({"weight": -1}, {"weight": 101}, {"weight": True}, {"w": 1}, [1]):
+        assert (await client.post(url, json=bad, headers=AUTH)).status == 400
+    assert (await client.post(url, json={"weight": 1})).status == 401
+
+
+async def test_an_unreachable_node_gets_the_purge_on_its_report_reply(
+    client: Client, plane: ControlPlane
+) -> None:
+    await plane.controller.start()
+    try:
+        response = await client.post("/api/v1/purge", json={"key": "k1"}, headers=AUTH)
+        answer = await response.json()
+        # Nothing listens at the nodes' control URLs: refused at once, not "pending".
+        assert set(answer["nodes"].values()) == {"failed: ClientConnectorError"}
+        reply = await client.post("/api/v1/report", data=body(seq=1), headers=AUTH)
+        owed = json.loads(await reply.read())["purges"]
+        assert owed == [{"id": answer["id"], "key": "k1"}]
+        acked = LoadReport("edge-eu-1", 2, "up", 4, 600.0, 2000.0, 0.3, 0.8, (answer["id"],))
+        reply = await client.post("/api/v1/report", data=acked.to_json(), headers=AUTH)
+        assert json.loads(await reply.read()) == {"result": "accepted"}
+        status = await (await client.get(f"/api/v1/purge/{answer['id']}")).json()
+        assert status["nodes"] == {"edge-eu-1": "done", "edge-eu-2": "failed: ClientConnectorError"}
+        text = await (await client.get("/metrics")).text()
+        assert sample(text, 'georouter_purges_pending{node="edge-eu-2"}') == 1.0
+        assert sample(text, 'georouter_purges_total{result="incomplete"}') == 1.0
+        assert (await client.get("/api/v1/purge/nope")).status == 404
+        assert (await client.post("/api/v1/purge", json={"x": 1}, headers=AUTH)).status == 400
+    finally:
+        await plane.controller.stop()

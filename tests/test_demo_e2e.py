@@ -286,7 +286,7 @@ def test_guide_commands_name_the_plan() -> None:
     text = guide(plan, Path("/tmp/logs"), {"edge-eu-1": 4242})
     assert "dig @127.0.0.1 -p 5300 cdn.example.com +subnet=185.60.216.0/24" in text
     assert text.count("curl -sI http://127.0.0.13:8080/img/cat.jpg") == 2
-    assert "http://127.0.0.13:9080/purge" in text and "kill -9 4242" in text
+    assert "http://127.0.0.1:9153/api/v1/purge" in text and "kill -9 4242" in text
 
 
 def test_zipf_popularity_decreases_and_stream_is_seeded() -> None:
@@ -753,7 +753,8 @@ def _check_guide_runs(runs: list[tuple[str, str]], config: Path) -> None:
         assert answered and answered <= by_region[region], (command, out)
     heads = [out for c, out in runs if c.startswith("curl -sI")]
     assert len(heads) == 2 and "; hit" not in heads[0] and "; hit" in heads[1], heads
-    assert json.loads(_output(runs, "/purge"))["purged"] >= 1
+    purged = json.loads(_output(runs, "/api/v1/purge"))["nodes"]
+    assert len(purged) == 6 and set(purged.values()) == {"done"}
     assert "georouter_answers_total{" in _output(runs, "/metrics")
     assert len(json.loads(_output(runs, "/api/v1/nodes"))["nodes"]) == 6
     drained = re.search(r"/nodes/([\w-]+)/drain", next(c for c, _ in runs if "/drain" in c))

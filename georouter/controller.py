@@ -1,0 +1,233 @@
+"""The fleet's control state on one router: drains, weights and purges, kept and shared.
+
+Theory of operation. The state lives in three places, in this order of authority:
+the bus (NATS JetStream, when [bus] servers is set: what every router shares), this
+router's state file (its last known copy; the whole state without a bus) and memory
+(what the fleet and the selector use). At start the file is read and applied before DNS
+opens; with a bus, the router then waits up to BUS_START_WAIT_S for a first full read of
+it. An operator's drain or weight goes to the bus first (refused with 503 while the bus
+is away, so routers never disagree), then to memory and the file; other routers hear it
+from their watch. A purge is logged and saved, published (kept in an outbox while the bus
+is away) and fanned out by this router at once; the others hear it from the stream and
+fan it out too (edges apply each id once). Nodes the fan-out did not reach get it on the
+reply to their next load report, until their report acknowledges it. A new purge and
+node results are written to the file by a flusher (every FLUSH_INTERVAL_S while there is
+news), off the event loop, so a purge's fan-out never waits for a disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+import aiohttp
+
+from cdn.purge import Purge, new_purge_id
+from cdn.report import MAX_REPLY_PURGES
+from georouter.bus import Bus, BusUnavailable, Overrides
+from georouter.config import RouterConfig
+from georouter.fanout import fan_out
+from georouter.fleet import Fleet
+from georouter.metrics import RouterMetrics
+from georouter.purge import DONE, PurgeLog, PurgeRecord
+from georouter.state import ControlState, StateFile
+
+BUS_START_WAIT_S = 2.0  # a starting router waits this long for the shared state
+FLUSH_INTERVAL_S = 0.25
+PRUNE_INTERVAL_S = 60.0
+
+log = logging.getLogger("georouter.control")
+
+__all__ = ["BusUnavailable", "Controller"]
+
+
+class Controller:
+    """Owns the purge log and the overrides; start() before DNS opens, stop() at the end."""
+
+    def __init__(
+        self,
+        *,
+        config: RouterConfig,
+        fleet: Fleet,
+        metrics: RouterMetrics,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._fleet = fleet
+        self._metrics = metrics
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._file = StateFile(config.state_dir)
+        state = self._file.load()
+        log.info("event=state file=%s drained=%d weights=%d purges=%d", self._file.path,
+                 len(state.drained), len(state.weights), len(state.purges))  # fmt: skip
+        self.drained, self.weights = state.drained, dict(state.weights)
+        self.log = PurgeLog(state.purges)
+        self._stream_seq = state.stream_seq
+        fleet.apply_overrides(self.drained, self.weights)
+        self._bus: Bus | None = None
+        if config.bus.servers:
+            self._bus = Bus(
+                servers=config.bus.servers,
+                replicas=config.bus.replicas,
+                metrics=metrics,
+                on_overrides=self._adopt_overrides,
+                on_purge=self._adopt_purge,
+                start_seq=lambda: self._stream_seq,
+            )
+        else:
+            metrics.bus_connected.set(1)
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dirty = False
+        self._save_lock = asyncio.Lock()
+
+    def targets(self) -> dict[str, str]:
+        """The nodes a purge goes to (name → control URL): every node of the topology."""
+        return {node.name: node.control_url for node in self.config.nodes}
+
+    def reconfigure(self, config: RouterConfig) -> None:
+        self.config = config
+        self._fleet.apply_overrides(self.drained, self.weights)
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        self._spawn(self._flusher(), "state-flusher")
+        if self._bus is not None:
+            self._spawn(self._bus.run(), "bus")
+            if not await self._bus.wait_synced(BUS_START_WAIT_S):
+                log.warning("event=bus_start_without_sync state=state_file")
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        with contextlib.suppress(OSError):
+            await self._save()
+
+    # --- operators' overrides ------------------------------------------------------------
+
+    async def set_drained(self, name: str, drained: bool) -> None:
+        """Drain or undrain (BusUnavailable with a bus that is away)."""
+        if self._bus is not None:
+            await self._bus.put_drain(name, drained)
+        self.drained = self.drained | {name} if drained else self.drained - {name}
+        self._fleet.apply_overrides(self.drained, self.weights)
+        await self._save()
+
+    async def set_weight(self, name: str, weight: float) -> None:
+        if self._bus is not None:
+            await self._bus.put_weight(name, weight)
+        if weight == 1.0:
+            self.weights.pop(name, None)
+        else:
+            self.weights[name] = weight
+        self._fleet.apply_overrides(self.drained, self.weights)
+        await self._save()
+
+    async def _adopt_overrides(self, overrides: Overrides) -> None:
+        if (overrides.drained, overrides.weights) == (self.drained, self.weights):
+            return
+        self.drained, self.weights = overrides.drained, dict(overrides.weights)
+        self._fleet.apply_overrides(self.drained, self.weights)
+        log.info("event=overrides_adopted drained=%d weights=%d", len(self.drained),
+                 len(self.weights))  # fmt: skip
+        await self._save()
+
+    # --- purges ----------------------------------------------------------------------------
+
+    async def purge(self, request: Purge) -> PurgeRecord:
+        """Log, save, publish and fan out a new purge; returns once the fan-out settled."""
+        now = self._clock()
+        purge = request.with_id(new_purge_id(now, self._rng))
+        record, _ = self.log.add(purge, self.targets(), now)
+        self._dirty = True  # saved by the flusher, while the fan-out runs
+        if self._bus is not None:  # in parallel: the fan-out never waits on the bus
+            self._spawn(self._bus.publish(purge, now), f"publish-{purge.id}")
+        await self._fan_out(record)
+        return record
+
+    async def _adopt_purge(self, purge: Purge, created_at: float, seq: int) -> None:
+        record, created = self.log.add(purge, self.targets(), created_at)
+        self._stream_seq = max(self._stream_seq, seq)
+        self._dirty = True
+        if created:
+            log.info("event=purge_heard id=%s", purge.id)
+            self._spawn(self._fan_out(record), f"fan-out-{purge.id}")
+
+    async def _fan_out(self, record: PurgeRecord) -> None:
+        assert self._session is not None
+        owed = {n: url for n, url in self.targets().items() if record.nodes.get(n) != DONE}
+        started = time.monotonic()
+        results = await fan_out(
+            self._session,
+            purge=record.purge,
+            nodes=owed,
+            token=self.config.router.token,
+            deadline_s=self.config.router.fanout_timeout_s,
+            settle=lambda node, result: self._settle(record.purge.id, node, result),
+        )
+        elapsed = time.monotonic() - started
+        self._metrics.fanout_duration.observe(elapsed)
+        for node, result in results.items():
+            self.log.settle(record.purge.id, node, result)
+        complete = record.complete
+        self._metrics.purges.labels("complete" if complete else "incomplete").inc()
+        log.info("event=purge id=%s %s nodes=%d done=%d fanout_ms=%.1f", record.purge.id,
+                 f"{record.purge.kind}={record.purge.value!r}", len(record.nodes),
+                 sum(r == DONE for r in record.nodes.values()), elapsed * 1000)  # fmt: skip
+        self._dirty = True
+
+    def _settle(self, purge_id: str, node: str, result: str) -> None:
+        if self.log.settle(purge_id, node, result):
+            self._dirty = True
+
+    def on_report(self, node: str, acks: Iterable[str]) -> tuple[Purge, ...]:
+        """Note a report's acks; the purges the node still owes (the reply carries them)."""
+        if self.log.ack(node, acks):
+            self._dirty = True
+        return self.log.owed(node, MAX_REPLY_PURGES)
+
+    def refresh_gauges(self) -> None:
+        for node, count in self.log.owed_counts(self.targets()).items():
+            self._metrics.purges_owed.labels(node).set(count)
+
+    # --- the state file ----------------------------------------------------------------------
+
+    async def _flusher(self) -> None:
+        last_prune = time.monotonic()
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            if time.monotonic() - last_prune > PRUNE_INTERVAL_S:
+                last_prune = time.monotonic()
+                self._dirty |= self.log.prune(self._clock()) > 0
+            if self._dirty:
+                try:
+                    await self._save()
+                except OSError as exc:
+                    log.error("event=state_save_failed file=%s error=%r", self._file.path, str(exc))
+
+    async def _save(self) -> None:
+        self._dirty = False
+        state = ControlState(
+            drained=self.drained,
+            weights=dict(self.weights),
+            purges=tuple(self.log.records()),
+            stream_seq=self._stream_seq,
+        )
+        body = state.to_json()  # serialised here: the records keep changing on the loop
+        async with self._save_lock:
+            await asyncio.to_thread(self._file.write, body)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

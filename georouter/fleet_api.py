@@ -1,0 +1,129 @@
+"""The control API's fleet-wide actions: drain, undrain, weight, purge (aiohttp handlers).
+
+    POST /api/v1/nodes/{name}/drain    take a node out of answers on every router
+    POST /api/v1/nodes/{name}/undrain  put it back
+    POST /api/v1/nodes/{name}/weight   {"weight": w}: 0..100, 1 = as configured
+    POST /api/v1/purge                 {"url"|"prefix"|"key": ..., "site"?: ...}
+                                       -> 200 {"id", "nodes": {name: done|pending|failed: …}}
+    GET  /api/v1/purge/{id}            -> 200 {"id", "selector", "created_at", "nodes"}
+
+Each write needs the bearer token; the handlers translate HTTP to Controller calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from cdn.jsonbody import decode_json_object
+from cdn.purge import Purge, PurgeError
+from georouter.controller import BusUnavailable, Controller
+from georouter.fleet import Fleet
+from georouter.metrics import RouterMetrics
+from georouter.state import valid_weight
+
+log = logging.getLogger("georouter.fleet")
+
+
+@dataclass(frozen=True, slots=True)
+class FleetApi:
+    controller: Controller
+    fleet: Fleet
+    metrics: RouterMetrics
+    authorized: Callable[[web.Request], bool]
+    unauthorized: Callable[[web.Request], web.Response]
+
+
+# Purge and weight bodies are one flat object; the control app admits 8 KiB.
+MAX_BODY_BYTES = 8192
+MAX_DEPTH = 4
+API = web.AppKey("fleet_api", FleetApi)
+
+
+def add_routes(app: web.Application, api: FleetApi) -> None:
+    app[API] = api
+    app.router.add_post("/api/v1/nodes/{name}/drain", _drain)
+    app.router.add_post("/api/v1/nodes/{name}/undrain", _undrain)
+    app.router.add_post("/api/v1/nodes/{name}/weight", _weight)
+    app.router.add_post("/api/v1/purge", _purge)
+    app.router.add_get("/api/v1/purge/{id}", _purge_status)
+
+
+async def _drain(request: web.Request) -> web.Response:
+    return await _set_drain(request, drained=True)
+
+
+async def _undrain(request: web.Request) -> web.Response:
+    return await _set_drain(request, drained=False)
+
+
+async def _set_drain(request: web.Request, drained: bool) -> web.Response:
+    api = request.app[API]
+    if not api.authorized(request):
+        return api.unauthorized(request)
+    name = request.match_info["name"]
+    if name not in api.fleet.statuses:
+        return _error(404, f"unknown node {name!r}")
+    try:
+        await api.controller.set_drained(name, drained)
+    except BusUnavailable as exc:
+        return _error(503, f"shared state unavailable, nothing changed: {exc}")
+    log.info("event=%s node=%s", "drain" if drained else "undrain", name)
+    return web.json_response({"node": name, "state": api.fleet.statuses[name].state})
+
+
+async def _weight(request: web.Request) -> web.Response:
+    api = request.app[API]
+    if not api.authorized(request):
+        return api.unauthorized(request)
+    name = request.match_info["name"]
+    if name not in api.fleet.statuses:
+        return _error(404, f"unknown node {name!r}")
+    try:
+        body = await _json(request)
+        if not isinstance(body, dict) or set(body) != {"weight"}:
+            raise ValueError('expected {"weight": number}')
+        weight = valid_weight(body["weight"])
+    except ValueError as exc:
+        return _error(400, str(exc))
+    try:
+        await api.controller.set_weight(name, weight)
+    except BusUnavailable as exc:
+        return _error(503, f"shared state unavailable, nothing changed: {exc}")
+    log.info("event=weight node=%s weight=%g", name, weight)
+    status = api.fleet.statuses[name]
+    return web.json_response({"node": name, "weight": status.weight, "state": status.state})
+
+
+async def _purge(request: web.Request) -> web.Response:
+    api = request.app[API]
+    if not api.authorized(request):
+        api.metrics.purges.labels("unauthorized").inc()
+        return api.unauthorized(request)
+    try:
+        purge = Purge.from_dict(await _json(request), need_id=False)
+    except (ValueError, PurgeError) as exc:
+        api.metrics.purges.labels("rejected").inc()
+        return _error(400, str(exc))
+    record = await api.controller.purge(purge)
+    return web.json_response({"id": record.purge.id, "nodes": dict(record.nodes)})
+
+
+async def _purge_status(request: web.Request) -> web.Response:
+    record = request.app[API].controller.log.get(request.match_info["id"])
+    if record is None:
+        return _error(404, "unknown purge id")
+    return web.json_response(record.to_dict())
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    """The body as one JSON object, its size and depth bounded before it is decoded."""
+    return decode_json_object(await request.read(), max_bytes=MAX_BODY_BYTES, max_depth=MAX_DEPTH)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
