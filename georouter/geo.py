@@ -96,7 +96,7 @@ def open_geoip(path: Path | None) -> GeoDatabase:
     except OSError as exc:
         raise ConfigError(str(file), "geoip", f"cannot read: {exc.strerror or exc}") from None
     except CorruptDatabase as exc:
-        raise ConfigError(str(file), "geoip", f"corrupt MaxMind DB file ({exc})") from None
+        raise ConfigError(str(file), "geoip", f"not a MaxMind DB file ({exc})") from None
     _check_kind(database)
     return database
 
@@ -206,9 +206,8 @@ class Geo:
 
     def _lookup(self, ip: IPAddress) -> Location:
         offset, prefix_len = self._reader.find(ip)
-        if offset is None:
-            fields = _NO_FIELDS
-        else:
+        fields = _NO_FIELDS
+        if offset is not None:
             fields = self._records.get(offset) or self._decode(offset)
         return Location(*fields, network=ip_network((ip, prefix_len), strict=False))
 

@@ -30,7 +30,7 @@ import os
 import sys
 from array import array
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +59,12 @@ class GeoDatabase:
     """A verified, immutable MaxMind DB image; `find` and `record` are the lookups."""
 
     def __init__(self, fd: int, source: str) -> None:
-        """Map an already sealed memfd (a worker's side: `load` did the checking)."""
+        """Map a sealed memfd another process loaded (`load` did the checking).
+
+        The caller keeps `fd` and may close it at once: the mapping holds the memory."""
         self.fd = fd
         self.source = source
+        self._owns_fd = False
         self._image = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
         self._meta, meta_start = _metadata(self._image)
         self._nodes = self._meta["node_count"]
@@ -80,6 +83,7 @@ class GeoDatabase:
         fd = _sealed_copy(path)
         try:
             database = cls(fd, str(path))
+            database._owns_fd = True
             database.verify()
         except BaseException:
             os.close(fd)
@@ -90,9 +94,10 @@ class GeoDatabase:
         return Metadata(**self._meta)
 
     def close(self) -> None:
-        """Unmap and close; the memory goes when every process that maps it lets go."""
+        """Unmap (and close the memfd `load` made); the memory goes with the last mapping."""
         self._image.close()
-        os.close(self.fd)
+        if self._owns_fd:
+            os.close(self.fd)
 
     def __enter__(self) -> GeoDatabase:
         return self
@@ -124,9 +129,9 @@ class GeoDatabase:
         except Exception as exc:  # the pure-Python decoder raises, never crashes
             raise CorruptDatabase(f"data record at offset {offset}: {exc}") from None
 
-    def get_with_prefix_len(self, ip: IPAddress) -> tuple[Any, int]:
+    def get_with_prefix_len(self, ip: IPAddress | str) -> tuple[Any, int]:
         """The record for `ip` (None if none) and its network's prefix length."""
-        offset, prefix_len = self.find(ip)
+        offset, prefix_len = self.find(ip_address(ip) if isinstance(ip, str) else ip)
         return (None if offset is None else self.record(offset)), prefix_len
 
     def verify(self) -> None:
@@ -191,7 +196,7 @@ def _metadata(image: mmap.mmap) -> tuple[dict[str, Any], int]:
     size = len(image)
     marker = image.rfind(METADATA_MARKER, max(0, size - METADATA_SEARCH_BYTES))
     if marker < 0:
-        raise CorruptDatabase("no metadata section (not a MaxMind DB file)")
+        raise CorruptDatabase("no metadata section")
     start = marker + len(METADATA_MARKER)
     try:
         meta, _ = Decoder(image[start:], pointer_base=0).decode(0)
@@ -230,8 +235,10 @@ def _child_reader(image: mmap.mmap, record_size: int) -> Callable[[int, int], in
         def child(node: int, bit: int) -> int:
             at = node * 7
             if bit:
-                return (image[at + 3] & 0x0F) << 24 | image[at + 4] << 16 | image[at + 5] << 8 | image[at + 6]  # fmt: skip
-            return (image[at + 3] & 0xF0) << 20 | image[at] << 16 | image[at + 1] << 8 | image[at + 2]  # fmt: skip
+                high, at = image[at + 3] & 0x0F, at + 4
+            else:
+                high = image[at + 3] >> 4
+            return high << 24 | image[at] << 16 | image[at + 1] << 8 | image[at + 2]
 
     else:
 
