@@ -96,7 +96,7 @@ def open_geoip(path: Path | None) -> GeoDatabase:
     except OSError as exc:
         raise ConfigError(str(file), "geoip", f"cannot read: {exc.strerror or exc}") from None
     except CorruptDatabase as exc:
-        raise ConfigError(str(file), "geoip", f"not a MaxMind DB file ({exc})") from None
+        raise ConfigError(str(file), "geoip", f"not a valid MaxMind DB file ({exc})") from None
     _check_kind(database)
     return database
 

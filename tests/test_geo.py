@@ -313,7 +313,7 @@ def test_corrupt_database_names_the_file(tmp_path: Path) -> None:
     path.write_bytes(b"\x00" * 1000)
     with pytest.raises(ConfigError) as caught:
         open_geoip(path)
-    assert str(caught.value).startswith(f"{path}: geoip: not a MaxMind DB file (")
+    assert str(caught.value).startswith(f"{path}: geoip: not a valid MaxMind DB file (")
 
 
 def test_missing_database_names_the_file(tmp_path: Path) -> None:
