@@ -44,6 +44,8 @@ EMBEDDED = Path(geolite2.filename)
 CORRUPT_FROM, CORRUPT_TO, CORRUPT_EVERY = 1_000, 4_001_000, 7
 LOAD_CLIENTS = 4  # concurrent ECS clients, each one query at a time
 ANSWERS_AFTER = 50  # consecutive answers that show the router still works
+# A whole test's deadline, under pytest's 120 s: a wedged router fails it, not hangs it.
+DEADLINE_S = 100.0
 
 
 def corrupt_copy(path: Path) -> Path:
@@ -131,7 +133,7 @@ async def test_in_place_rewrite_under_ecs_load_then_sighup(
     tmp_path: Path, live_geoip: Path, workers: int
 ) -> None:
     settings = f'geoip = "{live_geoip}"\ndns_workers = {workers}\n'
-    async with running_router(tmp_path, settings) as router:
+    async with asyncio.timeout(DEADLINE_S), running_router(tmp_path, settings) as router:
         answered = [0]
         load = [
             asyncio.create_task(ecs_load(router, seed, answered)) for seed in range(LOAD_CLIENTS)
@@ -163,7 +165,8 @@ async def _at_least(answered: list[int], count: int) -> bool:
 async def test_reload_refuses_a_corrupt_database_and_keeps_the_old(
     tmp_path: Path, live_geoip: Path
 ) -> None:
-    async with running_router(tmp_path, f'geoip = "{live_geoip}"\n') as router:
+    settings = f'geoip = "{live_geoip}"\n'
+    async with asyncio.timeout(DEADLINE_S), running_router(tmp_path, settings) as router:
         assert await router.addresses("185.60.216.0") <= EU
         # the safe way to update (a new file renamed over the old) of a corrupt file
         os.replace(corrupt_copy(tmp_path / "next.mmdb"), live_geoip)
