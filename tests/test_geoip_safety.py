@@ -156,6 +156,8 @@ async def test_in_place_rewrite_under_ecs_load_then_sighup(
                 task.cancel()
             await asyncio.gather(*load, return_exceptions=True)
         await keeps_answering(router)
+        # no DNS worker died either (main would restart it on the new file, hiding a SIGBUS)
+        assert not [line for line in router.log if "event=worker_exit" in line], router.log
 
 
 async def _at_least(answered: list[int], count: int) -> bool:
