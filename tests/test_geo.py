@@ -374,7 +374,7 @@ def test_check_with_a_corrupt_database_exits_2(config_path: Path, tmp_path: Path
         timeout=60,
     )
     assert result.returncode == 2
-    assert result.stderr.startswith(f"georouter: {bad}: geoip: not a MaxMind DB file")
+    assert result.stderr.startswith(f"georouter: {bad}: geoip: not a valid MaxMind DB file")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
