@@ -30,16 +30,17 @@ from pathlib import Path
 from socket import AF_INET, AF_INET6, inet_pton
 from typing import Any
 
-import maxminddb
 from geolite2 import geolite2
 
 from georouter.config import IPNetwork, RouterConfig, load_config
 from georouter.errors import ConfigError
+from georouter.geodb import CorruptDatabase, GeoDatabase
 from georouter.metrics import HotPathTallies
 
 IPAddress = IPv4Address | IPv6Address
 
 GEO_CACHE_ENTRIES = 65_536  # per-network placements kept; the cache is cleared when full
+RECORD_CACHE_ENTRIES = 65_536  # decoded GeoIP records kept (the fields we use); cleared when full
 EXIT_BAD_ADDRESS = 2
 _BUCKET_BYTES = {4: 3, 16: 6}  # packed length → bytes of its /24 or /48 cache bucket
 _MAPPED = ip_network("::ffff:0:0/96")  # IPv4-mapped IPv6 is placed by its IPv4 address
@@ -83,29 +84,43 @@ class _Rule:
     region: str
 
 
-def open_geoip(path: Path | None) -> maxminddb.Reader:
-    """Open a City or Country database (None: the embedded GeoLite2-City); else ConfigError."""
+def open_geoip(path: Path | None) -> GeoDatabase:
+    """Load and verify a City or Country database (None: the embedded GeoLite2-City).
+
+    The database is a sealed private copy (georouter/geodb.py): replacing or rewriting the
+    file afterwards cannot touch it. A missing, corrupt or unsuitable file: ConfigError.
+    """
     file = Path(geolite2.filename) if path is None else path
     try:
-        reader = maxminddb.open_database(file, maxminddb.MODE_AUTO)
+        database = GeoDatabase.load(file)
     except OSError as exc:
         raise ConfigError(str(file), "geoip", f"cannot read: {exc.strerror or exc}") from None
-    except (maxminddb.InvalidDatabaseError, ValueError) as exc:
-        raise ConfigError(str(file), "geoip", f"not a MaxMind DB file ({exc})") from None
-    kind = reader.metadata().database_type
+    except CorruptDatabase as exc:
+        raise ConfigError(str(file), "geoip", f"not a valid MaxMind DB file ({exc})") from None
+    _check_kind(database)
+    return database
+
+
+def _check_kind(database: GeoDatabase) -> None:
+    kind = database.metadata().database_type
     if "City" not in kind and "Country" not in kind:
-        reader.close()
+        database.close()
         message = f"unsupported database type {kind!r} (expected a City or Country database)"
-        raise ConfigError(str(file), "geoip", message)
-    return reader
+        raise ConfigError(database.source, "geoip", message)
+
+
+def adopt_geoip(fd: int, source: str) -> GeoDatabase:
+    """A database another process loaded and verified, by its sealed memfd (DNS workers)."""
+    try:
+        return GeoDatabase(fd, source)
+    except (OSError, CorruptDatabase) as exc:
+        raise ConfigError(source, "geoip", f"cannot map the loaded copy ({exc})") from None
 
 
 class Geo:
     """Places client addresses in regions; one instance per loaded config and database."""
 
-    def __init__(
-        self, config: RouterConfig, reader: maxminddb.Reader, tallies: HotPathTallies
-    ) -> None:
+    def __init__(self, config: RouterConfig, reader: GeoDatabase, tallies: HotPathTallies) -> None:
         self._reader = reader
         self._tallies = tallies
         self._regions = config.regions
@@ -118,6 +133,7 @@ class Geo:
         self._edges = [*rules, _MAPPED]
         self._cache: dict[bytes, Placement] = {}
         self._capped: dict[tuple[str, int], Placement] = {}
+        self._records: dict[int, _Fields] = {}  # data offset -> the fields placement uses
 
     def place(self, address: str, source_prefix: int | None = None) -> Placement:
         """The region for a client address (text) and the ECS scope of that answer.
@@ -189,11 +205,22 @@ class Geo:
         return edge
 
     def _lookup(self, ip: IPAddress) -> Location:
+        offset, prefix_len = self._reader.find(ip)
+        fields = _NO_FIELDS
+        if offset is not None:
+            fields = self._records.get(offset) or self._decode(offset)
+        return Location(*fields, network=ip_network((ip, prefix_len), strict=False))
+
+    def _decode(self, offset: int) -> _Fields:
         try:
-            record, prefix_len = self._reader.get_with_prefix_len(ip)
-        except ValueError:  # an IPv6 address in an IPv4-only database: nothing known
-            record, prefix_len = None, 0
-        return _location(record, ip_network((ip, prefix_len), strict=False))
+            fields = _fields(self._reader.record(offset))
+        except CorruptDatabase:  # verified at load, yet a record inside can still be bad
+            self._tallies.geoip_corrupt_records += 1
+            fields = _NO_FIELDS
+        if len(self._records) >= RECORD_CACHE_ENTRIES:
+            self._records.clear()
+        self._records[offset] = fields
+        return fields
 
     def _capped_at(self, region: str, prefix_len: int) -> Placement:
         placement = self._capped.get((region, prefix_len))
@@ -210,20 +237,24 @@ def _unmapped(ip: IPAddress) -> IPv4Address | None:
     return ip.ipv4_mapped if isinstance(ip, IPv6Address) else None
 
 
-def _location(record: Any, network: IPNetwork) -> Location:
+# What placement reads from a record: country, continent, latitude, longitude.
+_Fields = tuple[str | None, str | None, float | None, float | None]
+_NO_FIELDS: _Fields = (None, None, None, None)
+
+
+def _fields(record: Any) -> _Fields:
     data = record if isinstance(record, dict) else {}
     position = data.get("location")
     position = position if isinstance(position, dict) else {}
     lat, lon = _coordinate(position, "latitude", 90), _coordinate(position, "longitude", 180)
     has_position = lat is not None and lon is not None
-    return Location(
+    return (
         # MaxMind leaves `country` out for some networks (satellite, anycast) but still knows
         # where the block is registered, which beats no country at all.
-        country=_code(data, "country", "iso_code") or _code(data, "registered_country", "iso_code"),
-        continent=_code(data, "continent", "code"),
-        latitude=lat if has_position else None,
-        longitude=lon if has_position else None,
-        network=network,
+        _code(data, "country", "iso_code") or _code(data, "registered_country", "iso_code"),
+        _code(data, "continent", "code"),
+        lat if has_position else None,
+        lon if has_position else None,
     )
 
 

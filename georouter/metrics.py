@@ -84,6 +84,7 @@ class HotPathTallies:
     dropped: Tally[str] = field(default_factory=Tally)  # reason
     geoip_lookups: int = 0
     geoip_cache_hits: int = 0
+    geoip_corrupt_records: int = 0
     durations: dict[str, BucketTally] = field(default_factory=_durations)  # by transport
     ecs_scopes: BucketTally = field(default_factory=_scopes)
 
@@ -95,6 +96,7 @@ class HotPathTallies:
         self.dropped.update(other.dropped)
         self.geoip_lookups += other.geoip_lookups
         self.geoip_cache_hits += other.geoip_cache_hits
+        self.geoip_corrupt_records += other.geoip_corrupt_records
         for transport, tally in other.durations.items():
             self.durations[transport].add(tally)
         self.ecs_scopes.add(other.ecs_scopes)
@@ -158,6 +160,11 @@ class HotPathCollector(Collector):
             "georouter_geoip_cache_hits",
             "Client locations served from the per-network GeoIP cache.",
             value=t.geoip_cache_hits,
+        )
+        yield CounterMetricFamily(
+            "georouter_geoip_corrupt_records",
+            "GeoIP data records that failed to decode (their addresses got no location).",
+            value=t.geoip_corrupt_records,
         )
         durations = HistogramMetricFamily(
             "georouter_dns_query_duration_seconds",

@@ -22,7 +22,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
-from maxminddb import Reader
 
 from cdn.config import HostPort, parse_host_port
 from cdn.logs import setup_logging
@@ -33,6 +32,7 @@ from georouter.dns_server import DnsService
 from georouter.errors import ConfigError
 from georouter.fleet import Fleet, FleetSnapshot
 from georouter.geo import Geo, open_geoip
+from georouter.geodb import GeoDatabase
 from georouter.metrics import RouterMetrics
 from georouter.prober import Prober
 from georouter.responder import Responder
@@ -70,6 +70,8 @@ class Router:
         self.prober = Prober(self.fleet, self.config.health, self.metrics)
         self._runner = web.AppRunner(make_control_app(self.plane), access_log=None)
         self._ticker: asyncio.Task[None] | None = None
+        self._reloading = asyncio.Lock()
+        self._reload_tasks: set[asyncio.Task[None]] = set()
         self.control = self.config.router.control_listen
 
     async def start(self) -> None:
@@ -88,6 +90,8 @@ class Router:
         self._ticker = asyncio.create_task(self._tick(), name="report-expiry")
 
     async def stop(self) -> None:
+        for task in list(self._reload_tasks):
+            task.cancel()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -103,29 +107,45 @@ class Router:
     def close_geoip(self) -> None:
         self._reader.close()
 
-    def reload(self) -> None:
-        try:
-            config, reader = self._load()
-            geo = Geo(config, reader, self.metrics.tallies)
-            responder = Responder(config, geo, self.selector, self.metrics)
-        except Exception as exc:  # a reload must never take the running router down
-            self.metrics.reloads.labels("failed").inc()
-            log.error("event=reload result=failed reason=%s", _one_line(exc))
-            return
-        if self.workers is not None:
-            self.workers.reconfigure(config, self._geoip_path(config))
-        self.selector.reconfigure(config.policy, config.regions)
-        self.fleet.reconfigure(config)
-        self.controller.reconfigure(config)
-        self.prober.health = config.health
-        self.plane.tokens = _tokens(config)
-        self.dns.responder = responder
-        self._reader.close()
-        self.config, self._reader = config, reader
-        self.metrics.reloads.labels("ok").inc()
-        log.info("event=reload result=ok nodes=%d", len(config.nodes))
+    async def reload(self) -> None:
+        """SIGHUP: load and verify off the event loop (seconds for a large database), then
+        swap everything in one step on it; reloads run one at a time."""
+        async with self._reloading:
+            try:
+                config, reader = await asyncio.to_thread(self._load)
+            except Exception as exc:  # a reload must never take the running router down
+                self._reload_failed(exc)
+                return
+            try:
+                geo = Geo(config, reader, self.metrics.tallies)
+                responder = Responder(config, geo, self.selector, self.metrics)
+            except Exception as exc:
+                reader.close()
+                self._reload_failed(exc)
+                return
+            if self.workers is not None:
+                self.workers.reconfigure(config, reader)
+            self.selector.reconfigure(config.policy, config.regions)
+            self.fleet.reconfigure(config)
+            self.controller.reconfigure(config)
+            self.prober.health = config.health
+            self.plane.tokens = _tokens(config)
+            self.dns.responder = responder
+            self._reader.close()
+            self.config, self._reader = config, reader
+            self.metrics.reloads.labels("ok").inc()
+            log.info("event=reload result=ok nodes=%d", len(config.nodes))
 
-    def _load(self) -> tuple[RouterConfig, Reader]:
+    def start_reload(self) -> None:
+        task = asyncio.create_task(self.reload(), name="reload")
+        self._reload_tasks.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._reload_tasks.discard)
+
+    def _reload_failed(self, exc: Exception) -> None:
+        self.metrics.reloads.labels("failed").inc()
+        log.error("event=reload result=failed reason=%s", _one_line(exc))
+
+    def _load(self) -> tuple[RouterConfig, GeoDatabase]:
         config = _with_listen(load_config(self._paths[0]), *self._listen)
         return config, open_geoip(self._geoip_path(config))
 
@@ -148,9 +168,7 @@ class Router:
         count = self.config.router.dns_workers
         if count == 1:
             return
-        workers = DnsWorkers(
-            count, self.dns.udp_socket, self.metrics, self._geoip_path(self.config)
-        )
+        workers = DnsWorkers(count, self.dns.udp_socket, self.metrics, self._reader)
         try:
             await workers.start(self.config, self.fleet.snapshot)
         except BaseException:
@@ -215,7 +233,7 @@ async def _run(router: Router) -> int:
     log.info("event=listening dns=%s control=%s", dns, router.control)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, router.reload)
+    loop.add_signal_handler(signal.SIGHUP, router.start_reload)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     try:

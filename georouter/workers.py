@@ -12,9 +12,12 @@ workers on a shared socket answered ~85k ECS queries/s at 12.5 us CPU each, SO_R
 ~70k at 14.5 us, one process ~60k at 14 us).
 
 Over the socketpair go length-prefixed pickles (parent and child only, so trusted):
-  main -> worker: ("config", RouterConfig, geoip path) at start and on every reload, then
-                  ("snapshot", FleetSnapshot) on every fleet change; a worker answers from
-                  its latest copy.
+  main -> worker: ("config", RouterConfig, GeoIP file name) at start and on every reload,
+                  then ("snapshot", FleetSnapshot) on every fleet change; a worker answers
+                  from its latest copy. Just before each "config", main passes the GeoIP
+                  database it loaded and verified over a second socketpair (SCM_RIGHTS: the
+                  sealed memfd of georouter/geodb.py); the worker maps it, so every process
+                  shares one copy and none repeats the verification.
   worker -> main: its cumulative HotPathTallies on start (its "ready") and every
                   TALLY_INTERVAL_S; /metrics shows main's own plus the latest of each
                   worker, and a dead worker's last counts join a retired total, so
@@ -47,7 +50,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from cdn.logs import setup_logging
@@ -55,7 +57,8 @@ from georouter.config import RouterConfig
 from georouter.dns_server import UdpShell
 from georouter.errors import GeoRouterError
 from georouter.fleet import FleetSnapshot
-from georouter.geo import Geo, open_geoip
+from georouter.geo import Geo, adopt_geoip
+from georouter.geodb import GeoDatabase
 from georouter.metrics import HotPathTallies, RouterMetrics
 from georouter.responder import Responder
 from georouter.selector import Selector
@@ -83,6 +86,7 @@ class _Slot:
     index: int
     process: asyncio.subprocess.Process | None = None
     writer: asyncio.StreamWriter | None = None
+    fds: socket.socket | None = None  # passes the GeoIP memfd with each "config"
     task: asyncio.Task[None] | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -91,7 +95,7 @@ class DnsWorkers:
     """Starts, feeds, watches and stops the worker processes of one router."""
 
     def __init__(
-        self, count: int, udp: socket.socket, metrics: RouterMetrics, geoip: Path | None
+        self, count: int, udp: socket.socket, metrics: RouterMetrics, geoip: GeoDatabase
     ) -> None:
         self._udp = udp
         self._metrics = metrics
@@ -118,9 +122,11 @@ class DnsWorkers:
         self._snapshot = snapshot
         self._send(("snapshot", snapshot))
 
-    def reconfigure(self, config: RouterConfig, geoip: Path | None) -> None:
+    def reconfigure(self, config: RouterConfig, geoip: GeoDatabase) -> None:
+        """Send every worker the new config and database (main may close the old one after)."""
         self._config, self._geoip = config, geoip
-        self._send(("config", config, geoip))
+        for slot in self._slots:
+            self._configure(slot)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -139,6 +145,8 @@ class DnsWorkers:
                 slot.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await slot.task
+            if slot.fds is not None:
+                slot.fds.close()
 
     def _send(self, message: tuple[Any, ...]) -> None:
         data = frame(message)
@@ -146,17 +154,35 @@ class DnsWorkers:
             if slot.writer is not None and not slot.writer.is_closing():
                 slot.writer.write(data)
 
+    def _configure(self, slot: _Slot) -> None:
+        assert self._config is not None, "start() first"
+        if slot.writer is None or slot.writer.is_closing() or slot.fds is None:
+            return
+        try:  # first the memfd (it is in the worker's queue before the message naming it)
+            socket.send_fds(slot.fds, [b"g"], [self._geoip.fd])
+        except OSError as exc:  # the worker is gone or stuck: _follow restarts a dead one
+            log.error("event=worker_config result=failed worker=%d reason=%s", slot.index, exc)
+            return
+        slot.writer.write(frame(("config", self._config, self._geoip.source)))
+
     async def _spawn(self, slot: _Slot) -> None:
         assert self._config is not None and self._snapshot is not None, "start() first"
         ours, theirs = socket.socketpair()
+        fds_ours, fds_theirs = socket.socketpair()
         udp_fd = self._udp.fileno()
-        with theirs:
+        with theirs, fds_theirs:
             slot.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "georouter.workers", str(udp_fd), str(theirs.fileno()),
-                pass_fds=(udp_fd, theirs.fileno()), stdin=asyncio.subprocess.DEVNULL,
+                sys.executable, "-m", "georouter.workers",
+                str(udp_fd), str(theirs.fileno()), str(fds_theirs.fileno()),
+                pass_fds=(udp_fd, theirs.fileno(), fds_theirs.fileno()),
+                stdin=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
+        fds_ours.setblocking(False)  # one byte and a descriptor: never fills in practice
+        if slot.fds is not None:
+            slot.fds.close()
+        slot.fds = fds_ours
         reader, slot.writer = await asyncio.open_unix_connection(sock=ours)
-        slot.writer.write(frame(("config", self._config, self._geoip)))
+        self._configure(slot)
         slot.writer.write(frame(("snapshot", self._snapshot)))
         slot.ready.clear()
         slot.task = asyncio.create_task(self._follow(slot, reader), name=f"dns-worker-{slot.index}")
@@ -197,37 +223,39 @@ class DnsWorkers:
 class _Worker:
     """One worker's answering state; the control thread swaps its parts between queries."""
 
-    def __init__(self, config: RouterConfig, geoip: Path | None) -> None:
+    def __init__(self, config: RouterConfig, geoip: GeoDatabase) -> None:
         self.metrics = RouterMetrics()
         self.selector = Selector(config.policy, config.regions, random.Random())
-        self.responder = self._responder(config, geoip)
+        self.responder = Responder(
+            config, Geo(config, geoip, self.metrics.tallies), self.selector, self.metrics
+        )
 
-    def _responder(self, config: RouterConfig, geoip: Path | None) -> Responder:
-        # The old GeoIP reader is not closed: a query may still be reading it on the other
-        # thread; it is freed with the last reference to it.
-        geo = Geo(config, open_geoip(geoip or config.router.geoip), self.metrics.tallies)
-        return Responder(config, geo, self.selector, self.metrics)
-
-    def apply(self, message: tuple[Any, ...]) -> None:
+    def apply(self, message: tuple[Any, ...], geoip: GeoDatabase | None = None) -> None:
+        """Apply one message from main; a "config" comes with the database passed before it."""
         if message[0] == "snapshot":
             self.selector.update(message[1])
         elif message[0] == "config":
-            _, config, geoip = message
+            config = message[1]
             try:
-                responder = self._responder(config, geoip)
+                if geoip is None:
+                    raise GeoRouterError(f"{message[2]}: geoip: no database passed")
+                # The old database is not closed: a query may still be reading it on the
+                # other thread; it is unmapped with the last reference to it.
+                geo = Geo(config, geoip, self.metrics.tallies)
+                responder = Responder(config, geo, self.selector, self.metrics)
             except GeoRouterError as exc:  # main loaded it a moment ago: keep the old one
                 log.error("event=reload result=failed reason=%s", exc)
                 return
             self.selector.reconfigure(config.policy, config.regions)
             self.responder = responder
 
-    def follow(self, control: socket.socket) -> None:
+    def follow(self, control: socket.socket, fds: socket.socket) -> None:
         """The control thread: apply main's messages, send tallies; exit with main."""
         with contextlib.suppress(OSError):
-            self._follow(control)
+            self._follow(control, fds)
         os._exit(0)  # main is gone, so are we (the DNS thread is blocked in a read)
 
-    def _follow(self, control: socket.socket) -> None:
+    def _follow(self, control: socket.socket, fds: socket.socket) -> None:
         due = time.monotonic()
         while True:
             if time.monotonic() >= due:
@@ -238,7 +266,23 @@ class _Worker:
                 message = _receive(control)
                 if message is None:
                     return
-                self.apply(message)
+                self.apply(message, _database(fds, message))
+
+
+def _database(fds: socket.socket, message: tuple[Any, ...]) -> GeoDatabase | None:
+    """The GeoIP database main passed ahead of a "config" message (None for others)."""
+    if message[0] != "config":
+        return None
+    _, received, _, _ = socket.recv_fds(fds, 1, 1)
+    if not received:
+        return None
+    try:
+        return adopt_geoip(received[0], message[2])
+    except GeoRouterError as exc:
+        log.error("event=reload result=failed reason=%s", exc)
+        return None
+    finally:
+        os.close(received[0])  # the mapping keeps the memory; the descriptor is not needed
 
 
 def _receive(control: socket.socket) -> tuple[Any, ...] | None:
@@ -259,22 +303,26 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
     return data
 
 
-def serve(udp_fd: int, control_fd: int) -> None:
+def serve(udp_fd: int, control_fd: int, fds_fd: int) -> None:
     """A worker's life: answer UDP until SIGTERM or until main goes away."""
     # Terminal signals reach the whole process group; main decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     setup_logging()
     control = socket.socket(fileno=control_fd)
+    fds = socket.socket(fileno=fds_fd)
     first = _receive(control)
     if first is None or first[0] != "config":
         return
-    worker = _Worker(first[1], first[2])
+    geoip = _database(fds, first)
+    if geoip is None:
+        sys.exit(2)
+    worker = _Worker(first[1], geoip)
     udp = socket.socket(fileno=udp_fd)
     udp.setblocking(True)
-    threading.Thread(target=worker.follow, args=(control,), daemon=True).start()
+    threading.Thread(target=worker.follow, args=(control, fds), daemon=True).start()
     UdpShell(udp, worker, worker.metrics.tallies).serve_blocking()
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), int(sys.argv[2]))
+    serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))

@@ -313,7 +313,7 @@ def test_corrupt_database_names_the_file(tmp_path: Path) -> None:
     path.write_bytes(b"\x00" * 1000)
     with pytest.raises(ConfigError) as caught:
         open_geoip(path)
-    assert str(caught.value).startswith(f"{path}: geoip: not a MaxMind DB file (")
+    assert str(caught.value).startswith(f"{path}: geoip: not a valid MaxMind DB file (")
 
 
 def test_missing_database_names_the_file(tmp_path: Path) -> None:
@@ -374,7 +374,7 @@ def test_check_with_a_corrupt_database_exits_2(config_path: Path, tmp_path: Path
         timeout=60,
     )
     assert result.returncode == 2
-    assert result.stderr.startswith(f"georouter: {bad}: geoip: not a MaxMind DB file")
+    assert result.stderr.startswith(f"georouter: {bad}: geoip: not a valid MaxMind DB file")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
