@@ -240,7 +240,7 @@ def test_stored_headers_drop_hop_by_hop_and_listed_fields_rfc9111_3_1() -> None:
         ("Set-Cookie", "a=b"),
     )
     kept = stored_headers(headers, parse_cache_control(headers))
-    assert set(kept) == {"c", "Cache-Control", "Set-Cookie"}
+    assert set(kept) == {"c", "Cache-Control"}  # Set-Cookie is never stored
 
 
 def test_strip_hop_by_hop_keeps_end_to_end_fields_rfc9110_7_6_1() -> None:
