@@ -59,6 +59,7 @@ from edge.response_step import (
     store_step,
 )
 from edge.rules import (
+    edge_policy_reason,
     has_explicit_freshness,
     invalidation_targets,
     not_modified,
@@ -126,9 +127,14 @@ class Cache:
         policy: str = "sieve",
         max_object_bytes: int = 64 * MiB,
         on_evict: Callable[[int], None] | None = None,
+        *,
+        cookies_private: bool = True,
     ) -> None:
         """``policy`` is "lru", "sieve" or "s3fifo"; ``on_evict(n)`` is called
-        with the number of entries evicted to make room for a store."""
+        with the number of entries evicted to make room for a store; with
+        ``cookies_private`` answers to requests with a Cookie are stored only if the
+        origin says public or s-maxage (rules.edge_policy_reason)."""
+        self._cookies_private = cookies_private
         self._store: EntryStore[CacheEntry] = EntryStore(
             capacity_bytes, make_policy(policy), max_object_bytes, on_evict
         )
@@ -253,7 +259,7 @@ class Cache:
     def storable(self, req: RequestInfo, status: int, headers: Headers) -> str | None:
         """None if the response may be stored (RFC 9111 §3), else a reason token:
         method, status, partial, no-store, private, authorization, vary-star,
-        too-large, no-validator-or-freshness."""
+        stream, set-cookie, cookie, too-large, no-validator-or-freshness."""
         return self._unstorable(req, status, headers, response_cache_control(headers))
 
     def _store_or_pass(
@@ -270,6 +276,10 @@ class Cache:
     ) -> str | None:
         method = "GET" if req.method == "HEAD" else req.method  # fills are GETs
         reason = storable_reason(method, req.headers, _request_cc(req), status, headers, cc)
+        if reason is None:
+            reason = edge_policy_reason(
+                status, req.headers, headers, cc, cookies_private=self._cookies_private
+            )
         if reason is not None:
             return reason
         length = headers.get("Content-Length", "")

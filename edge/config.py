@@ -31,7 +31,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cdn.config import (
     MAX_CAPACITY_RPS,
@@ -58,6 +58,11 @@ DRAIN_S = 25.0
 CACHE_BYTES = 256 * MiB
 MAX_OBJECT_BYTES = 64 * MiB
 EVICTION: PolicyName = "sieve"
+# Answers to requests with a Cookie are kept from other users unless the origin says public
+# or s-maxage (a social platform's pages are personal); "rfc9111" stores them as the RFC allows.
+CookiePolicy = Literal["private-unless-public", "rfc9111"]
+COOKIE_REQUESTS: CookiePolicy = "private-unless-public"
+COOKIE_POLICIES: tuple[CookiePolicy, ...] = ("private-unless-public", "rfc9111")
 
 MAX_LINE_BYTES = 8190  # request line and each header line (aiohttp max_line_size)
 MAX_FIELD_BYTES = 8190  # one header field (aiohttp max_field_size)
@@ -76,6 +81,10 @@ ORIGIN_HEAD_TIMEOUT_S = 15.0
 ORIGIN_MIN_BYTES_PER_S = 1024
 # As long as one read may wait (the read timeout): the floor judges no shorter stretch.
 ORIGIN_MIN_RATE_WINDOW_S = 10.0
+# Between two reads of a stream's body (event streams, X-Accel-Buffering: no; edge/rules.py
+# is_stream): Envoy's stream_idle_timeout (5 min), well over the 15-60 s heartbeats SSE
+# servers send and over nginx's 60 s proxy_read_timeout that makes people add them.
+STREAM_IDLE_TIMEOUT_S = 300.0
 COALESCE_WAIT_S = 5.0  # how long a request waits for another's fetch of the same key
 REPORT_INTERVAL_S = 1.0
 
@@ -95,6 +104,7 @@ class CacheSettings:
     size_bytes: int = CACHE_BYTES
     max_object_bytes: int = MAX_OBJECT_BYTES
     eviction: PolicyName = EVICTION
+    cookie_requests: CookiePolicy = COOKIE_REQUESTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +118,7 @@ class Limits:
     origin_head_timeout_s: float = ORIGIN_HEAD_TIMEOUT_S
     origin_min_bytes_per_s: int = ORIGIN_MIN_BYTES_PER_S
     origin_min_rate_window_s: float = ORIGIN_MIN_RATE_WINDOW_S
+    stream_idle_timeout_s: float = STREAM_IDLE_TIMEOUT_S
     coalesce_wait_s: float = COALESCE_WAIT_S
 
 
@@ -197,6 +208,7 @@ def _cache(t: Table) -> CacheSettings:
             size_bytes=t.amount("size", _positive_size, CACHE_BYTES),
             max_object_bytes=t.amount("max_object", _positive_size, MAX_OBJECT_BYTES),
             eviction=t.parsed("eviction", _eviction, EVICTION),
+            cookie_requests=t.parsed("cookie_requests", _cookie_policy, COOKIE_REQUESTS),
         )
 
 
@@ -220,6 +232,7 @@ def _limits(t: Table) -> Limits:
                 "origin_min_bytes_per_s", 0, MAX_MIN_BYTES_PER_S, ORIGIN_MIN_BYTES_PER_S
             ),
             origin_min_rate_window_s=seconds("origin_min_rate_window_s", ORIGIN_MIN_RATE_WINDOW_S),
+            stream_idle_timeout_s=seconds("stream_idle_timeout_s", STREAM_IDLE_TIMEOUT_S),
             coalesce_wait_s=seconds("coalesce_wait_s", COALESCE_WAIT_S, lo_open=False),
         )
 
@@ -239,6 +252,13 @@ def _positive_size(value: str | int) -> int:
     if size == 0:
         raise ValueError(f"{_SIZE_EXPECTED} (not 0)")
     return size
+
+
+def _cookie_policy(text: str) -> CookiePolicy:
+    for policy in COOKIE_POLICIES:
+        if text == policy:
+            return policy
+    raise ValueError(f"expected {' | '.join(COOKIE_POLICIES)}, got {text!r}")
 
 
 def _eviction(text: str) -> PolicyName:

@@ -86,7 +86,8 @@ class EdgeMetrics:
         self.uncacheable = Counter(
             "edge_uncacheable_responses",
             "Origin responses not stored, by reason (no-store, private, authorization, status, "
-            "vary-star, too-large, partial, no-validator-or-freshness, method).",
+            "vary-star, too-large, partial, no-validator-or-freshness, method, stream, set-cookie, "
+            "cookie).",
             ["reason"],
             registry=r,
         )

@@ -12,8 +12,11 @@ each wait on the socket, and an origin that trickles passes both, one byte at a 
 delivers less than origin_min_bytes_per_s over origin_min_rate_window_s of waiting for
 it. Only the time spent waiting on the origin counts, never the time a slow client holds a
 chunk (that is back-pressure, not a slow origin); the check costs two clock reads and
-additions per chunk. Bodies slow by design (event streams) get no floor: their idle limit
-governs them.
+additions per chunk. Streams (edge/rules.py is_stream: event streams, X-Accel-Buffering:
+no) are slow by design: they get no floor and no
+total deadline, only stream_idle_timeout_s between two reads (set on the connection once
+the head is in). The session has no total timeout either (aiohttp's default of 300 s would
+cut every stream at five minutes).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import asyncio
 import functools
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -33,9 +36,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from edge.config import Limits
+from edge.directives import response_cache_control
 from edge.errors import OriginError
 from edge.framing import MalformedResponse, ResponseFraming
 from edge.metrics import EdgeMetrics
+from edge.rules import is_stream, relayed_at_once
 
 READ_CHUNK_BYTES = 64 * 1024
 MAX_ORIGIN_CONNECTIONS = 256
@@ -46,9 +51,6 @@ ORIGIN_KEEPALIVE_S = 4.0
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # What a failing origin raises through aiohttp (InvalidURL and friends are ValueErrors).
 _FAILURES = (aiohttp.ClientError, OSError, TimeoutError, ValueError)
-# Media types whose bodies are slow by design (HTML Living Standard §9.2 event streams): no
-# rate floor. WebSocket tunnels never read a body through OriginResponse.chunks().
-SLOW_BY_DESIGN = frozenset({"text/event-stream"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,8 @@ class OriginResponse:
     response_time: float
     _response: aiohttp.ClientResponse
     _metrics: EdgeMetrics
+    streamed: bool = False  # slow by design, never stored (rules.is_stream)
+    at_once: bool = False  # relayed as it arrives, nothing held back (rules.relayed_at_once)
     # The body's floor: at least _min_bytes_per_s per _window_s of waiting (inf: none).
     _min_bytes_per_s: float = 0.0
     _window_s: float = math.inf
@@ -139,6 +143,7 @@ class OriginClient:
             sock_read=limits.origin_read_timeout_s,
         )
         self._head_timeout_s = limits.origin_head_timeout_s
+        self._stream_idle_timeout_s = limits.stream_idle_timeout_s
         self._min_bytes_per_s = float(limits.origin_min_bytes_per_s)
         # A floor of 0 is no floor: a window that never closes.
         self._window_s = (
@@ -172,9 +177,10 @@ class OriginClient:
         method: str,
         target: str,
         headers: Mapping[str, str] | CIMultiDict[str],
-        body: bytes | None = None,
+        body: bytes | AsyncIterable[bytes] | None = None,
     ) -> AsyncIterator[OriginResponse]:
-        """Send one request; yields once the response head is in (body still unread)."""
+        """Send one request; yields once the response head is in (body still unread).
+        A ``body`` that is an async iterable streams to the origin as it is produced."""
         assert self._session is not None, "OriginClient.start() not called"
         url = URL(self.base_url + target, encoded=True)
         request_time = self._clock()
@@ -195,7 +201,12 @@ class OriginClient:
             raise _origin_error(exc, self._metrics) from exc
         response_time = self._clock()
         self._metrics.origin_duration.observe(response_time - request_time)
-        paced = _media_type(response.headers) not in SLOW_BY_DESIGN
+        streamed = is_stream(response.status, response.headers)
+        at_once = streamed or relayed_at_once(
+            response.status, response.headers, response_cache_control(response.headers)
+        )
+        if streamed:
+            self._idle_between_reads(response)
         try:
             yield OriginResponse(
                 status=response.status,
@@ -206,14 +217,19 @@ class OriginClient:
                 _response=response,
                 _metrics=self._metrics,
                 _min_bytes_per_s=self._min_bytes_per_s,
-                _window_s=self._window_s if paced else math.inf,
+                _window_s=math.inf if streamed else self._window_s,
+                streamed=streamed,
+                at_once=at_once,
             )
         finally:
             response.release()
 
-
-def _media_type(headers: CIMultiDictProxy[str]) -> str:
-    return headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    def _idle_between_reads(self, response: aiohttp.ClientResponse) -> None:
+        """A stream's body reads wait up to stream_idle_timeout_s each, not the read timeout."""
+        protocol = None if response.connection is None else response.connection.protocol
+        if protocol is not None:  # None: the body is in already, no read left to wait on
+            protocol.read_timeout = self._stream_idle_timeout_s
+            protocol.start_timeout()  # re-armed now with the stream's idle limit
 
 
 def _timed_out(metrics: EdgeMetrics, limit: str, message: str) -> OriginError:

@@ -43,7 +43,7 @@ from edge.errors import OriginError
 from edge.load import CacheResult, LoadTracker
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginClient, OriginResponse
-from edge.relay import Relay, Reply, narrowed, origin_headers
+from edge.relay import Relay, Reply, UploadBody, narrowed, origin_headers
 from edge.response_step import Freshen, OriginAnswer, Pass, ResponseStep, ServeStale, Store
 
 log = logging.getLogger("edge.proxy")
@@ -190,7 +190,7 @@ class Proxy:
         stored = False
         try:
             async with self.origin.fetch("GET", req.target, headers) as resp:
-                reply = await self._answer_fill(request, lookup, resp)
+                reply = await self._answer_fill(request, lookup, resp, flight)
                 stored = reply.stored
                 return reply
         except OriginError as exc:
@@ -200,7 +200,7 @@ class Proxy:
                 self.coalescer.finish(flight, stored=stored)
 
     async def _answer_fill(
-        self, request: web.Request, lookup: Lookup, resp: OriginResponse
+        self, request: web.Request, lookup: Lookup, resp: OriginResponse, flight: Flight | None
     ) -> Reply:
         """Carry out the response step for a client waiting on a fill or revalidation."""
         req = lookup.request
@@ -220,6 +220,10 @@ class Proxy:
                 member = cache_status("fwd", fwd=step.fwd, stored=True, fwd_status=resp.status)
                 return await self._relay_origin(request, req, resp, member, "miss", step)
             case Pass():
+                if flight is not None:
+                    # Nothing to share: followers fetch on their own now, not once the body
+                    # ends (a stream may never end).
+                    self.coalescer.finish(flight, stored=False)
                 member = cache_status("fwd", fwd=step.fwd, stored=False, fwd_status=resp.status)
                 return await self._relay_origin(request, req, resp, member, "pass", None)
             case _:
@@ -279,16 +283,34 @@ class Proxy:
             return await self._origin_failed(request, req, lookup, exc)
 
     async def _forward_unsafe(self, request: web.Request, req: RequestInfo) -> Reply:
-        """Any other method: passed through with its body, never stored; §4.4 invalidation."""
-        body = await request.read()  # bounded by client_max_size: 413 past it
+        """Any other method: its body streamed to the origin as it arrives (never held
+        whole; 413 past max_body_bytes), the answer never stored; §4.4 invalidation."""
+        limit = self.cfg.limits.max_body_bytes
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            return await self._relay.error(request, 413, "pass", "request-too-large")
         headers = origin_headers(request, self.cfg.name, fill=False)
+        if declared is not None:
+            headers["Content-Length"] = str(declared)  # else chunked, as the client sent it
+        upload = UploadBody(request.content, limit) if request.body_exists else None
         try:
+            body = None if upload is None else upload.chunks()
             async with self.origin.fetch(req.method, req.target, headers, body) as resp:
                 self.cache.invalidate(req, resp.status, resp.headers)
                 member = cache_status("fwd", fwd="method", fwd_status=resp.status)
                 return await self._relay_origin(request, req, resp, member, "pass", None)
         except OriginError as exc:
+            if upload is not None and upload.too_large:
+                return await self._upload_too_large(request)
             return await self._origin_failed(request, req, None, exc)
+
+    async def _upload_too_large(self, request: web.Request) -> Reply:
+        """A chunked body went past max_body_bytes on its way: 413 if nothing went out yet,
+        else the connection is closed mid-answer (RFC 9112 §8)."""
+        log.info("event=upload_too_large limit=%d", self.cfg.limits.max_body_bytes)
+        if self._relay.started(request):
+            return self._relay.abort(request)
+        return await self._relay.error(request, 413, "pass", "request-too-large")
 
     async def _origin_failed(
         self, request: web.Request, req: RequestInfo, lookup: Lookup | None, exc: OriginError

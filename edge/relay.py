@@ -11,6 +11,14 @@ clean 502; a large one streams, and if it breaks after the head went out the cli
 connection is closed mid-body, the only honest signal left (RFC 9112 §8). A body to keep
 is buffered as it streams; past max_object_bytes the buffer is dropped and the rest only
 streams through. A broken body raises, so nothing broken or truncated is handed back.
+
+Streams (event streams, X-Accel-Buffering: no) and uncacheable bodies of unknown length
+(OriginResponse.at_once, edge/rules.py relayed_at_once) are not held back at all: the
+head goes out at once and each chunk as it arrives, so the first event reaches the client
+long before the stream ends; none of them is kept.
+
+Request bodies go the other way as they arrive (UploadBody), never held whole, and are
+cut past max_body_bytes.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 
 from edge.cache import RequestInfo, client_conditional, response_headers
@@ -184,8 +192,11 @@ class Relay:
         return Reply(await self._send_counted(request, status, headers, body), result)
 
     async def prebuffer(self, resp: OriginResponse) -> Prebuffered:
-        """Read the start of an origin body (up to STREAM_PREBUFFER_BYTES)."""
+        """Read the start of an origin body (up to STREAM_PREBUFFER_BYTES); nothing of a
+        stream, whose head goes out at once."""
         chunks = resp.chunks()
+        if resp.at_once:
+            return Prebuffered(b"", False, chunks)
         head, ended = await _prebuffer(chunks)
         return Prebuffered(head, ended, chunks)
 
@@ -291,6 +302,31 @@ async def _prebuffer(chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:
         parts.append(chunk)
         size += len(chunk)
     return b"".join(parts), False
+
+
+class BodyTooLarge(Exception):
+    """A request body went past max_body_bytes while it streamed to the origin."""
+
+
+class UploadBody:
+    """A client's request body, streamed to the origin chunk by chunk as it arrives (never
+    held whole) and cut past ``limit`` bytes: the origin then sees a truncated body and a
+    closed connection, never a complete one, and ``too_large`` tells the proxy to answer
+    413 (RFC 9110 §15.5.14)."""
+
+    def __init__(self, content: StreamReader, limit: int) -> None:
+        self._content = content
+        self._limit = limit
+        self.too_large = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in self._content.iter_any():
+            size += len(chunk)
+            if size > self._limit:
+                self.too_large = True
+                raise BodyTooLarge(f"request body over {self._limit} bytes")
+            yield chunk
 
 
 def narrowed(req: RequestInfo) -> bool:

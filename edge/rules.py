@@ -64,6 +64,10 @@ HOP_BY_HOP: Final = frozenset(
 NOT_UPDATED_BY_304: Final = frozenset(
     {"content-length", "content-encoding", "content-md5", "content-range", "etag"}
 )
+# Media types whose bodies are open-ended by design (HTML Living Standard §9.2 event streams).
+STREAM_MEDIA_TYPES: Final = frozenset({"text/event-stream"})
+# Statuses whose responses have no body (RFC 9110 §6.4.1): never a stream.
+_BODYLESS_STATUSES: Final = frozenset({204, 304})
 # Request fields whose list members are case-insensitive and unordered for Vary.
 _CASELESS_LISTS: Final = frozenset(
     {"accept", "accept-charset", "accept-encoding", "accept-language"}
@@ -211,6 +215,68 @@ def storable_reason(
     return None
 
 
+def is_stream(status: int, headers: Headers) -> bool:
+    """Is this response a stream: slow by design, relayed as it arrives, never stored, and
+    judged by an idle timeout between reads rather than by a rate floor?
+
+    Two signs: an event stream (its media type), or ``X-Accel-Buffering: no`` (the origin
+    asks proxies not to buffer it, as nginx honours; the field is passed on, so a proxy
+    further along honours it too).
+    """
+    if status < 200 or status in _BODYLESS_STATUSES:
+        return False
+    if media_type(headers) in STREAM_MEDIA_TYPES:
+        return True
+    return headers.get("X-Accel-Buffering", "").strip().lower() == "no"
+
+
+def relayed_at_once(status: int, headers: Headers, cc: CacheControl) -> bool:
+    """Is the head sent at once and each chunk as it arrives (no holding back)? Streams,
+    and bodies of unknown length (no Content-Length) that the origin forbids a shared
+    cache to store (no-store, unqualified private): streamed API answers, which the edge
+    could never keep, so holding them back buys nothing. Unlike streams these keep the
+    ordinary read timeout and rate floor: they are not slow by design."""
+    if is_stream(status, headers):
+        return True
+    if status < 200 or status in _BODYLESS_STATUSES or "Content-Length" in headers:
+        return False
+    no_store = "no-store" in cc and "must-understand" not in cc
+    return no_store or ("private" in cc and cc.fields("private") is None)
+
+
+def media_type(headers: Headers) -> str:
+    """The Content-Type's type/subtype, lower-case, without parameters (RFC 9110 §8.3.1)."""
+    return headers.get("Content-Type", "").partition(";")[0].strip().lower()
+
+
+def edge_policy_reason(
+    status: int, req_headers: Headers, headers: Headers, cc: CacheControl, *, cookies_private: bool
+) -> str | None:
+    """The edge's own limits on storing, past RFC 9111 §3: None if it may store, else why.
+
+    - ``stream``: streams are never stored (see is_stream).
+    - ``set-cookie``: a response that sets a cookie is personal, and so may be its body;
+      like nginx and Varnish's built-in VCL the edge does not store it, unless the origin
+      names the field in no-cache="Set-Cookie" or private="Set-Cookie" (§5.2.2.4,
+      §5.2.2.7: the field is then dropped from the stored copy and the rest is shared).
+    - ``cookie`` (with ``cookies_private``): an answer to a request with a Cookie is not
+      shared unless the origin says public or s-maxage, as §3.5 has it for Authorization:
+      a deliberate deviation from RFC 9111 (which lets a shared cache store it) for a
+      social platform, whose pages are personal to the logged-in user.
+    """
+    if is_stream(status, headers):
+        return "stream"
+    if "Set-Cookie" in headers and not _names_field(cc, "set-cookie"):
+        return "set-cookie"
+    if cookies_private and "Cookie" in req_headers and not ("public" in cc or "s-maxage" in cc):
+        return "cookie"
+    return None
+
+
+def _names_field(cc: CacheControl, field: str) -> bool:
+    return field in (cc.fields("no-cache") or ()) or field in (cc.fields("private") or ())
+
+
 def stored_headers(headers: Headers, cc: CacheControl) -> CIMultiDict[str]:
     """The fields to keep (§3.1): without hop-by-hop fields and without the
     fields named by no-cache="..." and private="..." (§5.2.2.4, §5.2.2.7)."""
@@ -218,6 +284,7 @@ def stored_headers(headers: Headers, cc: CacheControl) -> CIMultiDict[str]:
     drop.update(cc.fields("no-cache") or ())
     drop.update(cc.fields("private") or ())
     drop.add("surrogate-key")  # our purge tags are parsed out, not shown to clients
+    drop.add("set-cookie")  # never stored, never served to another user (edge_policy_reason)
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 

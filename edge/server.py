@@ -51,6 +51,7 @@ class EdgeServer:
             policy=policy,
             max_object_bytes=cfg.cache.max_object_bytes,
             on_evict=lambda n: self.metrics.evictions.labels(policy).inc(n),
+            cookies_private=cfg.cache.cookie_requests == "private-unless-public",
         )
         self.metrics.cache_capacity_bytes.set(cfg.cache.size_bytes)
         self.tracker = LoadTracker(cfg.capacity_rps, clock())

@@ -171,7 +171,9 @@ async def test_request_body_over_limit_is_413_rfc9110_15_5_14(
         assert origin.fetches["/upload"] == 1
 
 
-@pytest.mark.parametrize(("method", "attempts"), [("GET", 2), ("PUT", 2), ("POST", 1)])
+# A PUT is idempotent, but its body streams to the origin as it arrives (never held
+# whole), so there is nothing to send again: only requests without a body are retried.
+@pytest.mark.parametrize(("method", "attempts"), [("GET", 2), ("PUT", 1), ("POST", 1)])
 async def test_only_idempotent_requests_retry_a_dropped_connection_rfc9110_9_2_2(
     method: str, attempts: int, client: aiohttp.ClientSession
 ) -> None:

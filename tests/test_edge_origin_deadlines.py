@@ -191,8 +191,7 @@ async def test_body_under_the_rate_floor_after_the_head_cuts_the_connection(
 def event_stream(media_type: str, events: int) -> Answer:
     """A chunked stream of ``events`` small events, 0.25 s apart (about 60 bytes/s)."""
     head = (
-        f"HTTP/1.1 200 OK\r\nContent-Type: {media_type}\r\nCache-Control: no-store\r\n"
-        "Transfer-Encoding: chunked\r\n\r\n"
+        f"HTTP/1.1 200 OK\r\nContent-Type: {media_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
     ).encode()
     chunks = [f"data: {i}\n\n".encode() for i in range(events)]
     framed = [b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks]

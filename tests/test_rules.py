@@ -14,11 +14,14 @@ from edge.directives import EMPTY_CACHE_CONTROL, parse_cache_control
 from edge.rules import (
     HEURISTIC_MAX_S,
     corrected_initial_age,
+    edge_policy_reason,
     freshness_lifetime,
     invalidation_targets,
+    is_stream,
     not_modified,
     parse_age,
     parse_http_date,
+    relayed_at_once,
     selecting_value,
     storable_reason,
     stored_headers,
@@ -240,7 +243,7 @@ def test_stored_headers_drop_hop_by_hop_and_listed_fields_rfc9111_3_1() -> None:
         ("Set-Cookie", "a=b"),
     )
     kept = stored_headers(headers, parse_cache_control(headers))
-    assert set(kept) == {"c", "Cache-Control", "Set-Cookie"}
+    assert set(kept) == {"c", "Cache-Control"}  # Set-Cookie is never stored
 
 
 def test_strip_hop_by_hop_keeps_end_to_end_fields_rfc9110_7_6_1() -> None:
@@ -378,3 +381,72 @@ def test_other_origin_location_is_not_invalidated_rfc9111_4_4() -> None:
 @pytest.mark.parametrize(("method", "status"), [("GET", 200), ("HEAD", 200), ("POST", 500)])
 def test_safe_methods_and_errors_invalidate_nothing_rfc9111_4_4(method: str, status: int) -> None:
     assert invalidation_targets("h", "/x", method, status, h()) == []
+
+
+# --- streams and the edge's own storing limits ---------------------------------------
+
+STREAM_ROWS = [
+    # (status, response fields, is_stream, relayed_at_once)
+    (200, (("Content-Type", "text/event-stream"),), True, True),
+    (200, (("Content-Type", "Text/Event-Stream; charset=utf-8"),), True, True),
+    (200, (("Content-Type", "text/plain"), ("X-Accel-Buffering", "no")), True, True),
+    (200, (("Content-Type", "text/plain"), ("X-Accel-Buffering", "yes")), False, False),
+    (200, (("Cache-Control", "no-store"),), False, True),
+    (200, (("Cache-Control", "private"),), False, True),
+    (200, (("Cache-Control", 'private="x"'),), False, False),
+    (200, (("Cache-Control", "no-store, must-understand"),), False, False),  # §5.2.2.3
+    (200, (("Cache-Control", "no-store"), ("Content-Length", "5")), False, False),
+    (200, (("Cache-Control", "max-age=60"),), False, False),
+    (304, (("Content-Type", "text/event-stream"),), False, False),  # no body
+    (204, (("Cache-Control", "no-store"),), False, False),
+]
+
+
+@pytest.mark.parametrize(("status", "fields", "stream", "at_once"), STREAM_ROWS)
+def test_streams_and_answers_relayed_at_once(
+    status: int, fields: tuple[tuple[str, str], ...], stream: bool, at_once: bool
+) -> None:
+    headers = h(*fields)
+    assert is_stream(status, headers) is stream
+    assert relayed_at_once(status, headers, parse_cache_control(headers)) is at_once
+
+
+POLICY_ROWS = [
+    # (request fields, response fields, cookies_private, reason)
+    ((), (("Content-Type", "text/event-stream"), ("Cache-Control", "max-age=60")), True, "stream"),
+    ((), (("Set-Cookie", "a=b"), ("Cache-Control", "public, max-age=60")), True, "set-cookie"),
+    ((), (("Set-Cookie", "a=b"), ("Cache-Control", 'no-cache="Set-Cookie"')), True, None),
+    ((), (("Set-Cookie", "a=b"), ("Cache-Control", 'private="set-cookie"')), True, None),
+    ((("Cookie", "s=1"),), (("Cache-Control", "max-age=60"),), True, "cookie"),
+    ((("Cookie", "s=1"),), (("Cache-Control", "max-age=60, must-revalidate"),), True, "cookie"),
+    ((("Cookie", "s=1"),), (("Cache-Control", "max-age=60"),), False, None),
+    ((("Cookie", "s=1"),), (("Cache-Control", "public, max-age=60"),), True, None),
+    ((("Cookie", "s=1"),), (("Cache-Control", "s-maxage=60"),), True, None),
+    ((), (("Cache-Control", "max-age=60"),), True, None),
+]
+
+
+@pytest.mark.parametrize(("request_fields", "fields", "cookies_private", "reason"), POLICY_ROWS)
+def test_edge_policy_beyond_rfc9111_3(
+    request_fields: tuple[tuple[str, str], ...],
+    fields: tuple[tuple[str, str], ...],
+    cookies_private: bool,
+    reason: str | None,
+) -> None:
+    headers = h(*fields)
+    cc = parse_cache_control(headers)
+    got = edge_policy_reason(200, h(*request_fields), headers, cc, cookies_private=cookies_private)
+    assert got == reason
+
+
+@given(st.dictionaries(st.sampled_from(["Content-Type", "Cache-Control", "X-Accel-Buffering",
+                                        "Content-Length", "Set-Cookie"]), st.text(max_size=30)),
+       st.integers(100, 599))  # fmt: skip
+def test_a_stream_is_always_relayed_at_once_and_never_stored(
+    fields: dict[str, str], status: int
+) -> None:
+    headers = h(*fields.items())
+    cc = parse_cache_control(headers)
+    if is_stream(status, headers):
+        assert relayed_at_once(status, headers, cc)
+        assert edge_policy_reason(status, h(), headers, cc, cookies_private=False) == "stream"
