@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -127,12 +128,24 @@ def _origin_protocol(loop: asyncio.AbstractEventLoop) -> ResponseHandler:
 
 
 class OriginClient:
-    """Fetches from one origin base URL; start() before use, close() at shutdown."""
+    """Fetches from one origin base URL; start() before use, close() at shutdown.
+
+    ``tls`` is the client context for an https:// origin. A client replaced by a reload is
+    retired: it closes once its last fetch is done, so no request in flight is cut."""
 
     def __init__(
-        self, base_url: str, limits: Limits, metrics: EdgeMetrics, clock: Callable[[], float]
+        self,
+        base_url: str,
+        limits: Limits,
+        metrics: EdgeMetrics,
+        clock: Callable[[], float],
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._tls = tls
+        self._active = 0
+        self._retired = False
+        self._closing: asyncio.Task[None] | None = None
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=limits.origin_connect_timeout_s,
@@ -150,7 +163,9 @@ class OriginClient:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
-            limit=MAX_ORIGIN_CONNECTIONS, keepalive_timeout=ORIGIN_KEEPALIVE_S
+            limit=MAX_ORIGIN_CONNECTIONS,
+            keepalive_timeout=ORIGIN_KEEPALIVE_S,
+            ssl=self._tls if self._tls is not None else True,
         )
         # aiohttp has no public hook for its protocol class; _factory makes each connection.
         connector._factory = functools.partial(_origin_protocol, asyncio.get_running_loop())
@@ -166,6 +181,15 @@ class OriginClient:
         if self._session is not None:
             await self._session.close()
 
+    def retire(self) -> None:
+        """Close once no fetch is using this client (a reload replaced it)."""
+        self._retired = True
+        self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        if self._retired and self._active == 0 and self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self.close())
+
     @asynccontextmanager
     async def fetch(
         self,
@@ -176,6 +200,23 @@ class OriginClient:
     ) -> AsyncIterator[OriginResponse]:
         """Send one request; yields once the response head is in (body still unread)."""
         assert self._session is not None, "OriginClient.start() not called"
+        self._active += 1
+        try:
+            async with self._fetch(method, target, headers, body) as response:
+                yield response
+        finally:
+            self._active -= 1
+            self._close_if_idle()
+
+    @asynccontextmanager
+    async def _fetch(
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str] | CIMultiDict[str],
+        body: bytes | None,
+    ) -> AsyncIterator[OriginResponse]:
+        assert self._session is not None
         url = URL(self.base_url + target, encoded=True)
         request_time = self._clock()
         # One deadline from connecting to the last byte of the head: the per-read timeout
