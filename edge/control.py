@@ -133,11 +133,10 @@ class _Purge:
                     f"site: expected a [[sites]] name ({known or 'none'}), got {value!r}"
                 )
             return self._cache.purge_prefix(site.hosts[0], "")
-        authority, target = _split_url(value)
-        chosen = table.choose(authority)
-        if chosen is None:
+        slot = purge_slot(table, value)
+        if slot is None:
             return 0  # no site serves that host: nothing of it is stored
-        host = cache_host(chosen, authority)
+        host, target = slot
         if kind == "url":
             return self._cache.purge_url(host, target)
         return self._cache.purge_prefix(host, target)
@@ -154,6 +153,13 @@ def _selector(body: dict[str, Any]) -> tuple[str, str]:
     if kind in ("url", "prefix"):
         _split_url(value)
     return kind, value
+
+
+def purge_slot(table: SiteTable, url: str) -> tuple[str, str] | None:
+    """(host, target) as the cache keys the URL's requests; None: no site has its host."""
+    authority, target = _split_url(url)
+    site = table.choose(authority)
+    return None if site is None else (cache_host(site, authority), target)
 
 
 def _split_url(url: str) -> tuple[str, str]:
