@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge.control import purge_slot
-from edge.sites import SiteTable, cache_host
 from edge.server import EdgeServer
+from edge.sites import SiteTable, cache_host
 from tests.e2e import free_port
 from tests.origin_app import (
     CACHEABLE,

@@ -146,9 +146,11 @@ async def test_tls_1_1_and_plain_http_are_refused_and_counted(setup: Setup, edge
         ctx.minimum_version = ssl.TLSVersion.TLSv1
         ctx.maximum_version = ssl.TLSVersion.TLSv1_1
         host, _, port = edge.fields["tls"].rpartition(":")
-        with socket.create_connection((host, int(port)), timeout=10) as raw:
-            with pytest.raises(ssl.SSLError):
-                ctx.wrap_socket(raw, server_hostname=SITE_HOST)
+        with (
+            socket.create_connection((host, int(port)), timeout=10) as raw,
+            pytest.raises(ssl.SSLError),
+        ):
+            ctx.wrap_socket(raw, server_hostname=SITE_HOST)
 
     await asyncio.to_thread(tls11)
     port = edge.fields["tls"].rpartition(":")[2]

@@ -100,9 +100,8 @@ async def tls_get(address: str, ca: Path, sni: str | None, path: str, host: str)
 
 async def scrape(control: str, name: str, labels: dict[str, str] | None = None) -> float:
     """One sample of the edge's /metrics (0 if absent)."""
-    async with aiohttp.ClientSession() as client:
-        async with client.get(f"http://{control}/metrics") as resp:
-            text = await resp.text()
+    async with aiohttp.ClientSession() as client, client.get(f"http://{control}/metrics") as resp:
+        text = await resp.text()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and (labels or {}).items() <= sample.labels.items():
