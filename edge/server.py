@@ -92,9 +92,10 @@ class EdgeServer:
         }
         self.content = await self._bind(content, self.cfg.listen, "edge.listen", handler_args)
         if self.tls is not None and self.cfg.tls is not None:
-            self.tls_address = await self._bind(
-                content, self.cfg.tls.listen, "tls.listen", handler_args, self.tls
-            )
+            # The same runner: one set of connections for the content, drained together.
+            runner, where = self._runners[-1], self.cfg.tls.listen
+            site = TlsSite(runner, where.host, where.port, self.tls)
+            self.tls_address = await self._start(site, runner, where, "tls.listen")
         tokens = (self.cfg.token, *self.cfg.previous_tokens)
         control = control_app(
             self.cache, self.metrics, self.snapshot, tokens, lambda: self.proxy.routing.sites
@@ -146,12 +147,7 @@ class EdgeServer:
         return True
 
     async def _bind(
-        self,
-        app: web.Application,
-        where: HostPort,
-        key: str,
-        handler_args: dict[str, Any],
-        tls: TlsTerminator | None = None,
+        self, app: web.Application, where: HostPort, key: str, handler_args: dict[str, Any]
     ) -> HostPort:
         # The keyword arguments reach aiohttp's RequestHandler: the header limits, and the
         # logger that turns a client's malformed request into a count (edge.http_log).
@@ -164,11 +160,11 @@ class EdgeServer:
         )
         await runner.setup()
         self._runners.append(runner)
-        site: web.BaseSite = (
-            web.TCPSite(runner, where.host, where.port)
-            if tls is None
-            else TlsSite(runner, where.host, where.port, tls)
-        )
+        return await self._start(web.TCPSite(runner, where.host, where.port), runner, where, key)
+
+    async def _start(
+        self, site: web.BaseSite, runner: web.AppRunner, where: HostPort, key: str
+    ) -> HostPort:
         try:
             await site.start()
         except OSError as exc:

@@ -16,7 +16,6 @@ here it is counted by reason (edge/certs.py) and only a finished handshake reach
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 import weakref
 from collections.abc import Callable, Mapping
@@ -34,8 +33,6 @@ from edge.metrics import EdgeMetrics
 # timeout 60 s covers it; ours is shorter: a handshake is a few round trips).
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
 ALPN = ("http/1.1",)
-
-log = logging.getLogger("edge.tls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,13 +174,16 @@ class _TlsAcceptor(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         protocol = self._handler()
         try:
-            tls = await loop.start_tls(
-                transport,
-                protocol,
-                self._terminator.context,
-                server_side=True,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S,
-            )
+            # Our own deadline: asyncio's (kept as a backstop) ends in a ConnectionAbortedError
+            # that cannot be told from a client hanging up.
+            async with asyncio.timeout(TLS_HANDSHAKE_TIMEOUT_S):
+                tls = await loop.start_tls(
+                    transport,
+                    protocol,
+                    self._terminator.context,
+                    server_side=True,
+                    ssl_handshake_timeout=2 * TLS_HANDSHAKE_TIMEOUT_S,
+                )
         except (OSError, TimeoutError, EOFError) as exc:  # ssl.SSLError is an OSError
             self._terminator.count(exc)
             transport.close()

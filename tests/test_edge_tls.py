@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.origin_app import CACHEABLE, ScriptedOrigin, poll
+from cdn.config import HostPort
+from edge.config import CertificateConfig, TlsSettings
+from tests.origin_app import CACHEABLE, LOOPBACK, ScriptedOrigin, metric, poll, running_edge
 from tests.test_edge_process import ROOT, TOKEN, Process, spawn, stop
 from tests.tls_fixtures import Issued, TlsClient, TlsOrigin, curl, issue, scrape, tls_get
 
@@ -321,3 +323,26 @@ async def test_host_needing_another_certificate_than_sni_is_421_rfc9110_15_5_20(
         assert misdirected == 2
     finally:
         await stop(child)
+
+
+async def test_a_handshake_not_finished_in_time_is_closed_and_counted(
+    setup: Setup, origin: ScriptedOrigin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In-process, with the limit shortened: a client that connects and says nothing.
+    monkeypatch.setattr("edge.tls.TLS_HANDSHAKE_TIMEOUT_S", 0.2)
+    default = CertificateConfig((), str(setup.default.cert), str(setup.default.key))
+    tls = TlsSettings(HostPort(LOOPBACK, 0), default)
+    async with running_edge(origin.url, tls=tls) as server:
+        assert server.tls_address is not None
+        reader, writer = await asyncio.open_connection(
+            server.tls_address.host, server.tls_address.port
+        )
+        try:
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # the edge closed it
+        finally:
+            writer.close()
+        failures = {"reason": "timeout"}
+        assert metric(server.metrics, "edge_tls_handshake_failures_total", failures) == 1
+        # A client that does finish is served on the same port.
+        answer = await tls_get(str(server.tls_address), setup.ca_file, SITE_HOST, "/a", SITE_HOST)
+        assert answer.status == 404  # not scripted here: the origin's own answer
