@@ -346,3 +346,26 @@ async def test_a_handshake_not_finished_in_time_is_closed_and_counted(
         # A client that does finish is served on the same port.
         answer = await tls_get(str(server.tls_address), setup.ca_file, SITE_HOST, "/a", SITE_HOST)
         assert answer.status == 404  # not scripted here: the origin's own answer
+
+
+async def test_sessions_resume_with_tickets_also_after_a_reload(
+    setup: Setup, edge: Process
+) -> None:
+    host, _, port = edge.fields["tls"].rpartition(":")
+    ctx = ssl.create_default_context(cafile=str(setup.ca_file))  # a session is per context
+
+    def connect(session: ssl.SSLSession | None) -> tuple[ssl.SSLSession | None, bool]:
+        with (
+            socket.create_connection((host, int(port)), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname=API_HOST, session=session) as tls,
+        ):
+            # TLS 1.3 tickets arrive after the handshake: read an answer first.
+            tls.sendall(f"GET /a HTTP/1.1\r\nHost: {API_HOST}\r\n\r\n".encode())
+            tls.recv(1024)
+            return tls.session, tls.session_reused
+
+    first, reused = await asyncio.to_thread(connect, None)
+    assert first is not None and not reused
+    assert (await asyncio.to_thread(connect, first))[1]
+    await reload(edge, "reloaded")
+    assert (await asyncio.to_thread(connect, first))[1]
