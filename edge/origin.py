@@ -181,9 +181,21 @@ class OriginClient:
         if self._session is not None:
             await self._session.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._session is not None and self._session.closed
+
     def retire(self) -> None:
-        """Close once no fetch is using this client (a reload replaced it)."""
+        """Close once no request or fetch holds this client (a reload replaced it)."""
         self._retired = True
+        self._close_if_idle()
+
+    def hold(self) -> None:
+        """One more user (a request in progress, a fetch): a retired client waits for it."""
+        self._active += 1
+
+    def release(self) -> None:
+        self._active -= 1
         self._close_if_idle()
 
     def _close_if_idle(self) -> None:
@@ -200,13 +212,14 @@ class OriginClient:
     ) -> AsyncIterator[OriginResponse]:
         """Send one request; yields once the response head is in (body still unread)."""
         assert self._session is not None, "OriginClient.start() not called"
-        self._active += 1
+        if self._session.closed:  # retired and closed under a late background refresh
+            raise OriginError("connect", "origin client replaced by a reload")
+        self.hold()
         try:
             async with self._fetch(method, target, headers, body) as response:
                 yield response
         finally:
-            self._active -= 1
-            self._close_if_idle()
+            self.release()
 
     @asynccontextmanager
     async def _fetch(

@@ -133,12 +133,14 @@ class Proxy:
         result: CacheResult = "error"
         status = 500
         route = self.route_for(request)
+        if not isinstance(route, str):
+            _ROUTE.set(route)
+            route.origin.hold()  # a reload's retirement of the client waits for this request
         try:
             if isinstance(route, str):
                 self.metrics.misdirected.labels(route).inc()
                 reply = await self._relay.error(request, 421, "error", f"misdirected-{route}")
             else:
-                _ROUTE.set(route)
                 reply = await self._answer(request)
             result, status = reply.result, reply.response.status
             return reply.response
@@ -150,6 +152,7 @@ class Proxy:
             self.metrics.requests.labels(result, method, str(status)).inc()
             self.metrics.request_duration.labels(result).observe(max(0.0, end - start))
             if not isinstance(route, str):
+                route.origin.release()
                 self.metrics.site_requests.labels(route.site.name, result).inc()
 
     async def _answer(self, request: web.Request) -> Reply:

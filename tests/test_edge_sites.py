@@ -3,6 +3,7 @@ routing by Host, keying its cache per site and purging per site."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import datetime
@@ -19,10 +20,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge.certs import CertificateFormatError, handshake_failure, not_after
-from edge.config import build_config
+from edge.config import build_config, load_config
 from edge.errors import ConfigError
+from edge.server import EdgeServer
 from edge.sites import SiteTable, cache_host, misdirected, request_host
-from tests.origin_app import CACHEABLE, ScriptedOrigin
+from tests.origin_app import CACHEABLE, ScriptedOrigin, poll
 from tests.test_edge_process import TOKEN, Process, spawn, stop
 
 IMG = ["img.example.com", "cdn.example.com"]
@@ -253,3 +255,33 @@ async def test_cache_is_per_site_and_purge_is_per_site(
         assert img.fetches["/same"] == 2 and api.fetches["/same"] == 2
     finally:
         await stop(edge)
+
+
+async def test_reload_moves_a_site_without_cutting_a_request_in_flight(tmp_path: Path) -> None:
+    async with ScriptedOrigin() as old, ScriptedOrigin() as new:
+        gate = asyncio.Event()
+        old.script("/slow", body=b"old", gate=gate)
+        new.script("/fresh", body=b"new")
+        server = EdgeServer(load_config(write_sites(tmp_path, old.url, new.url, default=None)))
+        await server.start()
+        try:
+            base = f"http://{server.content}"
+            headers = {"Host": "img.example.com"}
+            async with aiohttp.ClientSession() as client:
+
+                async def fetch(path: str) -> tuple[int, bytes]:
+                    async with client.get(base + path, headers=headers) as resp:
+                        return resp.status, await resp.read()
+
+                in_flight = asyncio.create_task(fetch("/slow"))
+                await poll(lambda: old.fetches["/slow"] == 1)
+                replaced = server.proxy.routing.origins["img.example.com"]
+                write_sites(tmp_path, new.url, new.url, default=None)
+                assert await server.reload()
+                assert await fetch("/fresh") == (200, b"new")  # the site's new origin
+                assert not replaced.closed  # still fetching for the request before the reload
+                gate.set()
+                assert await in_flight == (200, b"old")
+                await poll(lambda: replaced.closed)
+        finally:
+            await server.stop()
