@@ -27,6 +27,9 @@ _FLAG_KEYS = {
     "drain_s": "edge.drain_s",
     "cache_size": "cache.size",
     "eviction": "cache.eviction",
+    "tls_listen": "tls.listen",
+    "tls_cert": "tls.cert",
+    "tls_key": "tls.key",
 }
 
 
@@ -47,7 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--capacity-rps", type=float, metavar="RPS", help="requests/s at 100%%")
     serve.add_argument("--drain-s", type=float, metavar="S", help="seconds to serve on SIGTERM")
     serve.add_argument("--eviction", choices=POLICIES, help="cache eviction policy")
+    serve.add_argument("--tls-listen", metavar="HOST:PORT", help="HTTPS (content) address")
+    serve.add_argument("--tls-cert", type=_absolute, metavar="FILE", help="certificate (PEM)")
+    serve.add_argument("--tls-key", type=_absolute, metavar="FILE", help="its private key (PEM)")
     return parser
+
+
+def _absolute(name: str) -> str:
+    # A file named on the command line is relative to where the command runs, not the config.
+    return str(Path(name).absolute())
 
 
 def config_from_args(args: argparse.Namespace) -> EdgeConfig:
@@ -55,7 +66,7 @@ def config_from_args(args: argparse.Namespace) -> EdgeConfig:
     overrides: dict[str, Any] = {key: getattr(args, dest) for dest, key in _FLAG_KEYS.items()}
     if args.config is not None:
         return load_config(args.config, overrides)
-    for required in ("name", "origin"):
+    for required in ("name", "origin"):  # [[sites]] need a config file
         if overrides[f"edge.{required}"] is None:
             raise ConfigError("command line", f"--{required}", "required without --config")
     return config_from_flags(overrides)

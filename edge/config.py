@@ -13,6 +13,24 @@ A config file looks like::
     capacity_rps = 2000
     drain_s = 25
 
+    origin_ca = "private-ca.pem"      # more CAs to trust for https:// origins
+    origin_verify = true              # false: no origin certificate check (logged)
+
+    [[sites]]                         # more hostnames, each with its own origin
+    hosts = ["img.example.com", "cdn.example.com"]
+    origin = "https://127.0.0.1:8443"
+    websocket = true
+    # name = "img.example.com"        # default: the first host; origin_ca per site
+
+    [tls]                             # HTTPS on its own port
+    listen = "127.0.0.13:8443"
+    cert = "edge.pem"
+    key = "edge.key"
+    [[tls.certificates]]              # more certificates, chosen by SNI
+    hosts = ["api.example.com"]
+    cert = "api.pem"
+    key = "api.key"
+
     [cache]
     size = "256M"
     max_object = "64M"
@@ -29,7 +47,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,6 +112,11 @@ MAX_HEADER_FIELDS = 10_000
 MAX_MIN_BYTES_PER_S = GiB
 
 _SECTIONS = ("edge", "cache", "limits")
+# A site host: DNS labels (RFC 1123 §2.1), lower-case, no port, no wildcard.
+_HOST = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+DEFAULT_SITE = "default"  # the name of the site edge.origin makes (any other Host)
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)i?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": KiB, "M": MiB, "G": GiB}
 _SIZE_EXPECTED = "expected a size like 1048576, 512K, 256M or 1G"
@@ -123,12 +146,40 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class SiteConfig:
+    """A `[[sites]]` entry: hostnames served from one origin."""
+
+    name: str
+    hosts: tuple[str, ...]
+    origin: str  # http(s)://host[:port][/base]
+    websocket: bool = True
+    origin_ca: str | None = None  # a PEM file of CAs to trust for this origin
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateConfig:
+    """A certificate and its key (PEM files); ``hosts`` are the SNI names it serves."""
+
+    hosts: tuple[str, ...]
+    cert: str
+    key: str
+    where: str = "tls"  # its key path, for errors: tls, tls.certificates[0]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    listen: HostPort
+    default: CertificateConfig  # [tls] cert/key: for every name no other certificate has
+    certificates: tuple[CertificateConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeConfig:
     source: str  # the file name, or "command line"
     name: str
     listen: HostPort
     control: HostPort
-    origin: str  # http://host[:port][/base]: every request target is appended
+    origin: str | None  # the default site: http(s)://host[:port][/base], target appended
     routers: tuple[str, ...] = ()
     token: str = ""
     previous_tokens: tuple[str, ...] = ()  # still accepted for /purge during a rotation
@@ -137,6 +188,12 @@ class EdgeConfig:
     report_interval_s: float = REPORT_INTERVAL_S
     cache: CacheSettings = CacheSettings()
     limits: Limits = Limits()
+    origin_ca: str | None = None  # PEM CAs trusted for every https:// origin
+    origin_verify: bool = True
+    sites: tuple[SiteConfig, ...] = ()
+    tls: TlsSettings | None = None
+    path: Path | None = None  # the file SIGHUP reads again (None: flags only)
+    overrides: tuple[tuple[str, Any], ...] = ()  # the flags, applied again on reload
 
 
 def parse_size(text: str | int) -> int:
@@ -154,20 +211,37 @@ def parse_size(text: str | int) -> int:
 def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> EdgeConfig:
     """Read and validate an edge config; ``overrides`` (flag values) win over the file."""
     source = path.name
-    return build_config(source, read_toml(path, source, ConfigError), overrides or {})
+    cfg = build_config(source, read_toml(path, source, ConfigError), overrides or {}, path.parent)
+    return replace(cfg, path=path, overrides=tuple((overrides or {}).items()))
 
 
 def config_from_flags(overrides: Mapping[str, Any]) -> EdgeConfig:
     """An edge config from command-line flags alone."""
-    return build_config("command line", {}, overrides)
+    return build_config("command line", {}, overrides, Path.cwd())
 
 
-def build_config(source: str, raw: dict[str, Any], overrides: Mapping[str, Any]) -> EdgeConfig:
-    """Validate a parsed TOML document plus flag overrides (keys: section.key)."""
+def reload_config(cfg: EdgeConfig) -> EdgeConfig:
+    """The config ``cfg`` came from, read again (SIGHUP); the same flags win again."""
+    if cfg.path is None:
+        return cfg
+    return load_config(cfg.path, dict(cfg.overrides))
+
+
+def build_config(
+    source: str, raw: dict[str, Any], overrides: Mapping[str, Any], base: Path | None = None
+) -> EdgeConfig:
+    """Validate a parsed TOML document plus flag overrides (keys: section.key); relative
+    file names (certificates, CAs) are read from ``base``."""
+    here = Path.cwd() if base is None else base
     with Table(source, "", _with_flags(raw, overrides), ConfigError) as top:
         cache = _cache(top.table("cache"))
         limits = _limits(top.table("limits"))
-        return _edge(top.table("edge"), cache, limits)
+        sites = _sites(top.tables("sites"), here)
+        tls = _tls(top.table("tls"), here) if top.has("tls") else None
+        cfg = _edge(top.table("edge"), cache, limits, here)
+        if cfg.origin is None and not sites:
+            raise ConfigError(source, "edge.origin", "required key missing (or [[sites]])")
+        return replace(cfg, sites=sites, tls=tls)
 
 
 def _with_flags(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -181,14 +255,14 @@ def _with_flags(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
-def _edge(t: Table, cache: CacheSettings, limits: Limits) -> EdgeConfig:
+def _edge(t: Table, cache: CacheSettings, limits: Limits, here: Path) -> EdgeConfig:
     with t:
         return EdgeConfig(
             source=t.source,
             name=t.parsed("name", _non_empty),
             listen=t.parsed("listen", parse_host_port, LISTEN),
             control=t.parsed("control", parse_host_port, CONTROL),
-            origin=t.parsed("origin", _http_url),
+            origin=t.optional("origin", _http_url),
             routers=tuple(t.item(key, url, _http_url) for key, url in t.strings("routers")),
             token=t.get("token", str, ""),
             previous_tokens=previous_tokens(t),
@@ -199,7 +273,83 @@ def _edge(t: Table, cache: CacheSettings, limits: Limits) -> EdgeConfig:
             ),
             cache=cache,
             limits=limits,
+            origin_ca=_file(t, "origin_ca", here),
+            origin_verify=t.get("origin_verify", bool, True),
         )
+
+
+def _sites(tables: list[Table], here: Path) -> tuple[SiteConfig, ...]:
+    sites: list[SiteConfig] = []
+    owner: dict[str, str] = {}  # host -> the site that has it
+    for t in tables:
+        with t:
+            hosts = tuple(t.item(key, host, _host) for key, host in t.strings("hosts"))
+            if not hosts:
+                raise t.error("hosts", "expected at least one host name")
+            site = SiteConfig(
+                name=t.parsed("name", _non_empty, hosts[0]),
+                hosts=hosts,
+                origin=t.parsed("origin", _http_url),
+                websocket=t.get("websocket", bool, True),
+                origin_ca=_file(t, "origin_ca", here),
+            )
+        if site.name == DEFAULT_SITE or any(s.name == site.name for s in sites):
+            raise t.error("name", f"site name {site.name!r} is taken (names are unique)")
+        for host in hosts:
+            if host in owner:
+                raise t.error("hosts", f"{host!r} is already a host of site {owner[host]!r}")
+            owner[host] = site.name
+        sites.append(site)
+    return tuple(sites)
+
+
+def _tls(t: Table, here: Path) -> TlsSettings:
+    with t:
+        default = CertificateConfig(
+            (), _required_file(t, "cert", here), _required_file(t, "key", here)
+        )
+        certificates = []
+        seen: set[str] = set()
+        for c in t.tables("certificates"):
+            with c:
+                hosts = tuple(c.item(key, host, _host) for key, host in c.strings("hosts"))
+                if not hosts:
+                    raise c.error("hosts", "expected at least one host name")
+                if seen & set(hosts):
+                    raise c.error(
+                        "hosts", f"{sorted(seen & set(hosts))[0]!r} has a certificate already"
+                    )
+                seen.update(hosts)
+                certificates.append(
+                    CertificateConfig(
+                        hosts,
+                        _required_file(c, "cert", here),
+                        _required_file(c, "key", here),
+                        c.path,
+                    )
+                )
+        return TlsSettings(
+            listen=t.parsed("listen", parse_host_port),
+            default=default,
+            certificates=tuple(certificates),
+        )
+
+
+def _file(t: Table, key: str, here: Path) -> str | None:
+    """An optional file name, relative to the config file's directory; read later."""
+    name = t.optional(key, _non_empty)
+    return None if name is None else str(here / name)
+
+
+def _required_file(t: Table, key: str, here: Path) -> str:
+    return str(here / t.parsed(key, _non_empty))
+
+
+def _host(text: str) -> str:
+    host = text.lower().rstrip(".")
+    if not _HOST.match(host):
+        raise ValueError(f"expected a host name like img.example.com (no port), got {text!r}")
+    return host
 
 
 def _cache(t: Table) -> CacheSettings:
@@ -244,7 +394,7 @@ def _non_empty(text: str) -> str:
 
 
 def _http_url(text: str) -> str:
-    return http_url(text, ("http",)).rstrip("/")
+    return http_url(text, ("http", "https")).rstrip("/")
 
 
 def _positive_size(value: str | int) -> int:

@@ -7,7 +7,11 @@ responses it removed::
     {"url": "http://cdn.example.com/img/a.png?v=2"}   every variant of that URL
     {"prefix": "http://cdn.example.com/img/"}         every URL of that host under a path
     {"key": "product-42"}                             every response tagged Surrogate-Key
+    {"site": "img"}                                   everything a [[sites]] entry stored
     -> 200 {"purged": 3}
+
+A URL's host chooses its site as a request's Host does, so any host of a site purges the
+objects the site shares; a host no site serves has nothing stored.
 
 One way in (no HTTP PURGE method): a POST with a body is what every client and proxy
 passes unchanged, and the control port is not the content port.
@@ -26,9 +30,10 @@ from cdn import auth
 from cdn.jsonbody import decode_json_object
 from cdn.report import EDGE_STATUSES
 from edge.cache import Cache
+from edge.config import DEFAULT_SITE
 from edge.load import LoadSnapshot
 from edge.metrics import EdgeMetrics
-from edge.proxy import cache_host
+from edge.sites import SiteTable, cache_host
 
 MAX_PURGE_BODY_BYTES = 8192
 MAX_PURGE_DEPTH = 4  # a purge is one flat object
@@ -39,13 +44,15 @@ def control_app(
     metrics: EdgeMetrics,
     snapshot: Callable[[], LoadSnapshot],
     tokens: tuple[str, ...],
+    sites: Callable[[], SiteTable],
 ) -> web.Application:
     """The control application; ``snapshot`` gives the current load figures, ``tokens``
-    the purge credentials (edge.token, then edge.previous_tokens: a rotation)."""
+    the purge credentials (edge.token, then edge.previous_tokens: a rotation), ``sites``
+    the current site table."""
     app = web.Application(client_max_size=MAX_PURGE_BODY_BYTES)
     app.router.add_get("/healthz", _Health(snapshot).handle)
     app.router.add_get("/metrics", _Metrics(cache, metrics, snapshot).handle)
-    app.router.add_post("/purge", _Purge(cache, metrics, tokens).handle)
+    app.router.add_post("/purge", _Purge(cache, metrics, tokens, sites).handle)
     return app
 
 
@@ -83,7 +90,14 @@ class _Metrics:
 
 
 class _Purge:
-    def __init__(self, cache: Cache, metrics: EdgeMetrics, tokens: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        cache: Cache,
+        metrics: EdgeMetrics,
+        tokens: tuple[str, ...],
+        sites: Callable[[], SiteTable],
+    ) -> None:
+        self._sites = sites
         self._cache = cache
         self._metrics = metrics
         self._tokens = tokens
@@ -100,9 +114,9 @@ class _Purge:
             kind, value = _selector(
                 decode_json_object(body, max_bytes=MAX_PURGE_BODY_BYTES, max_depth=MAX_PURGE_DEPTH)
             )
+            purged = self._purge(kind, value)
         except ValueError as exc:  # JsonBodyError is one
             return _error(400, str(exc))
-        purged = self._purge(kind, value)
         self._metrics.purges.labels(kind).inc()
         self._metrics.purged_objects.inc(purged)
         return web.json_response({"purged": purged})
@@ -110,7 +124,19 @@ class _Purge:
     def _purge(self, kind: str, value: str) -> int:
         if kind == "key":
             return self._cache.purge_key(value)
-        host, target = _split_url(value)
+        table = self._sites()
+        if kind == "site":
+            site = table.by_name.get(value)
+            if site is None or site.name == DEFAULT_SITE:
+                known = ", ".join(s.name for s in table.sites() if s.name != DEFAULT_SITE)
+                raise ValueError(
+                    f"site: expected a [[sites]] name ({known or 'none'}), got {value!r}"
+                )
+            return self._cache.purge_prefix(site.hosts[0], "")
+        slot = purge_slot(table, value)
+        if slot is None:
+            return 0  # no site serves that host: nothing of it is stored
+        host, target = slot
         if kind == "url":
             return self._cache.purge_url(host, target)
         return self._cache.purge_prefix(host, target)
@@ -118,21 +144,30 @@ class _Purge:
 
 def _selector(body: dict[str, Any]) -> tuple[str, str]:
     if len(body) != 1:
-        raise ValueError('expected one of {"url": ...}, {"prefix": ...}, {"key": ...}')
+        raise ValueError(
+            'expected one of {"url": ...}, {"prefix": ...}, {"key": ...}, {"site": ...}'
+        )
     ((kind, value),) = body.items()
-    if kind not in ("url", "prefix", "key") or not isinstance(value, str) or not value:
-        raise ValueError(f"{kind}: expected a non-empty string selector url, prefix or key")
-    if kind != "key":
+    if kind not in ("url", "prefix", "key", "site") or not isinstance(value, str) or not value:
+        raise ValueError(f"{kind}: expected a non-empty string selector url, prefix, key or site")
+    if kind in ("url", "prefix"):
         _split_url(value)
     return kind, value
 
 
+def purge_slot(table: SiteTable, url: str) -> tuple[str, str] | None:
+    """(host, target) as the cache keys the URL's requests; None: no site has its host."""
+    authority, target = _split_url(url)
+    site = table.choose(authority)
+    return None if site is None else (cache_host(site, authority), target)
+
+
 def _split_url(url: str) -> tuple[str, str]:
-    """('host[:port]', '/path?query') the way the cache keys requests."""
+    """('host[:port]', '/path?query'): the URL's authority and its target."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"expected an absolute http:// URL, got {url!r}")
-    host = cache_host(parts.netloc.rpartition("@")[2])
+    host = parts.netloc.rpartition("@")[2]
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return host, target
 

@@ -98,7 +98,7 @@ class EdgeMetrics:
         )
         self.purges = Counter(
             "edge_purges",
-            "Purge requests, by kind (url, prefix, key).",
+            "Purge requests, by kind (url, prefix, key, site).",
             ["kind"],
             registry=r,
         )
@@ -134,5 +134,44 @@ class EdgeMetrics:
         self.hit_ratio = Gauge(
             "edge_cache_hit_ratio",
             "Share of cacheable requests served from the cache (recent window).",
+            registry=r,
+        )
+        self.site_requests = Counter(
+            "edge_site_requests",
+            "Client requests, by site (its configured name; `default` for edge.origin) and "
+            "cache result.",
+            ["site", "cache"],
+            registry=r,
+        )
+        self.misdirected = Counter(
+            "edge_misdirected_requests",
+            "Requests answered 421 (RFC 9110 §15.5.20), by reason (no_site: no site has the "
+            "Host; certificate: the Host needs another certificate than the connection's).",
+            ["reason"],
+            registry=r,
+        )
+        self.tls_handshakes = Counter(
+            "edge_tls_handshakes",
+            "TLS handshakes completed on the TLS port.",
+            registry=r,
+        )
+        self.tls_handshake_failures = Counter(
+            "edge_tls_handshake_failures",
+            "TLS handshakes that failed, by reason (protocol_version, no_shared_cipher, "
+            "certificate_rejected, not_tls, timeout, closed, other).",
+            ["reason"],
+            registry=r,
+        )
+        self.tls_certificate_expiry = Gauge(
+            "edge_tls_certificate_expiry_seconds",
+            "When each served certificate expires (notAfter, seconds since the epoch), by "
+            "certificate (its first SNI host; `default` for [tls] cert).",
+            ["certificate"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "edge_config_reloads",
+            "SIGHUP reloads of the configuration, by result (ok, failed).",
+            ["result"],
             registry=r,
         )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -131,12 +132,24 @@ def _origin_protocol(loop: asyncio.AbstractEventLoop) -> ResponseHandler:
 
 
 class OriginClient:
-    """Fetches from one origin base URL; start() before use, close() at shutdown."""
+    """Fetches from one origin base URL; start() before use, close() at shutdown.
+
+    ``tls`` is the client context for an https:// origin. A client replaced by a reload is
+    retired: it closes once its last fetch is done, so no request in flight is cut."""
 
     def __init__(
-        self, base_url: str, limits: Limits, metrics: EdgeMetrics, clock: Callable[[], float]
+        self,
+        base_url: str,
+        limits: Limits,
+        metrics: EdgeMetrics,
+        clock: Callable[[], float],
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._tls = tls
+        self._active = 0
+        self._retired = False
+        self._closing: asyncio.Task[None] | None = None
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=limits.origin_connect_timeout_s,
@@ -155,7 +168,9 @@ class OriginClient:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
-            limit=MAX_ORIGIN_CONNECTIONS, keepalive_timeout=ORIGIN_KEEPALIVE_S
+            limit=MAX_ORIGIN_CONNECTIONS,
+            keepalive_timeout=ORIGIN_KEEPALIVE_S,
+            ssl=self._tls if self._tls is not None else True,
         )
         # aiohttp has no public hook for its protocol class; _factory makes each connection.
         connector._factory = functools.partial(_origin_protocol, asyncio.get_running_loop())
@@ -171,6 +186,27 @@ class OriginClient:
         if self._session is not None:
             await self._session.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._session is not None and self._session.closed
+
+    def retire(self) -> None:
+        """Close once no request or fetch holds this client (a reload replaced it)."""
+        self._retired = True
+        self._close_if_idle()
+
+    def hold(self) -> None:
+        """One more user (a request in progress, a fetch): a retired client waits for it."""
+        self._active += 1
+
+    def release(self) -> None:
+        self._active -= 1
+        self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        if self._retired and self._active == 0 and self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self.close())
+
     @asynccontextmanager
     async def fetch(
         self,
@@ -182,6 +218,24 @@ class OriginClient:
         """Send one request; yields once the response head is in (body still unread).
         A ``body`` that is an async iterable streams to the origin as it is produced."""
         assert self._session is not None, "OriginClient.start() not called"
+        if self._session.closed:  # retired and closed under a late background refresh
+            raise OriginError("connect", "origin client replaced by a reload")
+        self.hold()
+        try:
+            async with self._fetch(method, target, headers, body) as response:
+                yield response
+        finally:
+            self.release()
+
+    @asynccontextmanager
+    async def _fetch(
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str] | CIMultiDict[str],
+        body: bytes | AsyncIterable[bytes] | None,
+    ) -> AsyncIterator[OriginResponse]:
+        assert self._session is not None
         url = URL(self.base_url + target, encoded=True)
         request_time = self._clock()
         # One deadline from connecting to the last byte of the head: the per-read timeout

@@ -21,6 +21,11 @@ Every answer carries `Via` (RFC 9110 §7.6.3) and this cache's `Cache-Status` me
 (RFC 9211). Origin failures become 502/504 in exactly one place (`_origin_failed`).
 The origin gets the origin's own Host (from its URL); the client's Host travels in
 X-Forwarded-Host, its address in X-Forwarded-For.
+
+The Host chooses the site (edge/sites.py) and so the origin client: `handle` sets the
+request's `Route`, which `self.origin` and `self.route` read (a background refresh started
+by the request inherits it). A Host no site has, or one that needs another certificate
+than its TLS connection presented, is answered 421 (RFC 9110 §15.5.20).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from typing import assert_never
 
 from aiohttp import web
@@ -37,7 +43,7 @@ from multidict import CIMultiDict
 from edge.cache import Cache, Lookup, RequestInfo
 from edge.cache_status import cache_status
 from edge.coalesce import Coalescer, Flight
-from edge.config import EdgeConfig
+from edge.config import EdgeConfig, SiteConfig
 from edge.entry import CacheEntry
 from edge.errors import OriginError
 from edge.load import CacheResult, LoadTracker
@@ -45,6 +51,9 @@ from edge.metrics import EdgeMetrics
 from edge.origin import OriginClient, OriginResponse
 from edge.relay import Relay, Reply, UploadBody, narrowed, origin_headers
 from edge.response_step import Freshen, OriginAnswer, Pass, ResponseStep, ServeStale, Store
+from edge.routing import Routing
+from edge.sites import cache_host, misdirected
+from edge.tls import TlsTerminator
 
 log = logging.getLogger("edge.proxy")
 
@@ -52,10 +61,15 @@ _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 _METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
-def cache_host(host: str) -> str:
-    """The Host as the cache keys it: lower-case, without the default port (RFC 9110 §4.2.3)."""
-    host = host.lower()
-    return host[:-3] if host.endswith(":80") else host
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one request goes: its site and that site's origin client."""
+
+    site: SiteConfig
+    origin: OriginClient
+
+
+_ROUTE: ContextVar[Route] = ContextVar("edge_route")
 
 
 class Proxy:
@@ -65,7 +79,7 @@ class Proxy:
         self,
         cfg: EdgeConfig,
         cache: Cache,
-        origin: OriginClient,
+        routing: Routing,
         tracker: LoadTracker,
         metrics: EdgeMetrics,
         clock: Callable[[], float],
@@ -73,7 +87,8 @@ class Proxy:
     ) -> None:
         self.cfg = cfg
         self.cache = cache
-        self.origin = origin
+        self.routing = routing  # swapped whole by a reload
+        self.tls: TlsTerminator | None = None  # set when the edge has a TLS port
         self.tracker = tracker
         self.metrics = metrics
         self.coalescer = Coalescer()
@@ -88,14 +103,45 @@ class Proxy:
             task.cancel()
         await asyncio.gather(*self._refreshes, return_exceptions=True)
 
+    @property
+    def route(self) -> Route:
+        """The current request's site and origin client (set by `handle`)."""
+        return _ROUTE.get()
+
+    @property
+    def origin(self) -> OriginClient:
+        return _ROUTE.get().origin
+
+    def route_for(self, request: web.Request) -> Route | str:
+        """The request's route, or why it is misdirected (RFC 9110 §15.5.20)."""
+        routing = self.routing
+        site = routing.sites.choose(request.host)
+        if site is None:
+            return "no_site"
+        if self.tls is not None and request.transport is not None:
+            ssl_object = request.transport.get_extra_info("ssl_object")
+            if ssl_object is not None and misdirected(
+                self.tls.sni(ssl_object), request.host, routing.certificate_of
+            ):
+                return "certificate"
+        return Route(site, routing.origins[site.name])
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         start = self._clock()
         self.tracker.begin(start)
         self.metrics.inflight.inc()
         result: CacheResult = "error"
         status = 500
+        route = self.route_for(request)
+        if not isinstance(route, str):
+            _ROUTE.set(route)
+            route.origin.hold()  # a reload's retirement of the client waits for this request
         try:
-            reply = await self._answer(request)
+            if isinstance(route, str):
+                self.metrics.misdirected.labels(route).inc()
+                reply = await self._relay.error(request, 421, "error", f"misdirected-{route}")
+            else:
+                reply = await self._answer(request)
             result, status = reply.result, reply.response.status
             return reply.response
         finally:
@@ -105,9 +151,12 @@ class Proxy:
             method = request.method if request.method in _METHOD_LABELS else "other"
             self.metrics.requests.labels(result, method, str(status)).inc()
             self.metrics.request_duration.labels(result).observe(max(0.0, end - start))
+            if not isinstance(route, str):
+                route.origin.release()
+                self.metrics.site_requests.labels(route.site.name, result).inc()
 
     async def _answer(self, request: web.Request) -> Reply:
-        host = cache_host(request.host)
+        host = cache_host(self.route.site, request.host)
         req = RequestInfo(
             method=request.method, host=host, target=request.raw_path, headers=request.headers
         )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -23,8 +22,9 @@ from cdn.jsonbody import decode_json_object
 from cdn.purge import Purge, PurgeError
 from cdn.report import MAX_ACKS
 from edge.cache import Cache
+from edge.control import purge_slot
 from edge.metrics import EdgeMetrics
-from edge.proxy import cache_host
+from edge.sites import SiteTable, cache_host
 
 REMEMBER_S = 26 * 3600.0  # a router keeps an undelivered purge 24 h
 MAX_PURGE_BODY_BYTES = 8192
@@ -65,8 +65,10 @@ class FleetPurges:
         metrics: EdgeMetrics,
         clock: Callable[[], float],
         tokens: tuple[str, ...],
+        sites: Callable[[], SiteTable],
     ) -> None:
         self._cache = cache
+        self._sites = sites  # the current table: a reload may replace it
         self._tokens = tokens
         self._metrics = metrics
         self._clock = clock
@@ -78,7 +80,7 @@ class FleetPurges:
         if not self.applied.first_time(purge.id, self._clock()):
             self._metrics.fleet_purges.labels(via, "duplicate").inc()
             return None
-        removed = purge_cache(self._cache, purge)
+        removed = purge_cache(self._cache, self._sites(), purge)
         self._metrics.fleet_purges.labels(via, "applied").inc()
         self._metrics.purges.labels(purge.kind).inc()
         self._metrics.purged_objects.inc(removed)
@@ -115,19 +117,21 @@ class FleetPurges:
         return web.json_response({"id": purge.id, "purged": removed, "duplicate": removed is None})
 
 
-def purge_cache(cache: Cache, purge: Purge) -> int:
+def purge_cache(cache: Cache, table: SiteTable, purge: Purge) -> int:
     """Remove what a purge selects: every variant of a URL, every URL of its host under a
-    prefix, or every response tagged with the key (only those of `site`, if given)."""
+    prefix, or every response tagged with the key (only those of the site serving the
+    purge's `site` host, if given). Hosts are keyed as the site table keys requests."""
     if purge.kind == "key":
-        site = None if purge.site is None else cache_host(purge.site)
-        return cache.purge_key(purge.value, host=site)
-    host, target = _split(purge.value)
+        if purge.site is None:
+            return cache.purge_key(purge.value)
+        site = table.choose(purge.site)
+        return (
+            0 if site is None else cache.purge_key(purge.value, host=cache_host(site, purge.site))
+        )
+    slot = purge_slot(table, purge.value)
+    if slot is None:
+        return 0  # no site serves that host: nothing of it is stored
+    host, target = slot
     if purge.kind == "url":
         return cache.purge_url(host, target)
     return cache.purge_prefix(host, target)
-
-
-def _split(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    host = cache_host(parts.netloc.rpartition("@")[2])
-    return host, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

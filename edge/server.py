@@ -3,12 +3,16 @@
 SIGTERM drains: the status turns `draining` (so /healthz answers 503 and a report goes
 to every router at once), the edge keeps serving for drain_s while resolvers' cached
 answers expire, then stops accepting, finishes what is in flight and exits 0.
-SIGINT stops at once, cleanly.
+SIGINT stops at once, cleanly. SIGHUP reloads the config file: sites, origins (and their
+CAs) and certificates change for the next request and handshake; open connections, tunnels
+and the cache stay. A reload that fails (a bad file) logs one line and changes nothing.
+Listen addresses, the cache, limits and tokens take effect at the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import time
@@ -21,16 +25,17 @@ from cdn.config import HostPort
 from cdn.logs import setup_logging
 from cdn.purge import PURGE_PATH
 from edge.cache import Cache
-from edge.config import EdgeConfig
+from edge.config import EdgeConfig, reload_config
 from edge.control import control_app
-from edge.errors import ConfigError
+from edge.errors import ConfigError, EdgeError
 from edge.http_log import ServerLog
 from edge.load import LoadSnapshot, LoadTracker
 from edge.metrics import EdgeMetrics
-from edge.origin import OriginClient
 from edge.proxy import Proxy
 from edge.purges import FleetPurges
 from edge.reporter import Reporter
+from edge.routing import build_routing
+from edge.tls import Certificates, TlsSite, TlsTerminator, load_certificates
 
 # In-flight requests get this long to finish once the edge stops accepting.
 SHUTDOWN_GRACE_S = 5.0
@@ -55,29 +60,36 @@ class EdgeServer:
         )
         self.metrics.cache_capacity_bytes.set(cfg.cache.size_bytes)
         self.tracker = LoadTracker(cfg.capacity_rps, clock())
-        self.origin = OriginClient(cfg.origin, cfg.limits, self.metrics, clock)
+        # Certificates and CA files are read here: a bad one stops the edge before it binds.
+        certificates = None if cfg.tls is None else load_certificates(cfg.tls, cfg.source)
+        self.tls = None if certificates is None else TlsTerminator(certificates, self.metrics)
+        routing = build_routing(cfg, self.metrics, clock, _certificate_map(certificates))
         tokens = (cfg.token, *cfg.previous_tokens)
-        self.fleet_purges = FleetPurges(self.cache, self.metrics, time.monotonic, tokens)
+        self.fleet_purges = FleetPurges(
+            self.cache, self.metrics, time.monotonic, tokens, lambda: self.proxy.routing.sites
+        )
         self.reporter = Reporter(
             cfg.name, cfg.routers, cfg.token, cfg.capacity_rps, self.snapshot,
             self.metrics, cfg.report_interval_s, clock,
             on_purges=self.fleet_purges.apply_from_reply, take_acks=self.fleet_purges.take_acks,
         )  # fmt: skip
         self.proxy = Proxy(
-            cfg, self.cache, self.origin, self.tracker, self.metrics, clock, self.reporter.wake
+            cfg, self.cache, routing, self.tracker, self.metrics, clock, self.reporter.wake
         )
+        self.proxy.tls = self.tls
         self._server_log = ServerLog(self.metrics.bad_requests)
         self._runners: list[web.AppRunner] = []
         self._reporter_task: asyncio.Task[None] | None = None
         self.content: HostPort | None = None
         self.control: HostPort | None = None
+        self.tls_address: HostPort | None = None
 
     def snapshot(self) -> LoadSnapshot:
         return self.tracker.snapshot(self.clock())
 
     async def start(self) -> None:
         """Bind the content and control ports and start reporting."""
-        await self.origin.start()
+        await self.proxy.routing.start()
         limits = self.cfg.limits
         content = web.Application(client_max_size=limits.max_body_bytes)
         content.router.add_route("*", "/{tail:.*}", self.proxy.handle)
@@ -87,8 +99,15 @@ class EdgeServer:
             "max_headers": limits.max_headers,
         }
         self.content = await self._bind(content, self.cfg.listen, "edge.listen", handler_args)
+        if self.tls is not None and self.cfg.tls is not None:
+            # The same runner: one set of connections for the content, drained together.
+            runner, where = self._runners[-1], self.cfg.tls.listen
+            site = TlsSite(runner, where.host, where.port, self.tls)
+            self.tls_address = await self._start(site, runner, where, "tls.listen")
         tokens = (self.cfg.token, *self.cfg.previous_tokens)
-        control = control_app(self.cache, self.metrics, self.snapshot, tokens)
+        control = control_app(
+            self.cache, self.metrics, self.snapshot, tokens, lambda: self.proxy.routing.sites
+        )
         control.router.add_post(PURGE_PATH, self.fleet_purges.handle)  # a router's fan-out
         self.control = await self._bind(control, self.cfg.control, "edge.control", {})
         self._reporter_task = asyncio.create_task(self.reporter.run())
@@ -108,7 +127,33 @@ class EdgeServer:
             self._reporter_task.cancel()
             await asyncio.gather(self._reporter_task, return_exceptions=True)
         await self.proxy.close()
-        await self.origin.close()
+        await self.proxy.routing.close()
+
+    async def reload(self) -> bool:
+        """SIGHUP: read the config file again and swap sites, origins and certificates;
+        on any error log it (one line) and keep everything as it was."""
+        try:
+            new = reload_config(self.cfg)
+            if (new.tls is None) != (self.tls is None):
+                raise ConfigError(new.source, "tls", "adding or removing [tls] needs a restart")
+            certificates = None if new.tls is None else load_certificates(new.tls, new.source)
+            routing = build_routing(new, self.metrics, self.clock, _certificate_map(certificates))
+        except EdgeError as exc:
+            self.metrics.reloads.labels("failed").inc()
+            log.warning("event=reload_failed error=%s", json.dumps(str(exc)))
+            return False
+        await routing.start()
+        old, self.proxy.routing = self.proxy.routing, routing
+        old.retire()
+        if self.tls is not None and certificates is not None:
+            self.tls.swap(certificates)
+        self.metrics.reloads.labels("ok").inc()
+        log.info(
+            "event=reloaded sites=%s certificates=%s",
+            ",".join(site.name for site in routing.sites.sites()),
+            ",".join(certificates.expiry) if certificates is not None else "-",
+        )
+        return True
 
     async def _bind(
         self, app: web.Application, where: HostPort, key: str, handler_args: dict[str, Any]
@@ -124,7 +169,11 @@ class EdgeServer:
         )
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, where.host, where.port)
+        return await self._start(web.TCPSite(runner, where.host, where.port), runner, where, key)
+
+    async def _start(
+        self, site: web.BaseSite, runner: web.AppRunner, where: HostPort, key: str
+    ) -> HostPort:
         try:
             await site.start()
         except OSError as exc:
@@ -132,6 +181,10 @@ class EdgeServer:
             raise ConfigError(self.cfg.source, key, f"cannot listen on {where}: {exc}") from None
         sockname = runner.addresses[-1]
         return HostPort(str(sockname[0]), int(sockname[1]))
+
+
+def _certificate_map(certificates: Certificates | None) -> dict[str, str]:
+    return {} if certificates is None else dict(certificates.certificate_of)
 
 
 async def run(cfg: EdgeConfig) -> None:
@@ -147,16 +200,27 @@ async def run(cfg: EdgeConfig) -> None:
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(server.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     # Logged once the signal handlers are in place: a supervisor may signal right after.
+    tls = "" if server.tls_address is None else f" tls={server.tls_address}"
+    sites = ",".join(site.name for site in server.proxy.routing.sites.sites())
     log.info(
-        "event=listening name=%s content=%s control=%s origin=%s",
-        cfg.name, server.content, server.control, cfg.origin,
+        "event=listening name=%s content=%s%s control=%s origin=%s sites=%s",
+        cfg.name, server.content, tls, server.control, cfg.origin or "-", sites,
     )  # fmt: skip
     try:
         await stopping.wait()
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
         loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGHUP)
         await server.stop()
         log.info("event=stopped name=%s", cfg.name)
 

@@ -23,10 +23,10 @@ from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestPayloadError
 from multidict import CIMultiDict
 
 from edge.cache import Cache, RequestInfo, client_conditional, response_headers
-from edge.config import Limits
+from edge.config import DEFAULT_SITE, Limits, SiteConfig
 from edge.directives import parse_cache_control
-from edge.proxy import cache_host
 from edge.rules import invalidation_targets, selecting_value, strip_hop_by_hop
+from edge.sites import cache_host
 from fuzz.runner import FuzzFailure
 
 HOST = "cdn.example.com"
@@ -34,6 +34,8 @@ NOW = 1_800_000_000.0
 READ_BUFSIZE = 2**16  # aiohttp's DEFAULT_CHUNK_SIZE: the payload stream's high-water mark
 MAX_HEAD_BYTES = 16384
 LONG_AGO = "Mon, 01 Jan 2024 00:00:00 GMT"
+# The one-origin edge: the default site keys the cache by the request's own Host.
+_SITE = SiteConfig(name=DEFAULT_SITE, hosts=(), origin="http://origin.invalid")
 STORED = {  # target -> response headers of an entry stored at NOW - 100 s
     "/a.jpg": {"Cache-Control": "max-age=3600", "ETag": '"a1"', "Last-Modified": LONG_AGO},
     "/stale": {"Cache-Control": "max-age=10, stale-while-revalidate=60, stale-if-error=600",
@@ -108,7 +110,7 @@ class HttpTarget:
         """What the edge's handler does with one head, up to the origin or the relay."""
         headers = message.headers
         req = RequestInfo(
-            message.method, cache_host(headers.get("Host", "")), message.path, headers
+            message.method, cache_host(_SITE, headers.get("Host", "")), message.path, headers
         )
         parse_cache_control(headers)
         strip_hop_by_hop(headers)

@@ -104,6 +104,10 @@ tests:
         values: '0 0 0 3 3 3 3 3'
       - series: 'georouter_node_state{{instance="r", node="edge-eu-1", state="down"}}'
         values: '0 1 1 1 1 1 1 1 1 1 1 1 1'
+      - series: 'edge_tls_certificate_expiry_seconds{{instance="e", certificate="api.example.com"}}'
+        values: '1209605+0x12'  # 14 days and 5 s from time() = 0
+      - series: 'edge_tls_certificate_expiry_seconds{{instance="e", certificate="default"}}'
+        values: '2592000+0x12'
     alert_rule_test:
       - eval_time: 25s
         alertname: RegionWithoutHealthyNodes
@@ -129,6 +133,16 @@ tests:
             exp_annotations:
               summary: "Edge edge-eu-1 is down (router r)"
               description: "Probes fail or its load reports stopped; the router no longer names it in answers."
+      - eval_time: 0s
+        alertname: EdgeCertificateExpiresSoon
+        exp_alerts: []
+      - eval_time: 10s
+        alertname: EdgeCertificateExpiresSoon
+        exp_alerts:
+          - exp_labels: {{severity: warn, instance: e, certificate: api.example.com}}
+            exp_annotations:
+              summary: "Certificate api.example.com of e expires in under 14 days"
+              description: "Renew it and send the edge SIGHUP: clients refuse an expired certificate, and HTTPS to this edge stops."
 """  # noqa: E501 (expected annotations are the rules' own long lines)
 
 

@@ -383,7 +383,10 @@ def test_shipped_config_loads() -> None:
     assert len(config.nodes) == 6
     zone = config.zones[0]
     assert zone.origin == "example.com."
-    assert zone.services == ("cdn.example.com.", "img.example.com.")
+    # The demo's social platform: feed, images, posts and chat, all through the same edges.
+    assert zone.services == (
+        "cdn.example.com.", "img.example.com.", "api.example.com.", "chat.example.com."
+    )  # fmt: skip
     assert {(r.name, r.rtype) for r in zone.records} == {
         ("ns1.example.com.", "A"),
         ("www.example.com.", "CNAME"),

@@ -10,10 +10,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdnlab.loopback import free_port
-from edge.control import _split_url as split_url
-from edge.proxy import cache_host
+from edge.control import purge_slot
 from edge.server import EdgeServer
-from tests.origin_app import CACHEABLE, FakeRouter, ScriptedOrigin, metric, poll, running_edge
+from edge.sites import SiteTable, cache_host
+from tests.origin_app import (
+    CACHEABLE,
+    FakeRouter,
+    ScriptedOrigin,
+    edge_config,
+    metric,
+    poll,
+    running_edge,
+)
 
 pytest_plugins = ("tests.edge_fixtures",)
 AUTH = {"Authorization": "Bearer t0ken"}
@@ -221,4 +229,7 @@ def test_purge_url_names_the_key_the_proxy_uses(
 ) -> None:
     authority = host if port is None else f"{host}:{port}"
     target = "/" + path + (f"?{query}" if query else "")
-    assert split_url(f"http://{authority}{target}") == (cache_host(authority), target)
+    table = SiteTable.from_config(edge_config("http://127.0.0.1:1"))
+    site = table.choose(authority)
+    assert site is not None
+    assert purge_slot(table, f"http://{authority}{target}") == (cache_host(site, authority), target)
