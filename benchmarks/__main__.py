@@ -2,7 +2,8 @@
 its headline also into README.md.
 
 BENCH_QUICK=1 shortens every part (about 4 minutes in all) for development; the full run
-stays under 20 minutes on 2 cores. `--parts bias,dns,hit,failover,balance,cache` picks parts.
+stays under 20 minutes on 2 cores (the scaling part adds about 6, 1 in quick mode).
+`--parts bias,dns,hit,failover,balance,cache,scaling` picks parts.
 The bias check (benchmarks/fairness.py) runs first and stops the run, exit 1, if the harness
 would measure a server started its way differently from one started plainly; every started
 process is checked against the harness's own scheduling (session autogroup, nice, cores).
@@ -33,6 +34,7 @@ from benchmarks import (
     headline,
     peers,
     report,
+    scaling,
 )
 from benchmarks.processes import (
     BenchError,
@@ -47,7 +49,7 @@ from benchmarks.report import Part, Table
 from georouter.config import RouterConfig, load_config
 
 OUTPUT = cdn.REPO / "docs" / "benchmarks.md"
-PARTS = ("bias", "dns", "hit", "failover", "balance", "cache")
+PARTS = ("bias", "dns", "hit", "failover", "balance", "cache", "scaling")
 LATENCY_LOAD_SHARE = 0.5  # the fixed-rate run offers half of georouter's max q/s
 DNS_WORKERS = 2  # the second georouter configuration measured: one UDP worker per core
 FAILOVER_VICTIM = "edge-eu-1"
@@ -237,6 +239,20 @@ def hit_part(run: Run, origin: Endpoint) -> None:
             run.note_memory(f"{server.name} (after part 2, objects cached)", server.pid)
 
 
+def scaling_part(run: Run, images: Path) -> None:
+    """Router and edge cost as the work grows (benchmarks/scaling.py); plots into `images`."""
+    plan = scaling.QUICK if run.settings is QUICK else scaling.FULL
+    workdir = run.workdir / "scaling"
+    workdir.mkdir()
+    harness = scaling.Harness(workdir, run.note_start, run.note_tool)
+    results = scaling.measure(harness, plan, cdn.TOPOLOGY, run.config)
+    part = Part("How cost grows with the work", "")
+    for table in scaling.tables(results, plan):
+        run.emit("scaling", part, table)
+    part.intro = scaling.intro(results, scaling.figures(results, images))
+    run.parts["scaling"] = part
+
+
 def memory_table(memory: dict[str, int]) -> Table:
     rows = [[label, f"{size / 2**20:,.1f}"] for label, size in memory.items()]
     notes = [
@@ -315,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                 bias_part(run)
             _with_servers(run, args.parts)
             _pure_parts(run, args.parts)
+            if "scaling" in args.parts:
+                scaling_part(run, args.output.parent / "img")
         except BenchError as exc:
             print(f"benchmarks: {exc}", file=sys.stderr)
             return 1
