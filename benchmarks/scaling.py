@@ -188,7 +188,7 @@ def health_stub() -> Iterator[str]:
         thread.join()
 
 
-def _counter(text: str, name: str, labels: str = "") -> float:
+def prometheus_sum(text: str, name: str, labels: str = "") -> float:
     """The sum of a Prometheus counter's samples whose labels contain `labels`."""
     pattern = rf"^{name}(?:_total)?(\{{[^}}]*\}})? (\S+)$"
     return sum(
@@ -277,10 +277,10 @@ class RouterBench:
             after = _metrics(control_url)
             rss = rss_bytes(server.pid)
         self.harness.note_tool("dnsperf", run.tool)
-        lookups = _counter(after, "georouter_geoip_lookups") - _counter(
+        lookups = prometheus_sum(after, "georouter_geoip_lookups") - prometheus_sum(
             before, "georouter_geoip_lookups"
         )
-        hits = _counter(after, "georouter_geoip_cache_hits") - _counter(
+        hits = prometheus_sum(after, "georouter_geoip_cache_hits") - prometheus_sum(
             before, "georouter_geoip_cache_hits"
         )
         share = hits / lookups if lookups else math.nan
@@ -420,7 +420,7 @@ class EdgeBench:
             out_of_budget = WRK_SUMMARY in output  # printed only when -d ran out
         elapsed = time.monotonic() - started
         self.spent_s += elapsed
-        self.stored = int(_counter(_metrics(self.control_url), "edge_cache_objects")) - 1
+        self.stored = int(prometheus_sum(_metrics(self.control_url), "edge_cache_objects")) - 1
         return elapsed, out_of_budget
 
     def point(self, target: int) -> EdgePoint:
@@ -430,8 +430,8 @@ class EdgeBench:
         output, cpu = self._wrk(HITS_LUA, self.plan.run_s, HIT_CONNECTIONS, [str(self.stored)])
         after = _metrics(self.control_url)
         rps, _p50, p99, errors = parse_wrk(output)
-        answered = _counter(after, "edge_requests") - _counter(before, "edge_requests")
-        hits = _counter(after, "edge_requests", 'cache="hit"') - _counter(
+        answered = prometheus_sum(after, "edge_requests") - prometheus_sum(before, "edge_requests")
+        hits = prometheus_sum(after, "edge_requests", 'cache="hit"') - prometheus_sum(
             before, "edge_requests", 'cache="hit"'
         )
         share = hits / answered if answered else math.nan
@@ -501,8 +501,9 @@ def router_curves(points: Sequence[RouterPoint]) -> list[Curve]:
         grows = ROUTER_GROWS.get(dimension) or _clients_grows()
         if dimension == "clients":
             grows += _limits_note(Curve("", unit, "", xs, tuple(p.qps for p in chosen), True))
+        cost = ("CPU µs/query", tuple(p.cpu_us_per_query for p in chosen))
         curves.append(Curve(f"router q/s vs {unit}", unit, "q/s", xs,
-                            tuple(p.qps for p in chosen), True, grows))  # fmt: skip
+                            tuple(p.qps for p in chosen), True, grows, cost))  # fmt: skip
         memory.append(Curve(f"router RSS vs {unit}", unit, "RSS MiB", xs,
                             tuple(p.rss / MiB for p in chosen), False))  # fmt: skip
     overrides = [p for p in points if p.dimension == "overrides"]
@@ -548,7 +549,8 @@ def edge_curves(points: Sequence[EdgePoint]) -> list[Curve]:
     xs = tuple(float(p.stored) for p in points)
     return [
         Curve("edge hits/s vs objects stored", "objects", "hits/s", xs,
-              tuple(p.rps for p in points), True, EDGE_GROWS),
+              tuple(p.rps for p in points), True, EDGE_GROWS,
+              ("CPU µs/hit", tuple(p.cpu_us_per_hit for p in points))),
         Curve("edge memory per object", "objects", "bytes/object", xs,
               tuple(p.bytes_per_object for p in points), False, OBJECT_GROWS),
     ]  # fmt: skip

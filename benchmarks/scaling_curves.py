@@ -30,6 +30,9 @@ class Curve:
     ys: tuple[float, ...]
     higher_is_better: bool
     grows: str = ""  # what grows with x: the candidate causes of a knee
+    # A second measure quoted at the knee (e.g. CPU per query, which a busy machine moves
+    # less than throughput): its name and values at the same xs.
+    evidence: tuple[str, tuple[float, ...]] | None = None
 
     def knee(self) -> int | None:
         """The index of the first point more than KNEE_SHARE worse than its predecessor."""
@@ -46,16 +49,20 @@ class Curve:
         """One Markdown list item naming the knee (or its absence) and what grows with x."""
         index = self.knee()
         if index is None:
-            where = f"no knee: no step is more than {KNEE_SHARE:.0%} worse than the one before"
+            where = f"no knee: no step is more than {KNEE_SHARE * 100:.0f} % worse than the last"
         else:
             before, after = self.ys[index - 1], self.ys[index]
             change = abs(after - before) / before
             verb = "drops" if self.higher_is_better else "rises"
             where = (
                 f"knee at {_number(self.xs[index])} {self.x_label}: {self.y_label} {verb} "
-                f"{change:.0%} ({_number(before)} at {_number(self.xs[index - 1])} to "
-                f"{_number(after)})"
+                f"{change * 100:.0f} % ({_number(before)} at {_number(self.xs[index - 1])} to "
+                f"{_number(after)}"
             )
+            if self.evidence is not None:
+                name, values = self.evidence
+                where += f"; {name} {_number(values[index - 1])} to {_number(values[index])}"
+            where += ")"
         return f"- **{self.title}**: {where}." + (f" {self.grows}" if self.grows else "")
 
 
