@@ -67,7 +67,6 @@ from georouter.responder import SHAPE_CACHE_ENTRIES
 LOOPBACK = "127.0.0.1"
 QUERIES_PER_FILE = 20_000  # a mix narrower than this repeats its /24s within the file
 TOPOLOGY_CLIENTS = 100  # distinct /24s of the topology points' mix
-START_TIMEOUT_S = 300.0  # a 6,000-node topology: config, then one probe round, then DNS
 FIRST_QUERY_TIMEOUT_S = 30.0  # one cold placement with 10,000 overrides takes ~0.1 s
 OBJECT_BYTES = 1024
 EDGE_CACHE_SIZE = "4G"  # far above 1,000,000 small objects: nothing is evicted
@@ -75,6 +74,7 @@ LOADER_CONNECTIONS = 32
 HIT_CONNECTIONS = 32
 WRK_SUMMARY = "requests in"  # wrk's summary line, which the loader's early exit skips
 MiB = 2**20
+NO_CPU = CpuShares(math.nan, math.nan, math.nan, math.nan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +88,18 @@ class Plan:
     objects: tuple[int, ...]
     run_s: float  # each dnsperf and wrk run
     fill_budget_s: float  # the edge loader's time, all points together
+    # A router not answering with every node up by then is recorded as such, not measured:
+    # each node's first good probe republishes the fleet snapshot, so the start is O(nodes²).
+    start_budget_s: float
 
 
 FULL = Plan(nodes=(6, 600, 6000), regions=(3, 10, 25, 50), overrides=(0, 100, 1000, 10_000),
             clients=(100, 1000, 10_000, 100_000, 1_000_000),
-            objects=(1000, 10_000, 100_000, 1_000_000), run_s=5.0, fill_budget_s=200.0)  # fmt: skip
+            objects=(1000, 10_000, 100_000, 1_000_000), run_s=5.0, fill_budget_s=150.0,
+            start_budget_s=60.0)  # fmt: skip
 QUICK = Plan(nodes=(6, 600), regions=(3, 50), overrides=(0, 1000), clients=(100, 100_000),
-             objects=(1000, 10_000), run_s=2.0, fill_budget_s=20.0)  # fmt: skip
+             objects=(1000, 10_000), run_s=2.0, fill_budget_s=20.0,
+             start_budget_s=30.0)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +124,7 @@ class RouterPoint:
     rss: int
     geoip_cache_share: float  # of the run's placements
     first_query_ms: float = math.nan  # mean, over the mix's /24s, of the first answer
+    start_s: float = math.nan  # from exec to answering with every node up; inf: not in budget
 
     @property
     def cpu_us_per_query(self) -> float:
@@ -221,19 +227,38 @@ def _first_answers_ms(server: Endpoint, queries: Sequence[bytes]) -> float:
         return 1000.0 * (time.perf_counter() - started) / len(queries)
 
 
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A router that came up: its DNS endpoint, control URL, and how long it took."""
+
+    dns: Endpoint
+    control_url: str
+    start_s: float
+
+
 @contextlib.contextmanager
-def router(config_path: Path, harness: Harness) -> Iterator[tuple[Endpoint, str]]:
-    """`georouter serve` on the topology, once every node is up: DNS endpoint, control URL."""
+def router(config_path: Path, harness: Harness, budget_s: float) -> Iterator[Started | int]:
+    """`georouter serve` on the topology, once every node is up; if that takes longer than
+    `budget_s`, the still running process's PID instead (BenchError if it exited)."""
     argv = [sys.executable, "-m", "georouter", "serve", "--config", str(config_path)]
     argv += ["--dns", f"{LOOPBACK}:0", "--control", f"{LOOPBACK}:0"]
+    started = time.monotonic()
     with running("georouter (scaling)", argv) as service:
-        match = service.wait_for_line(
-            r"event=listening dns=(\S+):(\d+) control=(\S+):(\d+)", START_TIMEOUT_S
-        )
-        control_url = f"http://{match.group(3)}:{match.group(4)}"
-        service.wait_ready(lambda: all_nodes_up(control_url), START_TIMEOUT_S)
+        try:
+            match = service.wait_for_line(
+                r"event=listening dns=(\S+):(\d+) control=(\S+):(\d+)", budget_s
+            )
+            control_url = f"http://{match.group(3)}:{match.group(4)}"
+            left = budget_s - (time.monotonic() - started)
+            service.wait_ready(lambda: all_nodes_up(control_url), max(left, 1.0))
+        except BenchError:
+            if not service.alive():
+                raise
+            yield service.pid
+            return
         harness.note_start("georouter (scaling part)", service.pid)
-        yield Endpoint("georouter", match.group(1), int(match.group(2)), service.pid), control_url
+        dns = Endpoint("georouter", match.group(1), int(match.group(2)), service.pid)
+        yield Started(dns, control_url, time.monotonic() - started)
 
 
 @dataclass(slots=True)
@@ -244,7 +269,7 @@ class RouterBench:
     shipped_text: str
     health_url: str
     harness: Harness
-    run_s: float
+    plan: Plan
     measured: dict[tuple[Shape, int, bool], RouterPoint] = field(default_factory=dict)
 
     @property
@@ -268,12 +293,16 @@ class RouterBench:
         mix = Mix(f"{clients} /24s", "", workdir / f"clients-{clients}.bin")
         if not mix.path.exists():
             write_mix(mix.path, self.qname, subnets, max(clients, QUERIES_PER_FILE))
-        with router(config, self.harness) as (server, control_url):
+        with router(config, self.harness, self.plan.start_budget_s) as started:
+            if not isinstance(started, Started):  # not up within the budget: its RSS only
+                return RouterPoint(dimension, shape, clients, math.nan, 0, NO_CPU,
+                                   rss_bytes(started), math.nan, math.nan, math.inf)  # fmt: skip
+            server, control_url = started.dns, started.control_url
             first_ms = math.nan
             if warm:
                 first_ms = _first_answers_ms(server, ecs_queries(self.qname, subnets))
             before = _metrics(control_url)
-            run = run_dnsperf(server, mix, self.run_s)
+            run = run_dnsperf(server, mix, self.plan.run_s)
             after = _metrics(control_url)
             rss = rss_bytes(server.pid)
         self.harness.note_tool("dnsperf", run.tool)
@@ -285,7 +314,7 @@ class RouterBench:
         )
         share = hits / lookups if lookups else math.nan
         return RouterPoint(dimension, shape, clients, run.qps, run.lost, run.cpu, rss, share,
-                           first_ms)  # fmt: skip
+                           first_ms, started.start_s)  # fmt: skip
 
 
 def router_points(bench: RouterBench, plan: Plan) -> list[RouterPoint]:
@@ -472,6 +501,14 @@ ROUTER_GROWS = {
 }
 
 
+START_GROWS = (
+    "Each node's first good probe changes its state, and every state change rebuilds and "
+    "publishes the whole fleet snapshot (georouter/fleet.py `Fleet._set`; the selector "
+    "re-derives its routes from it): n nodes coming up cost O(n²), and so would n edges' "
+    "load reports each second."
+)
+
+
 def _clients_grows() -> str:
     return (
         "Two caches bound the warm path, both cleared when full: the responder's query shapes "
@@ -506,6 +543,11 @@ def router_curves(points: Sequence[RouterPoint]) -> list[Curve]:
                             tuple(p.qps for p in chosen), True, grows, cost))  # fmt: skip
         memory.append(Curve(f"router RSS vs {unit}", unit, "RSS MiB", xs,
                             tuple(p.rss / MiB for p in chosen), False))  # fmt: skip
+    nodes = [p for p in points if p.dimension == "nodes"]
+    if nodes:
+        memory.append(Curve("router start vs nodes", "nodes", "start s",
+                            tuple(float(p.shape.nodes) for p in nodes),
+                            tuple(p.start_s for p in nodes), False, START_GROWS))  # fmt: skip
     overrides = [p for p in points if p.dimension == "overrides"]
     if overrides:
         memory.append(Curve("router first query of a /24 vs overrides", "overrides", "ms",
@@ -556,19 +598,29 @@ def edge_curves(points: Sequence[EdgePoint]) -> list[Curve]:
     ]  # fmt: skip
 
 
-def router_table(points: Sequence[RouterPoint], run_s: float) -> Table:
-    rows = [
-        [
+def _start_cells(point: RouterPoint, budget_s: float) -> tuple[str, str]:
+    if math.isinf(point.start_s):
+        return f"> {budget_s:g}", "not up within the start budget"
+    return fmt(point.start_s, 1), bottleneck(point.cpu, "dnsperf")
+
+
+def router_table(points: Sequence[RouterPoint], plan: Plan) -> Table:
+    rows = []
+    for p in points:
+        start, limited = _start_cells(p, plan.start_budget_s)
+        rows.append([
             p.dimension, f"{p.shape.nodes:,}", str(p.shape.regions), f"{p.shape.overrides:,}",
-            f"{p.clients:,}", fmt(p.qps), fmt(p.cpu_us_per_query, 1),
+            f"{p.clients:,}", start, fmt(p.qps), fmt(p.cpu_us_per_query, 1),
             fmt(100.0 * p.geoip_cache_share, 1), fmt(p.first_query_ms, 2), str(p.lost),
-            fmt(p.rss / MiB, 1), fmt(p.cpu.server), bottleneck(p.cpu, "dnsperf"),
-        ]
-        for p in points
-    ]  # fmt: skip
+            fmt(p.rss / MiB, 1), fmt(p.cpu.server), limited,
+        ])  # fmt: skip
     notes = [
         f"One router process per point (repeated topology points are one run shown under each "
-        f"dimension); dnsperf -c 4 -q 200 at max rate for {run_s:g} s, one round.",
+        f"dimension); dnsperf -c 4 -q 200 at max rate for {plan.run_s:g} s, one round.",
+        f"Start: seconds from exec until it answers with every node up (one probe round); a "
+        f"router not up within {plan.start_budget_s:g} s is not measured (RSS read at the "
+        "deadline): each node's first good probe rebuilds and publishes the whole fleet "
+        "snapshot (georouter/fleet.py), so bringing n nodes up costs O(n²).",
         "CPU µs/query: the router's CPU over the run divided by the answers. GeoIP cache: "
         "share of the run's placements served from the per-network cache. First query: mean "
         "round trip of each /24's first query, asked one at a time before the run (topology "
@@ -578,7 +630,7 @@ def router_table(points: Sequence[RouterPoint], run_s: float) -> Table:
         CPU_NOTE,
         EQUAL_TERMS_NOTE,
     ]
-    columns = ["grown", "nodes", "regions", "overrides", "/24s", "q/s", "CPU µs/query",
+    columns = ["grown", "nodes", "regions", "overrides", "/24s", "start s", "q/s", "CPU µs/query",
                "GeoIP cache %", "first query ms", "lost", "RSS MiB", "server CPU %",
                "limited by"]  # fmt: skip
     return Table("Router: queries/s and memory as the work grows", columns, rows, notes)
@@ -640,7 +692,7 @@ def measure(harness: Harness, plan: Plan, shipped_path: Path, shipped: RouterCon
         results.skipped.append(f"Router half skipped: {', '.join(missing)} not installed.")
     else:
         with health_stub() as health_url:
-            bench = RouterBench(shipped, shipped_path.read_text(), health_url, harness, plan.run_s)
+            bench = RouterBench(shipped, shipped_path.read_text(), health_url, harness, plan)
             results.router = router_points(bench, plan)
     if missing := _missing("wrk", "nginx"):
         results.skipped.append(f"Edge half skipped: {', '.join(missing)} not installed.")
@@ -672,7 +724,7 @@ def figures(results: Results, images: Path) -> list[str]:
 def tables(results: Results, plan: Plan) -> list[Table]:
     found = []
     if results.router:
-        found.append(router_table(results.router, plan.run_s))
+        found.append(router_table(results.router, plan))
     if results.edge:
         found.append(edge_table(results.edge, plan.run_s, plan.fill_budget_s))
     return found

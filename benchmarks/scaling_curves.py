@@ -106,14 +106,17 @@ def _panel(ax: object, curve: Curve) -> None:
     from matplotlib.axes import Axes
 
     assert isinstance(ax, Axes)
-    points = [(x, y) for x, y in zip(curve.xs, curve.ys, strict=True) if not math.isnan(y)]
+    points = [(x, y) for x, y in zip(curve.xs, curve.ys, strict=True) if math.isfinite(y)]
     xs, ys = [x for x, _ in points], [y for _, y in points]
     ax.plot(xs, ys, marker="o")
     positive = [x for x in xs if x > 0]
-    if positive and len(positive) == len(xs) and max(positive) / min(positive) > LOG_SPAN:
-        ax.set_xscale("log")
+    if positive and max(positive) / min(positive) > LOG_SPAN:
+        if len(positive) == len(xs):
+            ax.set_xscale("log")
+        else:  # a zero among the xs (no overrides): linear up to the smallest other x
+            ax.set_xscale("symlog", linthresh=min(positive))
     index = curve.knee()
-    if index is not None:
+    if index is not None and math.isfinite(curve.ys[index]):
         ax.plot([curve.xs[index]], [curve.ys[index]], "o", color="red", markersize=11,
                 markerfacecolor="none")  # fmt: skip
         ax.annotate("knee", (curve.xs[index], curve.ys[index]), color="red", xytext=(6, 6),

@@ -224,7 +224,7 @@ CPU = CpuShares(server=80.0, tool=60.0, others=5.0, stolen=0.0)
 
 def _router_points() -> list[RouterPoint]:
     def point(dimension: str, shape: Shape, clients: int, qps: float) -> RouterPoint:
-        return RouterPoint(dimension, shape, clients, qps, 0, CPU, 90 * 2**20, 1.0, 0.5)
+        return RouterPoint(dimension, shape, clients, qps, 0, CPU, 90 * 2**20, 1.0, 0.5, 2.0)
 
     base = Shape(6, 3, 0)
     return [
@@ -243,9 +243,9 @@ def _edge_points() -> list[EdgePoint]:
 
 
 def test_tables_render_and_read_back(tmp_path: Path) -> None:
-    router = router_table(_router_points(), 5.0)
+    router = router_table(_router_points(), scaling.FULL)
     edge = edge_table(_edge_points(), 5.0, 200.0)
-    assert len(router.rows) == 4 and router.rows[1][5] == "6,000"
+    assert len(router.rows) == 4 and router.rows[1][6] == "6,000"
     assert edge.rows[1][1] == "9,000 (budget)"
     assert edge.rows[0][9] == f"{20 * 2**20 / 1000:,.0f}"  # B/object: RSS growth / objects
     text = render([Part("How cost grows", "", [router, edge])], [], router, "", "")
@@ -279,3 +279,19 @@ def test_figures_are_written_next_to_the_page_and_linked(tmp_path: Path) -> None
         assert (tmp_path / "img" / name).read_bytes().startswith(PNG_SIGNATURE)
     intro = scaling.intro(results, lines)
     assert "Knees in this run" in intro and "knee at 600 nodes" in intro
+
+
+def test_a_router_not_up_within_its_start_budget_is_shown_so() -> None:
+    late = replace(_router_points()[1], qps=math.nan, cpu=scaling.NO_CPU, start_s=math.inf)
+    row = router_table([_router_points()[0], late], scaling.FULL).rows[1]
+    assert row[5] == f"> {scaling.FULL.start_budget_s:g}" and row[6] == "n/a"
+    assert row[-1] == "not up within the start budget"
+    start = next(c for c in router_curves([_router_points()[0], late]) if "start" in c.title)
+    assert start.knee() == 1  # never up is the worst a start can be
+
+
+def test_a_plot_leaves_out_points_that_were_not_measured(tmp_path: Path) -> None:
+    path = tmp_path / "curves.png"
+    curve = Curve("t", "overrides", "s", (0.0, 100.0, 10_000.0), (1.0, math.nan, math.inf), False)
+    plot(path, [curve], 1, "title")
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
