@@ -9,7 +9,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 TEST_PACKAGES  := unbound prometheus knot-dnsutils bind9-dnsutils
 BENCH_PACKAGES := dnsperf gdnsd pdns-server pdns-backend-geoip nginx wrk
 
-.PHONY: demo demo-load test lint typecheck bench cache-tests test-packages bench-packages clean
+.PHONY: demo demo-load test lint typecheck bench fuzz cache-tests test-packages bench-packages clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,13 +39,20 @@ test: $(STAMP) test-packages
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check cdn georouter edge tests benchmarks
-	$(BIN)/ruff format --check cdn georouter edge tests benchmarks
+	$(BIN)/ruff check cdn georouter edge tests benchmarks fuzz
+	$(BIN)/ruff format --check cdn georouter edge tests benchmarks fuzz
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 bench: $(BENCH_STAMP) test-packages bench-packages
 	$(BIN)/python -m benchmarks
+
+# Each fuzz target for FUZZ_SECONDS under atheris (libFuzzer) if it installs, else under
+# our structured mutator; a find fails the run and is saved under fuzz/crashes/.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(BIN)/pip install --quiet 'atheris>=2.3' || echo "fuzz: atheris does not install here: the structured mutator runs instead"
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m fuzz
 
 cache-tests: $(STAMP)
 	$(BIN)/python scripts/cache-tests

@@ -3,7 +3,7 @@ its headline also into README.md.
 
 BENCH_QUICK=1 shortens every part (about 4 minutes in all) for development; the full run
 stays under 20 minutes on 2 cores (the scaling part adds about 6, 1 in quick mode).
-`--parts bias,dns,hit,failover,balance,cache,scaling` picks parts.
+`--parts bias,dns,hit,failover,balance,cache,hostile,scaling` picks parts.
 The bias check (benchmarks/fairness.py) runs first and stops the run, exit 1, if the harness
 would measure a server started its way differently from one started plainly; every started
 process is checked against the harness's own scheduling (session autogroup, nice, cores).
@@ -32,6 +32,7 @@ from benchmarks import (
     failover,
     fairness,
     headline,
+    hostile,
     peers,
     report,
     scaling,
@@ -49,7 +50,7 @@ from benchmarks.report import Part, Table
 from georouter.config import RouterConfig, load_config
 
 OUTPUT = cdn.REPO / "docs" / "benchmarks.md"
-PARTS = ("bias", "dns", "hit", "failover", "balance", "cache", "scaling")
+PARTS = ("bias", "dns", "hit", "failover", "balance", "cache", "hostile", "scaling")
 LATENCY_LOAD_SHARE = 0.5  # the fixed-rate run offers half of georouter's max q/s
 DNS_WORKERS = 2  # the second georouter configuration measured: one UDP worker per core
 FAILOVER_VICTIM = "edge-eu-1"
@@ -253,6 +254,13 @@ def scaling_part(run: Run, images: Path) -> None:
     run.parts["scaling"] = part
 
 
+def hostile_part(run: Run) -> None:
+    """Mutated datagrams and abusive TCP streams at a router of its own (benchmarks/hostile.py)."""
+    part = Part("Hostile traffic at the router", report.intro(hostile.__doc__))
+    load = hostile.QUICK_LOAD if run.settings is QUICK else hostile.FULL_LOAD
+    run.emit("hostile", part, hostile.hostile_table(hostile.run(cdn.TOPOLOGY, load)))
+
+
 def memory_table(memory: dict[str, int]) -> Table:
     rows = [[label, f"{size / 2**20:,.1f}"] for label, size in memory.items()]
     notes = [
@@ -331,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                 bias_part(run)
             _with_servers(run, args.parts)
             _pure_parts(run, args.parts)
+            if "hostile" in args.parts:
+                hostile_part(run)
             if "scaling" in args.parts:
                 scaling_part(run, args.output.parent / "img")
         except BenchError as exc:

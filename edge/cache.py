@@ -8,17 +8,19 @@ touches a socket.
       pass   -> forward to origin, never store: not GET/HEAD, request no-store
                 without a usable entry, or If-Match / If-Unmodified-Since (only
                 the origin evaluates those, RFC 9111 §4.3.2)
-      miss   -> fetch (coalesced on ``key``); storable() on the response headers
-                decides whether to buffer; store() the full body
+      miss   -> fetch (coalesced on ``key``)
       fresh  -> client_conditional() (304) else serve response_headers()
       stale  -> revalidate with ``revalidate_headers`` (they replace the client's
-                own validators); on 304 freshen(), on a full response store();
-                if ``serve_stale_while_revalidate`` serve the entry now and
-                revalidate once in the background; if the origin fails and
-                ``stale_if_error`` serve the entry, else 502/504
-                (no-cache / must-revalidate / proxy-revalidate / s-maxage forbid
-                any stale use, RFC 9111 §4.2.4).
+                own validators); if ``serve_stale_while_revalidate`` serve the
+                entry now and revalidate once in the background; if the origin
+                cannot be reached and ``stale_if_error`` serve the entry, else
+                502/504 (no-cache / must-revalidate / proxy-revalidate / s-maxage
+                forbid any stale use, RFC 9111 §4.2.4).
       only_if_cached and outcome != fresh -> 504 (RFC 9111 §5.2.1.7)
+
+    respond(lookup, answer, now)   the response step (edge/response_step.py): the
+      origin's answer to a miss or a revalidation -> Freshen (then update()),
+      ServeStale, Store (then fill() with the whole body) or Pass
 
     after any unsafe request: invalidate(req, status, response headers) (§4.4)
 
@@ -30,9 +32,10 @@ store(): a Content-Length that disagrees with the body is refused anyway.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from types import MappingProxyType
+from typing import Final, Literal
 
 from multidict import CIMultiDict
 
@@ -45,22 +48,38 @@ from edge.directives import (
 )
 from edge.entry import ENTRY_OVERHEAD_BYTES, CacheEntry, conditional_headers, make_entry
 from edge.eviction import make_policy
+from edge.response_step import (
+    Freshen,
+    OriginAnswer,
+    Pass,
+    ResponseStep,
+    ServeStale,
+    Store,
+    freshened,
+    store_step,
+)
 from edge.rules import (
     has_explicit_freshness,
     invalidation_targets,
     not_modified,
     selecting_value,
     storable_reason,
-    stored_headers,
-    update_headers,
-    vary_names,
 )
-from edge.store import Store
+from edge.store import Store as EntryStore
 
-__all__ = ["Cache", "Lookup", "Outcome", "RequestInfo"]
+__all__ = [
+    "Cache",
+    "Lookup",
+    "Outcome",
+    "RequestInfo",
+    "client_conditional",
+    "response_headers",
+]
 
 MiB = 1024 * 1024
 Outcome = Literal["fresh", "stale", "miss", "pass"]
+# Shared by every lookup that has no validators to send: no dict per hit.
+_NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +105,14 @@ class Lookup:
     """
 
     outcome: Outcome
+    request: RequestInfo
     key: str  # primary cache key, method-independent (GET and HEAD share it)
     entry: CacheEntry | None
-    revalidate_headers: dict[str, str]  # If-None-Match / If-Modified-Since for `entry`
-    serve_stale_while_revalidate: bool  # serve `entry` now, refresh once in background
-    stale_if_error: bool  # may serve `entry` if the origin fails (5xx/connect/timeout)
-    detail: str | None  # why (for Cache-Status detail=)
+    revalidate_headers: Mapping[str, str]  # If-None-Match / If-Modified-Since for `entry`
+    # The defaults are a lookup that serves nothing stale.
+    serve_stale_while_revalidate: bool = False  # serve `entry` now, refresh once in background
+    stale_if_error: bool = False  # may serve `entry` if the origin fails (5xx/connect/timeout)
+    detail: str | None = None  # why (for Cache-Status detail=)
     fwd: str | None = None
     only_if_cached: bool = False
 
@@ -108,7 +129,7 @@ class Cache:
     ) -> None:
         """``policy`` is "lru", "sieve" or "s3fifo"; ``on_evict(n)`` is called
         with the number of entries evicted to make room for a store."""
-        self._store: Store[CacheEntry] = Store(
+        self._store: EntryStore[CacheEntry] = EntryStore(
             capacity_bytes, make_policy(policy), max_object_bytes, on_evict
         )
 
@@ -126,44 +147,127 @@ class Cache:
         """Decide how to answer ``req`` (RFC 9111 §4, §5.2.1; RFC 5861)."""
         key = req.host + req.target
         if req.method not in ("GET", "HEAD"):
-            return _pass(key, "method", None)
+            return _pass(req, key, "method", None)
         if "If-Match" in req.headers or "If-Unmodified-Since" in req.headers:
-            return _pass(key, "request", "precondition")  # §4.3.2: not for a cache
+            return _pass(req, key, "request", "precondition")  # §4.3.2: not for a cache
         req_cc = _request_cc(req)
         entry, fwd = self._select(req)
         only = "only-if-cached" in req_cc
         if entry is None:
             if "no-store" in req_cc:
-                return _pass(key, "request", "request-no-store")
-            return Lookup("miss", key, None, {}, False, False, None, fwd, only)
+                return _pass(req, key, "request", "request-no-store")
+            return Lookup(
+                outcome="miss",
+                request=req,
+                key=key,
+                entry=None,
+                revalidate_headers=_NO_HEADERS,
+                fwd=fwd,
+                only_if_cached=only,
+            )
         self._store.touch((req.host, req.target, entry.vary))
         age = entry.current_age(now)
         staleness = age - entry.freshness_lifetime
         forced = _forced_revalidation(entry, req_cc, age, staleness)
         if forced is None and staleness < 0:
-            return Lookup("fresh", key, entry, {}, False, False, None, None, only)
+            return Lookup(
+                outcome="fresh",
+                request=req,
+                key=key,
+                entry=entry,
+                revalidate_headers=_NO_HEADERS,
+                only_if_cached=only,
+            )
         if forced is None and not entry.no_stale and _max_stale_allows(req_cc, staleness):
-            return Lookup("fresh", key, entry, {}, False, False, "max-stale", None, only)
+            return Lookup(
+                outcome="fresh",
+                request=req,
+                key=key,
+                entry=entry,
+                revalidate_headers=_NO_HEADERS,
+                detail="max-stale",
+                only_if_cached=only,
+            )
         if "no-store" in req_cc:
-            return _pass(key, "request", "request-no-store")
+            return _pass(req, key, "request", "request-no-store")
         return Lookup(
-            "stale",
-            key,
-            entry,
-            conditional_headers(entry),
-            forced is None and _within(entry.stale_while_revalidate, staleness, entry),
-            _stale_if_error(entry, req_cc, staleness),
-            forced,
-            "stale" if forced is None else "request",
-            only,
+            outcome="stale",
+            request=req,
+            key=key,
+            entry=entry,
+            revalidate_headers=conditional_headers(entry),
+            serve_stale_while_revalidate=(
+                forced is None and _within(entry.stale_while_revalidate, staleness, entry)
+            ),
+            stale_if_error=_stale_if_error(entry, req_cc, staleness),
+            detail=forced,
+            fwd="stale" if forced is None else "request",
+            only_if_cached=only,
         )
+
+    def respond(self, lookup: Lookup, answer: OriginAnswer, now: float) -> ResponseStep:
+        """The response step: what the origin's ``answer`` to the fill or revalidation
+        ``lookup`` asked for means (RFC 9111 §3, §4.3.3, §4.3.4; RFC 5861 §4).
+
+        ``now`` is when the answer's head arrived. Nothing is stored here: the shell
+        carries a Freshen out with update() and a Store with fill().
+        """
+        req, entry = lookup.request, lookup.entry
+        if entry is not None and answer.status == 304:
+            return freshened(entry, answer, now, req_headers=req.headers, req_cc=_request_cc(req))
+        if entry is not None and answer.status >= 500 and lookup.stale_if_error:
+            # §4.3.3 / RFC 5861 §4: a stale response beats a server error.
+            return ServeStale(entry=entry, detail=f"origin-{answer.status}")
+        fwd = "stale" if entry is not None else lookup.fwd or "miss"
+        return self._store_or_pass(req, answer, now, fwd)
+
+    def fill(self, step: Store, body: builtins.bytes) -> CacheEntry | None:
+        """Store the whole body of a Store decision (replacing the variant it matches);
+        None if incomplete (Content-Length disagrees) or too large."""
+        if step.length is not None and step.length != str(len(body)):
+            return None  # §3.3: never keep an incomplete response
+        entry = make_entry(
+            status=step.status,
+            headers=step.headers,
+            body=body,
+            vary=step.vary,
+            keys=step.surrogate_keys,
+            cc=step.cc,
+            received=step.received,
+            request_time=step.request_time,
+            response_time=step.response_time,
+        )
+        slot = (step.host, step.target, step.vary)
+        if not self._store.put(slot, entry, entry.size, step.surrogate_keys):
+            return None
+        return entry
+
+    def update(self, req: RequestInfo, step: Freshen) -> None:
+        """Carry out a Freshen: its entry replaces the stored variant, or the stored
+        variant leaves the store if the updated fields forbid storing it."""
+        fresh = step.entry
+        slot = (req.host, req.target, fresh.vary)
+        if not step.keep or not self._store.put(slot, fresh, fresh.size, fresh.surrogate_keys):
+            self._store.remove(slot)
 
     def storable(self, req: RequestInfo, status: int, headers: Headers) -> str | None:
         """None if the response may be stored (RFC 9111 §3), else a reason token:
         method, status, partial, no-store, private, authorization, vary-star,
-        too-large, no-validator-or-freshness. Called on the response headers
-        before the body streams, so the proxy knows whether to buffer."""
-        cc = response_cache_control(headers)
+        too-large, no-validator-or-freshness."""
+        return self._unstorable(req, status, headers, response_cache_control(headers))
+
+    def _store_or_pass(
+        self, req: RequestInfo, answer: OriginAnswer, now: float, fwd: str
+    ) -> Store | Pass:
+        cc = response_cache_control(answer.headers)
+        reason = self._unstorable(req, answer.status, answer.headers, cc)
+        if reason is not None:
+            return Pass(fwd=fwd, reason=reason)
+        return store_step(req.host, req.target, req.headers, answer, now=now, cc=cc, fwd=fwd)
+
+    def _unstorable(
+        self, req: RequestInfo, status: int, headers: Headers, cc: CacheControl
+    ) -> str | None:
         method = "GET" if req.method == "HEAD" else req.method  # fills are GETs
         reason = storable_reason(method, req.headers, _request_cc(req), status, headers, cc)
         if reason is not None:
@@ -186,20 +290,9 @@ class Cache:
     ) -> CacheEntry | None:
         """Store a complete response (replacing the variant it matches); None if
         not storable, incomplete (Content-Length disagrees) or too large."""
-        if self.storable(req, status, headers) is not None:
-            return None
-        length = headers.get("Content-Length")
-        if length is not None and length.strip() != str(len(body)):
-            return None  # §3.3: never keep an incomplete response
-        names = vary_names(headers) or ()
-        vary = tuple((name, selecting_value(req.headers, name)) for name in names)
-        keys = _surrogate_keys(headers)
-        cc = response_cache_control(headers)
-        kept = _kept_fields(headers, cc)
-        entry = make_entry(status, kept, body, vary, keys, cc, headers, request_time, response_time)
-        if not self._store.put((req.host, req.target, vary), entry, entry.size, keys):
-            return None
-        return entry
+        answer = OriginAnswer(status=status, headers=headers, request_time=request_time)
+        step = self._store_or_pass(req, answer, response_time, "miss")
+        return self.fill(step, body) if isinstance(step, Store) else None
 
     def freshen(
         self,
@@ -212,47 +305,12 @@ class Cache:
         """Update ``entry`` from a 304 (RFC 9111 §4.3.4, fields per §3.2) and
         return the entry to serve; it replaces the stored one, or leaves the
         store if the updated fields forbid storing it (e.g. a new no-store)."""
-        merged = update_headers(entry.headers, not_modified_headers)
-        cc = response_cache_control(merged)
-        # The 304's fields pass the same filter as a stored response's (§3.1): no field
-        # no-cache="..." or private="..." names is kept, and its Surrogate-Key tags
-        # replace the entry's rather than reach clients.
-        fresh = make_entry(
-            entry.status,
-            _kept_fields(merged, cc),
-            entry.body,
-            entry.vary,
-            _surrogate_keys(not_modified_headers) or entry.surrogate_keys,
-            cc,
-            not_modified_headers,  # the 304's own Date and Age give the new age
-            request_time,
-            response_time,
+        answer = OriginAnswer(status=304, headers=not_modified_headers, request_time=request_time)
+        step = freshened(
+            entry, answer, response_time, req_headers=req.headers, req_cc=_request_cc(req)
         )
-        slot = (req.host, req.target, entry.vary)
-        reason = storable_reason("GET", req.headers, _request_cc(req), fresh.status, merged, cc)
-        if reason is not None or not self._store.put(slot, fresh, fresh.size, fresh.surrogate_keys):
-            self._store.remove(slot)
-        return fresh
-
-    def client_conditional(self, req: RequestInfo, entry: CacheEntry) -> int | None:
-        """304 when the client's If-None-Match (or, without it, If-Modified-Since)
-        is satisfied by ``entry`` (RFC 9111 §4.3.2, RFC 9110 §13.2.2), else None.
-
-        Never 412: If-Match / If-Unmodified-Since are not evaluated by a cache
-        (§4.3.2); lookup() passes such requests to the origin instead.
-        """
-        if req.method not in ("GET", "HEAD") or not 200 <= entry.status < 300:
-            return None  # RFC 9110 §13.2.1: preconditions only guard 2xx answers
-        if "If-None-Match" not in req.headers and "If-Modified-Since" not in req.headers:
-            return None
-        return 304 if not_modified(req.headers, entry.headers, entry.response_time) else None
-
-    def response_headers(self, entry: CacheEntry, now: float) -> CIMultiDict[str]:
-        """Stored headers plus Age (RFC 9111 §4.2.3, §5.1); the proxy adds
-        Cache-Status and Via."""
-        headers = entry.headers.copy()
-        headers["Age"] = str(entry.age(now))
-        return headers
+        self.update(req, step)
+        return step.entry
 
     def invalidate(self, req: RequestInfo, status: int, response_headers: Headers) -> int:
         """RFC 9111 §4.4: an unsafe request with a non-error response
@@ -284,8 +342,38 @@ class Cache:
         return None, "vary-miss"
 
 
-def _pass(key: str, fwd: str, detail: str | None) -> Lookup:
-    return Lookup("pass", key, None, {}, False, False, detail, fwd)
+def client_conditional(req: RequestInfo, entry: CacheEntry) -> int | None:
+    """304 when the client's If-None-Match (or, without it, If-Modified-Since)
+    is satisfied by ``entry`` (RFC 9111 §4.3.2, RFC 9110 §13.2.2), else None.
+
+    Never 412: If-Match / If-Unmodified-Since are not evaluated by a cache
+    (§4.3.2); lookup() passes such requests to the origin instead.
+    """
+    if req.method not in ("GET", "HEAD") or not 200 <= entry.status < 300:
+        return None  # RFC 9110 §13.2.1: preconditions only guard 2xx answers
+    if "If-None-Match" not in req.headers and "If-Modified-Since" not in req.headers:
+        return None
+    return 304 if not_modified(req.headers, entry.headers, entry.response_time) else None
+
+
+def response_headers(entry: CacheEntry, now: float) -> CIMultiDict[str]:
+    """Stored headers plus Age (RFC 9111 §4.2.3, §5.1); the relay adds
+    Cache-Status and Via."""
+    headers = entry.headers.copy()
+    headers["Age"] = str(entry.age(now))
+    return headers
+
+
+def _pass(req: RequestInfo, key: str, fwd: str, detail: str | None) -> Lookup:
+    return Lookup(
+        outcome="pass",
+        request=req,
+        key=key,
+        entry=None,
+        revalidate_headers=_NO_HEADERS,
+        detail=detail,
+        fwd=fwd,
+    )
 
 
 def _request_cc(req: RequestInfo) -> CacheControl:
@@ -344,15 +432,3 @@ def _worth_storing(headers: Headers, cc: CacheControl) -> bool:
         or "stale-if-error" in cc
         or "stale-while-revalidate" in cc
     )
-
-
-def _kept_fields(headers: Headers, cc: CacheControl) -> CIMultiDict[str]:
-    """The fields an entry keeps (§3.1); Age is regenerated on every use (§5.1)."""
-    kept = stored_headers(headers, cc)
-    kept.popall("Age", None)
-    return kept
-
-
-def _surrogate_keys(headers: Headers) -> tuple[str, ...]:
-    """The purge tags of a response (space-separated, in any number of fields)."""
-    return tuple(k for line in headers.getall("Surrogate-Key", []) for k in line.split())

@@ -57,6 +57,7 @@ class CacheEntry:
 
 
 def make_entry(
+    *,
     status: int,
     headers: CIMultiDict[str],
     body: builtins.bytes,

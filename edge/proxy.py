@@ -1,16 +1,19 @@
-"""The edge's content handler: drives the sans-IO cache (edge/cache.py) and moves the bytes.
+"""The edge's content handler: drives the sans-IO cache (edge/cache.py); the relay moves the bytes.
 
 Theory of operation, per request (design.md "The edge"; RFC 9111 §4):
 
     not GET/HEAD  -> forwarded with its body, never stored; then invalidate (§4.4)
     lookup fresh  -> answered from the cache (client conditionals, Range)
     lookup stale  -> stale-while-revalidate: answered from the cache, one background
-                     refresh per key; else revalidated (If-None-Match/If-Modified-Since):
-                     304 freshens the entry (§4.3.4), a full response replaces it, an
-                     origin failure serves the stale entry if stale-if-error allows
-    lookup miss   -> one origin fetch per key at a time (edge/coalesce.py); stored if
-                     storable, streamed to the client while it is buffered for the store
+                     refresh per key; else revalidated (If-None-Match/If-Modified-Since)
+    lookup miss   -> one origin fetch per key at a time (edge/coalesce.py)
     lookup pass   -> forwarded, never stored (e.g. request no-store)
+
+The origin's answer to a miss or a revalidation goes through the response step
+(`Cache.respond`, edge/response_step.py), in the foreground and in the background alike;
+`_answer_fill` and `_refresh_from` carry its decision out: Freshen (§4.3.4), ServeStale
+(RFC 5861 §4), Store (streamed to the client while it is buffered for the store) or Pass.
+An origin that cannot be reached serves the stale entry if stale-if-error allows.
 
 A HEAD miss fills the cache with a GET (as the cache engine expects) and answers the head.
 
@@ -26,6 +29,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from typing import assert_never
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -39,7 +43,8 @@ from edge.errors import OriginError
 from edge.load import CacheResult, LoadTracker
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginClient, OriginResponse
-from edge.relay import Relay, Reply, origin_headers
+from edge.relay import Relay, Reply, narrowed, origin_headers
+from edge.response_step import Freshen, OriginAnswer, Pass, ResponseStep, ServeStale, Store
 
 log = logging.getLogger("edge.proxy")
 
@@ -74,7 +79,7 @@ class Proxy:
         self.coalescer = Coalescer()
         self._clock = clock
         self._on_status_change = on_status_change
-        self._relay = Relay(cfg.name, cache, metrics, cfg.cache.max_object_bytes)
+        self._relay = Relay(cfg.name, metrics, cfg.cache.max_object_bytes)
         self._refreshes: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
@@ -103,7 +108,9 @@ class Proxy:
 
     async def _answer(self, request: web.Request) -> Reply:
         host = cache_host(request.host)
-        req = RequestInfo(request.method, host, request.raw_path, request.headers)
+        req = RequestInfo(
+            method=request.method, host=host, target=request.raw_path, headers=request.headers
+        )
         if req.method not in _CACHEABLE_METHODS:
             return await self._forward_unsafe(request, req)
         lookup = self.cache.lookup(req, self._clock())
@@ -127,41 +134,37 @@ class Proxy:
         if flight is not None:
             headers = origin_headers(request, self.cfg.name, fill=True)
             headers.update(lookup.revalidate_headers)
-            task = asyncio.create_task(self._refresh(req, lookup, headers, flight))
+            task = asyncio.create_task(self._refresh(lookup, headers, flight))
             self._refreshes.add(task)
             task.add_done_callback(self._refreshes.discard)
         detail = "stale-while-revalidate"
         return await self._relay.entry(request, req, lookup.entry, "stale", self._clock(), detail)
 
-    async def _refresh(
-        self, req: RequestInfo, lookup: Lookup, headers: CIMultiDict[str], flight: Flight
-    ) -> None:
+    async def _refresh(self, lookup: Lookup, headers: CIMultiDict[str], flight: Flight) -> None:
         stored = False
         try:
-            async with self.origin.fetch("GET", req.target, headers) as resp:
-                stored = await self._update_from(req, lookup, resp)
+            async with self.origin.fetch("GET", lookup.request.target, headers) as resp:
+                stored = await self._refresh_from(lookup, resp)
         except OriginError as exc:
             self._count_origin_error(exc.kind)
             log.info("event=refresh_failed key=%r error=%r", lookup.key, exc.message)
         finally:
             self.coalescer.finish(flight, stored=stored)
 
-    async def _update_from(self, req: RequestInfo, lookup: Lookup, resp: OriginResponse) -> bool:
-        """Apply a background refresh's response to the cache; True if the cache has it."""
-        if resp.status == 304 and lookup.entry is not None:
-            self.cache.freshen(req, lookup.entry, resp.headers, resp.request_time, self._clock())
-            return True
-        if resp.status >= 500:
-            self._count_origin_error("status_5xx")
-        if self._uncacheable(req, resp) is not None:
-            return False
-        body = await self._relay.read_limited(resp)
-        if body is None:
-            return False
-        entry = self.cache.store(
-            req, resp.status, resp.headers, body, resp.request_time, self._clock()
-        )
-        return entry is not None
+    async def _refresh_from(self, lookup: Lookup, resp: OriginResponse) -> bool:
+        """Carry out the response step for a background refresh; True if the cache has it."""
+        step = self._respond(lookup, resp)
+        match step:
+            case Freshen():
+                self.cache.update(lookup.request, step)
+                return True
+            case Store():
+                body = await self._relay.read_limited(resp)
+                return body is not None and self.cache.fill(step, body) is not None
+            case ServeStale() | Pass():
+                return False  # the stale entry stays; nobody waits for this answer
+            case _:
+                assert_never(step)
 
     async def _fetch_coalesced(
         self, request: web.Request, req: RequestInfo, lookup: Lookup
@@ -183,13 +186,11 @@ class Proxy:
         self, request: web.Request, req: RequestInfo, lookup: Lookup, flight: Flight | None
     ) -> Reply:
         headers = origin_headers(request, self.cfg.name, fill=True)
-        stale = lookup.entry is not None and lookup.outcome == "stale"
-        if stale:
-            headers.update(lookup.revalidate_headers)
+        headers.update(lookup.revalidate_headers)  # empty unless revalidating a stale entry
         stored = False
         try:
             async with self.origin.fetch("GET", req.target, headers) as resp:
-                reply = await self._fetched(request, req, lookup, resp)
+                reply = await self._answer_fill(request, lookup, resp)
                 stored = reply.stored
                 return reply
         except OriginError as exc:
@@ -198,27 +199,74 @@ class Proxy:
             if flight is not None:
                 self.coalescer.finish(flight, stored=stored)
 
-    async def _fetched(
-        self, request: web.Request, req: RequestInfo, lookup: Lookup, resp: OriginResponse
+    async def _answer_fill(
+        self, request: web.Request, lookup: Lookup, resp: OriginResponse
     ) -> Reply:
-        entry = lookup.entry
-        if resp.status == 304 and entry is not None:
-            # RFC 9111 §4.3.4: the stored response, updated with the 304's header fields.
-            fresh = self.cache.freshen(req, entry, resp.headers, resp.request_time, self._clock())
-            reply = await self._relay.entry(
-                request, req, fresh, "revalidated", self._clock(), fwd="stale", fwd_status=304
-            )
-            return replace(reply, stored=True)
+        """Carry out the response step for a client waiting on a fill or revalidation."""
+        req = lookup.request
+        step = self._respond(lookup, resp)
+        match step:
+            case Freshen():
+                # RFC 9111 §4.3.4: the stored response, updated with the 304's header fields.
+                self.cache.update(req, step)
+                reply = await self._relay.entry(
+                    request, req, step.entry, "revalidated", self._clock(), fwd="stale",
+                    fwd_status=304,
+                )  # fmt: skip
+                return replace(reply, stored=True)
+            case ServeStale():
+                return await self._serve_stale(request, req, step.entry, step.detail)
+            case Store():
+                member = cache_status("fwd", fwd=step.fwd, stored=True, fwd_status=resp.status)
+                return await self._relay_origin(request, req, resp, member, "miss", step)
+            case Pass():
+                member = cache_status("fwd", fwd=step.fwd, stored=False, fwd_status=resp.status)
+                return await self._relay_origin(request, req, resp, member, "pass", None)
+            case _:
+                assert_never(step)
+
+    def _respond(self, lookup: Lookup, resp: OriginResponse) -> ResponseStep:
+        """The response step for ``resp``, counted: a 5xx is an origin error, and a
+        Pass is counted by why the answer is not stored."""
+        answer = OriginAnswer(
+            status=resp.status, headers=resp.headers, request_time=resp.request_time
+        )
+        step = self.cache.respond(lookup, answer, resp.response_time)
         if resp.status >= 500:
             self._count_origin_error("status_5xx")
-            if entry is not None and lookup.stale_if_error:
-                # RFC 5861 §4 / RFC 9111 §4.2.4: a stale response beats a server error.
-                return await self._serve_stale(request, req, entry, f"origin-{resp.status}")
-        reason = self._uncacheable(req, resp)
-        fwd = "stale" if entry is not None else lookup.fwd or "miss"
-        member = cache_status("fwd", fwd=fwd, stored=reason is None, fwd_status=resp.status)
-        result: CacheResult = "miss" if reason is None else "pass"
-        return await self._relay.stream(request, req, resp, member, result, store=reason is None)
+        if isinstance(step, Pass):
+            self.metrics.uncacheable.labels(step.reason).inc()
+        return step
+
+    async def _relay_origin(
+        self,
+        request: web.Request,
+        req: RequestInfo,
+        resp: OriginResponse,
+        member: str,
+        result: CacheResult,
+        fill: Store | None,
+    ) -> Reply:
+        """Relay an origin answer; with a Store decision, store its body once whole."""
+        start = await self._relay.prebuffer(resp)
+        if not start.ended:
+            reply, body = await self._relay.stream(
+                request, resp, start, member, result, keep=fill is not None
+            )
+            if fill is None or body is None or self.cache.fill(fill, body) is None:
+                return reply
+            return replace(reply, stored=True)
+        entry = None if fill is None else self.cache.fill(fill, start.head)
+        if entry is None:
+            return await self._relay.send_whole(request, resp, member, result, start.head)
+        if narrowed(req):
+            # The fill went without the client's Range and preconditions: answer them
+            # from the entry just stored.
+            now = resp.response_time
+            reply = await self._relay.stored(request, req, entry, now, member, result)
+        else:
+            reply = await self._relay.send_whole(request, resp, member, result, start.head)
+        return replace(reply, stored=True)
 
     async def _forward(self, request: web.Request, req: RequestInfo, lookup: Lookup) -> Reply:
         """A GET/HEAD the cache will neither answer nor store (e.g. request no-store)."""
@@ -226,7 +274,7 @@ class Proxy:
         try:
             async with self.origin.fetch(req.method, req.target, headers) as resp:
                 member = cache_status("fwd", fwd=lookup.fwd or "bypass", fwd_status=resp.status)
-                return await self._relay.stream(request, req, resp, member, "pass", store=False)
+                return await self._relay_origin(request, req, resp, member, "pass", None)
         except OriginError as exc:
             return await self._origin_failed(request, req, lookup, exc)
 
@@ -238,7 +286,7 @@ class Proxy:
             async with self.origin.fetch(req.method, req.target, headers, body) as resp:
                 self.cache.invalidate(req, resp.status, resp.headers)
                 member = cache_status("fwd", fwd="method", fwd_status=resp.status)
-                return await self._relay.stream(request, req, resp, member, "pass", store=False)
+                return await self._relay_origin(request, req, resp, member, "pass", None)
         except OriginError as exc:
             return await self._origin_failed(request, req, None, exc)
 
@@ -259,12 +307,6 @@ class Proxy:
         self, request: web.Request, req: RequestInfo, entry: CacheEntry, detail: str
     ) -> Reply:
         return await self._relay.entry(request, req, entry, "stale", self._clock(), detail)
-
-    def _uncacheable(self, req: RequestInfo, resp: OriginResponse) -> str | None:
-        reason = self.cache.storable(req, resp.status, resp.headers)
-        if reason is not None:
-            self.metrics.uncacheable.labels(reason).inc()
-        return reason
 
     def _count_origin_error(self, kind: str) -> None:
         self.metrics.origin_errors.labels(kind).inc()

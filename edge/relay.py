@@ -1,23 +1,27 @@
-"""Moving response bytes to the client: from the cache, streamed from the origin, or an error.
+"""Moving response bytes to the client: from a stored entry, from the origin, or an error.
+
+The relay holds no cache and decides nothing about storing: the proxy asks it to
+prebuffer an origin body, then to send it whole or stream the rest, and stores what it
+hands back.
 
 Streaming (from the origin): the head is held back until the body has ended or
 STREAM_PREBUFFER_BYTES have arrived. Small bodies are thus whole before the status line
 goes out, so a broken one (bad chunking, shorter than its Content-Length) still becomes a
 clean 502; a large one streams, and if it breaks after the head went out the client
-connection is closed mid-body, the only honest signal left (RFC 9112 §8). A body being
-stored is buffered as it streams; past max_object_bytes the buffer is dropped and the
-rest only streams through. Nothing broken or truncated is ever stored.
+connection is closed mid-body, the only honest signal left (RFC 9112 §8). A body to keep
+is buffered as it streams; past max_object_bytes the buffer is dropped and the rest only
+streams through. A broken body raises, so nothing broken or truncated is handed back.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from edge.cache import Cache, RequestInfo
+from edge.cache import RequestInfo, client_conditional, response_headers
 from edge.cache_status import cache_status
 from edge.directives import SURROGATE_CAPABILITY, Headers
 from edge.entry import CacheEntry
@@ -49,6 +53,15 @@ class Reply:
     response: web.StreamResponse
     result: CacheResult
     stored: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Prebuffered:
+    """The start of an origin body: all of it when ``ended``, else ``rest`` follows."""
+
+    head: bytes
+    ended: bool
+    rest: AsyncIterator[bytes]
 
 
 def origin_headers(request: web.Request, name: str, *, fill: bool) -> CIMultiDict[str]:
@@ -107,11 +120,8 @@ async def send(
 class Relay:
     """Writes client responses for one edge and counts the bytes."""
 
-    def __init__(
-        self, name: str, cache: Cache, metrics: EdgeMetrics, max_object_bytes: int
-    ) -> None:
+    def __init__(self, name: str, metrics: EdgeMetrics, max_object_bytes: int) -> None:
         self.name = name
-        self.cache = cache
         self.metrics = metrics
         self.max_object_bytes = max_object_bytes
         self._vias: dict[tuple[int, int], str] = {}  # by HTTP version: built once, not per hit
@@ -135,9 +145,9 @@ class Relay:
             # RFC 9211 §2.5 ttl: the lifetime left, counted with the Age being sent.
             ttl = entry.freshness_lifetime - entry.age(now)
             member = cache_status("hit", detail=detail, ttl=ttl)
-        return await self._from_entry(request, req, entry, now, member, result)
+        return await self.stored(request, req, entry, now, member, result)
 
-    async def _from_entry(
+    async def stored(
         self,
         request: web.Request,
         req: RequestInfo,
@@ -146,10 +156,10 @@ class Relay:
         member: str,
         result: CacheResult,
     ) -> Reply:
+        """Answer from a stored response with Cache-Status ``member``."""
         # The stored fields are end-to-end already (hop-by-hop ones were not stored).
-        stored = self.cache.response_headers(entry, now)
-        headers = _for_client(stored, self._via(request), member)
-        condition = self.cache.client_conditional(req, entry)
+        headers = _for_client(response_headers(entry, now), self._via(request), member)
+        condition = client_conditional(req, entry)
         if condition == 304:
             kept = CIMultiDict((k, v) for k, v in headers.items() if _kept_in_304(k))
             return Reply(await send(request, 304, kept, b""), result)
@@ -173,46 +183,54 @@ class Relay:
         body = f"{status} {detail}\n".encode()
         return Reply(await self._send_counted(request, status, headers, body), result)
 
-    async def stream(
+    async def prebuffer(self, resp: OriginResponse) -> Prebuffered:
+        """Read the start of an origin body (up to STREAM_PREBUFFER_BYTES)."""
+        chunks = resp.chunks()
+        head, ended = await _prebuffer(chunks)
+        return Prebuffered(head, ended, chunks)
+
+    async def send_whole(
         self,
         request: web.Request,
-        req: RequestInfo,
         resp: OriginResponse,
         member: str,
         result: CacheResult,
-        *,
-        store: bool,
+        body: bytes,
     ) -> Reply:
-        """Relay an origin response; store it whole if ``store`` and it fits."""
+        """Relay an origin response whose whole ``body`` has arrived."""
         headers = client_headers(resp.headers, self._via(request), member)
-        chunks = resp.chunks()
-        head, ended = await _prebuffer(chunks)
-        if ended:
-            entry = self._store(req, resp, head) if store else None
-            if entry is not None and _narrowed(req):
-                # The fill went without the client's Range and preconditions: answer
-                # them from the entry just stored.
-                now = resp.response_time
-                reply = await self._from_entry(request, req, entry, now, member, result)
-                return replace(reply, stored=True)
-            response = await self._send_counted(request, resp.status, headers, head, resp.reason)
-            return Reply(response, result, entry is not None)
-        buffer: list[bytes] | None = [head] if store else None
-        buffered = len(head)
+        return Reply(
+            await self._send_counted(request, resp.status, headers, body, resp.reason), result
+        )
+
+    async def stream(
+        self,
+        request: web.Request,
+        resp: OriginResponse,
+        start: Prebuffered,
+        member: str,
+        result: CacheResult,
+        *,
+        keep: bool,
+    ) -> tuple[Reply, bytes | None]:
+        """Relay an origin response from its prebuffered start to its end; with ``keep``,
+        also the whole body if it fits max_object_bytes (else None)."""
+        headers = client_headers(resp.headers, self._via(request), member)
+        buffer: list[bytes] | None = [start.head] if keep else None
+        buffered = len(start.head)
         response = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
         request[_STARTED] = response
         await response.prepare(request)
-        await self._write(request, response, head)
-        async for chunk in chunks:
+        await self._write(request, response, start.head)
+        async for chunk in start.rest:
             await self._write(request, response, chunk)
             buffered += len(chunk)
             if buffer is not None and buffered <= self.max_object_bytes:
                 buffer.append(chunk)
             else:
-                buffer = None  # too large to store: stream the rest through
+                buffer = None  # too large to keep: stream the rest through
         await response.write_eof()
-        stored = buffer is not None and self._store(req, resp, b"".join(buffer)) is not None
-        return Reply(response, result, stored)
+        return Reply(response, result), None if buffer is None else b"".join(buffer)
 
     async def read_limited(self, resp: OriginResponse) -> bytes | None:
         """The whole body if it fits max_object_bytes, else None (read to the end anyway)."""
@@ -235,13 +253,6 @@ class Relay:
         if request.transport is not None:
             request.transport.close()
         return Reply(response, "error")
-
-    def _store(self, req: RequestInfo, resp: OriginResponse, body: bytes) -> CacheEntry | None:
-        if len(body) > self.max_object_bytes:
-            return None
-        return self.cache.store(
-            req, resp.status, resp.headers, body, resp.request_time, resp.response_time
-        )
 
     async def _send_counted(
         self,
@@ -282,7 +293,7 @@ async def _prebuffer(chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:
     return b"".join(parts), False
 
 
-def _narrowed(req: RequestInfo) -> bool:
+def narrowed(req: RequestInfo) -> bool:
     """Does the client ask for less than the full response (Range, a precondition)?"""
     return any(field in req.headers for field in _CLIENT_ONLY)
 

@@ -322,7 +322,10 @@ def invalidation_targets(
         value = headers.get(name)
         if value is None:
             continue
-        parts = urlsplit(urljoin(base, value.strip()))
+        try:
+            parts = urlsplit(urljoin(base, value.strip()))
+        except ValueError:  # a Host that is no authority ("[") makes no URL: nothing to match
+            continue
         if parts.netloc.lower() == host and parts.scheme in ("http", "https"):
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             if path not in targets:

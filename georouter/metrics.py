@@ -141,7 +141,9 @@ class HotPathCollector(Collector):
         yield decisions
         dropped = CounterMetricFamily(
             "georouter_dns_dropped",
-            "Datagrams or connections dropped without an answer, by reason.",
+            "Datagrams or connections dropped without an answer, by reason (oversized, "
+            "unanswerable, send_failed, stale, tcp_bad_length, tcp_connection_limit, "
+            "tcp_client_limit, tcp_idle_closed).",
             labels=["reason"],
         )
         for reason, n in list(t.dropped.items()):

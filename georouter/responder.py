@@ -25,7 +25,7 @@ geo answers and 0 for everything else, negative answers included (§7.2.1, §7.4
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from dnslib.dns import QTYPE
@@ -79,6 +79,8 @@ _QTYPE_LABELS: dict[int, str] = dict(QTYPE.forward)  # bounded: unknown types co
 _NO_QUESTION = -1
 _UNSTORED_TYPE = 0  # a type no RRset has: stands for every other type a name lacks
 _TRANSFERS = (TYPE_AXFR, TYPE_IXFR)  # zone transfer is not offered (RFC 5936 §2.2.1)
+OPCODE_UPDATE = 5 << 11  # RFC 2136 §1.3, in the flags word
+_META_CLASSES = (254, 255)  # NONE, ANY: never a zone's class (RFC 2136 §2.3)
 Transport = Literal["udp", "tcp"]
 
 
@@ -233,7 +235,7 @@ class Responder:
         self, query: Query, entry: _Entry | None, transport: Transport
     ) -> _Reply | _Routed:
         if query.flags & OPCODE_MASK:
-            return self._reply(query, self._notimp, 0, transport)  # RFC 1035 §4.1.1
+            return self._not_implemented(query, transport)
         if query.edns is not None and query.edns.version:
             return self._reply(query, self._badvers, 0, transport)  # RFC 6891 §6.1.3
         if query.qclass != CLASS_IN:
@@ -344,12 +346,26 @@ class Responder:
     def _rejection(self, exc: MalformedQuery, transport: Transport) -> _Reply | None:
         if exc.flags is None:
             return None
-        # An opcode we do not implement is NOTIMP whatever follows (RFC 1035 §4.1.1).
-        prepared = self._notimp if exc.flags & OPCODE_MASK else self._formerr
         question = exc.question
         qtype = int.from_bytes(question[-4:-2]) if question else _NO_QUESTION
-        query = Query(exc.ident, exc.flags, question, b"", qtype, CLASS_IN, exc.edns)
-        return self._reply(query, prepared, 0, transport)
+        qclass = int.from_bytes(question[-2:]) if question else CLASS_IN
+        query = Query(exc.ident, exc.flags, question, b"", qtype, qclass, exc.edns)
+        if exc.flags & OPCODE_MASK:  # NOTIMP whatever follows (RFC 1035 §4.1.1)
+            return self._not_implemented(query, transport)
+        return self._reply(query, self._formerr, 0, transport)
+
+    def _not_implemented(self, query: Query, transport: Transport) -> _Reply:
+        """NOTIMP with the ID and OPCODE copied (RFC 1035 §4.1.1), and nothing an opcode we
+        do not know could read differently: RD and CD are Z bits to UPDATE (RFC 2136 §2.2),
+        and its question is the zone section, which must ask for SOA in a zone's class
+        (§2.3); one that does not is left out, as a parser would refuse the echo."""
+        question = query.question
+        if query.flags & OPCODE_MASK == OPCODE_UPDATE and (
+            query.qtype != TYPE_SOA or query.qclass in _META_CLASSES
+        ):
+            question = b""
+        echo = replace(query, flags=query.flags & OPCODE_MASK, question=question)
+        return self._reply(echo, self._notimp, 0, transport)
 
     def _static(self, name: bytes) -> Prepared:
         plan = self._plan(name, _UNSTORED_TYPE)

@@ -1,11 +1,16 @@
 """DNS wire format: the query parser and the few encoders the responder patches per query.
 
-Theory of operation: nearly every query a resolver sends has one question, no answer or
-authority records and at most one OPT record, with no name compression. `parse` reads that
-shape straight from the bytes; anything else (compression pointers, extra records, trailing
-bytes, damage) goes to the full parse, which decodes names with dnslib and judges the whole
-message. Both paths share the EDNS and ECS rules, so they agree wherever both accept a query
-(a property test holds them to it).
+Theory of operation: a query is one question, no answer or authority records and at most
+one additional record, the OPT (RFC 1035 §4.1.2, RFC 6891 §6.1.1). `parse` checks that
+shape in the header before reading anything else: any other shape is malformed at once,
+whatever its size, so no packet can make the parser walk hundreds of records. The common
+case (an uncompressed question, nothing or an OPT after it) is read straight from the bytes;
+the rest (an additional record whose owner is compressed, a record other than OPT,
+trailing bytes, damage) goes to the full parse. Its name decoder follows a compression
+pointer only backwards, past the header, at most MAX_POINTER_JUMPS times, and stops at 255
+octets, so its work is bounded by those limits and never by the message (RFC 1035 §2.3.4,
+§4.1.4; Knot's `knot_dname_wire_check` has the same rules). Both paths share the EDNS and
+ECS rules, so they agree wherever both accept a query (a property test holds them to it).
 
 Names stay in wire format: the question's bytes are echoed exactly (0x20 case randomisation,
 draft-vixie-dnsext-dns0x20), and lookups use `bytes.lower()` of the wire name, which folds
@@ -18,8 +23,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from dnslib.buffer import BufferError as DnslibBufferError
-from dnslib.dns import DNSBuffer, DNSLabel
+from dnslib.dns import DNSLabel
 
 from georouter.errors import GeoRouterError
 
@@ -45,9 +49,12 @@ OPTION_ECS = 8  # RFC 7871 §6
 DNSSEC_OK = 0x8000  # the DO bit in the OPT TTL flags (RFC 3225 §3)
 MAX_NAME_WIRE = 255  # RFC 1035 §2.3.4, length octets included
 MAX_LABEL = 63
-# RFC 7871 §6: FAMILY 1 is IPv4, 2 is IPv6. FAMILY 0 with SOURCE 0 and no ADDRESS is the
-# opt-out form of the drafts that dig and others still send (RFC 7871 §7.1.2 discusses /0).
-_FAMILY_BITS = {0: 0, 1: 32, 2: 128}
+MAX_POINTER_JUMPS = 16  # per name; a query's one compressible owner needs one or two
+MAX_EDNS_OPTIONS = 16  # per OPT: real queries carry a handful (ECS, COOKIE, padding, ...)
+# RFC 7871 §6: FAMILY is an IANA address family, 1 IPv4 or 2 IPv6; 0 is reserved, so an
+# option with FAMILY 0 is malformed (§7.2.1), even with SOURCE 0: §7.1.2 tells stubs to
+# opt out with FAMILY 1 or 2, and an echoed FAMILY 0 is unreadable to dnspython (as gdnsd).
+_FAMILY_BITS = {1: 32, 2: 128}
 _FAMILY_AF = {1: (socket.AF_INET, 4), 2: (socket.AF_INET6, 16)}
 
 
@@ -124,11 +131,11 @@ def parse(data: bytes) -> Query:
         raise MalformedQuery("not a query")
     if qdcount != 1:
         raise MalformedQuery("QDCOUNT is not 1", ident, flags)
-    if ancount == 0 and nscount == 0 and arcount <= 1:
-        query = parse_common(data)
-        if query is not None:
-            return query
-    return parse_full(data)
+    if ancount or nscount or arcount > 1:
+        # Judged from the header alone: no record of such a message is ever read.
+        raise MalformedQuery("records a query never has", ident, flags, _question(data))
+    query = parse_common(data)
+    return query if query is not None else parse_full(data)
 
 
 def parse_common(data: bytes) -> Query | None:
@@ -139,8 +146,9 @@ def parse_common(data: bytes) -> Query | None:
     ident, flags, _, _, _, arcount = HEADER.unpack_from(data)
     end = len(data)
     pos = HEADER.size
+    limit = min(end, HEADER.size + MAX_NAME_WIRE)
     while True:
-        if pos >= end:
+        if pos >= limit:
             return None
         length = data[pos]
         if length == 0:
@@ -150,7 +158,7 @@ def parse_common(data: bytes) -> Query | None:
         pos += length + 1
     name_end = pos + 1
     qend = name_end + 4
-    if name_end - HEADER.size > MAX_NAME_WIRE or qend > end:
+    if qend > end:
         return None
     qtype, qclass = _TYPE_CLASS.unpack_from(data, name_end)
     question = data[HEADER.size : qend]
@@ -168,36 +176,77 @@ def parse_common(data: bytes) -> Query | None:
 
 
 def parse_full(data: bytes) -> Query:
-    """Any well-formed query: dnslib follows compression pointers, the rest is judged here."""
-    ident, flags, _, ancount, nscount, arcount = HEADER.unpack_from(data)
-    buffer = DNSBuffer(data)
-    buffer.offset = HEADER.size
+    """Any well-formed query of the shape `parse` admits, its one record's owner compressed
+    or not; the question must not be: nothing precedes it that a pointer could name."""
+    ident, flags, *_, arcount = HEADER.unpack_from(data)
     try:
-        name = _wire_name(buffer.decode_name().label)
-        qtype, qclass = buffer.unpack("!HH")
-    except (DnslibBufferError, RecursionError, ValueError) as exc:
-        raise MalformedQuery("bad question", ident, flags) from exc
-    question = name + _TYPE_CLASS.pack(qtype, qclass)
+        name, pos = read_name(data, HEADER.size, compressed=False)
+        qtype, qclass = _TYPE_CLASS.unpack_from(data, pos)
+    except (ValueError, struct.error) as exc:
+        raise MalformedQuery("bad question", ident, flags, _question(data)) from exc
+    pos += _TYPE_CLASS.size
+    question = data[HEADER.size : pos]
     context = (ident, flags, question)
     edns = None
-    try:
-        for index in range(ancount + nscount + arcount):
-            owner = buffer.decode_name().label
-            rtype, rclass, ttl, rdlen = buffer.unpack("!HHIH")
-            start = buffer.offset
-            buffer.get(rdlen)
-            if rtype != TYPE_OPT:
-                continue
-            # RFC 6891 §6.1.1: one OPT, in the additional section, owned by the root.
-            if edns is not None or owner or index < ancount + nscount:
-                raise MalformedQuery("misplaced or repeated OPT", *context, edns)
+    if arcount:
+        try:
+            owner, pos = read_name(data, pos)
+            rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
+        except (ValueError, struct.error) as exc:
+            raise MalformedQuery("bad record", *context) from exc
+        start, pos = pos + _RR_FIXED.size, pos + _RR_FIXED.size + rdlen
+        if pos > len(data):
+            raise MalformedQuery("bad record", *context)
+        if rtype == TYPE_OPT:
+            if owner != b"\0":  # RFC 6891 §6.1.2: owned by the root
+                raise MalformedQuery("OPT not owned by the root", *context)
             version, eflags = (ttl >> 16) & 0xFF, ttl & 0xFFFF
-            edns = _edns(data, start, start + rdlen, rclass, version, eflags, context)
-    except (DnslibBufferError, RecursionError, ValueError) as exc:
-        raise MalformedQuery("bad record", *context, edns) from exc
-    if buffer.offset != len(data):
+            edns = _edns(data, start, pos, rclass, version, eflags, context)
+        # Any other record (TSIG, SIG(0)) is not understood and is ignored.
+    if pos != len(data):
         raise MalformedQuery("trailing bytes", *context, edns)
     return Query(ident, flags, question, name.lower(), qtype, qclass, edns)
+
+
+def read_name(data: bytes, pos: int, compressed: bool = True) -> tuple[bytes, int]:
+    """The name stored at `pos`, uncompressed, and the offset just after it.
+
+    A compression pointer (RFC 1035 §4.1.4) must point past the header and before the
+    labels read since the last jump, so every jump goes strictly backwards and the walk
+    ends; more than MAX_POINTER_JUMPS, or a name over 255 octets, is malformed.
+    """
+    labels = []
+    size = 1
+    after = 0  # where the name ends in the message: after its first pointer
+    floor = pos  # a pointer must aim below every label read since the last jump
+    end = len(data)
+    for _ in range(MAX_POINTER_JUMPS + 1):
+        while pos < end and 0 < (length := data[pos]) <= MAX_LABEL:
+            size += length + 1
+            if size > MAX_NAME_WIRE:
+                raise ValueError("name longer than 255 octets")
+            labels.append(data[pos : pos + length + 1])
+            pos += length + 1
+        if pos >= end:
+            raise ValueError("name runs past the message")
+        if data[pos] == 0:
+            return b"".join(labels) + b"\0", after or pos + 1
+        target = ((data[pos] & 0x3F) << 8) | data[pos + 1] if pos + 1 < end else -1
+        if data[pos] & 0xC0 != 0xC0 or not compressed or not HEADER.size <= target < floor:
+            raise ValueError("bad label type or compression pointer")
+        after = after or pos + 2
+        pos = floor = target
+    raise ValueError("too many compression pointers")
+
+
+def _question(data: bytes) -> bytes:
+    """The question as received, if it can be read without decompression; else empty."""
+    try:
+        _, pos = read_name(data, HEADER.size, compressed=False)
+    except ValueError:
+        return b""
+    end = pos + _TYPE_CLASS.size
+    return data[HEADER.size : end] if end <= len(data) else b""
 
 
 def name_to_wire(name: str) -> bytes:
@@ -230,7 +279,9 @@ def _edns(
         return edns
     subnet = None
     pos = start
-    while pos < end:
+    for _ in range(MAX_EDNS_OPTIONS + 1):
+        if pos >= end:
+            break
         if pos + 4 > end:
             raise MalformedQuery("truncated EDNS option", *context, edns)
         code, length = _OPTION_HEAD.unpack_from(data, pos)
@@ -243,6 +294,8 @@ def _edns(
             subnet = _client_subnet(data[pos - length : pos])
             if subnet is None:
                 raise MalformedQuery("invalid ECS option", *context, edns)
+    else:
+        raise MalformedQuery("too many EDNS options", *context, edns)
     return Edns(payload, version, edns.dnssec_ok, subnet) if subnet else edns
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import dns.asyncquery
@@ -13,11 +14,19 @@ import dns.flags
 import dns.message
 import dns.opcode
 import dns.rcode
+import dns.update
 import pytest
 
 from cdn.config import HostPort
 from georouter.config import RouterConfig
-from georouter.dns_server import MAX_UDP_QUERY_BYTES, UDP_BATCH, DnsService, TcpLimits
+from georouter.dns_server import (
+    MAX_QUEUE_AGE_S,
+    MAX_UDP_QUERY_BYTES,
+    UDP_BATCH,
+    DnsService,
+    TcpLimits,
+    UdpShell,
+)
 from georouter.geo import Placement
 from georouter.metrics import BucketTally, RouterMetrics
 from georouter.responder import Responder
@@ -178,6 +187,32 @@ async def test_invalid_ecs_is_formerr_rfc7871_6(service: DnsService) -> None:
     assert answer.rcode() == dns.rcode.FORMERR
 
 
+@both
+async def test_ecs_family_zero_gets_a_formerr_dnspython_reads_rfc7871_7_2_1(
+    service: DnsService, exchange: Exchange
+) -> None:
+    option = dns.edns.GenericOption(8, bytes.fromhex("0000 00 00"))
+    query = dns.message.make_query("cdn.example.com", "A", use_edns=0, options=[option])
+    answer = await exchange(service, query)
+    assert answer.rcode() == dns.rcode.FORMERR and not answer.options
+
+
+@both
+async def test_update_gets_a_notimp_dnspython_reads_rfc2136_2_3(
+    service: DnsService, exchange: Exchange
+) -> None:
+    update = dns.update.UpdateMessage("example.com")
+    update.present("www.example.com")
+    update.replace("cdn.example.com", 300, "A", "192.0.2.1")
+    answer = await exchange(service, update)
+    assert answer.rcode() == dns.rcode.NOTIMP and answer.opcode() == dns.opcode.UPDATE
+    # Opcode 5 over a question that is no zone section: the answer leaves it out.
+    stray = dns.message.make_query("example.com", "A")
+    stray.set_opcode(dns.opcode.UPDATE)
+    answer = await exchange(service, stray)
+    assert answer.rcode() == dns.rcode.NOTIMP and not answer.question
+
+
 async def test_tc_over_udp_then_full_answer_over_tcp_rfc7766_8(service: DnsService) -> None:
     query = dns.message.make_query("big.example.com", "TXT", use_edns=0)
     truncated = await udp(service, query)
@@ -235,23 +270,87 @@ async def test_tcp_idle_connection_is_closed_rfc7766_6_2_3(config: RouterConfig)
         await service.stop()
 
 
-async def test_tcp_connection_cap_closes_the_extra_connection(config: RouterConfig) -> None:
+async def connect(service: DnsService, source: str = HOST) -> Connection:
+    return await asyncio.open_connection(HOST, service.port, local_addr=(source, 0))
+
+
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def ask_on(connection: Connection, name: str = "example.com") -> dns.message.Message:
+    reader, writer = connection
+    writer.write(framed(dns.message.make_query(name, "SOA")))
+    async with asyncio.timeout(TIMEOUT_S):
+        return await read_framed(reader)
+
+
+async def closed_by_server(connection: Connection) -> bool:
+    reader, _ = connection
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            return await reader.read() == b""
+    except ConnectionError:
+        return True
+
+
+async def test_tcp_cap_closes_the_oldest_idle_connection_first_rfc7766_6_2_3(
+    config: RouterConfig,
+) -> None:
+    service = await start_service(config, TcpLimits(max_connections=2))
+    try:
+        oldest, newer = await connect(service, "127.0.0.2"), await connect(service, "127.0.0.3")
+        await ask_on(newer)
+        await ask_on(oldest)  # now the most recently active of the two
+        newest = await connect(service, "127.0.0.4")
+        assert (await ask_on(newest)).answer
+        assert await closed_by_server(newer)
+        assert (await ask_on(oldest)).answer
+        assert sample(service, "georouter_dns_dropped_total", reason="tcp_idle_closed") == 1
+        for _, writer in (oldest, newer, newest):
+            writer.close()
+    finally:
+        await service.stop()
+
+
+async def test_tcp_cap_refuses_a_connection_when_none_is_idle(config: RouterConfig) -> None:
     service = await start_service(config, TcpLimits(max_connections=1))
     try:
-        first_reader, first = await asyncio.open_connection(HOST, service.port)
-        first.write(framed(dns.message.make_query("example.com", "SOA")))
-        async with asyncio.timeout(TIMEOUT_S):
-            await read_framed(first_reader)
-        second_reader, second = await asyncio.open_connection(HOST, service.port)
-        async with asyncio.timeout(TIMEOUT_S):
-            with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
-                second.write(framed(dns.message.make_query("example.com", "SOA")))
-                await read_framed(second_reader)
-        second.close()
+        busy = await connect(service)
+        busy[1].write(b"\x00\x20\x12\x34")  # half a message: not idle
+        await until(lambda: sample(service, "georouter_dns_tcp_connections") == 1)
+        refused = await connect(service)
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            await ask_on(refused)
         assert sample(service, "georouter_dns_dropped_total", reason="tcp_connection_limit") == 1
-        first.close()
+        busy[1].close()
+        refused[1].close()
         await until(lambda: sample(service, "georouter_dns_tcp_connections") == 0)
         assert (await tcp(service, dns.message.make_query("example.com", "SOA"))).answer
+    finally:
+        await service.stop()
+
+
+async def test_tcp_client_share_closes_its_own_oldest_idle_then_refuses_rfc7766_6_2_2(
+    config: RouterConfig,
+) -> None:
+    service = await start_service(config, TcpLimits(max_connections_per_client=2))
+    try:
+        other = await connect(service, "127.0.0.3")
+        await ask_on(other)  # idle and older than all of 127.0.0.2's
+        first, second = await connect(service, "127.0.0.2"), await connect(service, "127.0.0.2")
+        await ask_on(first)
+        second[1].write(b"\x00\x20")  # busy
+        third = await connect(service, "127.0.0.2")
+        assert (await ask_on(third)).answer
+        assert await closed_by_server(first)  # its own idle one, not 127.0.0.3's older one
+        third[1].write(b"\x00\x20")  # busy too: now nothing of its share is idle
+        fourth = await connect(service, "127.0.0.2")
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            await ask_on(fourth)
+        assert sample(service, "georouter_dns_dropped_total", reason="tcp_client_limit") == 1
+        assert (await ask_on(other)).answer
+        for _, writer in (other, first, second, third, fourth):
+            writer.close()
     finally:
         await service.stop()
 
@@ -324,6 +423,29 @@ async def test_a_burst_beyond_one_batch_is_all_answered(service: DnsService) -> 
                 sent.discard(dns.message.from_wire(await protocol.replies.get()).id)
     finally:
         transport.close()
+
+
+async def test_datagrams_queued_past_the_age_limit_are_dropped(service: DnsService) -> None:
+    """The kernel's receive timestamp dates each datagram; the clock is moved instead of
+    waiting. No await below: the service's own reader cannot take the datagrams first."""
+    skew = [MAX_QUEUE_AGE_S + 1.0]  # as if every datagram had waited that long
+    tallies = RouterMetrics().tallies
+    shell = UdpShell(service.udp_socket, service, tallies, clock=lambda: time.time() + skew[0])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.connect((HOST, service.port))
+        client.settimeout(TIMEOUT_S)
+        query = dns.message.make_query("example.com", "SOA").to_wire()
+        for _ in range(3):
+            client.send(query)
+        shell.read_ready()
+        assert tallies.dropped["stale"] == 3 and not sum(tallies.queries.values())
+        skew[0] = 0.0
+        for _ in range(3):
+            client.send(query)
+        shell.read_ready()
+        for _ in range(3):
+            assert client.recv(4096)[:2] == query[:2]
+    assert tallies.dropped["stale"] == 3
 
 
 def test_duration_tally_is_an_exact_prometheus_histogram() -> None:

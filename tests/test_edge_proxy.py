@@ -208,6 +208,24 @@ async def test_stale_while_revalidate_one_background_refresh_rfc5861_3(
     assert origin.fetches["/s"] == 2  # exactly one refresh for ten stale answers
 
 
+async def test_background_refresh_keeps_the_entry_on_5xx_within_stale_if_error_rfc5861_4(
+    origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    # The response step decides alike in the foreground and the background: a server
+    # error within stale-if-error keeps the stale entry, even if the error is storable.
+    fields = "max-age=10, stale-while-revalidate=60, stale-if-error=600"
+    origin.script("/k", headers={"Cache-Control": fields}, body=b"old")
+    await get(client, edge, "/k")
+    clock.advance(15)
+    origin.script("/k", status=503, headers={"Cache-Control": "max-age=60"}, body=b"down")
+    status, headers, body = await get(client, edge, "/k")
+    assert (status, body) == (200, b"old") and "stale-while-revalidate" in headers["Cache-Status"]
+    await poll(lambda: origin.fetches["/k"] == 2 and len(edge.proxy.coalescer) == 0)
+    status, _, body = await get(client, edge, "/k")
+    assert (status, body) == (200, b"old")
+    assert metric(edge.metrics, "edge_origin_errors_total", {"kind": "status_5xx"}) == 1
+
+
 async def test_stale_if_error_on_500_rfc5861_4(
     origin: ScriptedOrigin, edge: EdgeServer, client: aiohttp.ClientSession, clock: FakeClock
 ) -> None:

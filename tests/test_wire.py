@@ -14,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from georouter.wire import (
+    MAX_EDNS_OPTIONS,
+    MAX_POINTER_JUMPS,
     ClientSubnet,
     Edns,
     MalformedQuery,
@@ -23,6 +25,7 @@ from georouter.wire import (
     parse,
     parse_common,
     parse_full,
+    read_name,
 )
 
 labels = st.binary(min_size=1, max_size=63)
@@ -199,13 +202,108 @@ def test_compressed_records_take_the_full_path() -> None:
     assert query.question == base[12:] and query.name == name_to_wire("cdn.example.com.")
 
 
-def test_opt_after_compressed_record_is_read_by_the_full_path() -> None:
+def test_compressed_opt_owner_is_read_by_the_full_path_rfc1035_4_1_4() -> None:
+    """The OPT's owner as a pointer back to the question name's root octet."""
     base = dns.message.make_query("cdn.example.com", "A").to_wire()
-    extra = b"\xc0\x0c" + struct.pack(">HHIH", 16, 1, 0, 2) + b"\x01x"
-    opt = opt_record(4096, 0, 0x8000, ecs_option(1, 24, b"\xc6\x33\x64"))
-    wire = base[:10] + b"\0\2" + base[12:] + extra + opt
-    edns = parse(wire).edns
-    assert edns == Edns(4096, 0, True, ClientSubnet(1, 24, b"\xc6\x33\x64"))
+    root = 12 + len(name_to_wire("cdn.example.com.")) - 1
+    opt = struct.pack(">H", 0xC000 | root) + opt_record(4096, 0, 0x8000, b"")[1:]
+    wire = base[:10] + b"\0\1" + base[12:] + opt
+    assert parse_common(wire) is None
+    assert parse(wire).edns == Edns(4096, 0, True)
+
+
+def crafted_flood_packet() -> bytes:
+    """Issue 10's packet: ~290 additional records whose owners chain back through pointers."""
+    q = b"\x03cdn\x07example\x03com\x00\x00\x01\x00\x01"
+    body, prev, n = b"", 12, 0
+    while 12 + len(q) + len(body) + 14 <= 4096:
+        off = 12 + len(q) + len(body)
+        body += b"\x01a" + struct.pack(">H", 0xC000 | prev) + struct.pack(">HHIH", 1, 1, 0, 0)
+        prev, n = off, n + 1
+    return struct.pack(">6H", 1, 0x100, 1, 0, 0, n) + q + body
+
+
+@pytest.mark.parametrize(
+    "counts", [(1, 0, 0), (0, 1, 0), (0, 0, 2), (0, 0, 290)], ids=["an", "ns", "ar2", "ar290"]
+)
+def test_records_a_query_never_has_are_malformed_before_reading_them_rfc6891_6_1_1(
+    counts: tuple[int, int, int],
+) -> None:
+    """Judged from the header: the question is echoed, no record is read."""
+    packet = crafted_flood_packet()
+    wire = packet[:6] + struct.pack(">3H", *counts) + packet[12:]
+    problem = malformed(wire)
+    assert problem.flags == 0x100 and problem.question == packet[12:33]
+
+
+def test_issue_10_flood_packet_is_malformed() -> None:
+    assert malformed(crafted_flood_packet()).question[:4] == b"\x03cdn"
+
+
+def query_with_record(owner: bytes, rtype: int = 16) -> bytes:
+    base = dns.message.make_query("example.com", "A").to_wire()
+    return base[:10] + b"\0\1" + base[12:] + owner + struct.pack(">HHIH", rtype, 1, 0, 0)
+
+
+def test_record_of_another_type_is_ignored() -> None:
+    """A TSIG or SIG(0) we do not implement is not read further (its owner compressed)."""
+    assert parse(query_with_record(b"\x01k\xc0\x0c", rtype=250)).name == name_to_wire(
+        "example.com."
+    )
+
+
+@pytest.mark.parametrize(
+    "owner",
+    [
+        b"\xc0\x1d",  # forward: at the owner itself
+        b"\xc0\x05",  # into the header
+        b"\x01a\xc0\x1d",  # back to its own first label: a loop
+        b"\x40",  # an extended label type (RFC 6891 §5)
+        b"\xc0",  # cut short
+    ],
+    ids=["forward", "header", "loop", "extended", "truncated"],
+)
+def test_bad_compression_pointers_are_malformed_rfc1035_4_1_4(owner: bytes) -> None:
+    assert malformed(query_with_record(owner)).flags is not None
+
+
+def pointer_chain(jumps: int) -> tuple[bytes, int]:
+    """A name "a." at offset 12, then `jumps` pointers, each to the one before."""
+    data, target = bytes(12) + b"\x01a\0", 12
+    for _ in range(jumps):
+        data, target = data + struct.pack(">H", 0xC000 | target), len(data)
+    return data, target
+
+
+def test_pointer_jumps_are_bounded() -> None:
+    data, last = pointer_chain(MAX_POINTER_JUMPS)
+    assert read_name(data, last) == (b"\x01a\0", last + 2)
+    data, last = pointer_chain(MAX_POINTER_JUMPS + 1)
+    with pytest.raises(ValueError, match="too many"):
+        read_name(data, last)
+
+
+def test_too_many_edns_options_are_malformed() -> None:
+    base = dns.message.make_query("example.com", "A").to_wire()
+    empty = struct.pack(">HH", 10, 0)
+    for count, ok in ((MAX_EDNS_OPTIONS, True), (MAX_EDNS_OPTIONS + 1, False)):
+        wire = base[:10] + b"\0\1" + base[12:] + opt_record(1232, 0, 0, empty * count)
+        if ok:
+            assert parse(wire).edns == Edns(1232, 0, False)
+        else:
+            assert malformed(wire).edns == Edns(1232, 0, False)
+
+
+def test_ecs_family_zero_is_malformed_rfc7871_7_2_1() -> None:
+    """FAMILY 0 is reserved (RFC 7871 §6: IANA address families); §7.1.2 has stubs opt out
+    with FAMILY 1 or 2 and SOURCE 0, which is accepted."""
+    base = dns.message.make_query("example.com", "A").to_wire()
+    for family, ok in ((0, False), (1, True), (2, True)):
+        wire = base[:10] + b"\0\1" + base[12:] + opt_record(1232, 0, 0, ecs_option(family, 0, b""))
+        if ok:
+            assert parse(wire).edns == Edns(1232, 0, False, ClientSubnet(family, 0, b""))
+        else:
+            assert malformed(wire).edns == Edns(1232, 0, False)
 
 
 def malformed(data: bytes) -> MalformedQuery:
@@ -296,3 +394,31 @@ def test_name_to_wire_folds_case() -> None:
     assert name_to_wire("Cdn.Example.com.") == b"\3cdn\7example\3com\0"
     assert name_to_wire(".") == b"\0"
     assert dns.name.from_wire(name_to_wire("a.b."), 0)[0].to_text() == "a.b."
+
+
+name_pieces = st.lists(
+    st.one_of(
+        labels.map(lambda label: bytes((len(label),)) + label),
+        st.integers(0, 80).map(lambda target: struct.pack(">H", 0xC000 | target)),
+        st.just(b"\0"),
+        st.binary(max_size=3),
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@settings(max_examples=800, deadline=None)
+@given(body=name_pieces, target=st.integers(0, 200))
+def test_read_name_agrees_with_dnspython_rfc1035_4_1_4(body: bytes, target: int) -> None:
+    """Labels, pointers and damage, read from a final pointer into them: read_name either
+    refuses (ValueError) or reads what dnspython reads, which also allows only pointers
+    below every offset already visited."""
+    data = bytes(12) + body
+    start = len(data)
+    data += struct.pack(">H", 0xC000 | (12 + target % max(1, len(body))))
+    try:
+        name, end = read_name(data, start)
+    except ValueError:
+        return
+    theirs, used = dns.name.from_wire(data, start)
+    assert name == theirs.to_wire() and end == start + used and len(name) <= 255
