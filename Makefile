@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 # Debian packages the end-to-end tests and the benchmarks drive (installed by scripts/install-packages).
 TEST_PACKAGES  := unbound prometheus knot-dnsutils bind9-dnsutils nats-server
@@ -14,6 +15,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'  # dev includes the demo extra
+	touch $@
+
+# The bench extra (matplotlib, for the scaling part's plots) on top of the dev install.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 demo: $(STAMP)
@@ -38,7 +44,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: $(STAMP) test-packages bench-packages
+bench: $(BENCH_STAMP) test-packages bench-packages
 	$(BIN)/python -m benchmarks
 
 # Each fuzz target for FUZZ_SECONDS under atheris (libFuzzer) if it installs, else under

@@ -2,8 +2,8 @@
 its headline also into README.md.
 
 BENCH_QUICK=1 shortens every part (about 4 minutes in all) for development; the full run
-stays under 20 minutes on 2 cores. `--parts bias,dns,hit,failover,balance,cache,hostile` picks
-parts.
+stays under 20 minutes on 2 cores (the scaling part adds about 6, 1 in quick mode).
+`--parts bias,dns,hit,failover,balance,cache,hostile,scaling` picks parts.
 The bias check (benchmarks/fairness.py) runs first and stops the run, exit 1, if the harness
 would measure a server started its way differently from one started plainly; every started
 process is checked against the harness's own scheduling (session autogroup, nice, cores).
@@ -35,6 +35,7 @@ from benchmarks import (
     hostile,
     peers,
     report,
+    scaling,
 )
 from benchmarks.processes import (
     BenchError,
@@ -50,7 +51,7 @@ from cdnlab.supervisor import DemoError
 from georouter.config import RouterConfig, load_config
 
 OUTPUT = cdn.REPO / "docs" / "benchmarks.md"
-PARTS = ("bias", "dns", "hit", "failover", "balance", "cache", "hostile")
+PARTS = ("bias", "dns", "hit", "failover", "balance", "cache", "hostile", "scaling")
 LATENCY_LOAD_SHARE = 0.5  # the fixed-rate run offers half of georouter's max q/s
 DNS_WORKERS = 2  # the second georouter configuration measured: one UDP worker per core
 FAILOVER_VICTIM = "edge-eu-1"
@@ -240,6 +241,20 @@ def hit_part(run: Run, origin: Endpoint) -> None:
             run.note_memory(f"{server.name} (after part 2, objects cached)", server.pid)
 
 
+def scaling_part(run: Run, images: Path) -> None:
+    """Router and edge cost as the work grows (benchmarks/scaling.py); plots into `images`."""
+    plan = scaling.QUICK if run.settings is QUICK else scaling.FULL
+    workdir = run.workdir / "scaling"
+    workdir.mkdir()
+    harness = scaling.Harness(workdir, run.note_start, run.note_tool)
+    results = scaling.measure(harness, plan, cdn.TOPOLOGY, run.config)
+    part = Part("How cost grows with the work", "")
+    for table in scaling.tables(results, plan):
+        run.emit("scaling", part, table)
+    part.intro = scaling.intro(results, scaling.figures(results, images))
+    run.parts["scaling"] = part
+
+
 def hostile_part(run: Run) -> None:
     """Mutated datagrams and abusive TCP streams at a router of its own (benchmarks/hostile.py)."""
     part = Part("Hostile traffic at the router", report.intro(hostile.__doc__))
@@ -327,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
             _pure_parts(run, args.parts)
             if "hostile" in args.parts:
                 hostile_part(run)
+            if "scaling" in args.parts:
+                scaling_part(run, args.output.parent / "img")
         except (BenchError, DemoError) as exc:  # DemoError: a server did not start
             print(f"benchmarks: {exc}", file=sys.stderr)
             return 1
