@@ -199,7 +199,7 @@ class _Worker:
 
     def __init__(self, config: RouterConfig, geoip: Path | None) -> None:
         self.metrics = RouterMetrics()
-        self.selector = Selector(config.policy, config.regions, random.Random())
+        self.selector = Selector(config.policy, config.regions, random.Random(), config.services)
         self.responder = self._responder(config, geoip)
 
     def _responder(self, config: RouterConfig, geoip: Path | None) -> Responder:
@@ -218,7 +218,7 @@ class _Worker:
             except GeoRouterError as exc:  # main loaded it a moment ago: keep the old one
                 log.error("event=reload result=failed reason=%s", exc)
                 return
-            self.selector.reconfigure(config.policy, config.regions)
+            self.selector.reconfigure(config.policy, config.regions, config.services)
             self.responder = responder
 
     def follow(self, control: socket.socket) -> None:
