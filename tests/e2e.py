@@ -147,8 +147,12 @@ async def poll(
 
 
 @contextlib.asynccontextmanager
-async def start_cdn(tmp_path: Path, *, drain_s: float = 0.5) -> AsyncIterator[Cdn]:
-    """Origin, six edges and the router on a fresh loopback block; every node up on exit."""
+async def start_cdn(
+    tmp_path: Path, *, drain_s: float = 0.5, edit: Callable[[str], str] = str
+) -> AsyncIterator[Cdn]:
+    """Origin, six edges and the router on a fresh loopback block; every node up on exit.
+
+    `edit` rewrites the router's config text (the shipped topology, relocated) first."""
     block = loopback_block()
     router_host = f"{block}1"
     raw = tomllib.loads(SHIPPED_CONFIG.read_text())
@@ -156,7 +160,7 @@ async def start_cdn(tmp_path: Path, *, drain_s: float = 0.5) -> AsyncIterator[Cd
     for node in raw["nodes"]:
         ports[node["name"]] = free_port(block + node["ipv4"].rsplit(".", 1)[1])
     config_path = tmp_path / "cdn.toml"
-    config_path.write_text(relocate_config(SHIPPED_CONFIG.read_text(), block, ports))
+    config_path.write_text(edit(relocate_config(SHIPPED_CONFIG.read_text(), block, ports)))
     edge_hosts = [block + n["ipv4"].rsplit(".", 1)[1] for n in raw["nodes"]]
     plan = make_plan(
         load_config(config_path),
