@@ -6,12 +6,15 @@ import random
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import dns.asyncquery
 import dns.edns
 import dns.message
 import dns.rdatatype
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from georouter.config import DEFAULT_CONFIG, Policy, RouterConfig, ServicePolicy, load_config
 from georouter.errors import ConfigError
@@ -323,3 +326,41 @@ async def test_e2e_service_pool_and_health_derived_ttl(tmp_path: Path) -> None:
             "eu answers again",
         )
         assert back[1] == 20
+
+
+# ---- property: a pool is never left, and the TTL follows the reason -------------------------
+
+NODE_NAMES = [n.name for n in NODES]
+STATES = st.sampled_from(["up", "down", "saturated", "unknown"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    pool=st.sets(st.sampled_from(NODE_NAMES), min_size=1),
+    states=st.lists(STATES, min_size=len(NODES), max_size=len(NODES)),
+    spill=st.one_of(st.none(), st.integers(0, 2)),
+    region=st.sampled_from(["na", "eu", "ap"]),
+    family=st.sampled_from([4, 6]),
+)
+def test_pick_stays_in_the_pool_and_ttl_follows_reason(
+    pool: set[str], states: list[str], spill: int | None, region: str, family: Literal[4, 6]
+) -> None:
+    service = ServicePolicy("s.example.com.", frozenset(pool), max_spill_regions=spill)
+    cfg = make_config(REGIONS, NODES, Policy("na"))
+    selector = Selector(cfg.policy, cfg.regions, random.Random(1), (service,))
+    fleet = Fleet(cfg, selector.update)
+    for name, state in zip(NODE_NAMES, states, strict=True):
+        if state != "unknown":
+            fleet.apply_probe(name, True, 0.0)
+        if state == "down":
+            down(fleet, name)
+        if state == "saturated":
+            load(fleet, name, 0.99)
+    decision = selector.pick(region, family, service.name)
+    assert {n.name for n in decision.nodes} <= pool
+    if decision.reason in ("spillover", "failover", "fail_open"):
+        assert decision.ttl == 5
+    elif decision.nodes:
+        region_pool = fleet.snapshot.pool(decision.region, family)
+        degraded = any(n.name in pool for n in region_pool.down)
+        assert decision.ttl == (5 if degraded else 20)
