@@ -3,12 +3,13 @@
 Theory of operation: every answer that does not depend on the client is encoded at
 construction, per (name, qtype), as a `Prepared` body (the sections after the question,
 without OPT). Geo-routed names resolve to a `Route`; the placer and picker choose the
-nodes, and the encoded answer for that node list is cached in a bounded dict.
+nodes and the TTL (health-derived: it follows the decision's reason and the region's
+state), and the encoded answer for that (TTL, node list) is cached in a bounded dict.
 
 Everything in a response but its ID is decided by the query's bytes after the ID (and,
 for a geo answer, by the placement and the picker's draw), so those bytes key a bounded
 cache of shapes: a `_Reply` (the response less its ID) for a static answer, a `_Routed`
-for a geo-routed one, which keeps its ECS placement and its `_Reply` per node list. A
+for a geo-routed one, which keeps its ECS placement and its `_Reply` per (scope, TTL, node list). A
 repeated query then costs one dict lookup and a concatenation (static), or a placement
 (by resolver address only), a pick and two lookups (geo); the parse, zone lookup and
 encoding run once per shape. Queries in 0x20 mixed case rarely repeat byte for byte:
