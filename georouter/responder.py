@@ -9,8 +9,8 @@ state), and the encoded answer for that (TTL, node list) is cached in a bounded 
 Everything in a response but its ID is decided by the query's bytes after the ID (and,
 for a geo answer, by the placement and the picker's draw), so those bytes key a bounded
 cache of shapes: a `_Reply` (the response less its ID) for a static answer, a `_Routed`
-for a geo-routed one, which keeps its ECS placement and its `_Reply` per (scope, TTL, node list). A
-repeated query then costs one dict lookup and a concatenation (static), or a placement
+for a geo-routed one, which keeps its ECS placement and its `_Reply` per (scope, TTL,
+node list). A repeated query then costs one dict lookup and a concatenation (static), or a placement
 (by resolver address only), a pick and two lookups (geo); the parse, zone lookup and
 encoding run once per shape. Queries in 0x20 mixed case rarely repeat byte for byte:
 each is a miss, answered the same way at the cost of a parse.
