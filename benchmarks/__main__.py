@@ -3,7 +3,7 @@ its headline also into README.md.
 
 BENCH_QUICK=1 shortens every part (about 4 minutes in all) for development; the full run
 stays under 20 minutes on 2 cores (the scaling part adds about 6, 1 in quick mode).
-`--parts bias,dns,hit,failover,balance,cache,hostile,scaling` picks parts.
+`--parts bias,dns,hit,failover,return,balance,cache,hostile,scaling` picks parts.
 The bias check (benchmarks/fairness.py) runs first and stops the run, exit 1, if the harness
 would measure a server started its way differently from one started plainly; every started
 process is checked against the harness's own scheduling (session autogroup, nice, cores).
@@ -35,6 +35,7 @@ from benchmarks import (
     hostile,
     peers,
     report,
+    return_to_region,
     scaling,
 )
 from benchmarks.processes import (
@@ -51,7 +52,7 @@ from cdnlab.supervisor import DemoError
 from georouter.config import RouterConfig, load_config
 
 OUTPUT = cdn.REPO / "docs" / "benchmarks.md"
-PARTS = ("bias", "dns", "hit", "failover", "balance", "cache", "hostile", "scaling")
+PARTS = ("bias", "dns", "hit", "failover", "return", "balance", "cache", "hostile", "scaling")
 LATENCY_LOAD_SHARE = 0.5  # the fixed-rate run offers half of georouter's max q/s
 DNS_WORKERS = 2  # the second georouter configuration measured: one UDP worker per core
 FAILOVER_VICTIM = "edge-eu-1"
@@ -211,6 +212,18 @@ def failover_part(run: Run, fleet: cdn.Cdn, origin_url: str) -> None:
     run.emit("failover", part, failover.failover_table(result, run.config))
 
 
+def return_part(run: Run, fleet: cdn.Cdn, origin_url: str) -> None:
+    part = Part("Return to region", report.intro(return_to_region.__doc__))
+    region = next(n.region for n in run.config.nodes if n.name == FAILOVER_VICTIM)
+    subnet = dns.subnets_by_region(run.config, run.geoip)[region][0]
+    trials = 1 if run.settings is QUICK else 3
+    config_path = run.workdir / "cdn.toml"  # written by cdn.cdn; reloaded with SIGHUP
+    results = return_to_region.measure(
+        fleet, run.config, config_path, region, subnet, origin_url, trials
+    )
+    run.emit("return", part, return_to_region.return_table(results, run.config, region))
+
+
 def hit_part(run: Run, origin: Endpoint) -> None:
     title = "Edge cache hits (wrk)"
     if missing := _missing("wrk"):
@@ -284,12 +297,12 @@ def _selected(argv: list[str] | None) -> argparse.Namespace:
 
 def _with_servers(run: Run, parts: list[str]) -> None:
     """The parts that need our processes: one origin, one CDN shared by parts 1 and 3."""
-    if not {"dns", "failover", "hit"} & set(parts):
+    if not {"dns", "failover", "return", "hit"} & set(parts):
         return
     with cdn.origin() as origin:
         run.note_start("origin (demo)", origin.pid)
         origin_url = f"http://{origin.host}:{origin.port}"
-        if "dns" in parts or "failover" in parts:
+        if {"dns", "failover", "return"} & set(parts):
             with cdn.cdn(run.config, run.workdir, origin_url) as fleet:
                 run.note_start("georouter", fleet.router.service.pid)
                 for started in fleet.edges.values():
@@ -302,6 +315,8 @@ def _with_servers(run: Run, parts: list[str]) -> None:
                 )
                 if "failover" in parts:
                     failover_part(run, fleet, origin_url)
+                if "return" in parts:
+                    return_part(run, fleet, origin_url)
         if "hit" in parts:
             hit_part(run, origin)
 

@@ -1,6 +1,6 @@
 """Hostile traffic: mutated datagrams and abusive TCP streams at a running router.
 
-One router (`georouter serve` on data/cdn.toml, loopback, ports chosen by the kernel; no
+One router (`georouter serve` on georouter/data/cdn.toml, loopback, ports chosen by the kernel; no
 edges, so it answers from the configured nodes) takes at least 1,000,000 UDP datagrams
 made by the fuzz mutator (fuzz/mutator.py) from dnspython-made queries (ECS, OPT, DO,
 0x20 case; fuzz/dns_target.py), a tenth of them plain random bytes, sent at 10,000/s for

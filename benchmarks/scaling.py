@@ -2,7 +2,7 @@
 its cache fills.
 
 Router: one `georouter serve` process (dns_workers = 1) per point, started fresh on a
-generated topology (benchmarks/scaling_inputs.py: data/cdn.toml's shape grown one way at a
+generated topology (benchmarks/scaling_inputs.py: georouter/data/cdn.toml's shape grown one way at a
 time), measured with dnsperf at max rate as in part 1 (queries/s answered), and its RSS read
 afterwards. The topology points use a mix of 100 ECS /24s, each asked once before the run
 (the mean time of that first answer per /24 is the "first query" column: a cold placement);

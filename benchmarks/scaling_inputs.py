@@ -1,6 +1,6 @@
 """What the scaling part feeds the router: generated topologies and wide ECS query mixes.
 
-A topology keeps data/cdn.toml's shape (its [router], [policy] and zones verbatim, its three
+A topology keeps georouter/data/cdn.toml's shape (its [router], [policy] and zones verbatim, its three
 regions first, two nodes per region alternating 2,000 and 1,000 capacity) and grows in one
 direction at a time: more nodes (round-robin over the regions), more regions (each new one
 claims one or more real countries, which win over the shipped regions' continents), more
@@ -130,7 +130,7 @@ def _override_tables(regions: Sequence[Region], count: int, rng: random.Random) 
 def topology_toml(shipped_text: str, shipped: RouterConfig, shape: Shape, health_url: str) -> str:
     """A router config of `shape` in the shipped file's shape (module docstring), as TOML.
 
-    `shipped_text` is data/cdn.toml's text and `shipped` that file loaded; every node is
+    `shipped_text` is georouter/data/cdn.toml's text and `shipped` that file loaded; every node is
     probed at `health_url`. ValueError if the shape cannot be built.
     """
     rng = random.Random(SEED)

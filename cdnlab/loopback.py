@@ -137,11 +137,17 @@ async def poll(
 
 @contextlib.asynccontextmanager
 async def start_cdn(
-    tmp_path: Path, *, drain_s: float = 0.5, router_settings: str = "", extra: str = ""
+    tmp_path: Path,
+    *,
+    drain_s: float = 0.5,
+    router_settings: str = "",
+    extra: str = "",
+    edit: Callable[[str], str] = str,
 ) -> AsyncIterator[Cdn]:
     """Origin, six edges and the router on a fresh loopback block; every node up on exit.
 
-    router_settings: TOML lines added to [router]; extra: TOML appended (e.g. a [bus])."""
+    router_settings: TOML lines added to [router]; extra: TOML appended (e.g. a [bus]);
+    `edit` then rewrites the whole config text (the shipped topology, relocated)."""
     block = loopback_block()
     router_host = f"{block}1"
     raw = tomllib.loads(SHIPPED_CONFIG.read_text())
@@ -151,7 +157,7 @@ async def start_cdn(
     config_path = tmp_path / "cdn.toml"
     text = relocate_config(SHIPPED_CONFIG.read_text(), block, ports)
     text = text.replace("[router]\n", f"[router]\n{router_settings}\n", 1) + "\n" + extra
-    config_path.write_text(text)
+    config_path.write_text(edit(text))
     edge_hosts = [block + n["ipv4"].rsplit(".", 1)[1] for n in raw["nodes"]]
     plan = make_plan(
         load_config(config_path),

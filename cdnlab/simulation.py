@@ -65,7 +65,7 @@ class SimResult:
 
 class Picker(Protocol):
     def update(self, snapshot: FleetSnapshot) -> None: ...
-    def pick(self, region: str, family: Family) -> Decision: ...
+    def pick(self, region: str, family: Family, service: str = "") -> Decision: ...
 
 
 class _Baseline:
@@ -78,7 +78,7 @@ class _Baseline:
     def update(self, snapshot: FleetSnapshot) -> None:
         self.snapshot = snapshot
 
-    def pick(self, region: str, family: Family) -> Decision:
+    def pick(self, region: str, family: Family, service: str = "") -> Decision:
         assert self.snapshot is not None
         eligible = self.snapshot.pool(region, family).eligible
         if not eligible:  # every node saturated: keep answering from the whole region

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
-from typing import Literal
 
 from cdn.config import (
     MAX_CAPACITY_RPS,
@@ -30,11 +29,20 @@ from cdn.config import (
 )
 from cdn.tomltable import Table, read_toml
 from georouter.errors import ConfigError
-from georouter.zonedata import MAX_TTL_S, Zone, ip_address_of, read_zones
+from georouter.zonedata import ALL_DOWN_POLICIES as ALL_DOWN_POLICIES
+from georouter.zonedata import (
+    MAX_TTL_S,
+    Inventory,
+    Zone,
+    all_down_policy,
+    ip_address_of,
+    read_zones,
+)
+from georouter.zonedata import AllDownPolicy as AllDownPolicy
 from georouter.zonedata import RecordType as RecordType
+from georouter.zonedata import ServicePolicy as ServicePolicy
 from georouter.zonedata import StaticRecord as StaticRecord
 
-AllDownPolicy = Literal["fail-open", "servfail"]
 IPNetwork = IPv4Network | IPv6Network
 
 # The default topology ships inside the package (package data), so an installed wheel finds it.
@@ -43,6 +51,7 @@ DEFAULT_CONFIG = Path(str(files("georouter") / "data" / "cdn.toml"))
 DNS_LISTEN = "127.0.0.1:5300"
 CONTROL_LISTEN = "127.0.0.1:9153"
 ANSWER_TTL_S = 20
+DEGRADED_TTL_S = 5  # failover, spill, fail-open and degraded-region answers (health-derived TTL)
 ANSWERS_PER_RESPONSE = 2
 SATURATION_THRESHOLD = 0.85
 PROBE_INTERVAL_S = 1.0
@@ -60,7 +69,6 @@ MAX_SATURATION = 1.5
 MAX_PROBE_COUNT = 100
 EARTH_RADIUS_KM = 6371.0088
 CONTINENTS = frozenset({"AF", "AN", "AS", "EU", "NA", "OC", "SA"})  # MaxMind continent codes
-ALL_DOWN_POLICIES: tuple[AllDownPolicy, ...] = ("fail-open", "servfail")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # region and node names (metric labels)
 _COUNTRY = re.compile(r"[A-Z]{2}")
@@ -90,6 +98,7 @@ class BusSettings:
 class Policy:
     default_region: str
     answer_ttl: int = ANSWER_TTL_S
+    degraded_ttl: int = DEGRADED_TTL_S
     answers_per_response: int = ANSWERS_PER_RESPONSE
     saturation_threshold: float = SATURATION_THRESHOLD
     all_down: AllDownPolicy = "fail-open"
@@ -162,6 +171,11 @@ class RouterConfig:
         """router.state_dir, else the default for this config file."""
         return self.router.state_dir or default_state_dir(self.source)
 
+    @property
+    def services(self) -> tuple[ServicePolicy, ...]:
+        """Every geo-routed name's policy, zone by zone."""
+        return tuple(policy for zone in self.zones for policy in zone.policies)
+
 
 def load_config(path: Path) -> RouterConfig:
     """Read and validate a router config; each defect raises ConfigError(file, key, expectation)."""
@@ -172,8 +186,9 @@ def load_config(path: Path) -> RouterConfig:
         regions = _regions(top, top.tables("regions"))
         policy = _policy(top.table("policy"), regions)
         health = _health(top.table("health"))
-        zones = read_zones(top, top.tables("zones"))
         nodes = _nodes(top.tables("nodes"), regions)
+        fleet = Inventory(regions.keys(), {node.name: node.region for node in nodes})
+        zones = read_zones(top, top.tables("zones"), fleet)
         overrides = _overrides(top.tables("overrides"), regions)
         bus = _bus(top.table("bus"))
     return RouterConfig(
@@ -247,20 +262,15 @@ def _policy(t: Table, regions: Mapping[str, Region]) -> Policy:
         return Policy(
             default_region=default_region,
             answer_ttl=t.integer("answer_ttl", 0, MAX_TTL_S, ANSWER_TTL_S),
+            degraded_ttl=t.integer("degraded_ttl", 0, MAX_TTL_S, DEGRADED_TTL_S),
             answers_per_response=t.integer(
                 "answers_per_response", 1, MAX_ANSWERS, ANSWERS_PER_RESPONSE
             ),
             saturation_threshold=t.real(
                 "saturation_threshold", 0, MAX_SATURATION, SATURATION_THRESHOLD, lo_open=True
             ),
-            all_down=t.parsed("all_down", _all_down, "fail-open"),
+            all_down=t.parsed("all_down", all_down_policy, "fail-open"),
         )
-
-
-def _all_down(text: str) -> AllDownPolicy:
-    if text not in ALL_DOWN_POLICIES:
-        raise ValueError(f"expected 'fail-open' or 'servfail', got {text!r}")
-    return text
 
 
 def _health(t: Table) -> HealthSettings:

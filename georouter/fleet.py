@@ -99,6 +99,7 @@ class Pool:
     draining: bool  # a draining node was left out
     configured: tuple[Node, ...]  # every configured node
     fail_open: tuple[Node, ...]  # the configured nodes the operator has not drained
+    down: tuple[Node, ...] = ()  # configured nodes in state down (the region is degraded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,4 +319,5 @@ def _pool(members: list[NodeStatus], threshold: float) -> Pool:
     draining = any(s.state == "draining" for s in members)
     configured = tuple(s.node for s in members)
     undrained = tuple(s.node for s in members if not s.api_drained and s.weight > 0)
-    return Pool(eligible, saturated, draining, configured, undrained)
+    down = tuple(s.node for s in members if s.state == "down")
+    return Pool(eligible, saturated, draining, configured, undrained, down)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -80,7 +81,7 @@ class HotPathTallies:
 
     queries: Tally[tuple[str, str, str]] = field(default_factory=Tally)  # transport, qtype, rcode
     answers: Tally[tuple[str, str]] = field(default_factory=Tally)  # region, node
-    decisions: Tally[str] = field(default_factory=Tally)  # reason
+    decisions: Tally[tuple[str, str]] = field(default_factory=Tally)  # service, reason
     dropped: Tally[str] = field(default_factory=Tally)  # reason
     geoip_lookups: int = 0
     geoip_cache_hits: int = 0
@@ -135,11 +136,12 @@ class HotPathCollector(Collector):
             "georouter_decisions",
             "Routing decisions by reason: geo (client's own region), drained (own region, a "
             "draining node skipped), spillover (own region saturated), failover (own region "
-            "down), fail_open (nothing healthy anywhere: configured nodes served).",
-            labels=["reason"],
+            "down), fail_open (nothing healthy anywhere: configured nodes served), "
+            "fail_closed (nothing healthy, all_down = servfail); by geo-routed service.",
+            labels=["service", "reason"],
         )
-        for reason, n in list(t.decisions.items()):
-            decisions.add_metric([reason], n)
+        for (service, reason), n in list(t.decisions.items()):
+            decisions.add_metric([service, reason], n)
         yield decisions
         dropped = CounterMetricFamily(
             "georouter_dns_dropped",
@@ -182,6 +184,15 @@ class HotPathCollector(Collector):
         )
 
 
+class ConfiguredNode(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def region(self) -> str: ...
+    @property
+    def capacity_rps(self) -> float: ...
+
+
 class RouterMetrics:
     """The router's registry and its metrics; one instance per running router."""
 
@@ -211,6 +222,12 @@ class RouterMetrics:
         self.node_utilization = Gauge(
             "georouter_node_utilization",
             "Utilisation (0..1+) from the node's latest load report.",
+            ["region", "node"],
+            registry=r,
+        )
+        self.node_capacity = Gauge(
+            "georouter_node_capacity_rps",
+            "The node's configured capacity_rps (answer share against capacity share).",
             ["region", "node"],
             registry=r,
         )
@@ -280,3 +297,9 @@ class RouterMetrics:
             "Times the router lost the NATS bus (or failed to reach it).",
             registry=r,
         )
+
+    def set_capacities(self, nodes: Iterable[ConfiguredNode]) -> None:
+        """Export the configured capacities; a node removed by a reload leaves the gauge."""
+        self.node_capacity.clear()
+        for node in nodes:
+            self.node_capacity.labels(node.region, node.name).set(node.capacity_rps)

@@ -3,13 +3,14 @@
 Theory of operation: every answer that does not depend on the client is encoded at
 construction, per (name, qtype), as a `Prepared` body (the sections after the question,
 without OPT). Geo-routed names resolve to a `Route`; the placer and picker choose the
-nodes, and the encoded answer for that node list is cached in a bounded dict.
+nodes and the TTL (health-derived: it follows the decision's reason and the region's
+state), and the encoded answer for that (TTL, node list) is cached in a bounded dict.
 
 Everything in a response but its ID is decided by the query's bytes after the ID (and,
 for a geo answer, by the placement and the picker's draw), so those bytes key a bounded
 cache of shapes: a `_Reply` (the response less its ID) for a static answer, a `_Routed`
-for a geo-routed one, which keeps its ECS placement and its `_Reply` per node list. A
-repeated query then costs one dict lookup and a concatenation (static), or a placement
+for a geo-routed one, which keeps its ECS placement and its `_Reply` per (scope, TTL,
+node list). A repeated query then costs one dict lookup and a concatenation (static), or a placement
 (by resolver address only), a pick and two lookups (geo); the parse, zone lookup and
 encoding run once per shape. Queries in 0x20 mixed case rarely repeat byte for byte:
 each is a miss, answered the same way at the cost of a parse.
@@ -45,6 +46,7 @@ from georouter.wire import (
     Query,
     encode_opt,
     encode_rr,
+    name_to_wire,
     parse,
 )
 from georouter.zones import (
@@ -89,7 +91,7 @@ class Placer(Protocol):
 
 
 class Picker(Protocol):
-    def pick(self, region: str, family: Literal[4, 6]) -> Decision: ...
+    def pick(self, region: str, family: Literal[4, 6], service: str) -> Decision: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,8 @@ class Route:
     """A geo-routed question: the static start of the answer, then the picker's nodes."""
 
     family: Literal[4, 6]
+    service: str  # the geo-routed name, absolute: the picker's key for its policy
+    label: str  # the service as a metric label (no trailing dot)
     owner: bytes  # owner of the address records: a pointer when it is the question name
     prefix: Prepared  # the CNAME chain leading to the service, if any
     nodata: Prepared  # when the decision holds no address of the family
@@ -155,7 +159,7 @@ class _Routed:
     address: str | None  # the ECS address to place; None: the resolver's own address
     source_prefix: int | None
     scope_cap: int  # the address width with ECS (scope is at most that), else 0
-    replies: dict[tuple[int, tuple[str, ...]], _Reply]  # by (scope, node names)
+    replies: dict[tuple[int, int, tuple[str, ...]], _Reply]  # by (scope, TTL, node names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +178,6 @@ class Responder:
         self._picker = picker
         self._metrics = metrics
         self._tallies = metrics.tallies
-        self._answer_ttl = config.policy.answer_ttl
         self._answer_count = config.policy.answers_per_response
         self._zones = Zones(config.zones)
         self._refused = Prepared.error(REFUSED)
@@ -182,7 +185,9 @@ class Responder:
         self._notimp = Prepared.error(NOTIMP)
         self._badvers = Prepared.error(BADVERS)
         self._formerr = Prepared.error(FORMERR)
-        self._geo_cache: dict[tuple[Route, tuple[str, ...]], _GeoAnswer] = {}
+        self._services = {name_to_wire(s.name): s.name for s in config.services}
+        # Keyed by TTL too: the TTL follows health, and a cached answer must follow it.
+        self._geo_cache: dict[tuple[Route, int, tuple[str, ...]], _GeoAnswer] = {}
         self._shapes: dict[Transport, dict[bytes, _Reply | _Routed]] = {"udp": {}, "tcp": {}}
         types = self._zones.data_types() | {TYPE_A, TYPE_AAAA, TYPE_CNAME, TYPE_ANY, TYPE_DS}
         types |= {TYPE_NS, TYPE_SOA, *_TRANSFERS}
@@ -266,31 +271,33 @@ class Responder:
 
     def _route(self, shape: _Routed, client_ip: str) -> _Reply:
         placement = self._placer.place(shape.address or client_ip, shape.source_prefix)
-        decision = self._picker.pick(placement.region, shape.route.family)
-        self._tallies.decisions[decision.reason] += 1
+        route = shape.route
+        decision = self._picker.pick(placement.region, route.family, route.service)
+        self._tallies.decisions[route.label, decision.reason] += 1
         if decision.reason == "fail_closed":
             return self._reply(shape.query, self._servfail, 0, shape.transport)
-        key = (min(placement.prefix_len, shape.scope_cap), tuple([n.name for n in decision.nodes]))
+        names = tuple([n.name for n in decision.nodes])
+        key = (min(placement.prefix_len, shape.scope_cap), decision.ttl, names)
         reply = shape.replies.get(key)
         if reply is None:
-            geo = self._geo_answer(shape.route, decision.nodes)
+            geo = self._geo_answer(route, decision.ttl, decision.nodes)
             # A negative answer is cached as if for every client (RFC 7871 §7.4): scope 0.
             scope = key[0] if geo.tally_keys else 0
             reply = self._reply(shape.query, geo.prepared, scope, shape.transport, geo.tally_keys)
             shape.replies[key] = reply
         return reply
 
-    def _geo_answer(self, route: Route, nodes: tuple[Node, ...]) -> _GeoAnswer:
-        key = (route, tuple([node.name for node in nodes]))
+    def _geo_answer(self, route: Route, ttl: int, nodes: tuple[Node, ...]) -> _GeoAnswer:
+        key = (route, ttl, tuple([node.name for node in nodes]))
         found = self._geo_cache.get(key)
         if found is None:
-            found = self._encode_geo(route, nodes)
+            found = self._encode_geo(route, ttl, nodes)
             if len(self._geo_cache) >= GEO_CACHE_ENTRIES:
                 del self._geo_cache[next(iter(self._geo_cache))]
             self._geo_cache[key] = found
         return found
 
-    def _encode_geo(self, route: Route, nodes: tuple[Node, ...]) -> _GeoAnswer:
+    def _encode_geo(self, route: Route, ttl: int, nodes: tuple[Node, ...]) -> _GeoAnswer:
         chosen: dict[bytes, Node] = {}  # by address: an RRset has no duplicates (RFC 2181 §5)
         for node in nodes:
             address = node.ipv4 if route.family == 4 else node.ipv6
@@ -300,7 +307,7 @@ class Responder:
             return _GeoAnswer(route.nodata, ())
         rtype = TYPE_A if route.family == 4 else TYPE_AAAA
         records = b"".join(
-            encode_rr(route.owner, rtype, CLASS_IN, self._answer_ttl, packed) for packed in chosen
+            encode_rr(route.owner, rtype, CLASS_IN, ttl, packed) for packed in chosen
         )
         prefix = route.prefix
         prepared = Prepared(
@@ -380,8 +387,11 @@ class Responder:
             return Prepared.of(resolution, name)
         nodata = self._zones.resolve(name, _UNSTORED_TYPE)
         chain = resolution.answer
+        service = self._services[resolution.service]
         return Route(
             family=4 if qtype == TYPE_A else 6,
+            service=service,
+            label=service.rstrip("."),
             owner=QUESTION_POINTER if resolution.service == name else resolution.service,
             prefix=Prepared.of(resolution, name),
             nodata=Prepared.of(nodata, name),

@@ -38,6 +38,19 @@ Up to policy.answers_per_response distinct nodes are drawn without replacement, 
 
 Steps 2 and 3 read tables derived once per snapshot (`_Route`), so a query that leaves
 its region does no filtering either.
+
+Per-service policies. A geo-routed name may have its own pool (`[[zones.services]]`
+`nodes` or `regions`), TTLs, all-down policy and `max_spill_regions` (how many of the
+failover regions, nearest first, its clients may be sent to). Each snapshot is cut into
+one `_Plan` per such service: its pools hold only its nodes, and a client region with
+none of them is served as if from the nearest region (in its failover order) that has
+some. Names without a policy of their own share the default plan (the snapshot itself).
+
+Health-derived TTL (cf. gdnsd's DYNA max/min TTL). The TTL of an answer is decided per
+(reason, region state), once per snapshot: "geo" and "drained" answers get the service's
+`ttl`, unless the region is degraded (a node of its pool is down), and every other answer
+(spillover, failover, fail_open) gets the short `degraded_ttl` (never above `ttl`), so
+resolvers ask again soon and clients come home soon after their region recovers.
 """
 
 from __future__ import annotations
@@ -48,7 +61,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from georouter.config import Node, Policy, Region
+from georouter.config import ANSWER_TTL_S, Node, Policy, Region, ServicePolicy
 from georouter.fleet import Candidate, Family, FleetSnapshot, Pool
 
 DecisionReason = Literal["geo", "drained", "spillover", "failover", "fail_open", "fail_closed"]
@@ -63,6 +76,7 @@ class Decision:
         Node, ...
     ]  # best first; each has an address of the asked family; () only if fail_closed
     reason: DecisionReason
+    ttl: int = ANSWER_TTL_S  # of the address records: short unless a healthy own-region answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,27 +87,59 @@ class _Route:
     spill: tuple[tuple[str, tuple[Candidate, ...]], ...]  # failover regions with eligible nodes
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One service's view of one snapshot, derived once: pools, routes, TTLs."""
+
+    pools: Mapping[Family, Mapping[str, Pool]]  # family → region → the service's nodes
+    routes: Mapping[Family, Mapping[str, _Route]]
+    home: Mapping[str, str]  # client region → region serving it, when not itself
+    failover: Mapping[str, tuple[str, ...]]  # cut to max_spill_regions
+    geo_ttl: Mapping[Family, Mapping[str, int]]  # a geo answer's TTL per region
+    short_ttl: int  # every answer away from home, and a degraded region's
+    fail_open: bool
+
+
 EMPTY_SNAPSHOT = FleetSnapshot(0, {4: {}, 6: {}})
+DEFAULT_SERVICE = ""  # the plan of names without a policy of their own
 
 
 class Selector:
     """The DNS path's Picker: reads the latest FleetSnapshot, counts the answers it gives."""
 
-    def __init__(self, policy: Policy, regions: Iterable[Region], rng: random.Random) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        regions: Iterable[Region],
+        rng: random.Random,
+        services: Iterable[ServicePolicy] = (),
+    ) -> None:
         self._rng = rng
         self._snapshot = EMPTY_SNAPSHOT
         self._since: dict[str, int] = {}  # answers naming the node first since its report
         self._live: dict[str, float] = {}  # decaying count of answers still cached
         self._reported_at: dict[str, float] = {}
-        self._routes: dict[Family, dict[str, _Route]] = {}
-        self.reconfigure(policy, regions)
+        self._plans: dict[str, _Plan] = {}
+        self.reconfigure(policy, regions, services)
 
-    def reconfigure(self, policy: Policy, regions: Iterable[Region]) -> None:
+    def reconfigure(
+        self, policy: Policy, regions: Iterable[Region], services: Iterable[ServicePolicy] = ()
+    ) -> None:
+        self._policy = policy
         self._count = policy.answers_per_response
         self._ttl = float(policy.answer_ttl)
-        self._fail_open = policy.all_down == "fail-open"
         self._failover: Mapping[str, tuple[str, ...]] = {r.name: r.failover for r in regions}
-        self._routes = _routes(self._snapshot, self._failover)
+        # Only names with a policy of their own get a plan; the rest share the default.
+        self._services = {s.name: s for s in services if s != ServicePolicy(s.name)}
+        self._replan()
+
+    def _replan(self) -> None:
+        plans = {DEFAULT_SERVICE: self._plan(ServicePolicy(DEFAULT_SERVICE))}
+        plans.update((name, self._plan(s)) for name, s in self._services.items())
+        self._plans = plans
+
+    def _plan(self, service: ServicePolicy) -> _Plan:
+        return plan(self._snapshot, self._failover, self._policy, service)
 
     @property
     def snapshot(self) -> FleetSnapshot:
@@ -109,40 +155,43 @@ class Selector:
                 for candidate in pool.eligible + pool.saturated:
                     self._note_report(candidate)
         self._snapshot = snapshot
-        self._routes = _routes(snapshot, self._failover)
+        self._replan()
 
-    def pick(self, region: str, family: Family) -> Decision:
-        pools = self._snapshot.pools[family]
+    def pick(self, region: str, family: Family, service: str = DEFAULT_SERVICE) -> Decision:
+        """The nodes for a client of `region` asking for `service` (an absolute name)."""
+        plan = self._plans.get(service) or self._plans[DEFAULT_SERVICE]
+        region = plan.home.get(region, region)
+        pools = plan.pools[family]
         own = pools.get(region)
         if own is not None and own.eligible:
-            return Decision(region, self._draw(own.eligible), "drained" if own.draining else "geo")
-        route = self._routes[family].get(region)
+            reason: DecisionReason = "drained" if own.draining else "geo"
+            return Decision(region, self._draw(own.eligible), reason, plan.geo_ttl[family][region])
+        route = plan.routes[family].get(region)
         if route is not None and route.nodata:
-            return Decision(region, (), "geo")
+            return Decision(region, (), "geo", plan.short_ttl)
         if route is not None and route.spill:
             name, candidates = self._draw_region(route.spill)
-            reason: DecisionReason = (
-                "spillover" if own is not None and own.saturated else "failover"
-            )
-            return Decision(name, self._draw(candidates), reason)
-        return self._last_resort(region, pools)
+            reason = "spillover" if own is not None and own.saturated else "failover"
+            return Decision(name, self._draw(candidates), reason, plan.short_ttl)
+        return self._last_resort(region, pools, plan)
 
-    def _last_resort(self, region: str, pools: Mapping[str, Pool]) -> Decision:
-        order = (region, *self._failover.get(region, ()))
+    def _last_resort(self, region: str, pools: Mapping[str, Pool], plan: _Plan) -> Decision:
+        order = (region, *plan.failover.get(region, ()))
+        ttl = plan.short_ttl
         for name in order:
             pool = pools.get(name)
             if pool is not None and pool.saturated:
-                return Decision(name, self._draw(pool.saturated), "spillover")
+                return Decision(name, self._draw(pool.saturated), "spillover", ttl)
         present = [(name, pools[name]) for name in order if name in pools]
         if not any(pool.configured for _, pool in present):
             # No node has an address of this family at all: an empty (NODATA) answer.
-            return Decision(region, (), "geo")
-        if not self._fail_open:
-            return Decision(region, (), "fail_closed")
+            return Decision(region, (), "geo", ttl)
+        if not plan.fail_open:
+            return Decision(region, (), "fail_closed", ttl)
         # Nodes the operator drained only if nothing else is configured.
         choices = [(n, p.fail_open) for n, p in present] + [(n, p.configured) for n, p in present]
         name, nodes = next((name, nodes) for name, nodes in choices if nodes)
-        return Decision(name, nodes[: self._count], "fail_open")
+        return Decision(name, nodes[: self._count], "fail_open", ttl)
 
     def _draw_region(
         self, regions: tuple[tuple[str, tuple[Candidate, ...]], ...]
@@ -205,12 +254,70 @@ class Selector:
         self._reported_at[name] = c.reported_at
 
 
+def plan(
+    snapshot: FleetSnapshot,
+    failover: Mapping[str, tuple[str, ...]],
+    policy: Policy,
+    service: ServicePolicy,
+) -> _Plan:
+    """Cut `snapshot` to `service`'s pool and derive what its queries read."""
+    pools = snapshot.pools
+    home: dict[str, str] = {}
+    if service.nodes:
+        pools = {
+            family: {region: _only(pool, service.nodes) for region, pool in regions.items()}
+            for family, regions in pools.items()
+        }
+        has = {r for regions in pools.values() for r, pool in regions.items() if pool.configured}
+        home = {
+            region: next((r for r in order if r in has), region)
+            for region, order in failover.items()
+            if region not in has
+        }
+    if service.max_spill_regions is not None:
+        failover = {r: order[: service.max_spill_regions] for r, order in failover.items()}
+    ttl = policy.answer_ttl if service.ttl is None else service.ttl
+    short = policy.degraded_ttl if service.degraded_ttl is None else service.degraded_ttl
+    short = min(short, ttl)
+    all_down = policy.all_down if service.all_down is None else service.all_down
+    return _Plan(
+        pools=pools,
+        routes=_routes(pools, failover),
+        home=home,
+        failover=failover,
+        geo_ttl={
+            family: {region: short if pool.down else ttl for region, pool in regions.items()}
+            for family, regions in pools.items()
+        },
+        short_ttl=short,
+        fail_open=all_down == "fail-open",
+    )
+
+
+def _only(pool: Pool, names: frozenset[str]) -> Pool:
+    """The part of `pool` made of the named nodes."""
+    eligible = tuple(c for c in pool.eligible if c.node.name in names)
+    saturated = tuple(c for c in pool.saturated if c.node.name in names)
+    configured = tuple(n for n in pool.configured if n.name in names)
+    down = tuple(n for n in pool.down if n.name in names)
+    # Draining, or unknown at boot: a configured node neither drawn, saturated nor down.
+    accounted = len(eligible) + len(saturated) + len(down)
+    return Pool(
+        eligible=eligible,
+        saturated=saturated,
+        draining=pool.draining and accounted < len(configured),
+        configured=configured,
+        fail_open=tuple(n for n in pool.fail_open if n.name in names),
+        down=down,
+    )
+
+
 def _routes(
-    snapshot: FleetSnapshot, failover: Mapping[str, tuple[str, ...]]
+    all_pools: Mapping[Family, Mapping[str, Pool]], failover: Mapping[str, tuple[str, ...]]
 ) -> dict[Family, dict[str, _Route]]:
     routes: dict[Family, dict[str, _Route]] = {}
-    for family, pools in snapshot.pools.items():
-        other = snapshot.pools.get(6 if family == 4 else 4, {})
+    for family, pools in all_pools.items():
+        other = all_pools.get(6 if family == 4 else 4, {})
         routes[family] = {
             region: _Route(
                 nodata=not pool.configured and bool(region in other and other[region].eligible),

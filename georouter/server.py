@@ -57,7 +57,10 @@ class Router:
         self.metrics = RouterMetrics()
         self.config, self._reader = self._load()
         self.workers: DnsWorkers | None = None
-        self.selector = Selector(self.config.policy, self.config.regions, random.Random())
+        self.selector = Selector(
+            self.config.policy, self.config.regions, random.Random(), self.config.services
+        )
+        self.metrics.set_capacities(self.config.nodes)
         self.fleet = Fleet(self.config, self._publish, observer(self.metrics))
         geo = Geo(self.config, self._reader, self.metrics.tallies)
         responder = Responder(self.config, geo, self.selector, self.metrics)
@@ -125,7 +128,8 @@ class Router:
                 return
             if self.workers is not None:
                 self.workers.reconfigure(config, reader)
-            self.selector.reconfigure(config.policy, config.regions)
+            self.selector.reconfigure(config.policy, config.regions, config.services)
+            self.metrics.set_capacities(config.nodes)
             self.fleet.reconfigure(config)
             self.controller.reconfigure(config)
             self.prober.health = config.health

@@ -225,7 +225,7 @@ class _Worker:
 
     def __init__(self, config: RouterConfig, geoip: GeoDatabase) -> None:
         self.metrics = RouterMetrics()
-        self.selector = Selector(config.policy, config.regions, random.Random())
+        self.selector = Selector(config.policy, config.regions, random.Random(), config.services)
         self.responder = Responder(
             config, Geo(config, geoip, self.metrics.tallies), self.selector, self.metrics
         )
@@ -246,7 +246,7 @@ class _Worker:
             except GeoRouterError as exc:  # main loaded it a moment ago: keep the old one
                 log.error("event=reload result=failed reason=%s", exc)
                 return
-            self.selector.reconfigure(config.policy, config.regions)
+            self.selector.reconfigure(config.policy, config.regions, config.services)
             self.responder = responder
 
     def follow(self, control: socket.socket, fds: socket.socket) -> None:

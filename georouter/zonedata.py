@@ -9,7 +9,7 @@ lower-case, with the trailing dot.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Literal, TypeVar, cast
@@ -18,6 +18,7 @@ from cdn.config import absolute_name
 from cdn.tomltable import Table
 
 RecordType = Literal["A", "AAAA", "CNAME", "TXT", "NS"]
+AllDownPolicy = Literal["fail-open", "servfail"]
 AddressT = TypeVar("AddressT", IPv4Address, IPv6Address)
 
 RECORD_TYPES: tuple[RecordType, ...] = ("A", "AAAA", "CNAME", "TXT", "NS")
@@ -30,6 +31,7 @@ NEGATIVE_TTL_S = 60
 MAX_TTL_S = 2**31 - 1  # RFC 2181 §8: TTLs and SOA timers are 31-bit
 MAX_SERIAL = 2**32 - 1  # RFC 1982 serial numbers are 32-bit
 MAX_TXT_OCTETS = 255  # one <character-string> (RFC 1035 §3.3.14)
+ALL_DOWN_POLICIES: tuple[AllDownPolicy, ...] = ("fail-open", "servfail")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,23 @@ class StaticRecord:
     rtype: RecordType
     value: str  # CNAME/NS targets absolute
     ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePolicy:
+    """One geo-routed name's own policy; None and () fall back to `[policy]` and every node."""
+
+    name: str  # absolute
+    nodes: frozenset[str] = frozenset()  # the pool, by node name; empty: every node
+    ttl: int | None = None  # None: policy.answer_ttl
+    degraded_ttl: int | None = None  # None: policy.degraded_ttl
+    all_down: AllDownPolicy | None = None  # None: policy.all_down
+    max_spill_regions: int | None = None  # failover regions it may use; None: all of them
+
+    @property
+    def label(self) -> str:
+        """The metric label: the name without its trailing dot (bounded: from config)."""
+        return self.name.rstrip(".")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +71,7 @@ class Zone:
     negative_ttl: int  # SOA MINIMUM and the TTL of negative answers (RFC 2308 §5)
     services: tuple[str, ...]  # absolute geo-routed names
     records: tuple[StaticRecord, ...] = ()
+    policies: tuple[ServicePolicy, ...] = ()  # one per service, in the same order
 
 
 def owner_name(text: str, origin: str) -> str:
@@ -73,15 +93,23 @@ def ip_address_of(text: str, kind: type[AddressT]) -> AddressT:
         raise ValueError(f"expected an {family} address, got {text!r}") from None
 
 
-def read_zones(top: Table, tables: list[Table]) -> tuple[Zone, ...]:
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """What a service pool may name: the configured regions and nodes (node → region)."""
+
+    regions: Collection[str]
+    nodes: Mapping[str, str]
+
+
+def read_zones(top: Table, tables: list[Table], fleet: Inventory) -> tuple[Zone, ...]:
     """The `[[zones]]` tables of the config `top`: at least one, each origin once."""
     if not tables:
         raise top.error("zones", "expected at least one [[zones]] table")
     seen: set[str] = set()
-    return tuple(_zone(t, seen) for t in tables)
+    return tuple(_zone(t, seen, fleet) for t in tables)
 
 
-def _zone(t: Table, seen: set[str]) -> Zone:
+def _zone(t: Table, seen: set[str], fleet: Inventory) -> Zone:
     with t:
         origin = t.parsed("origin", absolute_name)
         if origin in seen:
@@ -90,7 +118,8 @@ def _zone(t: Table, seen: set[str]) -> Zone:
         ns = tuple(t.item(key, text, absolute_name) for key, text in t.strings("ns"))
         if not ns:
             raise t.error("ns", "expected at least one name server name")
-        services = _services(t, origin)
+        policies = _services(t, origin, fleet)
+        services = tuple(p.name for p in policies)
         records = _records(t.tables("records"), origin, services)
         return Zone(
             origin=origin,
@@ -103,17 +132,91 @@ def _zone(t: Table, seen: set[str]) -> Zone:
             negative_ttl=t.integer("negative_ttl", 0, MAX_TTL_S, NEGATIVE_TTL_S),
             services=services,
             records=records,
+            policies=policies,
         )
 
 
-def _services(t: Table, origin: str) -> tuple[str, ...]:
-    services: list[str] = []
-    for key, text in t.strings("services"):
+def _services(t: Table, origin: str, fleet: Inventory) -> tuple[ServicePolicy, ...]:
+    """`services = ["cdn", …]` (names only) or `[[zones.services]]` tables, not a mix."""
+    raw: list[object] = t.get("services", list, [])
+    kinds = [isinstance(item, dict) for item in raw]
+    if any(kinds) and not all(kinds):
+        raise t.error(f"services[{kinds.index(not kinds[0])}]", _MIXED)
+    named: list[tuple[str, str, _Pool | None]] = []
+    if any(kinds):
+        for i, table in enumerate(t.tables("services")):
+            with table:
+                named.append((f"services[{i}].name", table.get("name", str), _pool(table, fleet)))
+    else:
+        named = [(key, text, None) for key, text in t.strings("services")]
+    policies: list[ServicePolicy] = []
+    for key, text, pool in named:
         name = t.item(key, text, lambda s: owner_name(s, origin))
-        if name in services:
+        if any(p.name == name for p in policies):
             raise t.error(key, f"service {name} listed twice")
-        services.append(name)
-    return tuple(services)
+        policies.append(ServicePolicy(name) if pool is None else pool.with_name(name))
+    return tuple(policies)
+
+
+_MIXED = (
+    'expected every entry a name (services = ["cdn"]) or every one a [[zones.services]] '
+    "table, not a mix"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pool:
+    """A [[zones.services]] table less its name (checked with the plain names)."""
+
+    nodes: frozenset[str]
+    ttl: int | None
+    degraded_ttl: int | None
+    all_down: AllDownPolicy | None
+    max_spill_regions: int | None
+
+    def with_name(self, name: str) -> ServicePolicy:
+        return ServicePolicy(
+            name=name,
+            nodes=self.nodes,
+            ttl=self.ttl,
+            degraded_ttl=self.degraded_ttl,
+            all_down=self.all_down,
+            max_spill_regions=self.max_spill_regions,
+        )
+
+
+def _pool(t: Table, fleet: Inventory) -> _Pool:
+    def maybe_int(key: str, hi: int) -> int | None:
+        return t.integer(key, 0, hi) if t.has(key) else None
+
+    if t.has("nodes") and t.has("regions"):
+        raise t.error("regions", "give nodes or regions, not both")
+    nodes: set[str] = set()
+    for key, name in t.strings("nodes"):
+        if name not in fleet.nodes:
+            raise t.error(key, f"unknown node {name!r}")
+        nodes.add(name)
+    for key, name in t.strings("regions"):
+        if name not in fleet.regions:
+            known = ", ".join(sorted(fleet.regions))
+            raise t.error(key, f"unknown region {name!r} (known: {known})")
+        nodes.update(n for n, region in fleet.nodes.items() if region == name)
+    for key in ("nodes", "regions"):
+        if t.has(key) and not nodes:
+            raise t.error(key, "expected at least one")
+    return _Pool(
+        nodes=frozenset(nodes),
+        ttl=maybe_int("ttl", MAX_TTL_S),
+        degraded_ttl=maybe_int("degraded_ttl", MAX_TTL_S),
+        all_down=t.optional("all_down", all_down_policy),
+        max_spill_regions=maybe_int("max_spill_regions", max(len(fleet.regions) - 1, 0)),
+    )
+
+
+def all_down_policy(text: str) -> AllDownPolicy:
+    if text not in ALL_DOWN_POLICIES:
+        raise ValueError(f"expected 'fail-open' or 'servfail', got {text!r}")
+    return text
 
 
 def _records(

@@ -52,7 +52,7 @@ class FakePicker:
         self.reason = reason
         self.calls: list[tuple[str, int]] = []
 
-    def pick(self, region: str, family: Literal[4, 6]) -> Decision:
+    def pick(self, region: str, family: Literal[4, 6], service: str = "") -> Decision:
         self.calls.append((region, family))
         if self.reason == "fail_closed":
             return Decision(region, (), "fail_closed")
@@ -61,7 +61,7 @@ class FakePicker:
             for n in self.config.nodes
             if n.region == region and (n.ipv4 if family == 4 else n.ipv6) is not None
         )
-        return Decision(region, nodes, self.reason)
+        return Decision(region, nodes, self.reason, self.config.policy.answer_ttl)
 
 
 def router_config() -> RouterConfig:
@@ -558,7 +558,7 @@ def test_tallies_count_queries_answers_and_decisions(
         ("udp", "other", "NOERROR"): 1,
     }
     assert tallies.answers == {("na", "edge-na-1"): 1, ("na", "edge-na-2"): 1}
-    assert tallies.decisions == {"geo": 1}
+    assert tallies.decisions == {("cdn.example.com", "geo"): 1}
 
 
 def test_geo_answer_cache_is_bounded(config: RouterConfig, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -644,11 +644,11 @@ def test_shape_cache_is_bounded_and_per_transport(
 class FailingPicker(FakePicker):
     """Raises on the first pick, then picks like FakePicker: a bug that strikes once."""
 
-    def pick(self, region: str, family: Literal[4, 6]) -> Decision:
+    def pick(self, region: str, family: Literal[4, 6], service: str = "") -> Decision:
         if not self.calls:
             self.calls.append((region, family))
             raise RuntimeError("picker bug")
-        return super().pick(region, family)
+        return super().pick(region, family, service)
 
 
 def test_a_bug_costs_one_query_a_servfail_not_the_server(
@@ -759,5 +759,5 @@ def test_fail_open_answer_is_counted_in_decisions_total(config: RouterConfig) ->
     na = {str(n.ipv4) for n in config.nodes if n.region == "na"}
     assert {rr.address for rrset in response.answer for rr in rrset} == na
     text = generate_latest(metrics.registry).decode()
-    assert 'georouter_decisions_total{reason="fail_open"} 1.0' in text
+    assert 'georouter_decisions_total{reason="fail_open",service="cdn.example.com"} 1.0' in text
     assert 'reason="geo"' not in text

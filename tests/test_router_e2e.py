@@ -235,8 +235,10 @@ async def test_answers_follow_the_client_subnet_rfc7871(router: RouterProcess) -
     assert await router.addresses("8.8.8.0") <= NA
     assert _ecs_scope(eu) > 0 and _ecs_scope(na) > 0
     metrics = await _metrics(router)
-    assert 'georouter_decisions_total{reason="geo"}' in metrics  # not fail-open
-    assert 'georouter_decisions_total{reason="fail_open"}' not in metrics
+    assert (
+        'georouter_decisions_total{reason="geo",service="cdn.example.com"}' in metrics
+    )  # not fail-open
+    assert 'reason="fail_open"' not in metrics
 
 
 async def test_dead_node_leaves_answers_within_3_seconds(router: RouterProcess) -> None:
@@ -300,8 +302,8 @@ async def test_first_query_after_listening_is_a_geo_answer(tmp_path: Path) -> No
         response = await rp.query()
         assert {rr.address for rrset in response.answer for rr in rrset} <= EU
         metrics = await _metrics(rp)
-        assert 'georouter_decisions_total{reason="geo"} 1.0' in metrics
-        assert 'georouter_decisions_total{reason="fail_open"}' not in metrics
+        assert 'georouter_decisions_total{reason="geo",service="cdn.example.com"} 1.0' in metrics
+        assert 'reason="fail_open"' not in metrics
 
 
 async def test_drain_is_immediate_and_undrain_restores(router: RouterProcess) -> None:
