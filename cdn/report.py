@@ -26,6 +26,9 @@ class LoadReport:
     capacity_rps: float
     utilization: float
     cache_hit_ratio: float
+    # Open WebSocket tunnels (already weighed in utilization). Absent in reports from
+    # edges older than the field: read as 0.
+    tunnels: int = 0
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -46,6 +49,7 @@ class LoadReport:
             capacity_rps=_number(raw, "capacity_rps"),
             utilization=_number(raw, "utilization"),
             cache_hit_ratio=_number(raw, "cache_hit_ratio"),
+            tunnels=_count(raw, "tunnels") if "tunnels" in raw else 0,
         )
 
 

@@ -22,6 +22,12 @@ A config file looks like::
     max_line_bytes = 8190
     ...
 
+    [websocket]
+    max_tunnels = 10000
+    max_message_bytes = "1M"
+    idle_timeout_s = 100
+    ping_interval_s = 30
+
 Flags given on the command line override the file, key by key.
 """
 
@@ -78,13 +84,23 @@ ORIGIN_MIN_BYTES_PER_S = 1024
 ORIGIN_MIN_RATE_WINDOW_S = 10.0
 COALESCE_WAIT_S = 5.0  # how long a request waits for another's fetch of the same key
 REPORT_INTERVAL_S = 1.0
+# WebSocket tunnels (edge/tunnel.py). Each holds two sockets and at most about four
+# messages in flight (one each way, plus socket buffers), so the cap bounds memory too.
+MAX_TUNNELS = 10_000
+MAX_MESSAGE_BYTES = MiB  # a chat message or a small image; larger ones close with 1009
+# Cloudflare's 100 s, above nginx's proxy_read_timeout and Varnish's pipe_timeout (60 s).
+IDLE_TIMEOUT_S = 100.0
+# Our own pings to a quiet leg, well inside the idle timeout: a live peer's pong keeps a
+# quiet chat open (and NAT mappings warm); a vanished one is found at the idle timeout.
+PING_INTERVAL_S = 30.0
 
 # Bounds of what a config may ask for: beyond them a value is a typo, not a setting.
 MAX_HEADER_LIMIT_BYTES = MiB
 MAX_HEADER_FIELDS = 10_000
 MAX_MIN_BYTES_PER_S = GiB
+MAX_TUNNELS_LIMIT = 1_000_000
 
-_SECTIONS = ("edge", "cache", "limits")
+_SECTIONS = ("edge", "cache", "limits", "websocket")
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)i?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": KiB, "M": MiB, "G": GiB}
 _SIZE_EXPECTED = "expected a size like 1048576, 512K, 256M or 1G"
@@ -112,6 +128,14 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSocketSettings:
+    max_tunnels: int = MAX_TUNNELS
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    idle_timeout_s: float = IDLE_TIMEOUT_S
+    ping_interval_s: float = PING_INTERVAL_S  # 0: no pings of our own
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeConfig:
     source: str  # the file name, or "command line"
     name: str
@@ -126,6 +150,7 @@ class EdgeConfig:
     report_interval_s: float = REPORT_INTERVAL_S
     cache: CacheSettings = CacheSettings()
     limits: Limits = Limits()
+    websocket: WebSocketSettings = WebSocketSettings()
 
 
 def parse_size(text: str | int) -> int:
@@ -156,7 +181,8 @@ def build_config(source: str, raw: dict[str, Any], overrides: Mapping[str, Any])
     with Table(source, "", _with_flags(raw, overrides), ConfigError) as top:
         cache = _cache(top.table("cache"))
         limits = _limits(top.table("limits"))
-        return _edge(top.table("edge"), cache, limits)
+        websocket = _websocket(top.table("websocket"))
+        return _edge(top.table("edge"), cache, limits, websocket)
 
 
 def _with_flags(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,7 +196,9 @@ def _with_flags(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
-def _edge(t: Table, cache: CacheSettings, limits: Limits) -> EdgeConfig:
+def _edge(
+    t: Table, cache: CacheSettings, limits: Limits, websocket: WebSocketSettings
+) -> EdgeConfig:
     with t:
         return EdgeConfig(
             source=t.source,
@@ -188,6 +216,7 @@ def _edge(t: Table, cache: CacheSettings, limits: Limits) -> EdgeConfig:
             ),
             cache=cache,
             limits=limits,
+            websocket=websocket,
         )
 
 
@@ -221,6 +250,21 @@ def _limits(t: Table) -> Limits:
             ),
             origin_min_rate_window_s=seconds("origin_min_rate_window_s", ORIGIN_MIN_RATE_WINDOW_S),
             coalesce_wait_s=seconds("coalesce_wait_s", COALESCE_WAIT_S, lo_open=False),
+        )
+
+
+def _websocket(t: Table) -> WebSocketSettings:
+    with t:
+        idle_s = t.real("idle_timeout_s", 0, MAX_TIMER_S, IDLE_TIMEOUT_S, lo_open=True)
+        ping_s = t.real("ping_interval_s", 0, MAX_TIMER_S, PING_INTERVAL_S)
+        if ping_s >= idle_s:
+            # A ping no sooner than the timeout could never keep a quiet tunnel open.
+            raise t.error("ping_interval_s", f"must be under idle_timeout_s ({idle_s:g}), or 0")
+        return WebSocketSettings(
+            max_tunnels=t.integer("max_tunnels", 0, MAX_TUNNELS_LIMIT, MAX_TUNNELS),
+            max_message_bytes=t.amount("max_message_bytes", _positive_size, MAX_MESSAGE_BYTES),
+            idle_timeout_s=idle_s,
+            ping_interval_s=ping_s,
         )
 
 

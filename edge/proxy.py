@@ -45,6 +45,8 @@ from edge.metrics import EdgeMetrics
 from edge.origin import OriginClient, OriginResponse
 from edge.relay import Relay, Reply, narrowed, origin_headers
 from edge.response_step import Freshen, OriginAnswer, Pass, ResponseStep, ServeStale, Store
+from edge.tunnel import Tunnels
+from edge.websocket import wants_websocket
 
 log = logging.getLogger("edge.proxy")
 
@@ -70,6 +72,7 @@ class Proxy:
         metrics: EdgeMetrics,
         clock: Callable[[], float],
         on_status_change: Callable[[], None],
+        tunnels: Tunnels | None = None,
     ) -> None:
         self.cfg = cfg
         self.cache = cache
@@ -81,6 +84,7 @@ class Proxy:
         self._on_status_change = on_status_change
         self._relay = Relay(cfg.name, metrics, cfg.cache.max_object_bytes)
         self._refreshes: set[asyncio.Task[None]] = set()
+        self.tunnels = tunnels
 
     async def close(self) -> None:
         """Cancel background refreshes (at shutdown)."""
@@ -89,6 +93,9 @@ class Proxy:
         await asyncio.gather(*self._refreshes, return_exceptions=True)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.tunnels is not None and wants_websocket(request.method, request.headers):
+            # Never the cache, never a request in flight: a tunnel is counted as a tunnel.
+            return await self.tunnels.handle(request, self.cfg.origin)
         start = self._clock()
         self.tracker.begin(start)
         self.metrics.inflight.inc()

@@ -95,6 +95,7 @@ class Reporter:
             capacity_rps=self.capacity_rps,
             utilization=snap.utilization,
             cache_hit_ratio=snap.cache_hit_ratio,
+            tunnels=snap.tunnels,
         )
 
     async def _post(

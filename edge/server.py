@@ -1,9 +1,11 @@
 """Wiring of one edge process: content server, control server, reporter, signals and drain.
 
 SIGTERM drains: the status turns `draining` (so /healthz answers 503 and a report goes
-to every router at once), the edge keeps serving for drain_s while resolvers' cached
-answers expire, then stops accepting, finishes what is in flight and exits 0.
-SIGINT stops at once, cleanly.
+to every router at once) and new WebSocket upgrades are refused (503); the edge keeps
+serving, open tunnels included, for drain_s while resolvers' cached answers expire, then
+closes every tunnel with 1001 (going away: chat clients reconnect, through DNS, to another
+edge), stops accepting, finishes what is in flight and exits 0.
+SIGINT stops at once, cleanly (tunnels closed with 1001 too).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from edge.metrics import EdgeMetrics
 from edge.origin import OriginClient
 from edge.proxy import Proxy
 from edge.reporter import Reporter
+from edge.tunnel import Tunnels
 
 # In-flight requests get this long to finish once the edge stops accepting.
 SHUTDOWN_GRACE_S = 5.0
@@ -51,15 +54,17 @@ class EdgeServer:
             on_evict=lambda n: self.metrics.evictions.labels(policy).inc(n),
         )
         self.metrics.cache_capacity_bytes.set(cfg.cache.size_bytes)
-        self.tracker = LoadTracker(cfg.capacity_rps, clock())
+        self.tracker = LoadTracker(cfg.capacity_rps, clock(), cfg.websocket.max_tunnels)
         self.origin = OriginClient(cfg.origin, cfg.limits, self.metrics, clock)
         self.reporter = Reporter(
             cfg.name, cfg.routers, cfg.token, cfg.capacity_rps, self.snapshot,
             self.metrics, cfg.report_interval_s, clock,
         )  # fmt: skip
+        self.tunnels = Tunnels(cfg.name, cfg.websocket, cfg.limits, self.metrics)
         self.proxy = Proxy(
-            cfg, self.cache, self.origin, self.tracker, self.metrics, clock, self.reporter.wake
-        )
+            cfg, self.cache, self.origin, self.tracker, self.metrics, clock, self.reporter.wake,
+            tunnels=self.tunnels,
+        )  # fmt: skip
         self._server_log = ServerLog(self.metrics.bad_requests)
         self._runners: list[web.AppRunner] = []
         self._reporter_task: asyncio.Task[None] | None = None
@@ -67,11 +72,12 @@ class EdgeServer:
         self.control: HostPort | None = None
 
     def snapshot(self) -> LoadSnapshot:
-        return self.tracker.snapshot(self.clock())
+        return self.tracker.snapshot(self.clock(), self.tunnels.open)
 
     async def start(self) -> None:
         """Bind the content and control ports and start reporting."""
         await self.origin.start()
+        await self.tunnels.start()
         limits = self.cfg.limits
         content = web.Application(client_max_size=limits.max_body_bytes)
         content.router.add_route("*", "/{tail:.*}", self.proxy.handle)
@@ -88,12 +94,17 @@ class EdgeServer:
 
     def drain(self) -> None:
         """Turn `draining` and tell every router now; serving goes on until stop()."""
+        self.tunnels.drain()
         if self.tracker.drain():
             log.info("event=draining name=%s drain_s=%s", self.cfg.name, self.cfg.drain_s)
             self.reporter.wake()
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish, close every client and task."""
+        """Close tunnels with 1001, stop accepting, let in-flight requests finish, close
+        every client and task."""
+        # Tunnels first: the runners' cleanup would wait on their handlers, then cut them
+        # without a Close frame (1006), and the client would not know to go elsewhere.
+        await self.tunnels.close_all()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
@@ -101,6 +112,7 @@ class EdgeServer:
             self._reporter_task.cancel()
             await asyncio.gather(self._reporter_task, return_exceptions=True)
         await self.proxy.close()
+        await self.tunnels.close()
         await self.origin.close()
 
     async def _bind(
