@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
+from tests.e2e import free_port
 from tests.origin_app import FakeRouter, poll
 from tests.test_edge_process import TOKEN, Process, spawn, stop
 from tests.ws_origin import WebSocketOrigin
@@ -268,14 +269,21 @@ async def test_pings_keep_a_quiet_chat_open_past_the_idle_timeout(
 ) -> None:
     settings = "idle_timeout_s = 0.6\nping_interval_s = 0.2"
     async with running_edge(tmp_path, origin.url, settings) as edge:
-        # aiohttp's client answers pings by itself while it waits in receive().
-        async with client.ws_connect(ws_url(edge)) as ws:
-            with pytest.raises(TimeoutError):  # more than three idle timeouts, no close
-                await asyncio.wait_for(ws.receive(), 2.0)
+        async with client.ws_connect(ws_url(edge), autoping=False) as ws:
+            # More than three idle timeouts of a quiet chat whose client answers pings.
+            loop = asyncio.get_running_loop()
+            until = loop.time() + 2.0
+            pings = 0
+            while loop.time() < until:
+                msg = await ws.receive(timeout=1.0)
+                assert (msg.type, msg.data) == (WSMsgType.PING, b"edge-keepalive")
+                await ws.pong(msg.data)
+                pings += 1
+            assert pings >= 4
             await ws.send_str("still open")
             assert await ws.receive_str(timeout=5) == "still open"
         text = await scrape(client, edge)
-    assert sample(text, "edge_websocket_keepalive_pings_total") >= 4
+    assert sample(text, "edge_websocket_keepalive_pings_total") >= 8  # both legs
     # The quiet origin leg is pinged too, by the edge itself (no client ping was relayed).
     assert origin.seen.pings and {bytes(p) for p in origin.seen.pings} == {b"edge-keepalive"}
 
@@ -331,6 +339,30 @@ async def test_drain_keeps_open_tunnels_refuses_new_ones_then_closes_1001(
     assert any("event=websocket_close_all tunnels=1" in line for line in edge.log)
 
 
+async def test_sigint_closes_open_tunnels_with_1001_at_once(
+    tmp_path: Path, origin: WebSocketOrigin, client: aiohttp.ClientSession
+) -> None:
+    async with (
+        running_edge(tmp_path, origin.url, drain_s="60") as edge,
+        client.ws_connect(ws_url(edge)) as chat,
+    ):
+        edge.proc.send_signal(signal.SIGINT)
+        msg = await chat.receive(timeout=10)
+        assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
+        assert await asyncio.wait_for(edge.proc.wait(), 10) == 0
+
+
+async def test_an_unreachable_origin_is_a_502(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    closed = f"http://127.0.0.1:{free_port('127.0.0.1')}"
+    async with running_edge(tmp_path, closed) as edge:
+        assert await refused_status(client, ws_url(edge)) == 502
+        text = await scrape(client, edge)
+    assert sample(text, "edge_websocket_upgrades_total", result="origin_error") == 1
+    assert sample(text, "edge_websocket_tunnels") == 0
+
+
 async def e2e_wait_status(client: aiohttp.ClientSession, edge: Process, status: int) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5
@@ -352,7 +384,7 @@ async def test_tunnels_bypass_the_cache_and_the_origin_body_rate_floor(
                 await ws.send_str(f"tick {n}")
                 assert await ws.receive_str(timeout=5) == f"tick {n}"
                 with pytest.raises(TimeoutError):  # quiet longer than the window and timeout
-                    await asyncio.wait_for(ws.receive(), 0.3)
+                    await ws.receive(timeout=0.3)
         async with client.ws_connect(ws_url(edge)) as ws:
             pass
         text = await scrape(client, edge)
