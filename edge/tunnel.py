@@ -204,7 +204,7 @@ class Tunnels:
                 decode_text=False,
             )
             client.headers.extend(_from_101(upstream))
-            client.headers["Via"] = f"{request.version.major}.{request.version.minor} {self.name}"
+            client.headers.add("Via", self._via(request))
             await client.prepare(request)
         except BaseException:
             await upstream.close(code=GOING_AWAY)
@@ -329,8 +329,9 @@ class _Tunnel:
             for task in (*tasks, *self._pings):
                 task.cancel()
             await asyncio.gather(*tasks, *self._pings, return_exceptions=True)
-        done = [t.result() for t in tasks if t.done() and not t.cancelled() and not t.exception()]
-        ending = self._ended.result() if self._ended.done() else done[0]
+        ending = _first_ending(tasks) or (self._ended.result() if self._ended.done() else None)
+        if ending is None:  # a pump failed in a way it does not expect: say so, then close
+            ending = Ending("edge", ABNORMAL)
         await self._close(ending)
         return ending
 
@@ -393,6 +394,15 @@ class _Tunnel:
         """Close each leg still open with the code heard (mapped for the wire) and reason."""
         code, reason = wire_code(ending.code), wire_reason(ending.reason)
         await asyncio.gather(*(_close_leg(leg, code, reason) for leg in (self.client, self.origin)))
+
+
+def _first_ending(tasks: list[asyncio.Task[Ending]]) -> Ending | None:
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            if task.exception() is None:
+                return task.result()
+            log.warning("event=websocket_pump_failed error=%r", task.exception())
+    return None
 
 
 def _ending(side: Side, msg: aiohttp.WSMessage | Any) -> Ending:

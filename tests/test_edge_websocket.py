@@ -21,8 +21,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import WSMsgType
+from aiohttp import WSMsgType, web
 
+from edge.config import Limits, WebSocketSettings
+from edge.metrics import EdgeMetrics
+from edge.tunnel import Tunnels
 from tests.e2e import free_port
 from tests.origin_app import FakeRouter, poll
 from tests.test_edge_process import TOKEN, Process, spawn, stop
@@ -406,3 +409,34 @@ async def test_load_report_carries_open_tunnels(
         report = router.reports[-1]
         assert report.utilization >= 0.5  # two of four tunnel slots
         await poll(lambda: router.reports[-1].tunnels == 0)
+
+
+async def test_a_site_with_websockets_off_answers_403_rfc6455_4_2_2(
+    origin: WebSocketOrigin, client: aiohttp.ClientSession
+) -> None:
+    # The shell alone, as a site's handler will call it with its `websocket` switch.
+    metrics = EdgeMetrics()
+    tunnels = Tunnels("edge-ws-1", WebSocketSettings(), Limits(), metrics)
+    await tunnels.start()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await tunnels.handle(request, origin.url, enabled=False)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/echo"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await client.ws_connect(url)
+        assert refused.value.status == 403
+    finally:
+        await runner.cleanup()
+        await tunnels.close()
+    assert (
+        metrics.registry.get_sample_value("edge_websocket_upgrades_total", {"result": "disabled"})
+        == 1
+    )
+    assert origin.seen.handshakes == 0
