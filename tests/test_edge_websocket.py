@@ -440,3 +440,27 @@ async def test_a_site_with_websockets_off_answers_403_rfc6455_4_2_2(
         == 1
     )
     assert origin.seen.handshakes == 0
+
+
+async def test_a_second_independent_client_websockets_library(
+    tmp_path: Path, origin: WebSocketOrigin
+) -> None:
+    # The `websockets` library (its own framing, masking and close handshake).
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    async with running_edge(tmp_path, origin.url) as edge:
+        uri = f"ws://{edge.fields['content']}/echo"
+        async with connect(uri, subprotocols=["chat.v1"], max_size=None) as ws:
+            assert ws.subprotocol == "chat.v1"
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            await ws.send(b"\x01" * 70_000)  # a 64-bit length frame (RFC 6455 §5.2)
+            assert await ws.recv() == b"\x01" * 70_000
+            pong = await ws.ping(b"p")
+            await asyncio.wait_for(pong, 5)
+            await ws.send("close:4100:over")
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4100, "over")
