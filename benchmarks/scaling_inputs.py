@@ -1,6 +1,6 @@
 """What the scaling part feeds the router: generated topologies and wide ECS query mixes.
 
-A topology keeps georouter/data/cdn.toml's shape (its [router], [policy] and zones verbatim, its three
+A topology keeps the shipped topology's shape (its [router], [policy] and zones verbatim, its three
 regions first, two nodes per region alternating 2,000 and 1,000 capacity) and grows in one
 direction at a time: more nodes (round-robin over the regions), more regions (each new one
 claims one or more real countries, which win over the shipped regions' continents), more

@@ -39,6 +39,9 @@ class LoadReport:
     utilization: float
     cache_hit_ratio: float
     acks: tuple[str, ...] = ()  # purge ids applied from replies since the last report
+    # Open WebSocket tunnels (already weighed in utilization). Absent in reports from
+    # edges older than the field: read as 0.
+    tunnels: int = 0
 
     def to_json(self) -> bytes:
         raw = asdict(self)
@@ -63,6 +66,7 @@ class LoadReport:
             utilization=_number(raw, "utilization"),
             cache_hit_ratio=_number(raw, "cache_hit_ratio"),
             acks=_acks(raw.get("acks", [])),
+            tunnels=_count(raw, "tunnels") if "tunnels" in raw else 0,
         )
 
 

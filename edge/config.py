@@ -40,6 +40,12 @@ A config file looks like::
     max_line_bytes = 8190
     ...
 
+    [websocket]
+    max_tunnels = 10000
+    max_message_bytes = "1M"
+    idle_timeout_s = 100
+    ping_interval_s = 30
+
 Flags given on the command line override the file, key by key.
 """
 
@@ -105,13 +111,23 @@ ORIGIN_MIN_RATE_WINDOW_S = 10.0
 STREAM_IDLE_TIMEOUT_S = 300.0
 COALESCE_WAIT_S = 5.0  # how long a request waits for another's fetch of the same key
 REPORT_INTERVAL_S = 1.0
+# WebSocket tunnels (edge/tunnel.py). Each holds two sockets and at most about four
+# messages in flight (one each way, plus socket buffers), so the cap bounds memory too.
+MAX_TUNNELS = 10_000
+MAX_MESSAGE_BYTES = MiB  # a chat message or a small image; larger ones close with 1009
+# Cloudflare's 100 s, above nginx's proxy_read_timeout and Varnish's pipe_timeout (60 s).
+IDLE_TIMEOUT_S = 100.0
+# Our own pings to a quiet leg, well inside the idle timeout: a live peer's pong keeps a
+# quiet chat open (and NAT mappings warm); a vanished one is found at the idle timeout.
+PING_INTERVAL_S = 30.0
 
 # Bounds of what a config may ask for: beyond them a value is a typo, not a setting.
 MAX_HEADER_LIMIT_BYTES = MiB
 MAX_HEADER_FIELDS = 10_000
 MAX_MIN_BYTES_PER_S = GiB
+MAX_TUNNELS_LIMIT = 1_000_000
 
-_SECTIONS = ("edge", "cache", "limits")
+_SECTIONS = ("edge", "cache", "limits", "websocket")
 # A site host: DNS labels (RFC 1123 §2.1), lower-case, no port, no wildcard.
 _HOST = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
@@ -174,6 +190,14 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSocketSettings:
+    max_tunnels: int = MAX_TUNNELS
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    idle_timeout_s: float = IDLE_TIMEOUT_S
+    ping_interval_s: float = PING_INTERVAL_S  # 0: no pings of our own
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeConfig:
     source: str  # the file name, or "command line"
     name: str
@@ -194,6 +218,7 @@ class EdgeConfig:
     tls: TlsSettings | None = None
     path: Path | None = None  # the file SIGHUP reads again (None: flags only)
     overrides: tuple[tuple[str, Any], ...] = ()  # the flags, applied again on reload
+    websocket: WebSocketSettings = WebSocketSettings()
 
 
 def parse_size(text: str | int) -> int:
@@ -238,7 +263,8 @@ def build_config(
         limits = _limits(top.table("limits"))
         sites = _sites(top.tables("sites"), here)
         tls = _tls(top.table("tls"), here) if top.has("tls") else None
-        cfg = _edge(top.table("edge"), cache, limits, here)
+        websocket = _websocket(top.table("websocket"))
+        cfg = _edge(top.table("edge"), cache, limits, websocket, here)
         if cfg.origin is None and not sites:
             raise ConfigError(source, "edge.origin", "required key missing (or [[sites]])")
         return replace(cfg, sites=sites, tls=tls)
@@ -255,7 +281,9 @@ def _with_flags(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
-def _edge(t: Table, cache: CacheSettings, limits: Limits, here: Path) -> EdgeConfig:
+def _edge(
+    t: Table, cache: CacheSettings, limits: Limits, websocket: WebSocketSettings, here: Path
+) -> EdgeConfig:
     with t:
         return EdgeConfig(
             source=t.source,
@@ -275,6 +303,7 @@ def _edge(t: Table, cache: CacheSettings, limits: Limits, here: Path) -> EdgeCon
             limits=limits,
             origin_ca=_file(t, "origin_ca", here),
             origin_verify=t.get("origin_verify", bool, True),
+            websocket=websocket,
         )
 
 
@@ -384,6 +413,21 @@ def _limits(t: Table) -> Limits:
             origin_min_rate_window_s=seconds("origin_min_rate_window_s", ORIGIN_MIN_RATE_WINDOW_S),
             stream_idle_timeout_s=seconds("stream_idle_timeout_s", STREAM_IDLE_TIMEOUT_S),
             coalesce_wait_s=seconds("coalesce_wait_s", COALESCE_WAIT_S, lo_open=False),
+        )
+
+
+def _websocket(t: Table) -> WebSocketSettings:
+    with t:
+        idle_s = t.real("idle_timeout_s", 0, MAX_TIMER_S, IDLE_TIMEOUT_S, lo_open=True)
+        ping_s = t.real("ping_interval_s", 0, MAX_TIMER_S, PING_INTERVAL_S)
+        if ping_s >= idle_s:
+            # A ping no sooner than the timeout could never keep a quiet tunnel open.
+            raise t.error("ping_interval_s", f"must be under idle_timeout_s ({idle_s:g}), or 0")
+        return WebSocketSettings(
+            max_tunnels=t.integer("max_tunnels", 0, MAX_TUNNELS_LIMIT, MAX_TUNNELS),
+            max_message_bytes=t.amount("max_message_bytes", _positive_size, MAX_MESSAGE_BYTES),
+            idle_timeout_s=idle_s,
+            ping_interval_s=ping_s,
         )
 
 

@@ -8,6 +8,11 @@ report reflects the recent past without the noise of a single second. Status is
 `draining` once drain() is called (for good), else `degraded` while the origin failed
 in the last DEGRADED_HOLD_S seconds (the edge is answering from stale copies or with
 errors), else `up`.
+
+Open WebSocket tunnels are load too: each holds two sockets and memory for as long as a
+chat lasts, and a request count never sees them. Utilization is the tighter of the two
+resources, max(rps / capacity_rps, tunnels / max_tunnels): an edge whose tunnel slots are
+full refuses new upgrades, so it reports itself full and routers send new clients elsewhere.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class LoadSnapshot:
     rps: float
     utilization: float
     cache_hit_ratio: float
+    tunnels: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -43,6 +49,7 @@ class LoadSnapshot:
             "rps": self.rps,
             "utilization": self.utilization,
             "cache_hit_ratio": self.cache_hit_ratio,
+            "tunnels": self.tunnels,
         }
 
 
@@ -57,8 +64,9 @@ class _Bucket:
 class LoadTracker:
     """In-flight count, windowed rps and hit ratio, and status, for one edge process."""
 
-    def __init__(self, capacity_rps: float, started: float) -> None:
+    def __init__(self, capacity_rps: float, started: float, max_tunnels: int = 0) -> None:
         self.capacity_rps = capacity_rps
+        self.max_tunnels = max_tunnels
         self.inflight = 0
         self._started = started
         self._buckets: deque[_Bucket] = deque(maxlen=_BUCKETS)
@@ -98,7 +106,7 @@ class LoadTracker:
             return "degraded"
         return "up"
 
-    def snapshot(self, now: float) -> LoadSnapshot:
+    def snapshot(self, now: float, tunnels: int = 0) -> LoadSnapshot:
         recent = [b for b in self._buckets if b.index > self._index(now) - _BUCKETS]
         # A young process has seen less than a full window: average over what it has seen.
         span = min(WINDOW_S, max(BUCKET_S, now - self._started))
@@ -109,9 +117,15 @@ class LoadTracker:
             status=self.status(now),
             inflight=self.inflight,
             rps=round(rps, 3),
-            utilization=round(rps / self.capacity_rps, 4),
+            utilization=round(max(rps / self.capacity_rps, self._tunnel_share(tunnels)), 4),
             cache_hit_ratio=round(hits / cacheable, 4) if cacheable else 0.0,
+            tunnels=tunnels,
         )
+
+    def _tunnel_share(self, tunnels: int) -> float:
+        if self.max_tunnels:
+            return tunnels / self.max_tunnels
+        return 1.0 if tunnels else 0.0  # no slots at all: any tunnel fills the edge
 
     def _index(self, now: float) -> int:
         return int(now // BUCKET_S)

@@ -175,3 +175,39 @@ class EdgeMetrics:
             ["result"],
             registry=r,
         )
+        self.tunnels = Gauge(
+            "edge_websocket_tunnels",
+            "Open WebSocket tunnels (and upgrades being set up).",
+            registry=r,
+        )
+        self.upgrades = Counter(
+            "edge_websocket_upgrades",
+            "WebSocket upgrade requests, by result (accepted, or refused: disabled, draining, "
+            "limit, handshake, origin_status, origin_error).",
+            ["result"],
+            registry=r,
+        )
+        self.ws_messages = Counter(
+            "edge_websocket_messages",
+            "WebSocket data messages relayed, by direction (client_to_origin, origin_to_client).",
+            ["direction"],
+            registry=r,
+        )
+        self.ws_bytes = Counter(
+            "edge_websocket_message_bytes",
+            "Payload bytes of WebSocket data messages relayed, by direction.",
+            ["direction"],
+            registry=r,
+        )
+        self.ws_closes = Counter(
+            "edge_websocket_closes",
+            "WebSocket tunnels closed, by the code heard (registered codes, else other) and "
+            "who closed (client, origin, edge).",
+            ["code", "by"],
+            registry=r,
+        )
+        self.ws_pings = Counter(
+            "edge_websocket_keepalive_pings",
+            "Pings the edge sent on quiet WebSocket legs (ping_interval_s).",
+            registry=r,
+        )

@@ -166,11 +166,16 @@ class OriginClient:
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
 
+    @property
+    def tls(self) -> ssl.SSLContext | bool:
+        """What verifies this origin's certificate: a context with its CAs, or the default."""
+        return self._tls if self._tls is not None else True
+
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
             limit=MAX_ORIGIN_CONNECTIONS,
             keepalive_timeout=ORIGIN_KEEPALIVE_S,
-            ssl=self._tls if self._tls is not None else True,
+            ssl=self.tls,
         )
         # aiohttp has no public hook for its protocol class; _factory makes each connection.
         connector._factory = functools.partial(_origin_protocol, asyncio.get_running_loop())

@@ -54,6 +54,8 @@ from edge.response_step import Freshen, OriginAnswer, Pass, ResponseStep, ServeS
 from edge.routing import Routing
 from edge.sites import cache_host, misdirected
 from edge.tls import TlsTerminator
+from edge.tunnel import Tunnels
+from edge.websocket import wants_websocket
 
 log = logging.getLogger("edge.proxy")
 
@@ -84,6 +86,7 @@ class Proxy:
         metrics: EdgeMetrics,
         clock: Callable[[], float],
         on_status_change: Callable[[], None],
+        tunnels: Tunnels | None = None,
     ) -> None:
         self.cfg = cfg
         self.cache = cache
@@ -96,6 +99,7 @@ class Proxy:
         self._on_status_change = on_status_change
         self._relay = Relay(cfg.name, metrics, cfg.cache.max_object_bytes)
         self._refreshes: set[asyncio.Task[None]] = set()
+        self.tunnels = tunnels
 
     async def close(self) -> None:
         """Cancel background refreshes (at shutdown)."""
@@ -127,6 +131,8 @@ class Proxy:
         return Route(site, routing.origins[site.name])
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.tunnels is not None and wants_websocket(request.method, request.headers):
+            return await self._tunnel(request, self.tunnels)
         start = self._clock()
         self.tracker.begin(start)
         self.metrics.inflight.inc()
@@ -154,6 +160,19 @@ class Proxy:
             if not isinstance(route, str):
                 route.origin.release()
                 self.metrics.site_requests.labels(route.site.name, result).inc()
+
+    async def _tunnel(self, request: web.Request, tunnels: Tunnels) -> web.StreamResponse:
+        """An upgrade to the site's origin: never the cache, never a request in flight (a
+        tunnel is counted as a tunnel); the site's `websocket` flag may refuse it."""
+        route = self.route_for(request)
+        if isinstance(route, str):
+            self.metrics.misdirected.labels(route).inc()
+            reply = await self._relay.error(request, 421, "error", f"misdirected-{route}")
+            return reply.response
+        site = route.site
+        return await tunnels.handle(
+            request, site.origin, enabled=site.websocket, ssl=route.origin.tls
+        )
 
     async def _answer(self, request: web.Request) -> Reply:
         host = cache_host(self.route.site, request.host)

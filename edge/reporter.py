@@ -104,6 +104,7 @@ class Reporter:
             utilization=snap.utilization,
             cache_hit_ratio=snap.cache_hit_ratio,
             acks=self._take_acks() if self._take_acks is not None else (),
+            tunnels=snap.tunnels,
         )
 
     async def _post(

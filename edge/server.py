@@ -1,12 +1,15 @@
 """Wiring of one edge process: content server, control server, reporter, signals and drain.
 
 SIGTERM drains: the status turns `draining` (so /healthz answers 503 and a report goes
-to every router at once), the edge keeps serving for drain_s while resolvers' cached
-answers expire, then stops accepting, finishes what is in flight and exits 0.
-SIGINT stops at once, cleanly. SIGHUP reloads the config file: sites, origins (and their
-CAs) and certificates change for the next request and handshake; open connections, tunnels
-and the cache stay. A reload that fails (a bad file) logs one line and changes nothing.
-Listen addresses, the cache, limits and tokens take effect at the next start.
+to every router at once) and new WebSocket upgrades are refused (503); the edge keeps
+serving, open tunnels included, for drain_s while resolvers' cached answers expire, then
+closes every tunnel with 1001 (going away: chat clients reconnect, through DNS, to another
+edge), stops accepting, finishes what is in flight and exits 0.
+SIGINT stops at once, cleanly (tunnels closed with 1001 too). SIGHUP reloads the config
+file: sites, origins (and their CAs) and certificates change for the next request and
+handshake; open connections, tunnels and the cache stay. A reload that fails (a bad file)
+logs one line and changes nothing. Listen addresses, the cache, limits and tokens take
+effect at the next start.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from edge.purges import FleetPurges
 from edge.reporter import Reporter
 from edge.routing import build_routing
 from edge.tls import Certificates, TlsSite, TlsTerminator, load_certificates
+from edge.tunnel import Tunnels
 
 # In-flight requests get this long to finish once the edge stops accepting.
 SHUTDOWN_GRACE_S = 5.0
@@ -59,7 +63,7 @@ class EdgeServer:
             cookies_private=cfg.cache.cookie_requests == "private-unless-public",
         )
         self.metrics.cache_capacity_bytes.set(cfg.cache.size_bytes)
-        self.tracker = LoadTracker(cfg.capacity_rps, clock())
+        self.tracker = LoadTracker(cfg.capacity_rps, clock(), cfg.websocket.max_tunnels)
         # Certificates and CA files are read here: a bad one stops the edge before it binds.
         certificates = None if cfg.tls is None else load_certificates(cfg.tls, cfg.source)
         self.tls = None if certificates is None else TlsTerminator(certificates, self.metrics)
@@ -73,9 +77,11 @@ class EdgeServer:
             self.metrics, cfg.report_interval_s, clock,
             on_purges=self.fleet_purges.apply_from_reply, take_acks=self.fleet_purges.take_acks,
         )  # fmt: skip
+        self.tunnels = Tunnels(cfg.name, cfg.websocket, cfg.limits, self.metrics)
         self.proxy = Proxy(
-            cfg, self.cache, routing, self.tracker, self.metrics, clock, self.reporter.wake
-        )
+            cfg, self.cache, routing, self.tracker, self.metrics, clock, self.reporter.wake,
+            tunnels=self.tunnels,
+        )  # fmt: skip
         self.proxy.tls = self.tls
         self._server_log = ServerLog(self.metrics.bad_requests)
         self._runners: list[web.AppRunner] = []
@@ -85,11 +91,12 @@ class EdgeServer:
         self.tls_address: HostPort | None = None
 
     def snapshot(self) -> LoadSnapshot:
-        return self.tracker.snapshot(self.clock())
+        return self.tracker.snapshot(self.clock(), self.tunnels.open)
 
     async def start(self) -> None:
         """Bind the content and control ports and start reporting."""
         await self.proxy.routing.start()
+        await self.tunnels.start()
         limits = self.cfg.limits
         content = web.Application(client_max_size=limits.max_body_bytes)
         content.router.add_route("*", "/{tail:.*}", self.proxy.handle)
@@ -114,12 +121,17 @@ class EdgeServer:
 
     def drain(self) -> None:
         """Turn `draining` and tell every router now; serving goes on until stop()."""
+        self.tunnels.drain()
         if self.tracker.drain():
             log.info("event=draining name=%s drain_s=%s", self.cfg.name, self.cfg.drain_s)
             self.reporter.wake()
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish, close every client and task."""
+        """Close tunnels with 1001, stop accepting, let in-flight requests finish, close
+        every client and task."""
+        # Tunnels first: the runners' cleanup would wait on their handlers, then cut them
+        # without a Close frame (1006), and the client would not know to go elsewhere.
+        await self.tunnels.close_all()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
@@ -127,6 +139,7 @@ class EdgeServer:
             self._reporter_task.cancel()
             await asyncio.gather(self._reporter_task, return_exceptions=True)
         await self.proxy.close()
+        await self.tunnels.close()
         await self.proxy.routing.close()
 
     async def reload(self) -> bool:

@@ -60,7 +60,7 @@ async def test_healthz_reports_load_then_503_when_draining(
         assert resp.status == 200
         health = await resp.json()
     assert health["status"] == "up"
-    assert set(health) == {"status", "inflight", "rps", "utilization", "cache_hit_ratio"}
+    assert set(health) == {"status", "inflight", "rps", "utilization", "cache_hit_ratio", "tunnels"}
     assert health["cache_hit_ratio"] == 0.5 and health["rps"] > 0
     edge.drain()
     async with client.get(f"http://{edge.control}/healthz") as resp:
