@@ -50,7 +50,9 @@ from typing import IO, Any, Literal, TypeVar
 from cdn.errors import CDNError
 
 READY_EVENT = "event=listening"
-START_TIMEOUT_S = 15.0
+# A child has this long to log its ready line. Generous: an edge starts in about 1 s on an idle
+# machine, but tests run many processes at once on two cores, where it took over 15 s.
+START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 8.0
 LOG_TAIL_LINES = 8
 PUMP_CHUNK_BYTES = 64 * 1024
