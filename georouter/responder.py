@@ -33,8 +33,8 @@ from dnslib.dns import QTYPE
 
 from georouter.config import Node, RouterConfig
 from georouter.geo import Placement
-from georouter.metrics import RouterMetrics
 from georouter.selector import Decision
+from georouter.tallies import HotPathTallies
 from georouter.wire import (
     AA,
     ECHOED_FLAGS,
@@ -172,12 +172,11 @@ class Responder:
     """Answers DNS queries for the configured zones; safe to share, cheap to replace."""
 
     def __init__(
-        self, config: RouterConfig, placer: Placer, picker: Picker, metrics: RouterMetrics
+        self, config: RouterConfig, placer: Placer, picker: Picker, tallies: HotPathTallies
     ) -> None:
         self._placer = placer
         self._picker = picker
-        self._metrics = metrics
-        self._tallies = metrics.tallies
+        self._tallies = tallies
         self._answer_count = config.policy.answers_per_response
         self._zones = Zones(config.zones)
         self._refused = Prepared.error(REFUSED)
