@@ -32,16 +32,16 @@ import dns.rdatatype
 
 from fuzz.runner import FuzzFailure
 from georouter.config import DEFAULT_CONFIG, load_config
-from georouter.geo import Geo, open_geoip
-from georouter.metrics import RouterMetrics
+from georouter.geo import open_geoip
+from georouter.pipeline import build_answering
 from georouter.responder import (
     MAX_TCP_MESSAGE,
     MAX_UDP_PAYLOAD,
     MIN_UDP_PAYLOAD,
-    Responder,
     Transport,
 )
 from georouter.selector import Selector
+from georouter.tallies import HotPathTallies
 from georouter.wire import HEADER, OPCODE_MASK, QR, MalformedQuery, parse
 
 CLIENTS = ("198.51.100.7", "203.0.113.9", "2001:db8:1::5", "127.0.0.1", "::ffff:192.0.2.1")
@@ -74,11 +74,9 @@ class DnsTarget:
 
     def __init__(self) -> None:
         config = load_config(DEFAULT_CONFIG)
-        metrics = RouterMetrics()
         self._reader = open_geoip(None)
-        geo = Geo(config, self._reader, metrics.tallies)
         selector = Selector(config.policy, config.regions, random.Random(0))
-        self.responder = Responder(config, geo, selector, metrics)
+        self.responder = build_answering(config, self._reader, HotPathTallies(), selector)
         self._errors = _ErrorLog()
         logging.getLogger("georouter").addHandler(self._errors)
 

@@ -56,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return serve(args.config, args.geoip, dns=args.dns, control=args.control)
         if args.command == "check":
-            from georouter.geo import check
+            from georouter.commands import check
 
             return check(args.config, args.geoip)
         if args.command == "locate":
-            from georouter.geo import locate_command
+            from georouter.commands import locate_command
 
             return locate_command(args.config, args.geoip, args.addresses)
         if args.command == "purge":

@@ -38,8 +38,9 @@ from time import perf_counter
 from typing import Protocol
 
 from cdn.config import HostPort
-from georouter.metrics import HotPathTallies, RouterMetrics
+from georouter.metrics import RouterMetrics
 from georouter.responder import Responder
+from georouter.tallies import HotPathTallies
 from georouter.wire import HEADER
 
 IDLE_TIMEOUT_S = 10.0  # RFC 7766 §6.2.3: close idle connections, seconds not minutes

@@ -22,9 +22,7 @@ which is the cache's only invalidation.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
 from socket import AF_INET, AF_INET6, inet_pton
@@ -32,16 +30,15 @@ from typing import Any
 
 from geolite2 import geolite2
 
-from georouter.config import IPNetwork, RouterConfig, load_config
+from georouter.config import IPNetwork, RouterConfig
 from georouter.errors import ConfigError
 from georouter.geodb import CorruptDatabase, GeoDatabase
-from georouter.metrics import HotPathTallies
+from georouter.tallies import HotPathTallies
 
 IPAddress = IPv4Address | IPv6Address
 
 GEO_CACHE_ENTRIES = 65_536  # per-network placements kept; the cache is cleared when full
 RECORD_CACHE_ENTRIES = 65_536  # decoded GeoIP records kept (the fields we use); cleared when full
-EXIT_BAD_ADDRESS = 2
 _BUCKET_BYTES = {4: 3, 16: 6}  # packed length → bytes of its /24 or /48 cache bucket
 _MAPPED = ip_network("::ffff:0:0/96")  # IPv4-mapped IPv6 is placed by its IPv4 address
 # Address blocks with no geography (RFC 6890 registries): private, shared, loopback,
@@ -269,58 +266,3 @@ def _code(data: dict[str, Any], key: str, field: str) -> str | None:
     sub = data.get(key)
     value = sub.get(field) if isinstance(sub, dict) else None
     return value if isinstance(value, str) else None
-
-
-def check(config_path: Path, geoip_path: Path | None) -> int:
-    """`georouter check`: load the config and the database, print a one-line summary."""
-    config = load_config(config_path)
-    path = geoip_path or config.router.geoip
-    with open_geoip(path) as reader:
-        meta = reader.metadata()
-    built = datetime.fromtimestamp(meta.build_epoch, UTC).date()
-    zones = ", ".join(z.origin for z in config.zones)
-    regions = ", ".join(r.name for r in config.regions)
-    print(
-        f"{config_path}: ok: {_count(config.zones, 'zone')} ({zones}), "
-        f"{_count(config.regions, 'region')} ({regions}), {_count(config.nodes, 'node')}, "
-        f"{_count(config.overrides, 'override')}; geoip: {meta.database_type} built {built} "
-        f"({'embedded' if path is None else path})"
-    )
-    return 0
-
-
-def _count(items: tuple[object, ...], noun: str) -> str:
-    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
-
-
-def locate_command(config_path: Path, geoip_path: Path | None, addresses: list[str]) -> int:
-    """`georouter locate IP[/LEN]...`: one line per address; exit 2 if any was not an address.
-
-    ADDR/LEN places the network as an ECS query with SOURCE PREFIX-LENGTH LEN would.
-    """
-    config = load_config(config_path)
-    status = 0
-    with open_geoip(geoip_path or config.router.geoip) as reader:
-        geo = Geo(config, reader, HotPathTallies())
-        for text in addresses:
-            try:
-                print(_describe(geo, text), flush=True)
-            except ValueError as exc:
-                print(f"georouter: locate: {exc}", file=sys.stderr)
-                status = EXIT_BAD_ADDRESS
-    return status
-
-
-def _describe(geo: Geo, text: str) -> str:
-    address, source_prefix = text, None
-    if "/" in text:
-        network = ip_network(text, strict=False)
-        address, source_prefix = str(network.network_address), network.prefixlen
-    location = geo.locate(address)
-    placement = geo.place(address, source_prefix)
-    position = "-" if location.latitude is None else f"{location.latitude:g},{location.longitude:g}"
-    return (
-        f"{text} country={location.country or '-'} continent={location.continent or '-'} "
-        f"lat/lon={position} network={location.network} region={placement.region} "
-        f"scope=/{placement.prefix_len}"
-    )

@@ -2,14 +2,14 @@
 
 Theory of operation: every answer that does not depend on the client is encoded at
 construction, per (name, qtype), as a `Prepared` body (the sections after the question,
-without OPT). Geo-routed names resolve to a `Route`; the placer and picker choose the
+without OPT). Geo-routed names resolve to a `GeoQuestion`; the placer and picker choose the
 nodes and the TTL (health-derived: it follows the decision's reason and the region's
 state), and the encoded answer for that (TTL, node list) is cached in a bounded dict.
 
 Everything in a response but its ID is decided by the query's bytes after the ID (and,
 for a geo answer, by the placement and the picker's draw), so those bytes key a bounded
-cache of shapes: a `_Reply` (the response less its ID) for a static answer, a `_Routed`
-for a geo-routed one, which keeps its ECS placement and its `_Reply` per (scope, TTL,
+cache of shapes: a `_Response` (the response less its ID) for a static answer, a `_GeoShape`
+for a geo-routed one, which keeps its ECS placement and its `_Response` per (scope, TTL,
 node list). A repeated query then costs one dict lookup and a concatenation (static), or a placement
 (by resolver address only), a pick and two lookups (geo); the parse, zone lookup and
 encoding run once per shape. Queries in 0x20 mixed case rarely repeat byte for byte:
@@ -33,8 +33,8 @@ from dnslib.dns import QTYPE
 
 from georouter.config import Node, RouterConfig
 from georouter.geo import Placement
-from georouter.metrics import RouterMetrics
 from georouter.selector import Decision
+from georouter.tallies import HotPathTallies
 from georouter.wire import (
     AA,
     ECHOED_FLAGS,
@@ -121,7 +121,7 @@ class Prepared:
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # identity hash: a cheap geo-cache key
-class Route:
+class GeoQuestion:
     """A geo-routed question: the static start of the answer, then the picker's nodes."""
 
     family: Literal[4, 6]
@@ -140,7 +140,7 @@ class _GeoAnswer:
 
 
 @dataclass(frozen=True, slots=True)
-class _Reply:
+class _Response:
     """A response less its two ID octets, and what answering with it counts."""
 
     tail: bytes
@@ -150,34 +150,33 @@ class _Reply:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class _Routed:
+class _GeoShape:
     """A geo-routed query's shape: what placement and pick still decide per query."""
 
     query: Query  # its ID is the first asker's, never sent
     transport: Transport
-    route: Route
+    question: GeoQuestion
     address: str | None  # the ECS address to place; None: the resolver's own address
     source_prefix: int | None
     scope_cap: int  # the address width with ECS (scope is at most that), else 0
-    replies: dict[tuple[int, int, tuple[str, ...]], _Reply]  # by (scope, TTL, node names)
+    responses: dict[tuple[int, int, tuple[str, ...]], _Response]  # by (scope, TTL, node names)
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
-    plans: dict[int, Prepared | Route]
-    other: Prepared  # every qtype not in plans
+class _NameEntry:
+    by_qtype: dict[int, Prepared | GeoQuestion]
+    other: Prepared  # every qtype not in by_qtype
 
 
 class Responder:
     """Answers DNS queries for the configured zones; safe to share, cheap to replace."""
 
     def __init__(
-        self, config: RouterConfig, placer: Placer, picker: Picker, metrics: RouterMetrics
+        self, config: RouterConfig, placer: Placer, picker: Picker, tallies: HotPathTallies
     ) -> None:
         self._placer = placer
         self._picker = picker
-        self._metrics = metrics
-        self._tallies = metrics.tallies
+        self._tallies = tallies
         self._answer_count = config.policy.answers_per_response
         self._zones = Zones(config.zones)
         self._refused = Prepared.error(REFUSED)
@@ -187,12 +186,12 @@ class Responder:
         self._formerr = Prepared.error(FORMERR)
         self._services = {name_to_wire(s.name): s.name for s in config.services}
         # Keyed by TTL too: the TTL follows health, and a cached answer must follow it.
-        self._geo_cache: dict[tuple[Route, int, tuple[str, ...]], _GeoAnswer] = {}
-        self._shapes: dict[Transport, dict[bytes, _Reply | _Routed]] = {"udp": {}, "tcp": {}}
+        self._geo_cache: dict[tuple[GeoQuestion, int, tuple[str, ...]], _GeoAnswer] = {}
+        self._shapes: dict[Transport, dict[bytes, _Response | _GeoShape]] = {"udp": {}, "tcp": {}}
         types = self._zones.data_types() | {TYPE_A, TYPE_AAAA, TYPE_CNAME, TYPE_ANY, TYPE_DS}
         types |= {TYPE_NS, TYPE_SOA, *_TRANSFERS}
-        self._table = {
-            name: _Entry({t: self._plan(name, t) for t in types}, self._static(name))
+        self._names = {
+            name: _NameEntry({t: self._prepare(name, t) for t in types}, self._prepare_other(name))
             for name in self._zones.names()
         }
 
@@ -201,33 +200,33 @@ class Responder:
         shape = self._shapes[transport].get(data[2:])
         try:
             if shape is None:
-                shape = self._shape(data, transport)
+                shape = self._new_shape(data, transport)
                 if shape is None:
                     return None
-            reply = shape if isinstance(shape, _Reply) else self._route(shape, client_ip)
+            response = shape if isinstance(shape, _Response) else self._answer_geo(shape, client_ip)
         except Exception:  # the one guard: a bug costs this query a SERVFAIL, not the server
             log.exception("answering %r failed", data)
             try:
                 query = parse(data)
             except MalformedQuery:
                 return None  # the bug struck while rejecting a malformed query: drop it
-            reply = self._reply(query, self._servfail, 0, transport)
+            response = self._response(query, self._servfail, 0, transport)
         tallies = self._tallies
-        tallies.queries[reply.tally] += 1
-        if reply.scope is not None:
-            tallies.ecs_scopes.observe(reply.scope)
-        for key in reply.answers:
+        tallies.queries[response.tally] += 1
+        if response.scope is not None:
+            tallies.ecs_scopes.observe(response.scope)
+        for key in response.answers:
             tallies.answers[key] += 1
-        return data[:2] + reply.tail
+        return data[:2] + response.tail
 
-    def _shape(self, data: bytes, transport: Transport) -> _Reply | _Routed | None:
-        """Parse and plan a query not seen before; remember the shape of a listed name's."""
+    def _new_shape(self, data: bytes, transport: Transport) -> _Response | _GeoShape | None:
+        """Parse and shape a query not seen before; remember the shape of a listed name's."""
         try:
             query = parse(data)
         except MalformedQuery as exc:
             return self._rejection(exc, transport)
-        entry = self._table.get(query.name)
-        shape = self._plan_for(query, entry, transport)
+        entry = self._names.get(query.name)
+        shape = self._shape_of(query, entry, transport)
         # Names owning no data stay out: a flood of random names must not evict the rest.
         if entry is not None:
             shapes = self._shapes[transport]
@@ -236,21 +235,21 @@ class Responder:
             shapes[data[2:]] = shape
         return shape
 
-    def _plan_for(
-        self, query: Query, entry: _Entry | None, transport: Transport
-    ) -> _Reply | _Routed:
+    def _shape_of(
+        self, query: Query, entry: _NameEntry | None, transport: Transport
+    ) -> _Response | _GeoShape:
         if query.flags & OPCODE_MASK:
             return self._not_implemented(query, transport)
         if query.edns is not None and query.edns.version:
-            return self._reply(query, self._badvers, 0, transport)  # RFC 6891 §6.1.3
+            return self._response(query, self._badvers, 0, transport)  # RFC 6891 §6.1.3
         if query.qclass != CLASS_IN:
-            return self._reply(query, self._refused, 0, transport)
+            return self._response(query, self._refused, 0, transport)
         if entry is None:
-            return self._reply(query, self._unlisted(query), 0, transport)
-        plan = entry.plans.get(query.qtype, entry.other)
-        if isinstance(plan, Route):
-            return self._routed(query, plan, transport)
-        return self._reply(query, plan, 0, transport)
+            return self._response(query, self._unlisted(query), 0, transport)
+        prepared = entry.by_qtype.get(query.qtype, entry.other)
+        if isinstance(prepared, GeoQuestion):
+            return self._geo_shape(query, prepared, transport)
+        return self._response(query, prepared, 0, transport)
 
     def _unlisted(self, query: Query) -> Prepared:
         """A name owning no data: NXDOMAIN, an empty non-terminal's NODATA, a referral."""
@@ -258,71 +257,77 @@ class Responder:
             return self._refused
         return Prepared.of(self._zones.resolve(query.name, query.qtype), query.name)
 
-    def _routed(self, query: Query, route: Route, transport: Transport) -> _Reply | _Routed:
+    def _geo_shape(
+        self, query: Query, question: GeoQuestion, transport: Transport
+    ) -> _Response | _GeoShape:
         subnet = query.edns.subnet if query.edns is not None else None
         if subnet is None or subnet.source_prefix == 0:
             # No ECS, or ECS /0: the client opted out, so place by the resolver's own
             # address and answer for everyone with scope 0 (RFC 7871 §7.1.2).
-            return _Routed(query, transport, route, None, None, 0, {})
-        if route.first_cname is not None:
-            return self._reply(query, route.first_cname, 0, transport)
+            return _GeoShape(query, transport, question, None, None, 0, {})
+        if question.first_cname is not None:
+            return self._response(query, question.first_cname, 0, transport)
         cap = 32 if subnet.family == 1 else 128
-        return _Routed(query, transport, route, subnet.address_text, subnet.source_prefix, cap, {})
+        return _GeoShape(
+            query, transport, question, subnet.address_text, subnet.source_prefix, cap, {}
+        )
 
-    def _route(self, shape: _Routed, client_ip: str) -> _Reply:
+    def _answer_geo(self, shape: _GeoShape, client_ip: str) -> _Response:
         placement = self._placer.place(shape.address or client_ip, shape.source_prefix)
-        route = shape.route
-        decision = self._picker.pick(placement.region, route.family, route.service)
-        self._tallies.decisions[route.label, decision.reason] += 1
+        question = shape.question
+        decision = self._picker.pick(placement.region, question.family, question.service)
+        self._tallies.decisions[question.label, decision.reason] += 1
         if decision.reason == "fail_closed":
-            return self._reply(shape.query, self._servfail, 0, shape.transport)
+            return self._response(shape.query, self._servfail, 0, shape.transport)
         names = tuple([n.name for n in decision.nodes])
         key = (min(placement.prefix_len, shape.scope_cap), decision.ttl, names)
-        reply = shape.replies.get(key)
-        if reply is None:
-            geo = self._geo_answer(route, decision.ttl, decision.nodes)
+        response = shape.responses.get(key)
+        if response is None:
+            geo = self._geo_answer(question, decision.ttl, decision.nodes)
             # A negative answer is cached as if for every client (RFC 7871 §7.4): scope 0.
             scope = key[0] if geo.tally_keys else 0
-            reply = self._reply(shape.query, geo.prepared, scope, shape.transport, geo.tally_keys)
-            shape.replies[key] = reply
-        return reply
+            response = self._response(
+                shape.query, geo.prepared, scope, shape.transport, geo.tally_keys
+            )
+            shape.responses[key] = response
+        return response
 
-    def _geo_answer(self, route: Route, ttl: int, nodes: tuple[Node, ...]) -> _GeoAnswer:
-        key = (route, ttl, tuple([node.name for node in nodes]))
+    def _geo_answer(self, question: GeoQuestion, ttl: int, nodes: tuple[Node, ...]) -> _GeoAnswer:
+        key = (question, ttl, tuple([node.name for node in nodes]))
         found = self._geo_cache.get(key)
         if found is None:
-            found = self._encode_geo(route, ttl, nodes)
+            found = self._encode_geo(question, ttl, nodes)
             if len(self._geo_cache) >= GEO_CACHE_ENTRIES:
                 del self._geo_cache[next(iter(self._geo_cache))]
             self._geo_cache[key] = found
         return found
 
-    def _encode_geo(self, route: Route, ttl: int, nodes: tuple[Node, ...]) -> _GeoAnswer:
+    def _encode_geo(self, question: GeoQuestion, ttl: int, nodes: tuple[Node, ...]) -> _GeoAnswer:
         chosen: dict[bytes, Node] = {}  # by address: an RRset has no duplicates (RFC 2181 §5)
         for node in nodes:
-            address = node.ipv4 if route.family == 4 else node.ipv6
+            address = node.ipv4 if question.family == 4 else node.ipv6
             if address is not None and len(chosen) < self._answer_count:
                 chosen.setdefault(address.packed, node)
         if not chosen:
-            return _GeoAnswer(route.nodata, ())
-        rtype = TYPE_A if route.family == 4 else TYPE_AAAA
+            return _GeoAnswer(question.nodata, ())
+        rtype = TYPE_A if question.family == 4 else TYPE_AAAA
         records = b"".join(
-            encode_rr(route.owner, rtype, CLASS_IN, ttl, packed) for packed in chosen
+            encode_rr(question.owner, rtype, CLASS_IN, ttl, packed) for packed in chosen
         )
-        prefix = route.prefix
+        prefix = question.prefix
         prepared = Prepared(
             prefix.flags, NOERROR, prefix.ancount + len(chosen), body=prefix.body + records
         )
         return _GeoAnswer(prepared, tuple((node.region, node.name) for node in chosen.values()))
 
-    def _reply(
+    def _response(
         self,
         query: Query,
         prepared: Prepared,
         scope: int,
         transport: Transport,
         answers: tuple[tuple[str, str], ...] = (),
-    ) -> _Reply:
+    ) -> _Response:
         edns = query.edns
         opt = b""
         limit = MIN_UDP_PAYLOAD
@@ -348,9 +353,9 @@ class Responder:
         qdcount = 1 if query.question else 0
         header = HEADER.pack(0, flags, qdcount, an, ns, ar + (1 if opt else 0))
         tail = header[2:] + query.question + body + opt
-        return _Reply(tail, (transport, qtype, _RCODE_LABELS[prepared.rcode]), echoed, answers)
+        return _Response(tail, (transport, qtype, _RCODE_LABELS[prepared.rcode]), echoed, answers)
 
-    def _rejection(self, exc: MalformedQuery, transport: Transport) -> _Reply | None:
+    def _rejection(self, exc: MalformedQuery, transport: Transport) -> _Response | None:
         if exc.flags is None:
             return None
         question = exc.question
@@ -359,9 +364,9 @@ class Responder:
         query = Query(exc.ident, exc.flags, question, b"", qtype, qclass, exc.edns)
         if exc.flags & OPCODE_MASK:  # NOTIMP whatever follows (RFC 1035 §4.1.1)
             return self._not_implemented(query, transport)
-        return self._reply(query, self._formerr, 0, transport)
+        return self._response(query, self._formerr, 0, transport)
 
-    def _not_implemented(self, query: Query, transport: Transport) -> _Reply:
+    def _not_implemented(self, query: Query, transport: Transport) -> _Response:
         """NOTIMP with the ID and OPCODE copied (RFC 1035 §4.1.1), and nothing an opcode we
         do not know could read differently: RD and CD are Z bits to UPDATE (RFC 2136 §2.2),
         and its question is the zone section, which must ask for SOA in a zone's class
@@ -372,14 +377,14 @@ class Responder:
         ):
             question = b""
         echo = replace(query, flags=query.flags & OPCODE_MASK, question=question)
-        return self._reply(echo, self._notimp, 0, transport)
+        return self._response(echo, self._notimp, 0, transport)
 
-    def _static(self, name: bytes) -> Prepared:
-        plan = self._plan(name, _UNSTORED_TYPE)
-        assert isinstance(plan, Prepared)  # only A and AAAA questions are geo-routed
-        return plan
+    def _prepare_other(self, name: bytes) -> Prepared:
+        prepared = self._prepare(name, _UNSTORED_TYPE)
+        assert isinstance(prepared, Prepared)  # only A and AAAA questions are geo-routed
+        return prepared
 
-    def _plan(self, name: bytes, qtype: int) -> Prepared | Route:
+    def _prepare(self, name: bytes, qtype: int) -> Prepared | GeoQuestion:
         if qtype in _TRANSFERS:
             return self._refused
         resolution = self._zones.resolve(name, qtype)
@@ -388,7 +393,7 @@ class Responder:
         nodata = self._zones.resolve(name, _UNSTORED_TYPE)
         chain = resolution.answer
         service = self._services[resolution.service]
-        return Route(
+        return GeoQuestion(
             family=4 if qtype == TYPE_A else 6,
             service=service,
             label=service.rstrip("."),

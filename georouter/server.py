@@ -31,11 +31,11 @@ from georouter.controller import Controller
 from georouter.dns_server import DnsService
 from georouter.errors import ConfigError
 from georouter.fleet import Fleet, FleetSnapshot
-from georouter.geo import Geo, open_geoip
+from georouter.geo import open_geoip
 from georouter.geodb import GeoDatabase
 from georouter.metrics import RouterMetrics
+from georouter.pipeline import build_answering
 from georouter.prober import Prober
-from georouter.responder import Responder
 from georouter.selector import Selector
 from georouter.workers import DnsWorkers
 
@@ -62,8 +62,7 @@ class Router:
         )
         self.metrics.set_capacities(self.config.nodes)
         self.fleet = Fleet(self.config, self._publish, observer(self.metrics))
-        geo = Geo(self.config, self._reader, self.metrics.tallies)
-        responder = Responder(self.config, geo, self.selector, self.metrics)
+        responder = build_answering(self.config, self._reader, self.metrics.tallies, self.selector)
         self.dns = DnsService(responder, self.config.router.dns_listen, self.metrics)
         # Reads the state file and applies drains and weights before DNS opens.
         self.controller = Controller(config=self.config, fleet=self.fleet, metrics=self.metrics)
@@ -120,8 +119,7 @@ class Router:
                 self._reload_failed(exc)
                 return
             try:
-                geo = Geo(config, reader, self.metrics.tallies)
-                responder = Responder(config, geo, self.selector, self.metrics)
+                responder = build_answering(config, reader, self.metrics.tallies, self.selector)
             except Exception as exc:
                 reader.close()
                 self._reload_failed(exc)

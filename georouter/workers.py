@@ -3,7 +3,8 @@
 Theory of operation. With `router.dns_workers` = N > 1 the main process binds the DNS
 sockets as usual and keeps TCP, the control API, the prober and the fleet, but leaves UDP
 to N `python -m georouter.workers` processes. Each inherits the UDP socket and one end of
-a private socketpair, builds its own Geo, Selector and Responder, and answers with a
+a private socketpair, builds its own Selector and answering pipeline
+(georouter/pipeline.py), and answers with a
 blocking loop (`UdpShell.serve_blocking`). The socket is shared rather than one per worker
 with SO_REUSEPORT: the kernel wakes one blocked reader per datagram, so the load spreads
 evenly even over the few client flows of a benchmark or a handful of resolvers, where
@@ -11,14 +12,15 @@ SO_REUSEPORT's 4-tuple hash can put every flow on one worker (measured on two co
 workers on a shared socket answered ~85k ECS queries/s at 12.5 us CPU each, SO_REUSEPORT
 ~70k at 14.5 us, one process ~60k at 14 us).
 
-Over the socketpair go length-prefixed pickles (parent and child only, so trusted):
-  main -> worker: ("config", RouterConfig, GeoIP file name) at start and on every reload,
-                  then ("snapshot", FleetSnapshot) on every fleet change; a worker answers
-                  from its latest copy. Just before each "config", main passes the GeoIP
+Over the socketpair go length-prefixed pickles of the frozen dataclasses of
+georouter/worker_messages.py (parent and child only, so trusted):
+  main -> worker: Configure(RouterConfig, GeoIP file name) at start and on every reload,
+                  then FleetUpdate(FleetSnapshot) on every fleet change; a worker answers
+                  from its latest copy. Just before each Configure, main passes the GeoIP
                   database it loaded and verified over a second socketpair (SCM_RIGHTS: the
                   sealed memfd of georouter/geodb.py); the worker maps it, so every process
                   shares one copy and none repeats the verification.
-  worker -> main: its cumulative HotPathTallies on start (its "ready") and every
+  worker -> main: TallyReport, its cumulative HotPathTallies, on start (its "ready") and every
                   TALLY_INTERVAL_S; /metrics shows main's own plus the latest of each
                   worker, and a dead worker's last counts join a retired total, so
                   counters never go back (its last < TALLY_INTERVAL_S of counts are lost).
@@ -40,28 +42,37 @@ import asyncio
 import contextlib
 import logging
 import os
-import pickle
 import random
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import assert_never
 
 from cdn.logs import setup_logging
 from georouter.config import RouterConfig
 from georouter.dns_server import UdpShell
 from georouter.errors import GeoRouterError
 from georouter.fleet import FleetSnapshot
-from georouter.geo import Geo, adopt_geoip
+from georouter.geo import adopt_geoip
 from georouter.geodb import GeoDatabase
-from georouter.metrics import HotPathTallies, RouterMetrics
-from georouter.responder import Responder
+from georouter.metrics import RouterMetrics
+from georouter.pipeline import build_answering
 from georouter.selector import Selector
+from georouter.tallies import HotPathTallies
+from georouter.worker_messages import (
+    LENGTH,
+    Configure,
+    FleetUpdate,
+    TallyReport,
+    ToWorker,
+    frame,
+    to_main,
+    to_worker,
+)
 
 TALLY_INTERVAL_S = 0.5  # how stale a worker's counts in /metrics may be
 START_TIMEOUT_S = 30.0  # for every worker's first tallies
@@ -69,13 +80,7 @@ RESTART_DELAY_S = 1.0  # a worker that keeps dying is restarted at most this oft
 STOP_TIMEOUT_S = 5.0  # SIGTERM, then SIGKILL
 RETIRED = "retired"  # the key of dead workers' counts among the collector's others
 
-_LENGTH = struct.Struct(">I")
 log = logging.getLogger("georouter.workers")
-
-
-def frame(message: tuple[Any, ...]) -> bytes:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _LENGTH.pack(len(data)) + data
 
 
 # --- the main process's side ----------------------------------------------------------
@@ -86,7 +91,7 @@ class _Slot:
     index: int
     process: asyncio.subprocess.Process | None = None
     writer: asyncio.StreamWriter | None = None
-    fds: socket.socket | None = None  # passes the GeoIP memfd with each "config"
+    fds: socket.socket | None = None  # passes the GeoIP memfd with each Configure
     task: asyncio.Task[None] | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -120,7 +125,7 @@ class DnsWorkers:
 
     def publish(self, snapshot: FleetSnapshot) -> None:
         self._snapshot = snapshot
-        self._send(("snapshot", snapshot))
+        self._send(FleetUpdate(snapshot))
 
     def reconfigure(self, config: RouterConfig, geoip: GeoDatabase) -> None:
         """Send every worker the new config and database (main may close the old one after)."""
@@ -148,7 +153,7 @@ class DnsWorkers:
             if slot.fds is not None:
                 slot.fds.close()
 
-    def _send(self, message: tuple[Any, ...]) -> None:
+    def _send(self, message: ToWorker) -> None:
         data = frame(message)
         for slot in self._slots:
             if slot.writer is not None and not slot.writer.is_closing():
@@ -163,7 +168,7 @@ class DnsWorkers:
         except OSError as exc:  # the worker is gone or stuck: _follow restarts a dead one
             log.error("event=worker_config result=failed worker=%d reason=%s", slot.index, exc)
             return
-        slot.writer.write(frame(("config", self._config, self._geoip.source)))
+        slot.writer.write(frame(Configure(self._config, self._geoip.source)))
 
     async def _spawn(self, slot: _Slot) -> None:
         assert self._config is not None and self._snapshot is not None, "start() first"
@@ -183,7 +188,7 @@ class DnsWorkers:
         slot.fds = fds_ours
         reader, slot.writer = await asyncio.open_unix_connection(sock=ours)
         self._configure(slot)
-        slot.writer.write(frame(("snapshot", self._snapshot)))
+        slot.writer.write(frame(FleetUpdate(self._snapshot)))
         slot.ready.clear()
         slot.task = asyncio.create_task(self._follow(slot, reader), name=f"dns-worker-{slot.index}")
         log.info("event=worker_started worker=%d pid=%d", slot.index, slot.process.pid)
@@ -193,10 +198,13 @@ class DnsWorkers:
         started = time.monotonic()
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
-                (size,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-                _, tallies = pickle.loads(await reader.readexactly(size))
-                self._metrics.hot_path.elsewhere[slot.index] = tallies
-                slot.ready.set()
+                (size,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
+                match to_main(await reader.readexactly(size)):
+                    case TallyReport(tallies):
+                        self._metrics.hot_path.elsewhere[slot.index] = tallies
+                        slot.ready.set()
+                    case unknown:
+                        assert_never(unknown)
         assert slot.process is not None and slot.writer is not None
         slot.writer.close()
         code = await slot.process.wait()
@@ -224,30 +232,32 @@ class _Worker:
     """One worker's answering state; the control thread swaps its parts between queries."""
 
     def __init__(self, config: RouterConfig, geoip: GeoDatabase) -> None:
-        self.metrics = RouterMetrics()
+        self.tallies = HotPathTallies()
         self.selector = Selector(config.policy, config.regions, random.Random(), config.services)
-        self.responder = Responder(
-            config, Geo(config, geoip, self.metrics.tallies), self.selector, self.metrics
-        )
+        self.responder = build_answering(config, geoip, self.tallies, self.selector)
 
-    def apply(self, message: tuple[Any, ...], geoip: GeoDatabase | None = None) -> None:
-        """Apply one message from main; a "config" comes with the database passed before it."""
-        if message[0] == "snapshot":
-            self.selector.update(message[1])
-        elif message[0] == "config":
-            config = message[1]
-            try:
-                if geoip is None:
-                    raise GeoRouterError(f"{message[2]}: geoip: no database passed")
-                # The old database is not closed: a query may still be reading it on the
-                # other thread; it is unmapped with the last reference to it.
-                geo = Geo(config, geoip, self.metrics.tallies)
-                responder = Responder(config, geo, self.selector, self.metrics)
-            except GeoRouterError as exc:  # main loaded it a moment ago: keep the old one
-                log.error("event=reload result=failed reason=%s", exc)
-                return
-            self.selector.reconfigure(config.policy, config.regions, config.services)
-            self.responder = responder
+    def apply(self, message: ToWorker, geoip: GeoDatabase | None = None) -> None:
+        """Apply one message from main; a Configure comes with the database passed before it."""
+        match message:
+            case FleetUpdate(snapshot):
+                self.selector.update(snapshot)
+            case Configure(config, source):
+                self._configure(config, source, geoip)
+            case unknown:
+                assert_never(unknown)
+
+    def _configure(self, config: RouterConfig, source: str, geoip: GeoDatabase | None) -> None:
+        try:
+            if geoip is None:
+                raise GeoRouterError(f"{source}: geoip: no database passed")
+            # The old database is not closed: a query may still be reading it on the
+            # other thread; it is unmapped with the last reference to it.
+            responder = build_answering(config, geoip, self.tallies, self.selector)
+        except GeoRouterError as exc:  # main loaded it a moment ago: keep the old one
+            log.error("event=reload result=failed reason=%s", exc)
+            return
+        self.selector.reconfigure(config.policy, config.regions, config.services)
+        self.responder = responder
 
     def follow(self, control: socket.socket, fds: socket.socket) -> None:
         """The control thread: apply main's messages, send tallies; exit with main."""
@@ -259,7 +269,7 @@ class _Worker:
         due = time.monotonic()
         while True:
             if time.monotonic() >= due:
-                control.sendall(frame(("tallies", self.metrics.tallies)))
+                control.sendall(frame(TallyReport(self.tallies)))
                 due = time.monotonic() + TALLY_INTERVAL_S
             readable, _, _ = select.select([control], [], [], max(0.0, due - time.monotonic()))
             if readable:
@@ -269,15 +279,15 @@ class _Worker:
                 self.apply(message, _database(fds, message))
 
 
-def _database(fds: socket.socket, message: tuple[Any, ...]) -> GeoDatabase | None:
-    """The GeoIP database main passed ahead of a "config" message (None for others)."""
-    if message[0] != "config":
+def _database(fds: socket.socket, message: ToWorker) -> GeoDatabase | None:
+    """The GeoIP database main passed ahead of a Configure (None for other messages)."""
+    if not isinstance(message, Configure):
         return None
     _, received, _, _ = socket.recv_fds(fds, 1, 1)
     if not received:
         return None
     try:
-        return adopt_geoip(received[0], message[2])
+        return adopt_geoip(received[0], message.geoip_source)
     except GeoRouterError as exc:
         log.error("event=reload result=failed reason=%s", exc)
         return None
@@ -285,12 +295,12 @@ def _database(fds: socket.socket, message: tuple[Any, ...]) -> GeoDatabase | Non
         os.close(received[0])  # the mapping keeps the memory; the descriptor is not needed
 
 
-def _receive(control: socket.socket) -> tuple[Any, ...] | None:
-    head = _read_exactly(control, _LENGTH.size)
+def _receive(control: socket.socket) -> ToWorker | None:
+    head = _read_exactly(control, LENGTH.size)
     if head is None:
         return None
-    body = _read_exactly(control, _LENGTH.unpack(head)[0])
-    return None if body is None else pickle.loads(body)
+    body = _read_exactly(control, LENGTH.unpack(head)[0])
+    return None if body is None else to_worker(body)
 
 
 def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
@@ -312,16 +322,16 @@ def serve(udp_fd: int, control_fd: int, fds_fd: int) -> None:
     control = socket.socket(fileno=control_fd)
     fds = socket.socket(fileno=fds_fd)
     first = _receive(control)
-    if first is None or first[0] != "config":
+    if not isinstance(first, Configure):
         return
     geoip = _database(fds, first)
     if geoip is None:
         sys.exit(2)
-    worker = _Worker(first[1], geoip)
+    worker = _Worker(first.config, geoip)
     udp = socket.socket(fileno=udp_fd)
     udp.setblocking(True)
     threading.Thread(target=worker.follow, args=(control, fds), daemon=True).start()
-    UdpShell(udp, worker, worker.metrics.tallies).serve_blocking()
+    UdpShell(udp, worker, worker.tallies).serve_blocking()
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ from cdnlab.workload import (
 )
 from georouter.config import load_config
 from georouter.geo import Geo, open_geoip
-from georouter.metrics import HotPathTallies
+from georouter.tallies import HotPathTallies
 from tests.e2e import which
 
 ORIGIN_ROOT = origin.ORIGIN_ROOT

@@ -28,8 +28,9 @@ from georouter.dns_server import (
     UdpShell,
 )
 from georouter.geo import Placement
-from georouter.metrics import BucketTally, RouterMetrics
+from georouter.metrics import RouterMetrics, cumulative
 from georouter.responder import Responder
+from georouter.tallies import BucketTally
 from tests.test_responder import BIG_TXT_RECORDS, FakePicker, FakePlacer, router_config
 
 HOST = "127.0.0.1"
@@ -47,7 +48,7 @@ DEFAULT_LIMITS = TcpLimits()
 async def start_service(config: RouterConfig, limits: TcpLimits = DEFAULT_LIMITS) -> DnsService:
     placer = FakePlacer({"198.51.100.0": Placement("eu", 20)})
     metrics = RouterMetrics()
-    responder = Responder(config, placer, FakePicker(config), metrics)
+    responder = Responder(config, placer, FakePicker(config), metrics.tallies)
     service = DnsService(responder, HostPort(HOST, 0), metrics, limits)
     await service.start()
     return service
@@ -104,7 +105,7 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 def sample(service: DnsService, name: str, **labels: str) -> float:
-    value = service.responder._metrics.registry.get_sample_value(name, labels)
+    value = service._metrics.registry.get_sample_value(name, labels)
     return value or 0.0
 
 
@@ -388,7 +389,7 @@ async def test_tcp_garbage_closes_just_that_connection(service: DnsService, garb
 async def test_metrics_count_queries_and_durations(service: DnsService) -> None:
     await udp(service, dns.message.make_query("cdn.example.com", "A"))
     await tcp(service, dns.message.make_query("cdn.example.com", "A"))
-    tallies = service.responder._metrics.tallies
+    tallies = service._metrics.tallies
     assert (
         tallies.queries[("udp", "A", "NOERROR")] == 1
         and tallies.queries[("tcp", "A", "NOERROR")] == 1
@@ -452,14 +453,14 @@ def test_duration_tally_is_an_exact_prometheus_histogram() -> None:
     tally = BucketTally((1e-3, 5e-3))
     for value in (1e-3, 2e-3, 5e-3, 1.0):  # a value equal to a bound is `le` that bound
         tally.observe(value)
-    assert tally.cumulative() == [("0.001", 1.0), ("0.005", 3.0), ("+Inf", 4.0)]
+    assert cumulative(tally) == [("0.001", 1.0), ("0.005", 3.0), ("+Inf", 4.0)]
     assert tally.total == pytest.approx(1.008)
 
 
 async def test_reload_swaps_the_responder(service: DnsService, config: RouterConfig) -> None:
     metrics = RouterMetrics()
     placer = FakePlacer({"127.0.0.1": Placement("ap", 24)})
-    service.responder = Responder(config, placer, FakePicker(config), metrics)
+    service.responder = Responder(config, placer, FakePicker(config), metrics.tallies)
     answer = await udp(service, dns.message.make_query("cdn.example.com", "A"))
     assert [r.address for r in answer.answer[0]] == ["127.0.0.15", "127.0.0.16"]
 

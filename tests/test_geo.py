@@ -17,10 +17,11 @@ from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
 from georouter import geo as geo_module
+from georouter.commands import check
 from georouter.config import DEFAULT_CONFIG, RouterConfig, load_config
 from georouter.errors import ConfigError
-from georouter.geo import Geo, Location, Placement, check, open_geoip
-from georouter.metrics import HotPathTallies
+from georouter.geo import Geo, Location, Placement, open_geoip
+from georouter.tallies import HotPathTallies
 from tests.geoip_fixture import TEST_NETWORKS, write_test_geoip
 
 OVERRIDES = {

@@ -57,6 +57,7 @@ def test_the_probe_sees_what_a_shell_module_loads() -> None:
 def test_the_pure_list_names_the_cores() -> None:
     modules = pure_modules()
     assert {"edge.rules", "edge.cache", "georouter.wire", "georouter.selector"} <= set(modules)
+    assert {"georouter.geo", "georouter.geodb", "georouter.responder"} <= set(modules)
     assert {"cdn.auth", "cdn.report", "cdn.tomltable"} <= set(modules)
 
 

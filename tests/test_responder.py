@@ -26,6 +26,7 @@ from georouter.geo import Placement
 from georouter.metrics import RouterMetrics
 from georouter.responder import MAX_UDP_PAYLOAD, Responder
 from georouter.selector import Decision, DecisionReason, Selector
+from georouter.tallies import HotPathTallies
 from georouter.zonedata import StaticRecord
 
 CLIENT = "192.0.2.53"
@@ -107,12 +108,12 @@ def metrics() -> RouterMetrics:
 @pytest.fixture(scope="module")
 def shared_responder(config: RouterConfig) -> Responder:
     """One responder for property tests (hypothesis reruns a test body, not its fixtures)."""
-    return Responder(config, FakePlacer(), FakePicker(config), RouterMetrics())
+    return Responder(config, FakePlacer(), FakePicker(config), HotPathTallies())
 
 
 @pytest.fixture
 def responder(config: RouterConfig, placer: FakePlacer, metrics: RouterMetrics) -> Responder:
-    return Responder(config, placer, FakePicker(config), metrics)
+    return Responder(config, placer, FakePicker(config), metrics.tallies)
 
 
 def ask(
@@ -167,7 +168,7 @@ def test_geo_answer_capped_at_answers_per_response(config: RouterConfig) -> None
     config = dataclasses.replace(
         config, policy=dataclasses.replace(config.policy, answers_per_response=1)
     )
-    responder = Responder(config, FakePlacer(), FakePicker(config), RouterMetrics())
+    responder = Responder(config, FakePlacer(), FakePicker(config), HotPathTallies())
     (rrset,) = ask(responder, dns.message.make_query("cdn.example.com", "A")).answer
     assert [r.address for r in rrset] == ["127.0.0.11"]
 
@@ -175,7 +176,7 @@ def test_geo_answer_capped_at_answers_per_response(config: RouterConfig) -> None
 def test_aaaa_asks_for_family_6(config: RouterConfig) -> None:
     picker = FakePicker(config)
     placer = FakePlacer({CLIENT: Placement("eu", 24)})
-    responder = Responder(config, placer, picker, RouterMetrics())
+    responder = Responder(config, placer, picker, HotPathTallies())
     (rrset,) = ask(responder, dns.message.make_query("img.example.com", "AAAA")).answer
     assert [r.address for r in rrset] == ["::1"]
     assert picker.calls == [("eu", 6)]
@@ -540,7 +541,7 @@ def test_invalid_ecs_is_formerr_rfc7871_6(responder: Responder, payload: str) ->
 
 
 def test_fail_closed_decision_is_servfail(config: RouterConfig) -> None:
-    responder = Responder(config, FakePlacer(), FakePicker(config, "fail_closed"), RouterMetrics())
+    responder = Responder(config, FakePlacer(), FakePicker(config, "fail_closed"), HotPathTallies())
     answer = ask(responder, dns.message.make_query("cdn.example.com", "A"))
     assert answer.rcode() == dns.rcode.SERVFAIL and not answer.answer
 
@@ -564,7 +565,7 @@ def test_tallies_count_queries_answers_and_decisions(
 def test_geo_answer_cache_is_bounded(config: RouterConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(responder_module, "GEO_CACHE_ENTRIES", 2)
     placer = FakePlacer({"198.51.100.0": Placement("eu", 24), "203.0.113.0": Placement("ap", 24)})
-    responder = Responder(config, placer, FakePicker(config), RouterMetrics())
+    responder = Responder(config, placer, FakePicker(config), HotPathTallies())
     for address in ("198.51.100.0", "203.0.113.0", "192.0.2.0", "198.51.100.0"):
         query = dns.message.make_query("cdn.example.com", "A", use_edns=0, options=ecs(address, 24))
         region = placer.table.get(address, Placement("na", 16)).region
@@ -633,7 +634,7 @@ def test_shape_cache_is_bounded_and_per_transport(
     config: RouterConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(responder_module, "SHAPE_CACHE_ENTRIES", 2)
-    responder = Responder(config, FakePlacer(), FakePicker(config), RouterMetrics())
+    responder = Responder(config, FakePlacer(), FakePicker(config), HotPathTallies())
     for qname, rdtype in (("", "SOA"), ("cdn.", "A"), ("www.", "A")):
         answer = ask(responder, dns.message.make_query(f"{qname}example.com", rdtype))
         assert answer.rcode() == dns.rcode.NOERROR and answer.answer
@@ -654,7 +655,7 @@ class FailingPicker(FakePicker):
 def test_a_bug_costs_one_query_a_servfail_not_the_server(
     config: RouterConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    responder = Responder(config, FakePlacer(), FailingPicker(config), RouterMetrics())
+    responder = Responder(config, FakePlacer(), FailingPicker(config), HotPathTallies())
     query = dns.message.make_query("cdn.example.com", "A")
     failed = ask(responder, query)
     assert failed.rcode() == dns.rcode.SERVFAIL and failed.question == query.question
@@ -743,8 +744,8 @@ def test_valid_queries_get_answers_dnspython_accepts(
 def test_shape_cache_answers_byte_for_byte_like_a_fresh_responder(
     config: RouterConfig, query: bytes, transport: Literal["udp", "tcp"], other_id: int
 ) -> None:
-    warm = Responder(config, FakePlacer(), FakePicker(config), RouterMetrics())
-    cold = Responder(config, FakePlacer(), FakePicker(config), RouterMetrics())
+    warm = Responder(config, FakePlacer(), FakePicker(config), HotPathTallies())
+    cold = Responder(config, FakePlacer(), FakePicker(config), HotPathTallies())
     warm.respond(other_id.to_bytes(2) + query[2:], CLIENT, transport)
     assert warm.respond(query, CLIENT, transport) == cold.respond(query, CLIENT, transport)
 
@@ -754,7 +755,7 @@ def test_fail_open_answer_is_counted_in_decisions_total(config: RouterConfig) ->
     metrics = RouterMetrics()
     selector = Selector(config.policy, config.regions, random.Random(1))
     Fleet(config, selector.update)
-    responder = Responder(config, FakePlacer(), selector, metrics)
+    responder = Responder(config, FakePlacer(), selector, metrics.tallies)
     response = ask(responder, dns.message.make_query("cdn.example.com", "A"))
     na = {str(n.ipv4) for n in config.nodes if n.region == "na"}
     assert {rr.address for rrset in response.answer for rr in rrset} == na

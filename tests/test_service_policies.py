@@ -25,6 +25,7 @@ from georouter.geo import Placement
 from georouter.metrics import RouterMetrics
 from georouter.responder import Responder
 from georouter.selector import Selector
+from georouter.tallies import HotPathTallies
 from tests.test_config import BASE, edited, write
 from tests.test_responder import CLIENT, FakePlacer, ask
 from tests.test_selector import NODES, REGIONS, load, up
@@ -249,7 +250,7 @@ def test_cached_answer_gets_the_normal_ttl_back_after_recovery() -> None:
     config = shipped()
     selector = Selector(config.policy, config.regions, random.Random(5), config.services)
     fleet = Fleet(config, selector.update)
-    responder = Responder(config, FakePlacer(), selector, RouterMetrics())
+    responder = Responder(config, FakePlacer(), selector, HotPathTallies())
     up(fleet, *(n.name for n in config.nodes))
     na2 = str(next(n.ipv4 for n in config.nodes if n.name == "edge-na-2"))
     down(fleet, "edge-na-1")
@@ -275,7 +276,7 @@ def test_service_pool_and_decision_label_in_the_responder(tmp_path: Path) -> Non
     selector = Selector(config.policy, config.regions, random.Random(5), config.services)
     fleet = Fleet(config, selector.update)
     placer = FakePlacer({CLIENT: Placement("ap", 16)})
-    responder = Responder(config, placer, selector, metrics)
+    responder = Responder(config, placer, selector, metrics.tallies)
     up(fleet, *(n.name for n in config.nodes))
     eu1 = str(next(n.ipv4 for n in config.nodes if n.name == "edge-eu-1"))
     # ap has no chat node: its first failover region, eu, answers as home.

@@ -19,8 +19,8 @@ import dns.asyncquery
 import dns.message
 import pytest
 
-from georouter.metrics import HotPathTallies
-from georouter.workers import frame
+from georouter.tallies import HotPathTallies
+from georouter.worker_messages import TallyReport, frame, to_main
 from tests.test_router_e2e import (
     EU,
     NA,
@@ -167,7 +167,8 @@ def test_tallies_travel_and_fold_together() -> None:
     b.dropped["oversized"] += 1
     b.geoip_lookups = 5
     b.durations["udp"].observe(30e-6)
-    sent = frame(("tallies", b))
+    sent = frame(TallyReport(b))
+    assert to_main(sent[4:]) == TallyReport(b)
     assert int.from_bytes(sent[:4]) == len(sent) - 4
     a.add(b)
     assert a.queries == {("udp", "A", "NOERROR"): 3}

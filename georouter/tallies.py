@@ -1,0 +1,86 @@
+"""The DNS hot path's counts: plain dict and list increments, no locks, no Prometheus.
+
+The responder, the GeoIP placer and the DNS shells count here (one thread owns a set);
+georouter/metrics.py turns them into Prometheus samples only when /metrics is scraped, and
+DNS workers send theirs to the main process (georouter/workers.py), which folds them in.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+
+QUERY_DURATION_BUCKETS = (
+    25e-6,
+    50e-6,
+    100e-6,
+    250e-6,
+    500e-6,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    10e-3,
+    25e-3,
+    100e-3,
+)
+ECS_SCOPE_BUCKETS = (0, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64, 128)
+TRANSPORTS = ("udp", "tcp")
+
+
+@dataclass(slots=True)
+class BucketTally:
+    """An exact Prometheus histogram as plain counts: one list increment per observation."""
+
+    bounds: tuple[float, ...]  # upper bounds, ascending; +Inf is implied
+    counts: list[int] = field(default_factory=list)  # per bucket, not cumulative
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bucket (Prometheus `le`).
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def add(self, other: BucketTally) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.total += other.total
+
+
+def _durations() -> dict[str, BucketTally]:
+    return {transport: BucketTally(QUERY_DURATION_BUCKETS) for transport in TRANSPORTS}
+
+
+def _scopes() -> BucketTally:
+    return BucketTally(ECS_SCOPE_BUCKETS)
+
+
+@dataclass(slots=True)
+class HotPathTallies:
+    """Counts kept by the DNS path without locks or label lookups (one thread owns them)."""
+
+    queries: Tally[tuple[str, str, str]] = field(default_factory=Tally)  # transport, qtype, rcode
+    answers: Tally[tuple[str, str]] = field(default_factory=Tally)  # region, node
+    decisions: Tally[tuple[str, str]] = field(default_factory=Tally)  # service, reason
+    dropped: Tally[str] = field(default_factory=Tally)  # reason
+    geoip_lookups: int = 0
+    geoip_cache_hits: int = 0
+    geoip_corrupt_records: int = 0
+    durations: dict[str, BucketTally] = field(default_factory=_durations)  # by transport
+    ecs_scopes: BucketTally = field(default_factory=_scopes)
+
+    def add(self, other: HotPathTallies) -> None:
+        """Fold in another process's counts (a DNS worker's)."""
+        self.queries.update(other.queries)
+        self.answers.update(other.answers)
+        self.decisions.update(other.decisions)
+        self.dropped.update(other.dropped)
+        self.geoip_lookups += other.geoip_lookups
+        self.geoip_cache_hits += other.geoip_cache_hits
+        self.geoip_corrupt_records += other.geoip_corrupt_records
+        for transport, tally in other.durations.items():
+            self.durations[transport].add(tally)
+        self.ecs_scopes.add(other.ecs_scopes)
