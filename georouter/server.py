@@ -25,6 +25,7 @@ from aiohttp import web
 
 from cdn.config import HostPort, parse_host_port
 from cdn.logs import setup_logging
+from georouter.armour import Guard, random_secrets
 from georouter.config import RouterConfig, load_config
 from georouter.control import ControlPlane, make_control_app, observer
 from georouter.controller import Controller
@@ -55,6 +56,7 @@ class Router:
         self._paths = (config_path, geoip_path)
         self._listen = (dns, control)
         self.metrics = RouterMetrics()
+        self._cookie_secrets = random_secrets()  # used only if the config has no [cookies]
         self.config, self._reader = self._load()
         self.workers: DnsWorkers | None = None
         self.selector = Selector(
@@ -64,7 +66,8 @@ class Router:
         self.fleet = Fleet(self.config, self._publish, observer(self.metrics))
         geo = Geo(self.config, self._reader, self.metrics.tallies)
         responder = Responder(self.config, geo, self.selector, self.metrics)
-        self.dns = DnsService(responder, self.config.router.dns_listen, self.metrics)
+        guard = Guard.of(self.config, self.metrics.tallies)
+        self.dns = DnsService(responder, self.config.router.dns_listen, self.metrics, guard=guard)
         # Reads the state file and applies drains and weights before DNS opens.
         self.controller = Controller(config=self.config, fleet=self.fleet, metrics=self.metrics)
         self.plane = ControlPlane(
@@ -151,6 +154,9 @@ class Router:
 
     def _load(self) -> tuple[RouterConfig, GeoDatabase]:
         config = _with_listen(load_config(self._paths[0]), *self._listen)
+        if config.cookies is None:  # workers and reloads keep the one secret of this start
+            config = replace(config, cookies=self._cookie_secrets)
+            log.warning("event=cookie_secret source=random reason=no_cookies_table")
         return config, open_geoip(self._geoip_path(config))
 
     def _geoip_path(self, config: RouterConfig) -> Path | None:

@@ -54,6 +54,7 @@ from typing import Any
 
 from cdn.logs import setup_logging
 from georouter.config import RouterConfig
+from georouter.armour import Guard
 from georouter.dns_server import UdpShell
 from georouter.errors import GeoRouterError
 from georouter.fleet import FleetSnapshot
@@ -229,6 +230,7 @@ class _Worker:
         self.responder = Responder(
             config, Geo(config, geoip, self.metrics.tallies), self.selector, self.metrics
         )
+        self.guard = Guard.of(config, self.metrics.tallies)  # kept across reloads
 
     def apply(self, message: tuple[Any, ...], geoip: GeoDatabase | None = None) -> None:
         """Apply one message from main; a "config" comes with the database passed before it."""
