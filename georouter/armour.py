@@ -31,10 +31,44 @@ FORMERR, NXDOMAIN, BADCOOKIE = 1, 3, 23  # BADCOOKIE: RFC 7873 §8
 MIN_UDP_PAYLOAD, MAX_UDP_PAYLOAD = 512, 1232  # as the responder's
 _U16 = struct.Struct(">H")
 _NX, _ERROR = b"\x00nxdomain", b"\x00error"  # response classes (no name starts with \0)
+_VALID = ("valid", "renewed")
 Transport = Literal["udp", "tcp"]
 
 
 class Answering(Protocol):
+    def respond(self, data: bytes, client_ip: str, transport: Transport) -> bytes | None: ...
+
+
+def random_secrets() -> CookieSecrets:
+    """A secret for this start only: cookies then survive neither a restart nor another router."""
+    return CookieSecrets(os.urandom(SECRET_BYTES))
+
+
+class Guard:
+    """Cookies and RRL for one process: its share of the limit, the zone's cookie secrets."""
+
+    @classmethod
+    def of(cls, config: RouterConfig, tallies: HotPathTallies) -> Guard:
+        """The guard a config asks for; its cookie secret must be set (random_secrets())."""
+        assert config.cookies is not None, "config.cookies: set by the server at load"
+        rrl = config.rrl
+        share = 1.0 / config.router.dns_workers  # each worker holds 1/N (see rrl.py)
+        return cls(config.cookies, None if rrl is None else Limiter(rrl, share), tallies)
+
+    def __init__(
+        self,
+        secrets: CookieSecrets,
+        limiter: Limiter | None,
+        tallies: HotPathTallies,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._secrets = secrets
+        self._limiter = limiter
+        self._log_only = limiter is not None and limiter.config.log_only
+        self._rrl = tallies.rrl
+        self._cookies = tallies.cookies
+        self._clock = clock
+
     def respond(
         self, data: bytes, client_ip: str, transport: Transport, responder: Answering
     ) -> bytes | None:
@@ -49,7 +83,9 @@ class Answering(Protocol):
             limit = min(max(payload, MIN_UDP_PAYLOAD), MAX_UDP_PAYLOAD)
             if cookie_at:
                 now = int(self._clock())
-                verdict = check(data[cookie_at + 4 : cookie_end], _packed(client_ip), self._secrets, now)
+                verdict = check(
+                    data[cookie_at + 4 : cookie_end], _packed(client_ip), self._secrets, now
+                )
                 self._cookies[verdict.outcome] += 1
                 if verdict.outcome == "malformed":  # RFC 7873 §5.2.2
                     return _reply(data, qend, 0, FORMERR, b"")
@@ -59,15 +95,11 @@ class Answering(Protocol):
         response = responder.respond(data, client_ip, transport)
         if response is None:
             return None
-        if self._limiter is not None and transport == "udp":
-            if verdict is None or verdict.outcome not in ("valid", "renewed"):
-                action = self._limit(self._limiter, data, qend, response, client_ip, ecs)
-                if action == "drop" or (action == "slip" and not qend):
-                    return None
-                if action == "slip" and verdict is not None:  # as BIND does
-                    return _reply(data, qend, 0, BADCOOKIE, verdict.option)
-                if action == "slip":
-                    return _reply(data, qend, TC, 0, None)
+        exempt = verdict is not None and verdict.outcome in _VALID  # RFC 7873 §5.3 / BIND
+        if self._limiter is not None and transport == "udp" and not exempt:
+            action = self._limit(self._limiter, data, qend, response, client_ip, ecs)
+            if action != "answer":
+                return _limited(action, data, qend, verdict)
         if verdict is None:
             return response
         return _with_option(data, qend, response, verdict.option, limit, transport)
@@ -90,6 +122,16 @@ class Answering(Protocol):
             return action
         self._rrl["log_only" if self._log_only else action, reason, "yes" if ecs else "no"] += 1
         return "answer" if self._log_only else action
+
+
+def _limited(action: str, data: bytes, qend: int, verdict: Verdict | None) -> bytes | None:
+    """A slip: TC=1 (a real resolver retries over TCP), or with a client cookie BADCOOKIE
+    and a server cookie (as BIND); a drop, or a slip without a question: nothing."""
+    if action == "drop" or not qend:
+        return None
+    if verdict is not None:
+        return _reply(data, qend, 0, BADCOOKIE, verdict.option)
+    return _reply(data, qend, TC, 0, None)
 
 
 def _packed(client_ip: str) -> bytes:

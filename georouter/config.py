@@ -268,17 +268,12 @@ def _rrl(t: Table) -> RrlConfig:
         )  # fmt: skip
 
 
-def _network(text: str) -> IPv4Network | IPv6Network:
-    try:
-        return ip_network(text, strict=False)
-    except ValueError:
-        raise ValueError(f"not a network: {text!r}") from None
-
-
 def _cookies(t: Table) -> CookieSecrets:
     with t:
         current = t.parsed("secret", _secret)
-        previous = tuple(t.item(key, value, _secret) for key, value in t.strings("previous_secrets"))
+        previous = tuple(
+            t.item(key, value, _secret) for key, value in t.strings("previous_secrets")
+        )
         return CookieSecrets(current, previous)
 
 

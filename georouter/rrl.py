@@ -55,11 +55,7 @@ class Limiter:
         self._debt = -config.window_s * self._rate  # the lowest balance
         self._slip = config.slip
         self._shift = {4: 32 - config.ipv4_prefix, 16: 128 - config.ipv6_prefix}
-        self._exempt = [
-            (net.max_prefixlen // 8, int(net.network_address) >> (net.max_prefixlen - net.prefixlen),
-             net.max_prefixlen - net.prefixlen)
-            for net in config.exempt
-        ]  # fmt: skip
+        self._exempt = [_exemption(net) for net in config.exempt]
         self._accounts: dict[tuple[int, bytes], list[float]] = {}
 
     def exempt(self, address: bytes) -> bool:
@@ -88,3 +84,10 @@ class Limiter:
         if self._slip and account[2] % self._slip == 0:
             return "slip"
         return "drop"
+
+
+def _exemption(net: Network) -> tuple[int, int, int]:
+    """(address bytes, network number, shift): an address is in it if its number >> shift
+    is the network number."""
+    shift = net.max_prefixlen - net.prefixlen
+    return net.max_prefixlen // 8, int(net.network_address) >> shift, shift

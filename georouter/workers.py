@@ -53,8 +53,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdn.logs import setup_logging
-from georouter.config import RouterConfig
 from georouter.armour import Guard
+from georouter.config import RouterConfig
 from georouter.dns_server import UdpShell
 from georouter.errors import GeoRouterError
 from georouter.fleet import FleetSnapshot

@@ -111,6 +111,7 @@ async def test_a_flood_is_dropped_and_slipped_and_amplifies_less_than_1(
 
     async def counted() -> bool:
         return await metric(limited, drops) + await metric(limited, slips) >= limited_count
+
     await poll(counted)
     # TCP is never limited: the same name in the same second is answered in full
     tcp = dns.query.tcp(query, "127.0.0.1", port=limited.dns_port, timeout=2.0)
@@ -125,6 +126,7 @@ async def test_ecs_queries_are_counted_apart(limited: RouterProcess) -> None:
 
     async def counted() -> bool:
         return await metric(limited, pattern) >= 200 - tally.answered - 5
+
     await poll(counted)
 
 
@@ -166,6 +168,7 @@ async def test_cookies_are_echoed_and_judged_rfc7873_5_2(tmp_path: Path) -> None
 
         async def counted() -> bool:
             return await metric(rp, outcomes) >= 5
+
         await poll(counted)
         assert any("event=cookie_secret source=random" in line for line in rp.log)
 
@@ -191,8 +194,11 @@ async def test_log_only_counts_but_answers(tmp_path: Path) -> None:
     async with running_router(tmp_path, RRL + "log_only = true\n") as rp:
         tally = flood(rp.dns_port, dns.message.make_query(NX_NAME, "A", use_edns=0), 300)
         assert tally.answered == 300, tally
-        pattern = r'georouter_rrl_limited_total\{action="log_only",ecs="no",reason="nxdomain"\} (\S+)'
+        pattern = (
+            r'georouter_rrl_limited_total\{action="log_only",ecs="no",reason="nxdomain"\} (\S+)'
+        )
 
         async def counted() -> bool:
             return await metric(rp, pattern) >= 300 - 3 * RATE - 10
+
         await poll(counted)
