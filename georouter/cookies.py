@@ -63,21 +63,23 @@ def check(data: bytes, address: bytes, secrets: CookieSecrets, now: int) -> Verd
     ):
         return Verdict("malformed", b"")
     client = data[:CLIENT_COOKIE_BYTES]
-    fresh = client + server_cookie(client, address, secrets.current, now)
-    option = _OPTION.pack(OPTION_COOKIE, len(fresh)) + fresh
     if size == CLIENT_COOKIE_BYTES:
-        return Verdict("client_only", option)
+        return Verdict("client_only", _fresh(client, address, secrets, now))
     given = data[CLIENT_COOKIE_BYTES:]
     if len(given) != SERVER_COOKIE_BYTES or given[0] != VERSION:
-        return Verdict("bad", option)
+        return Verdict("bad", _fresh(client, address, secrets, now))
     stamp = _HEAD.unpack_from(given)[1]
     age = (now - stamp + 2**31) % 2**32 - 2**31  # serial arithmetic (RFC 1982)
-    if not -MAX_FUTURE_S <= age <= MAX_AGE_S:
-        return Verdict("bad", option)
-    for secret in (secrets.current, *secrets.previous):
-        if server_cookie(client, address, secret, stamp) == given:
-            if age > REISSUE_AFTER_S or secret is not secrets.current:
-                return Verdict("renewed", option)
-            echo = _OPTION.pack(OPTION_COOKIE, size) + data
-            return Verdict("valid", echo)
-    return Verdict("bad", option)
+    if -MAX_FUTURE_S <= age <= MAX_AGE_S:
+        for secret in (secrets.current, *secrets.previous):
+            if server_cookie(client, address, secret, stamp) == given:
+                if age > REISSUE_AFTER_S or secret is not secrets.current:
+                    return Verdict("renewed", _fresh(client, address, secrets, now))
+                return Verdict("valid", _OPTION.pack(OPTION_COOKIE, size) + data)
+    return Verdict("bad", _fresh(client, address, secrets, now))
+
+
+def _fresh(client: bytes, address: bytes, secrets: CookieSecrets, now: int) -> bytes:
+    """The COOKIE option with a server cookie made now by the current secret."""
+    cookie = client + server_cookie(client, address, secrets.current, now)
+    return _OPTION.pack(OPTION_COOKIE, len(cookie)) + cookie
