@@ -46,8 +46,8 @@ def test_every_key(tmp_path: Path) -> None:
         ("[rrl]\nburst = 3", "rrl.burst", "unknown key"),
         ('[cookies]\nsecret = "abcd"', "cookies.secret", "128 bits"),
         ('[cookies]\nsecret = "xyz"', "cookies.secret", "hex digits"),
-        (f'[cookies]\nsecret = "{SECRET}"\nprevious_secrets = ["00"]', "cookies.previous_secrets[0]",
-         "128 bits"),
+        (f'[cookies]\nsecret = "{SECRET}"\nprevious_secrets = ["00"]',
+         "cookies.previous_secrets[0]", "128 bits"),
         ("[cookies]\nprevious_secrets = []", "cookies.secret", "required"),
     ],
 )  # fmt: skip
