@@ -58,6 +58,8 @@ class Router:
         self.metrics = RouterMetrics()
         self._cookie_secrets = random_secrets()  # used only if the config has no [cookies]
         self.config, self._reader = self._load()
+        if self.config.cookies is self._cookie_secrets:  # said once the config is good
+            log.warning("event=cookie_secret source=random reason=no_cookies_table")
         self.workers: DnsWorkers | None = None
         self.selector = Selector(
             self.config.policy, self.config.regions, random.Random(), self.config.services
@@ -156,7 +158,6 @@ class Router:
         config = _with_listen(load_config(self._paths[0]), *self._listen)
         if config.cookies is None:  # workers and reloads keep the one secret of this start
             config = replace(config, cookies=self._cookie_secrets)
-            log.warning("event=cookie_secret source=random reason=no_cookies_table")
         return config, open_geoip(self._geoip_path(config))
 
     def _geoip_path(self, config: RouterConfig) -> Path | None:
