@@ -28,7 +28,9 @@ from cdn.config import (
     previous_tokens,
 )
 from cdn.tomltable import Table, read_toml
+from georouter.cookies import SECRET_BYTES, CookieSecrets
 from georouter.errors import ConfigError
+from georouter.rrl import MAX_RESPONSES_PER_SECOND, MAX_SLIP, MAX_WINDOW_S, RrlConfig
 from georouter.zonedata import ALL_DOWN_POLICIES as ALL_DOWN_POLICIES
 from georouter.zonedata import (
     MAX_TTL_S,
@@ -161,6 +163,8 @@ class RouterConfig:
     nodes: tuple[Node, ...]
     overrides: tuple[Override, ...] = ()
     bus: BusSettings = BusSettings()
+    rrl: RrlConfig | None = None  # [rrl]: off unless present, as in BIND
+    cookies: CookieSecrets | None = None  # [cookies]: None = a random secret per start
     regions_by_name: dict[str, Region] = field(default_factory=dict, compare=False, repr=False)
 
     def region(self, name: str) -> Region:
@@ -191,6 +195,8 @@ def load_config(path: Path) -> RouterConfig:
         zones = read_zones(top, top.tables("zones"), fleet)
         overrides = _overrides(top.tables("overrides"), regions)
         bus = _bus(top.table("bus"))
+        rrl = _rrl(top.table("rrl")) if top.has("rrl") else None
+        cookies = _cookies(top.table("cookies")) if top.has("cookies") else None
     return RouterConfig(
         source=path,
         router=router,
@@ -201,6 +207,8 @@ def load_config(path: Path) -> RouterConfig:
         nodes=nodes,
         overrides=overrides,
         bus=bus,
+        rrl=rrl,
+        cookies=cookies,
         regions_by_name=regions,
     )
 
@@ -242,6 +250,41 @@ def _bus(t: Table) -> BusSettings:
         return BusSettings(
             servers=servers, replicas=t.integer("replicas", 1, MAX_BUS_REPLICAS, BUS_REPLICAS)
         )
+
+
+def _rrl(t: Table) -> RrlConfig:
+    defaults = RrlConfig()
+    with t:
+        exempt = tuple(t.item(key, value, _network) for key, value in t.strings("exempt"))
+        return RrlConfig(
+            responses_per_second=t.real("responses_per_second", 0, MAX_RESPONSES_PER_SECOND,
+                                        defaults.responses_per_second, lo_open=True),
+            window_s=t.real("window_s", 1, MAX_WINDOW_S, defaults.window_s),
+            slip=t.integer("slip", 0, MAX_SLIP, defaults.slip),
+            ipv4_prefix=t.integer("ipv4_prefix", 0, 32, defaults.ipv4_prefix),
+            ipv6_prefix=t.integer("ipv6_prefix", 0, 128, defaults.ipv6_prefix),
+            exempt=exempt,
+            log_only=t.get("log_only", bool, False),
+        )  # fmt: skip
+
+
+def _cookies(t: Table) -> CookieSecrets:
+    with t:
+        current = t.parsed("secret", _secret)
+        previous = tuple(
+            t.item(key, value, _secret) for key, value in t.strings("previous_secrets")
+        )
+        return CookieSecrets(current, previous)
+
+
+def _secret(text: str) -> bytes:
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError("expected hex digits") from None
+    if len(secret) != SECRET_BYTES:
+        raise ValueError(f"expected {SECRET_BYTES * 8} bits ({SECRET_BYTES * 2} hex digits)")
+    return secret
 
 
 def _nats_url(text: str) -> str:

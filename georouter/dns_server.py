@@ -38,6 +38,7 @@ from time import perf_counter
 from typing import Protocol
 
 from cdn.config import HostPort
+from georouter.armour import Guard, random_secrets
 from georouter.metrics import RouterMetrics
 from georouter.responder import Responder
 from georouter.tallies import HotPathTallies
@@ -78,6 +79,7 @@ class ResponderSource(Protocol):
     """Whatever holds the current responder (a reload swaps it between queries)."""
 
     responder: Responder
+    guard: Guard
 
 
 class UdpShell:
@@ -155,7 +157,8 @@ class UdpShell:
         if len(data) > MAX_UDP_QUERY_BYTES:
             self._dropped["oversized"] += 1
             return
-        response = self._source.responder.respond(data, addr[0], "udp")
+        source = self._source
+        response = source.guard.respond(data, addr[0], "udp", source.responder)
         if response is None:
             self._dropped["unanswerable"] += 1
             return
@@ -176,8 +179,10 @@ class DnsService:
         listen: HostPort,
         metrics: RouterMetrics,
         limits: TcpLimits = TcpLimits(),
+        guard: Guard | None = None,  # None: cookies with a random secret, no RRL
     ) -> None:
         self.responder = responder
+        self.guard = guard or Guard(random_secrets(), None, metrics.tallies)
         self._listen = listen
         self._metrics = metrics
         self._limits = limits
@@ -306,7 +311,7 @@ class DnsService:
                     return
                 message = await reader.readexactly(length)
                 started = perf_counter()
-                response = self.responder.respond(message, peer, "tcp")
+                response = self.guard.respond(message, peer, "tcp", self.responder)
                 if task not in self._connections:
                     return  # closed to make room while it read: it was idle after all
                 self._connections[task] = self._connections.pop(task)  # most recently active

@@ -59,6 +59,7 @@ class HotPathCollector(Collector):
         for (region, node), n in list(t.answers.items()):
             answers.add_metric([region, node], n)
         yield answers
+        yield from _armour_metrics(t)
         decisions = CounterMetricFamily(
             "georouter_decisions",
             "Routing decisions by reason: geo (client's own region), drained (own region, a "
@@ -230,3 +231,26 @@ class RouterMetrics:
         self.node_capacity.clear()
         for node in nodes:
             self.node_capacity.labels(node.region, node.name).set(node.capacity_rps)
+
+
+def _armour_metrics(t: HotPathTallies) -> Iterator[Metric]:
+    limited = CounterMetricFamily(
+        "georouter_rrl_limited",
+        "UDP answers held back by response rate limiting, by action (dropped, slipped: sent "
+        "truncated or BADCOOKIE; log_only: answered in dry-run mode), reason (answer, nxdomain, "
+        "error) and whether the query carried ECS (yes/no: a big resolver's traffic).",
+        labels=["action", "reason", "ecs"],
+    )
+    for (action, reason, ecs), n in list(t.rrl.items()):
+        name = {"drop": "dropped", "slip": "slipped"}.get(action, action)
+        limited.add_metric([name, reason, ecs], n)
+    yield limited
+    cookies = CounterMetricFamily(
+        "georouter_dns_cookies",
+        "DNS COOKIE options received, by outcome: valid, renewed (valid, a fresh one sent), "
+        "client_only, bad (not ours or expired: a fresh one sent), malformed (FORMERR).",
+        labels=["outcome"],
+    )
+    for outcome, n in list(t.cookies.items()):
+        cookies.add_metric([outcome], n)
+    yield cookies

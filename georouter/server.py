@@ -25,6 +25,7 @@ from aiohttp import web
 
 from cdn.config import HostPort, parse_host_port
 from cdn.logs import setup_logging
+from georouter.armour import Guard, random_secrets
 from georouter.config import RouterConfig, load_config
 from georouter.control import ControlPlane, make_control_app, observer
 from georouter.controller import Controller
@@ -55,7 +56,10 @@ class Router:
         self._paths = (config_path, geoip_path)
         self._listen = (dns, control)
         self.metrics = RouterMetrics()
+        self._cookie_secrets = random_secrets()  # used only if the config has no [cookies]
         self.config, self._reader = self._load()
+        if self.config.cookies is self._cookie_secrets:  # said once the config is good
+            log.warning("event=cookie_secret source=random reason=no_cookies_table")
         self.workers: DnsWorkers | None = None
         self.selector = Selector(
             self.config.policy, self.config.regions, random.Random(), self.config.services
@@ -63,7 +67,8 @@ class Router:
         self.metrics.set_capacities(self.config.nodes)
         self.fleet = Fleet(self.config, self._publish, observer(self.metrics))
         responder = build_answering(self.config, self._reader, self.metrics.tallies, self.selector)
-        self.dns = DnsService(responder, self.config.router.dns_listen, self.metrics)
+        guard = Guard.of(self.config, self.metrics.tallies)
+        self.dns = DnsService(responder, self.config.router.dns_listen, self.metrics, guard=guard)
         # Reads the state file and applies drains and weights before DNS opens.
         self.controller = Controller(config=self.config, fleet=self.fleet, metrics=self.metrics)
         self.plane = ControlPlane(
@@ -149,6 +154,8 @@ class Router:
 
     def _load(self) -> tuple[RouterConfig, GeoDatabase]:
         config = _with_listen(load_config(self._paths[0]), *self._listen)
+        if config.cookies is None:  # workers and reloads keep the one secret of this start
+            config = replace(config, cookies=self._cookie_secrets)
         return config, open_geoip(self._geoip_path(config))
 
     def _geoip_path(self, config: RouterConfig) -> Path | None:

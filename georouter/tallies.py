@@ -71,6 +71,8 @@ class HotPathTallies:
     geoip_corrupt_records: int = 0
     durations: dict[str, BucketTally] = field(default_factory=_durations)  # by transport
     ecs_scopes: BucketTally = field(default_factory=_scopes)
+    rrl: Tally[tuple[str, str, str]] = field(default_factory=Tally)  # action, reason, ecs
+    cookies: Tally[str] = field(default_factory=Tally)  # outcome
 
     def add(self, other: HotPathTallies) -> None:
         """Fold in another process's counts (a DNS worker's)."""
@@ -84,3 +86,5 @@ class HotPathTallies:
         for transport, tally in other.durations.items():
             self.durations[transport].add(tally)
         self.ecs_scopes.add(other.ecs_scopes)
+        self.rrl.update(other.rrl)
+        self.cookies.update(other.cookies)

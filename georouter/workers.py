@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import assert_never
 
 from cdn.logs import setup_logging
+from georouter.armour import Guard
 from georouter.config import RouterConfig
 from georouter.dns_server import UdpShell
 from georouter.errors import GeoRouterError
@@ -235,6 +236,7 @@ class _Worker:
         self.tallies = HotPathTallies()
         self.selector = Selector(config.policy, config.regions, random.Random(), config.services)
         self.responder = build_answering(config, geoip, self.tallies, self.selector)
+        self.guard = Guard.of(config, self.tallies)  # kept across reloads
 
     def apply(self, message: ToWorker, geoip: GeoDatabase | None = None) -> None:
         """Apply one message from main; a Configure comes with the database passed before it."""
