@@ -62,7 +62,7 @@ Refuse = Callable[[web.Request], web.Response]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # by identity: kept in a set
 class _Channel:
     ws: web.WebSocketResponse
     node: str | None = None

@@ -91,7 +91,7 @@ def test_closes_far_apart_are_not_a_flap() -> None:
         st.tuples(
             st.sampled_from(["close", "probe_ok", "probe_fail", "chan", "post"]),
             st.floats(0.01, 3.0),
-        ),  # fmt: skip
+        ),
         max_size=30,
     )
 )
