@@ -113,6 +113,8 @@ class Channels:
         self._metrics.channels_open.inc()
         try:
             async for msg in c.ws:
+                if msg.type == WSMsgType.ERROR:  # e.g. no pong in time: ws.exception() says
+                    break
                 if not await self._receive(c, msg.type, msg.data, accept):
                     break
         finally:

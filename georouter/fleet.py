@@ -50,9 +50,9 @@ FAMILIES: tuple[Family, ...] = (4, 6)
 RESTART_SEQ_MAX = 4  # a report seq this small, below the last seen, means the edge restarted
 # Channel flap damping: a node whose channel closes again within FLAP_WINDOW_S of the last
 # close stays out FLAP_HOLD_S, doubling with each further close up to FLAP_HOLD_MAX_S.
-FLAP_WINDOW_S = 30.0
-FLAP_HOLD_S = 2.0
-FLAP_HOLD_MAX_S = 30.0
+FLAP_WINDOW_S = 10.0
+FLAP_HOLD_S = 1.0
+FLAP_HOLD_MAX_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
