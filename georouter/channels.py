@@ -30,6 +30,7 @@ from cdn.report import MAX_REPORT_BYTES, LoadReport
 from georouter.fleet import Fleet
 from georouter.metrics import RouterMetrics
 
+MAX_CHANNELS_PER_NODE = 2  # open channels per configured node (a replaced one lingers briefly)
 CLOSE_REASONS = (
     "drain",
     "lost",
@@ -38,6 +39,7 @@ CLOSE_REASONS = (
     "rejected",
     "unbound",
     "router_shutdown",
+    "over_limit",  # refused before the upgrade: MAX_CHANNELS_PER_NODE x nodes already open
 )
 LOSSES = frozenset({"lost", "heartbeat_timeout"})  # closes that take the node out
 MAX_MESSAGE_BYTES = 2 * MAX_REPORT_BYTES  # headroom: the report codec names the defect
@@ -78,11 +80,13 @@ class Channels:
         fleet: Callable[[], Fleet],
         metrics: RouterMetrics,
         heartbeat_s: Callable[[], float],
+        max_open: Callable[[], int],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fleet = fleet
         self._metrics = metrics
         self._heartbeat_s = heartbeat_s
+        self._max_open = max_open
         self._clock = clock
         self._current: dict[str, _Channel] = {}
         self._open: set[_Channel] = set()
@@ -94,6 +98,9 @@ class Channels:
             if not authorized(request):  # before the upgrade: a plain 401, like a report
                 self._metrics.reports.labels("unauthorized").inc()
                 return unauthorized(request)
+            if len(self._open) >= self._max_open():
+                self._metrics.channel_closes.labels("over_limit").inc()
+                return web.json_response({"error": "too many report channels"}, status=503)
             ws = web.WebSocketResponse(
                 heartbeat=self._heartbeat_s(), max_msg_size=MAX_MESSAGE_BYTES
             )

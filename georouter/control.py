@@ -32,7 +32,7 @@ from cdn import auth
 from cdn.errors import ReportError
 from cdn.report import CHANNEL_PATH, MAX_REPORT_BYTES, REPORT_PATH, LoadReport, ReportReply
 from georouter import fleet_api
-from georouter.channels import Channels, Receipt
+from georouter.channels import MAX_CHANNELS_PER_NODE, Channels, Receipt
 from georouter.controller import Controller
 from georouter.fleet import NODE_STATES, Fleet, NodeStatus, Observe, Transition
 from georouter.metrics import RouterMetrics
@@ -82,6 +82,7 @@ def make_control_app(plane: ControlPlane) -> web.Application:
         lambda: plane.fleet,
         plane.metrics,
         lambda: plane.fleet.config.health.channel_heartbeat_s,
+        lambda: MAX_CHANNELS_PER_NODE * len(plane.fleet.statuses),
         lambda: plane.clock(),
     )
     app[CHANNELS] = channels

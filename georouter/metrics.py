@@ -252,8 +252,8 @@ class RouterMetrics:
         self.channel_closes = Counter(
             "georouter_channel_closes",
             "Report channels closed, by reason (drain, lost, heartbeat_timeout, replaced, "
-            "rejected, unbound, router_shutdown); lost and heartbeat_timeout take the node "
-            "out of answers.",
+            "rejected, unbound, router_shutdown; over_limit: refused before opening); lost "
+            "and heartbeat_timeout take the node out of answers.",
             ["reason"],
             registry=r,
         )
