@@ -4,6 +4,7 @@ replies applied from it, POST as the fallback, and rate-limited reopening."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 from aiohttp import WSMsgType, web
 
@@ -49,9 +50,9 @@ class ChannelRouter(FakeRouter):
 
 
 def reporter(url: str, interval_s: float, applied: list[Purge] | None = None) -> Reporter:
-    def on_purges(purges: object) -> bool:
+    def on_purges(purges: Iterable[Purge]) -> bool:
         if applied is not None:
-            applied.extend(purges)  # type: ignore[call-overload]
+            applied.extend(purges)
         return True
 
     return Reporter("edge-test-1", (url,), "t0ken", 100.0, lambda: SNAP, EdgeMetrics(),

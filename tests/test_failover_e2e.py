@@ -46,7 +46,7 @@ def closes(text: str, reason: str) -> float:
 
 
 def router_log(cdn: Cdn) -> str:
-    return cdn.supervisor.by_name("router").log_path.read_text()  # type: ignore[union-attr]
+    return cdn.supervisor.by_name("router").log_path.read_text()
 
 
 async def all_channels_open(cdn: Cdn) -> None:
