@@ -5,8 +5,10 @@ the kernel closes the socket and the router takes the node out of its answers (i
 waiting for probes to fail). A reader task answers the router's pings and hands every
 reply (a ReportReply, purges included) to `on_reply`. When the channel cannot be opened
 (an older router without CHANNEL_PATH, a refusal, a network fault) or it closes, reports
-go by POST as before, and opening is retried after a capped exponential back-off, so a
-flapping link or router costs at most one handshake per back-off period.
+go by POST as before. A router that cannot be reached (not started yet) is tried again
+after CHANNEL_RETRY_S, like the POST; a refused handshake or a lost channel backs off
+exponentially (capped), so a flapping link or router costs at most one handshake per
+back-off period.
 """
 
 from __future__ import annotations
@@ -85,8 +87,11 @@ class ReportChannel:
                 max_msg_size=MAX_REPLY_BYTES,
                 autoping=True,
             )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self._failed("channel_open_failed", type(exc).__name__)
+        except aiohttp.WSServerHandshakeError as exc:  # refused: an older router, a 401
+            self._failed("channel_open_failed", f"status {exc.status}")
+            return None
+        except (aiohttp.ClientError, TimeoutError) as exc:  # not reachable (yet): try again
+            self._failed("channel_open_failed", type(exc).__name__, grow=False)  # next second
             return None
         self._ws = ws
         self._reader = asyncio.create_task(self._read(ws))
@@ -105,9 +110,9 @@ class ReportChannel:
         self._ws = None
         self._failed("channel_lost", why)
 
-    def _failed(self, event: str, why: str) -> None:
+    def _failed(self, event: str, why: str, *, grow: bool = True) -> None:
         if not self.failures:
             log.warning("event=%s router=%s error=%r", event, self.url, why)
-        self.failures += 1
+        self.failures = self.failures + 1 if grow or not self.failures else self.failures
         backoff = min(CHANNEL_MAX_RETRY_S, CHANNEL_RETRY_S * 2 ** (self.failures - 1))
         self.retry_at = self._clock() + backoff
