@@ -206,10 +206,19 @@ def failover_part(run: Run, fleet: cdn.Cdn, origin_url: str) -> None:
     region = next(n.region for n in run.config.nodes if n.name == FAILOVER_VICTIM)
     subnet = dns.subnets_by_region(run.config, run.geoip)[region][0]
     service = run.config.zones[0].services[0]
-    result = failover.measure(
-        fleet, FAILOVER_VICTIM, service, subnet, origin_url, run.settings.failover_trials
-    )
-    run.emit("failover", part, failover.failover_table(result, run.config))
+    results = [
+        failover.measure(
+            fleet,
+            FAILOVER_VICTIM,
+            service,
+            subnet,
+            origin_url,
+            run.settings.failover_trials,
+            freeze=freeze,
+        )
+        for freeze in (False, True)
+    ]
+    run.emit("failover", part, failover.failover_table(results, run.config))
 
 
 def return_part(run: Run, fleet: cdn.Cdn, origin_url: str) -> None:

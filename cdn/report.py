@@ -18,6 +18,9 @@ from cdn.jsonbody import JsonBodyError, decode_json_object
 from cdn.purge import Purge
 
 REPORT_PATH = "/api/v1/report"  # on each router's control port; POST, Bearer token
+# The same reports over one long-lived WebSocket per edge and router: a text message per
+# report, the ReportReply comes back as a text message (docs/control-api.md).
+CHANNEL_PATH = "/api/v1/channel"
 EdgeStatus = Literal["up", "degraded", "draining"]
 EDGE_STATUSES: tuple[EdgeStatus, ...] = ("up", "degraded", "draining")
 MAX_REPORT_BYTES = 4096

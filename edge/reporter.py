@@ -5,9 +5,12 @@ Each round builds one `cdn.report.LoadReport` with the next sequence number (1 f
 the first report of the process, so a router can tell a restart) and posts it to every
 router whose back-off has expired. A router that is down or refuses costs one log line
 per outage, a capped exponential back-off, and an `edge_reports{result="failed"}` count;
-the edge keeps serving regardless. A router's reply may carry purges the edge missed:
-they go to `on_purges` before anything else happens, their ids ride as acks on the next
-report, and that report goes out at once when any of them was new.
+the edge keeps serving regardless. Reports go over each router's report channel
+(edge.channel: one long-lived WebSocket whose close tells the router at once that this
+process is gone) and by POST while that channel cannot be opened. A router's reply may
+carry purges the edge missed: they go to `on_purges` before anything else happens, their
+ids ride as acks on the next report, and that report goes out at once when any of them
+was new.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import aiohttp
 from cdn.errors import ReportError
 from cdn.purge import Purge
 from cdn.report import REPORT_PATH, LoadReport, ReportReply
+from edge.channel import ReportChannel
 from edge.load import LoadSnapshot
 from edge.metrics import EdgeMetrics
 
@@ -35,6 +39,7 @@ log = logging.getLogger("edge.reporter")
 @dataclass(slots=True)
 class _RouterState:
     url: str
+    channel: ReportChannel | None = None
     failures: int = 0
     retry_at: float = 0.0
 
@@ -65,6 +70,10 @@ class Reporter:
         self._metrics = metrics
         self._clock = clock
         self._routers = [_RouterState(url) for url in routers]
+        for router in self._routers:
+            router.channel = ReportChannel(
+                url=router.url, token=token, on_reply=self._replies_from(router), clock=clock
+            )
         self._wake = asyncio.Event()
         self._seq = 0
 
@@ -75,12 +84,16 @@ class Reporter:
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=REPORT_TIMEOUT_S)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            while True:
-                forced = self._wake.is_set()
-                self._wake.clear()
-                await self.report_once(session, forced=forced)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.interval_s)
+            try:
+                while True:
+                    forced = self._wake.is_set()
+                    self._wake.clear()
+                    await self.report_once(session, forced=forced)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.interval_s)
+            finally:
+                channels = (r.channel for r in self._routers if r.channel is not None)
+                await asyncio.gather(*(c.close() for c in channels))
 
     async def report_once(self, session: aiohttp.ClientSession, *, forced: bool) -> None:
         """Post one report to every router that is due (all of them when forced)."""
@@ -110,6 +123,9 @@ class Reporter:
     async def _post(
         self, session: aiohttp.ClientSession, router: _RouterState, body: bytes
     ) -> None:
+        if router.channel is not None and await router.channel.send(session, body):
+            self._succeeded(router)  # the reply comes back on the channel
+            return
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         try:
             async with session.post(router.url + REPORT_PATH, data=body, headers=headers) as resp:
@@ -123,6 +139,9 @@ class Reporter:
             self._succeeded(router)
         else:
             self._failed(router, error)
+
+    def _replies_from(self, router: _RouterState) -> Callable[[bytes], None]:
+        return lambda body: self._apply_reply(router, body)
 
     def _apply_reply(self, router: _RouterState, body: bytes) -> None:
         if self._on_purges is None:

@@ -61,6 +61,9 @@ PROBE_TIMEOUT_S = 0.5
 PROBE_FALL = 2
 PROBE_RISE = 2
 REPORT_EXPIRY_S = 2.5
+# A report channel pings when it has heard nothing for this long and gives up when the
+# pong is not back within half of it: a frozen edge is out within 1.5 x this.
+CHANNEL_HEARTBEAT_S = 1.0
 FANOUT_TIMEOUT_S = 2.0  # a node that has not confirmed a purge by then is "pending"
 STATE_DIR_NAME = "georouter"  # under $XDG_STATE_HOME (default ~/.local/state)
 BUS_REPLICAS, MAX_BUS_REPLICAS = 1, 5  # JetStream replicas of the shared state (3 in a cluster)
@@ -113,6 +116,7 @@ class HealthSettings:
     fall: int = PROBE_FALL
     rise: int = PROBE_RISE
     report_expiry_s: float = REPORT_EXPIRY_S
+    channel_heartbeat_s: float = CHANNEL_HEARTBEAT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +331,7 @@ def _health(t: Table) -> HealthSettings:
             fall=t.integer("fall", 1, MAX_PROBE_COUNT, PROBE_FALL),
             rise=t.integer("rise", 1, MAX_PROBE_COUNT, PROBE_RISE),
             report_expiry_s=seconds("report_expiry_s", REPORT_EXPIRY_S),
+            channel_heartbeat_s=seconds("channel_heartbeat_s", CHANNEL_HEARTBEAT_S),
         )
 
 

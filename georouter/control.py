@@ -3,6 +3,8 @@
     GET  /metrics                      Prometheus text format
     GET  /healthz                      200 {"status", "snapshot_version", "nodes_up", "nodes_total"}
     POST /api/v1/report                an edge's LoadReport (Bearer token)
+    GET  /api/v1/channel               WebSocket: the same reports on one long-lived
+                                       connection; its close takes the node out (channels.py)
     GET  /api/v1/nodes                 every node's state, load, probe and answer counts
     POST /api/v1/nodes/{name}/drain    take a node out of answers at once (Bearer token)
     POST /api/v1/nodes/{name}/undrain  put it back (Bearer token)
@@ -16,6 +18,7 @@ The handlers only translate HTTP to Fleet calls and back; decisions live in the 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,8 +30,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cdn import auth
 from cdn.errors import ReportError
-from cdn.report import MAX_REPORT_BYTES, REPORT_PATH, LoadReport, ReportReply
+from cdn.report import CHANNEL_PATH, MAX_REPORT_BYTES, REPORT_PATH, LoadReport, ReportReply
 from georouter import fleet_api
+from georouter.channels import MAX_CHANNELS_PER_NODE, Channels, Receipt
 from georouter.controller import Controller
 from georouter.fleet import NODE_STATES, Fleet, NodeStatus, Observe, Transition
 from georouter.metrics import RouterMetrics
@@ -54,6 +58,7 @@ class ControlPlane:
 
 
 CONTROL = web.AppKey("control", ControlPlane)
+CHANNELS = web.AppKey("channels", Channels)
 
 
 def observer(metrics: RouterMetrics) -> Observe:
@@ -73,6 +78,17 @@ def make_control_app(plane: ControlPlane) -> web.Application:
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_post(REPORT_PATH, _report)
+    channels = Channels(
+        lambda: plane.fleet,
+        plane.metrics,
+        lambda: plane.fleet.config.health.channel_heartbeat_s,
+        lambda: MAX_CHANNELS_PER_NODE * len(plane.fleet.statuses),
+        lambda: plane.clock(),
+    )
+    app[CHANNELS] = channels
+    accept = lambda body, channel: _accept(plane, body, channel=channel)  # noqa: E731
+    app.router.add_get(CHANNEL_PATH, channels.handler(accept, _authorized, _unauthorized))
+    app.on_shutdown.append(lambda app: app[CHANNELS].close_all())
     app.router.add_get("/api/v1/nodes", _nodes)
     api = fleet_api.FleetApi(
         plane.controller, plane.fleet, plane.metrics, _authorized, _unauthorized
@@ -145,21 +161,31 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _report(request: web.Request) -> web.Response:
     plane = _plane(request)
-    reports = plane.metrics.reports
     if not _authorized(request):
-        reports.labels("unauthorized").inc()
+        plane.metrics.reports.labels("unauthorized").inc()
         return _unauthorized(request)
+    receipt = _accept(plane, await request.read(), channel=False)
+    return web.Response(body=receipt.body, status=receipt.status, content_type="application/json")
+
+
+def _accept(plane: ControlPlane, body: bytes, *, channel: bool) -> Receipt:
+    """Apply one authorized report, from a POST or a channel message."""
+    reports = plane.metrics.reports
     try:
-        report = LoadReport.from_json(await request.read())
+        report = LoadReport.from_json(body)
     except ReportError as exc:
         reports.labels("rejected").inc()
-        return web.json_response({"error": str(exc)}, status=400)
-    result = plane.fleet.apply_report(report, plane.clock())
+        return Receipt(400, _error(str(exc)))
+    result = plane.fleet.apply_report(report, plane.clock(), channel=channel)
     reports.labels(result).inc()
     if result == "unknown_node":
-        return web.json_response({"error": f"unknown node {report.node!r}"}, status=404)
+        return Receipt(404, _error(f"unknown node {report.node!r}"))
     reply = ReportReply(result, plane.controller.on_report(report.node, report.acks))
-    return web.Response(body=reply.to_json(), content_type="application/json")
+    return Receipt(200, reply.to_json(), report)
+
+
+def _error(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
 
 
 async def _nodes(request: web.Request) -> web.Response:

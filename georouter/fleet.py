@@ -48,6 +48,11 @@ Family = Literal[4, 6]
 FAMILIES: tuple[Family, ...] = (4, 6)
 
 RESTART_SEQ_MAX = 4  # a report seq this small, below the last seen, means the edge restarted
+# Channel flap damping: a node whose channel closes again within FLAP_WINDOW_S of the last
+# close stays out FLAP_HOLD_S, doubling with each further close up to FLAP_HOLD_MAX_S.
+FLAP_WINDOW_S = 10.0
+FLAP_HOLD_S = 1.0
+FLAP_HOLD_MAX_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,11 @@ class NodeStatus:
     report_expired: bool = False
     api_drained: bool = False
     weight: float = 1.0  # the operator's override: capacity_rps as the selector sees it x this
+    channel_closed_at: float | None = None  # its channel closed without a drain; out until reopened
+    report_on_channel: bool = False  # the latest accepted report came over a channel
+    channel_last_close: float | None = None
+    channel_closes: int = 0  # closes in a row, each within FLAP_WINDOW_S of the one before
+    channel_hold_until: float = 0.0  # a flapping node stays out at least until then
 
     @property
     def utilization(self) -> float:
@@ -146,14 +156,46 @@ class Fleet:
     def statuses(self) -> Mapping[str, NodeStatus]:
         return self._statuses
 
-    def apply_report(self, report: LoadReport, now: float) -> ReportResult:
+    @property
+    def config(self) -> RouterConfig:
+        return self._config
+
+    def apply_report(
+        self, report: LoadReport, now: float, *, channel: bool = False
+    ) -> ReportResult:
         status = self._statuses.get(report.node)
         if status is None:
             return "unknown_node"
         if not self._acceptable(status, report.seq, now):
             return "stale"
-        self._set(replace(status, report=report, report_at=now, report_expired=False), publish=True)
+        fresh = replace(
+            status, report=report, report_at=now, report_expired=False, report_on_channel=channel
+        )
+        self._set(_reopened(fresh, now), publish=True)
         return "accepted"
+
+    def close_channel(self, name: str, now: float) -> bool:
+        """The node's report channel closed without a drain: its process is gone (the
+        kernel closed its sockets), so it leaves the answers now. It comes back after a
+        fresh report on a reopened channel and a good probe, both after this moment, and
+        not before a flap hold that doubles with each close in quick succession."""
+        status = self._statuses.get(name)
+        if status is None:
+            return False
+        last = status.channel_last_close
+        flapping = last is not None and now - last <= FLAP_WINDOW_S
+        closes = status.channel_closes + 1 if flapping else 1
+        hold = 0.0 if closes == 1 else min(FLAP_HOLD_MAX_S, FLAP_HOLD_S * 2 ** (closes - 2))
+        closed = replace(
+            status,
+            channel_closed_at=now,
+            channel_last_close=now,
+            report_on_channel=False,
+            channel_closes=closes,
+            channel_hold_until=now + hold,
+        )
+        self._set(closed, publish=False)
+        return True
 
     def _acceptable(self, status: NodeStatus, seq: int, now: float) -> bool:
         if status.report is None or status.report_at is None:
@@ -174,7 +216,7 @@ class Fleet:
         updated = replace(
             status, probe_streak=streak, probe_health=health, last_probe_ok=ok, last_probe_at=now
         )
-        self._set(updated, publish=False)
+        self._set(_reopened(updated, now), publish=False)
 
     def tick(self, now: float) -> None:
         """Expire the reports of nodes that stopped reporting."""
@@ -263,6 +305,19 @@ class Fleet:
         ]
 
 
+def _reopened(s: NodeStatus, now: float) -> NodeStatus:
+    """Clear a channel close once a report came over a new channel and a probe succeeded,
+    both after the close, and the flap hold has passed."""
+    closed = s.channel_closed_at
+    if closed is None or now < s.channel_hold_until or not s.report_on_channel:
+        return s
+    if s.report_at is None or s.report_at <= closed:
+        return s
+    if not s.last_probe_ok or s.last_probe_at is None or s.last_probe_at <= closed:
+        return s
+    return replace(s, channel_closed_at=None)
+
+
 def has_family(node: Node, family: Family) -> bool:
     return (node.ipv4 if family == 4 else node.ipv6) is not None
 
@@ -288,6 +343,8 @@ def _derive(s: NodeStatus, threshold: float) -> tuple[NodeState, str]:
         return "down", "probe_failures"
     if s.report_expired:
         return "down", "report_expired"
+    if s.channel_closed_at is not None:
+        return "down", "channel_closed"
     if s.report is not None and s.report.status == "draining":
         return "draining", "edge_draining"
     if s.probe_health == "unknown" and s.report is None:

@@ -172,6 +172,19 @@ class RouterMetrics:
             ["result"],
             registry=r,
         )
+        self.channels_open = Gauge(
+            "georouter_channels_open",
+            "Open report channels (one long-lived WebSocket per edge, for instant failover).",
+            registry=r,
+        )
+        self.channel_closes = Counter(
+            "georouter_channel_closes",
+            "Report channels closed, by reason (drain, lost, heartbeat_timeout, replaced, "
+            "rejected, unbound, router_shutdown; over_limit: refused before opening); lost "
+            "and heartbeat_timeout take the node out of answers.",
+            ["reason"],
+            registry=r,
+        )
         self.probes = Counter(
             "georouter_probes",
             "Active health probes, by node and result (ok, fail).",
