@@ -54,6 +54,7 @@ from edge.store import SlotKey, Store
 __all__ = ["WRITE_QUEUE_LENGTH", "DiskLevel"]
 
 WRITE_QUEUE_LENGTH: Final = 1024  # pending file operations; a write beyond is dropped
+# (unlinks are always queued: they carry no bytes, and a purge must reach the disk)
 SCAN_PREFIX_BYTES: Final = 64 * 1024  # header + meta of almost every record in one read
 _SUFFIX: Final = ".rec"
 _TMP: Final = ".tmp"
@@ -118,7 +119,9 @@ class DiskLevel:
 
     def stored(self, host: str, target: str, entry: CacheEntry) -> None:
         if len(self._queue) >= WRITE_QUEUE_LENGTH:
+            # Dropped: the older record of this slot must not outlive the newer answer.
             self._m.disk_write_drops.inc()
+            self._drop([(host, target, entry.vary)], lambda: None)
             return
         record = encode_entry(host, target, entry)
         head = RecordHead(host, target, entry.vary, entry.surrogate_keys, {}, 0, len(record))
