@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from cdn.purge import Purge
-from edge.disk import DiskLevel
+from edge.disk import WRITE_QUEUE_LENGTH, DiskLevel
 from edge.disk_format import CorruptRecord, RecordHead, decode_entry, encode_entry, parse_head
 from edge.entry import CacheEntry
+from edge.metrics import EdgeMetrics
 from edge.server import EdgeServer
 from tests.origin_app import (
     CACHEABLE,
@@ -266,3 +267,16 @@ async def test_sigkill_while_writing_leaves_nothing_torn(
     disk_hits = sum(origin.fetches[p] == before[p] for p in bodies)
     assert disk_hits > 0, "nothing survived the kill"
     assert 'edge_cache_level_hits_total{level="disk"}' in text
+
+
+async def test_full_write_queue_drops_and_counts(tmp_path: Path) -> None:
+    metrics = EdgeMetrics()
+    disk = DiskLevel(tmp_path, size_bytes=64 * MiB, policy="sieve", fsync=False, metrics=metrics)
+    disk.loaded = True  # no writer: the queue only fills
+    disk.stored("h", "/old", _entry(b"v1"))
+    for i in range(WRITE_QUEUE_LENGTH - 1):
+        disk.stored("h", f"/{i}", _entry(b"x"))
+    assert len(disk.index) == WRITE_QUEUE_LENGTH
+    disk.stored("h", "/old", _entry(b"v2"))  # the newer answer cannot be queued
+    assert metric(metrics, "edge_disk_write_drops_total") == 1
+    assert disk.index.variants("h", "/old") == []  # nor may the older record be served
