@@ -33,6 +33,7 @@ CLIENTS = 16  # concurrent requests in the closed loop
 DISK_OBJECTS = 8  # objects cycled through in the disk-hit run
 ZIPF_ALPHA = 1.0
 SEED = 5
+HOST = {"Host": "bench.example"}  # one cache key across restarts (the port changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +136,7 @@ async def _closed_loop(
         nonlocal done
         n = worker
         while time.monotonic() < deadline:
-            async with session.get(f"http://{edge.content}{paths(n)}") as resp:
+            async with session.get(f"http://{edge.content}{paths(n)}", headers=HOST) as resp:
                 await resp.read()
             n += CLIENTS
             done += 1
@@ -180,7 +181,7 @@ async def _hit_ratio(session: aiohttp.ClientSession, edge: _Edge, origin: _Origi
                      paths: list[str]) -> float:  # fmt: skip
     before = origin.fetches
     for path in paths:
-        async with session.get(f"http://{edge.content}{path}") as resp:
+        async with session.get(f"http://{edge.content}{path}", headers=HOST) as resp:
             await resp.read()
     return 1 - (origin.fetches - before) / len(paths)
 
@@ -196,7 +197,7 @@ async def _restart(workdir: Path, origin: _Origin, plan: Plan) -> list[list[str]
         try:
             await _until_ready(session, edge)
             for n in range(objects):  # fill: every object once, so the disk holds them all
-                async with session.get(f"http://{edge.content}/o/{size}/{n}") as resp:
+                async with session.get(f"http://{edge.content}/o/{size}/{n}", headers=HOST) as resp:
                     await resp.read()
             warm = await _hit_ratio(session, edge, origin, paths)
             await asyncio.sleep(2.0)  # let the last writes reach the disk
