@@ -151,7 +151,7 @@ class DiskLevel:
         if not self.serving:
             return []
         found = []
-        for variant, _ in self.index.variants(host, target):
+        for variant, head in self.index.variants(host, target):
             name = record_name(host, target, variant)
             try:
                 data = await asyncio.to_thread(self._file(name).read_bytes)
@@ -163,6 +163,8 @@ class DiskLevel:
                 log.warning("event=disk_record_dropped file=%s error=%s", name, _quote(exc))
                 self._drop([(host, target, variant)], lambda: None)
                 continue
+            if self.index.value((host, target, variant)) is not head:
+                continue  # purged or replaced while it was read: not this record
             self.index.touch((host, target, variant))
             found.append(entry)
         return found

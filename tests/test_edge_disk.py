@@ -280,3 +280,33 @@ async def test_full_write_queue_drops_and_counts(tmp_path: Path) -> None:
     disk.stored("h", "/old", _entry(b"v2"))  # the newer answer cannot be queued
     assert metric(metrics, "edge_disk_write_drops_total") == 1
     assert disk.index.variants("h", "/old") == []  # nor may the older record be served
+
+
+async def test_purge_during_a_disk_read_is_not_undone(
+    origin: ScriptedOrigin,
+    client: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    origin.script("/r", headers=CACHEABLE, body=b"old")
+    async with running_edge(origin.url, disk_path=str(tmp_path)) as edge:
+        await get(client, edge, "/r", headers=HOST)
+        await _written(edge, 1)
+    origin.script("/r", headers=CACHEABLE, body=b"new")
+    async with running_edge(origin.url, disk_path=str(tmp_path)) as edge:
+        await poll(lambda: edge.ready())
+        reading, go_on = threading.Event(), threading.Event()
+        read_bytes = Path.read_bytes
+
+        def held_read(self: Path) -> bytes:
+            reading.set()
+            go_on.wait(10)
+            return read_bytes(self)
+
+        monkeypatch.setattr(Path, "read_bytes", held_read)
+        request = asyncio.create_task(get(client, edge, "/r", headers=HOST))
+        await poll(reading.is_set)
+        edge.cache.purge_url("img.example", "/r")  # lands while the record is being read
+        go_on.set()
+        status, _, body = await request
+        assert (status, body) == (200, b"new")
