@@ -42,8 +42,9 @@ from edge.disk_format import (
     CorruptRecord,
     RecordHead,
     decode_entry,
-    encode_entry,
+    encode_meta,
     parse_head,
+    record_header,
     record_name,
 )
 from edge.entry import CacheEntry, Vary
@@ -65,7 +66,8 @@ log = logging.getLogger("edge.disk")
 @dataclass(frozen=True, slots=True)
 class _Write:
     name: str
-    record: bytes
+    meta: bytes
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +125,12 @@ class DiskLevel:
             self._m.disk_write_drops.inc()
             self._drop([(host, target, entry.vary)], lambda: None)
             return
-        record = encode_entry(host, target, entry)
-        head = RecordHead(host, target, entry.vary, entry.surrogate_keys, {}, 0, len(record))
+        meta = encode_meta(host, target, entry)
+        size = HEADER_BYTES + len(meta) + len(entry.body)
+        head = RecordHead(host, target, entry.vary, entry.surrogate_keys, {}, 0, size)
         name = record_name(host, target, entry.vary)
-        if self.index.put((host, target, entry.vary), head, len(record), entry.surrogate_keys):
-            self._submit(_Write(name, record))
+        if self.index.put((host, target, entry.vary), head, size, entry.surrogate_keys):
+            self._submit(_Write(name, meta, entry.body))
         else:
             self.removed(host, target, entry.vary)  # larger than the whole disk budget
 
@@ -239,7 +242,9 @@ class DiskLevel:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_suffix(_TMP)
         with open(tmp, "wb") as f:
-            f.write(op.record)
+            f.write(record_header(op.meta, op.body))
+            f.write(op.meta)
+            f.write(op.body)
             if self._fsync:
                 f.flush()
                 os.fsync(f.fileno())

@@ -28,7 +28,9 @@ __all__ = [
     "RecordHead",
     "decode_entry",
     "encode_entry",
+    "encode_meta",
     "parse_head",
+    "record_header",
     "record_name",
 ]
 
@@ -61,9 +63,9 @@ def record_name(host: str, target: str, vary: Hashable) -> str:
     return hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
-def encode_entry(host: str, target: str, entry: CacheEntry) -> bytes:
-    """The whole record for ``entry`` stored under host+target."""
-    meta = json.dumps(
+def encode_meta(host: str, target: str, entry: CacheEntry) -> bytes:
+    """The meta part of ``entry``'s record (cheap: no body bytes touched)."""
+    return json.dumps(
         {
             "host": host,
             "target": target,
@@ -82,10 +84,19 @@ def encode_entry(host: str, target: str, entry: CacheEntry) -> bytes:
         },
         separators=(",", ":"),
     ).encode()
+
+
+def record_header(meta: bytes, body: bytes) -> bytes:
+    """The header that goes before ``meta`` and ``body`` (hashes the body: off the loop)."""
     digest = hashlib.blake2b(meta, digest_size=32)
-    digest.update(entry.body)
-    head = _HEADER.pack(MAGIC, len(meta), len(entry.body), digest.digest())
-    return head + meta + entry.body
+    digest.update(body)
+    return _HEADER.pack(MAGIC, len(meta), len(body), digest.digest())
+
+
+def encode_entry(host: str, target: str, entry: CacheEntry) -> bytes:
+    """The whole record for ``entry`` stored under host+target."""
+    meta = encode_meta(host, target, entry)
+    return record_header(meta, entry.body) + meta + entry.body
 
 
 def parse_head(prefix: bytes, file_bytes: int) -> RecordHead:
