@@ -106,7 +106,12 @@ class DiskLevel:
         return self.loaded and self.purges_synced
 
     async def start(self) -> None:
-        """Begin the index scan and the writer; returns at once."""
+        """Begin the index scan and the writer; returns at once. OSError if the
+        directory cannot be made or written (the caller names the setting)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        probe = self.path / ("probe" + _TMP)
+        probe.write_bytes(b"")
+        probe.unlink()
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
@@ -197,7 +202,12 @@ class DiskLevel:
         return self.path / name[:2] / (name + _SUFFIX)
 
     async def _run(self) -> None:
-        heads, dropped = await asyncio.to_thread(self._scan)
+        try:
+            heads, dropped = await asyncio.to_thread(self._scan)
+        except OSError as exc:  # an unreadable directory: start empty rather than never
+            self._m.cache_level_errors.labels("disk", "read").inc()
+            log.error("event=disk_scan_failed path=%s error=%s", self.path, _quote(exc))
+            heads, dropped = [], 0
         for head in heads:
             slot = (head.host, head.target, head.vary)
             lean = dataclasses.replace(head, meta={})  # the index keeps no headers

@@ -117,7 +117,12 @@ class EdgeServer:
         await self.proxy.routing.start()
         await self.tunnels.start()
         if self.disk is not None:
-            await self.disk.start()
+            try:
+                await self.disk.start()
+            except OSError as exc:
+                await self.stop()
+                why = f"cannot use {self.disk.path}: {exc.strerror or exc}"
+                raise ConfigError(self.cfg.source, "cache.disk_path", why) from None
         limits = self.cfg.limits
         content = web.Application(client_max_size=limits.max_body_bytes)
         content.router.add_route("*", "/{tail:.*}", self.proxy.handle)

@@ -22,6 +22,7 @@ from cdn.purge import Purge
 from edge.disk import WRITE_QUEUE_LENGTH, DiskLevel
 from edge.disk_format import CorruptRecord, RecordHead, decode_entry, encode_entry, parse_head
 from edge.entry import CacheEntry
+from edge.errors import ConfigError
 from edge.metrics import EdgeMetrics
 from edge.server import EdgeServer
 from tests.origin_app import (
@@ -310,3 +311,13 @@ async def test_purge_during_a_disk_read_is_not_undone(
         go_on.set()
         status, _, body = await request
         assert (status, body) == (200, b"new")
+
+
+async def test_unusable_disk_path_is_one_config_error(
+    origin: ScriptedOrigin, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"^test: cache\.disk_path: cannot use .*/file/cache"):
+        async with running_edge(origin.url, disk_path=str(blocker / "cache")):
+            pass
