@@ -3,7 +3,7 @@ its headline also into README.md.
 
 BENCH_QUICK=1 shortens every part (about 4 minutes in all) for development; the full run
 stays under 20 minutes on 2 cores (the scaling part adds about 6, 1 in quick mode).
-`--parts bias,dns,hit,failover,return,balance,cache,hostile,scaling` picks parts.
+`--parts bias,dns,hit,failover,return,balance,cache,disk,hostile,scaling` picks parts.
 The bias check (benchmarks/fairness.py) runs first and stops the run, exit 1, if the harness
 would measure a server started its way differently from one started plainly; every started
 process is checked against the harness's own scheduling (session autogroup, nice, cores).
@@ -27,6 +27,7 @@ from benchmarks import (
     balance,
     cache_policy,
     cdn,
+    disk_level,
     dns,
     edge_hit,
     failover,
@@ -52,7 +53,9 @@ from cdnlab.supervisor import DemoError
 from georouter.config import RouterConfig, load_config
 
 OUTPUT = cdn.REPO / "docs" / "benchmarks.md"
-PARTS = ("bias", "dns", "hit", "failover", "return", "balance", "cache", "hostile", "scaling")
+PARTS = (
+    "bias", "dns", "hit", "failover", "return", "balance", "cache", "disk", "hostile", "scaling",
+)  # fmt: skip
 LATENCY_LOAD_SHARE = 0.5  # the fixed-rate run offers half of georouter's max q/s
 DNS_WORKERS = 2  # the second georouter configuration measured: one UDP worker per core
 FAILOVER_VICTIM = "edge-eu-1"
@@ -277,6 +280,16 @@ def scaling_part(run: Run, images: Path) -> None:
     run.parts["scaling"] = part
 
 
+def disk_part(run: Run) -> None:
+    """The edge's disk level: hit throughput by level, and a restart (benchmarks/disk_level.py)."""
+    part = Part("Memory over disk", report.intro(disk_level.__doc__))
+    plan = disk_level.QUICK if run.settings is QUICK else disk_level.FULL
+    workdir = run.workdir / "disk"
+    workdir.mkdir()
+    for table in disk_level.measure(workdir, plan):
+        run.emit("disk", part, table)
+
+
 def hostile_part(run: Run) -> None:
     """Mutated datagrams and abusive TCP streams at a router of its own (benchmarks/hostile.py)."""
     part = Part("Hostile traffic at the router", report.intro(hostile.__doc__))
@@ -364,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
                 bias_part(run)
             _with_servers(run, args.parts)
             _pure_parts(run, args.parts)
+            if "disk" in args.parts:
+                disk_part(run)
             if "hostile" in args.parts:
                 hostile_part(run)
             if "scaling" in args.parts:

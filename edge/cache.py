@@ -35,7 +35,7 @@ import builtins
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from multidict import CIMultiDict
 
@@ -46,7 +46,7 @@ from edge.directives import (
     parse_cache_control,
     response_cache_control,
 )
-from edge.entry import ENTRY_OVERHEAD_BYTES, CacheEntry, conditional_headers, make_entry
+from edge.entry import ENTRY_OVERHEAD_BYTES, CacheEntry, Vary, conditional_headers, make_entry
 from edge.eviction import make_policy
 from edge.response_step import (
     Freshen,
@@ -71,6 +71,7 @@ from edge.store import Store as EntryStore
 __all__ = [
     "Cache",
     "Lookup",
+    "LowerLevel",
     "Outcome",
     "RequestInfo",
     "client_conditional",
@@ -81,6 +82,22 @@ MiB = 1024 * 1024
 Outcome = Literal["fresh", "stale", "miss", "pass"]
 # Shared by every lookup that has no validators to send: no dict per hit.
 _NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
+
+
+class LowerLevel(Protocol):
+    """A level under the memory store (the disk): told of every store and removal so
+    it keeps a copy of each stored response and drops what a purge or RFC 9111 §4.4
+    invalidation drops. Memory evictions are not removals: the copy below stays."""
+
+    def stored(self, host: str, target: str, entry: CacheEntry) -> None: ...
+
+    def removed(self, host: str, target: str, vary: Vary) -> None: ...
+
+    def removed_url(self, host: str, target: str) -> None: ...
+
+    def removed_prefix(self, host: str, prefix: str) -> None: ...
+
+    def removed_key(self, key: str, host: str | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +155,7 @@ class Cache:
         self._store: EntryStore[CacheEntry] = EntryStore(
             capacity_bytes, make_policy(policy), max_object_bytes, on_evict
         )
+        self.lower: LowerLevel | None = None  # the disk level, if configured
 
     @property
     def objects(self) -> int:
@@ -246,7 +264,13 @@ class Cache:
         slot = (step.host, step.target, step.vary)
         if not self._store.put(slot, entry, entry.size, step.surrogate_keys):
             return None
+        if self.lower is not None:
+            self.lower.stored(step.host, step.target, entry)
         return entry
+
+    def promote(self, host: str, target: str, entry: CacheEntry) -> bool:
+        """Put an entry read from the level below back in memory (a disk hit)."""
+        return self._store.put((host, target, entry.vary), entry, entry.size, entry.surrogate_keys)
 
     def update(self, req: RequestInfo, step: Freshen) -> None:
         """Carry out a Freshen: its entry replaces the stored variant, or the stored
@@ -255,6 +279,10 @@ class Cache:
         slot = (req.host, req.target, fresh.vary)
         if not step.keep or not self._store.put(slot, fresh, fresh.size, fresh.surrogate_keys):
             self._store.remove(slot)
+            if self.lower is not None:
+                self.lower.removed(req.host, req.target, fresh.vary)
+        elif self.lower is not None:
+            self.lower.stored(req.host, req.target, fresh)
 
     def storable(self, req: RequestInfo, status: int, headers: Headers) -> str | None:
         """None if the response may be stored (RFC 9111 §3), else a reason token:
@@ -327,19 +355,28 @@ class Cache:
         invalidates the target URI and same-host Location/Content-Location.
         Returns the number of entries removed."""
         targets = invalidation_targets(req.host, req.target, req.method, status, response_headers)
+        if self.lower is not None:
+            for target in targets:
+                self.lower.removed_url(req.host, target)
         return sum(self._store.remove_url(req.host, target) for target in targets)
 
     def purge_url(self, host: str, target: str) -> int:
         """Remove every variant stored for host+target; returns the count."""
+        if self.lower is not None:
+            self.lower.removed_url(host.lower(), target)
         return self._store.remove_url(host.lower(), target)
 
     def purge_prefix(self, host: str, prefix: str) -> int:
         """Remove every entry of ``host`` whose target starts with ``prefix``."""
+        if self.lower is not None:
+            self.lower.removed_prefix(host.lower(), prefix)
         return self._store.remove_prefix(host.lower(), prefix)
 
     def purge_key(self, key: str, host: str | None = None) -> int:
         """Remove every entry tagged with surrogate key ``key`` (Surrogate-Key header);
         only those of ``host`` if given (a fleet purge's "site")."""
+        if self.lower is not None:
+            self.lower.removed_key(key, None if host is None else host.lower())
         if host is None:
             return self._store.remove_tag(key)
         slots = [slot for slot in self._store.tagged(key) if slot[0] == host.lower()]

@@ -35,6 +35,9 @@ A config file looks like::
     size = "256M"
     max_object = "64M"
     eviction = "sieve"
+    disk_path = "cache"               # a second level on disk (unset: memory only)
+    disk_size = "1G"
+    disk_fsync = false
 
     [limits]
     max_line_bytes = 8190
@@ -82,6 +85,7 @@ DRAIN_S = 25.0
 CACHE_BYTES = 256 * MiB
 MAX_OBJECT_BYTES = 64 * MiB
 EVICTION: PolicyName = "sieve"
+DISK_BYTES = 1024 * MiB  # cache.disk_size when cache.disk_path is set
 # Answers to requests with a Cookie are kept from other users unless the origin says public
 # or s-maxage (a social platform's pages are personal); "rfc9111" stores them as the RFC allows.
 CookiePolicy = Literal["private-unless-public", "rfc9111"]
@@ -144,6 +148,9 @@ class CacheSettings:
     max_object_bytes: int = MAX_OBJECT_BYTES
     eviction: PolicyName = EVICTION
     cookie_requests: CookiePolicy = COOKIE_REQUESTS
+    disk_path: str | None = None  # the second level's directory; None: memory only
+    disk_size_bytes: int = DISK_BYTES
+    disk_fsync: bool = False  # fsync each record before its rename (power-loss safety)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +266,7 @@ def build_config(
     file names (certificates, CAs) are read from ``base``."""
     here = Path.cwd() if base is None else base
     with Table(source, "", _with_flags(raw, overrides), ConfigError) as top:
-        cache = _cache(top.table("cache"))
+        cache = _cache(top.table("cache"), here)
         limits = _limits(top.table("limits"))
         sites = _sites(top.tables("sites"), here)
         tls = _tls(top.table("tls"), here) if top.has("tls") else None
@@ -381,9 +388,12 @@ def _host(text: str) -> str:
     return host
 
 
-def _cache(t: Table) -> CacheSettings:
+def _cache(t: Table, here: Path) -> CacheSettings:
     with t:
         return CacheSettings(
+            disk_path=_file(t, "disk_path", here),
+            disk_size_bytes=t.amount("disk_size", _positive_size, DISK_BYTES),
+            disk_fsync=t.get("disk_fsync", bool, False),
             size_bytes=t.amount("size", _positive_size, CACHE_BYTES),
             max_object_bytes=t.amount("max_object", _positive_size, MAX_OBJECT_BYTES),
             eviction=t.parsed("eviction", _eviction, EVICTION),

@@ -45,35 +45,46 @@ def control_app(
     snapshot: Callable[[], LoadSnapshot],
     tokens: tuple[str, ...],
     sites: Callable[[], SiteTable],
+    *,
+    ready: Callable[[], bool] = lambda: True,
+    on_scrape: Callable[[], None] = lambda: None,
 ) -> web.Application:
     """The control application; ``snapshot`` gives the current load figures, ``tokens``
     the purge credentials (edge.token, then edge.previous_tokens: a rotation), ``sites``
-    the current site table."""
+    the current site table; /healthz says 503 until ``ready()`` (the disk index is
+    loaded); ``on_scrape`` sets gauges owned elsewhere."""
     app = web.Application(client_max_size=MAX_PURGE_BODY_BYTES)
-    app.router.add_get("/healthz", _Health(snapshot).handle)
-    app.router.add_get("/metrics", _Metrics(cache, metrics, snapshot).handle)
+    app.router.add_get("/healthz", _Health(snapshot, ready).handle)
+    app.router.add_get("/metrics", _Metrics(cache, metrics, snapshot, on_scrape).handle)
     app.router.add_post("/purge", _Purge(cache, metrics, tokens, sites).handle)
     return app
 
 
 class _Health:
-    def __init__(self, snapshot: Callable[[], LoadSnapshot]) -> None:
+    def __init__(self, snapshot: Callable[[], LoadSnapshot], ready: Callable[[], bool]) -> None:
         self._snapshot = snapshot
+        self._ready = ready
 
     async def handle(self, request: web.Request) -> web.Response:
         snap = self._snapshot()
         # 503 while draining: a router's probe takes the node out even if reports are lost.
-        status = 503 if snap.status == "draining" else 200
+        # 503 before the disk index is loaded: the node would answer misses for its hits.
+        status = 503 if snap.status == "draining" or not self._ready() else 200
         return web.json_response(snap.as_dict(), status=status)
 
 
 class _Metrics:
     def __init__(
-        self, cache: Cache, metrics: EdgeMetrics, snapshot: Callable[[], LoadSnapshot]
+        self,
+        cache: Cache,
+        metrics: EdgeMetrics,
+        snapshot: Callable[[], LoadSnapshot],
+        on_scrape: Callable[[], None],
     ) -> None:
         self._cache = cache
         self._metrics = metrics
         self._snapshot = snapshot
+        self._on_scrape = on_scrape
 
     async def handle(self, request: web.Request) -> web.Response:
         # Gauges are read at scrape time, so the request path never pays for them.
@@ -81,6 +92,9 @@ class _Metrics:
         snap = self._snapshot()
         m.cache_objects.set(self._cache.objects)
         m.cache_bytes.set(self._cache.bytes)
+        m.cache_level_objects.labels("memory").set(self._cache.objects)
+        m.cache_level_bytes.labels("memory").set(self._cache.bytes)
+        self._on_scrape()
         m.utilization.set(snap.utilization)
         m.hit_ratio.set(snap.cache_hit_ratio)
         for status in EDGE_STATUSES:

@@ -78,6 +78,42 @@ class EdgeMetrics:
             ["policy"],
             registry=r,
         )
+        self.cache_level_objects = Gauge(
+            "edge_cache_level_objects",
+            "Responses held per cache level (memory, disk).",
+            ["level"],
+            registry=r,
+        )
+        self.cache_level_bytes = Gauge(
+            "edge_cache_level_bytes",
+            "Bytes held per cache level (memory, disk).",
+            ["level"],
+            registry=r,
+        )
+        self.cache_level_hits = Counter(
+            "edge_cache_level_hits",
+            "Cache hits by the level that held the response (memory, disk).",
+            ["level"],
+            registry=r,
+        )
+        self.cache_level_evictions = Counter(
+            "edge_cache_level_evictions",
+            "Responses evicted to make room, per cache level (memory, disk).",
+            ["level"],
+            registry=r,
+        )
+        self.cache_level_errors = Counter(
+            "edge_cache_level_errors",
+            "Cache level I/O errors by level and operation (read: a corrupt, torn or "
+            "unreadable record, dropped; write: a failed write or unlink).",
+            ["level", "op"],
+            registry=r,
+        )
+        self.disk_write_drops = Counter(
+            "edge_disk_write_drops",
+            "Responses not written to disk because the write queue was full.",
+            registry=r,
+        )
         self.coalesced = Counter(
             "edge_coalesced_waits",
             "Requests that waited for another request's origin fetch instead of fetching.",

@@ -44,6 +44,7 @@ from edge.cache import Cache, Lookup, RequestInfo
 from edge.cache_status import cache_status
 from edge.coalesce import Coalescer, Flight
 from edge.config import EdgeConfig, SiteConfig
+from edge.disk import DiskLevel
 from edge.entry import CacheEntry
 from edge.errors import OriginError
 from edge.load import CacheResult, LoadTracker
@@ -100,6 +101,9 @@ class Proxy:
         self._relay = Relay(cfg.name, metrics, cfg.cache.max_object_bytes)
         self._refreshes: set[asyncio.Task[None]] = set()
         self.tunnels = tunnels
+        self.disk: DiskLevel | None = None  # set when the edge has a disk level
+        self._memory_hits = metrics.cache_level_hits.labels("memory")
+        self._disk_hits = metrics.cache_level_hits.labels("disk")
 
     async def close(self) -> None:
         """Cancel background refreshes (at shutdown)."""
@@ -182,16 +186,29 @@ class Proxy:
         if req.method not in _CACHEABLE_METHODS:
             return await self._forward_unsafe(request, req)
         lookup = self.cache.lookup(req, self._clock())
+        level = self._memory_hits
+        if lookup.outcome == "miss" and self.disk is not None:
+            lookup = await self._from_disk(req, lookup)
+            level = self._disk_hits
         if lookup.only_if_cached and lookup.outcome != "fresh":
             # RFC 9111 §5.2.1.7: only-if-cached and nothing fit to serve.
             return await self._relay.error(request, 504, "miss", "only-if-cached")
         if lookup.outcome == "fresh" and lookup.entry is not None:
+            level.inc()
             return await self._relay.entry(request, req, lookup.entry, "hit", self._clock())
         if lookup.outcome == "stale" and lookup.serve_stale_while_revalidate:
             return await self._stale_while_revalidate(request, req, lookup)
         if lookup.outcome == "pass":
             return await self._forward(request, req, lookup)
         return await self._fetch_coalesced(request, req, lookup)
+
+    async def _from_disk(self, req: RequestInfo, lookup: Lookup) -> Lookup:
+        """A memory miss: promote the disk's variants of the URL and look up again."""
+        assert self.disk is not None
+        entries = await self.disk.read(req.host, req.target)
+        for entry in reversed(entries):  # newest last, as the store keeps them
+            self.cache.promote(req.host, req.target, entry)
+        return self.cache.lookup(req, self._clock()) if entries else lookup
 
     async def _stale_while_revalidate(
         self, request: web.Request, req: RequestInfo, lookup: Lookup

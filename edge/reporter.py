@@ -59,9 +59,11 @@ class Reporter:
         clock: Callable[[], float],
         on_purges: Callable[[Iterable[Purge]], bool] | None = None,
         take_acks: Callable[[], tuple[str, ...]] | None = None,
+        on_reply: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self._on_purges = on_purges
+        self._on_reply = on_reply  # after a reply's purges are applied (the disk level waits)
         self._take_acks = take_acks
         self.token = token
         self.capacity_rps = capacity_rps
@@ -153,6 +155,8 @@ class Reporter:
             return
         if reply.purges and self._on_purges(reply.purges):
             self.wake()  # acknowledge at once: every router stops re-sending them
+        if self._on_reply is not None:
+            self._on_reply()
 
     def _succeeded(self, router: _RouterState) -> None:
         self._metrics.reports.labels(router.url, "ok").inc()

@@ -20,6 +20,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +31,7 @@ from cdn.purge import PURGE_PATH
 from edge.cache import Cache
 from edge.config import EdgeConfig, reload_config
 from edge.control import control_app
+from edge.disk import DiskLevel
 from edge.errors import ConfigError, EdgeError
 from edge.http_log import ServerLog
 from edge.load import LoadSnapshot, LoadTracker
@@ -54,15 +56,16 @@ class EdgeServer:
         self.cfg = cfg
         self.clock = clock
         self.metrics = EdgeMetrics()
-        policy = cfg.cache.eviction
         self.cache = Cache(
             capacity_bytes=cfg.cache.size_bytes,
-            policy=policy,
+            policy=cfg.cache.eviction,
             max_object_bytes=cfg.cache.max_object_bytes,
-            on_evict=lambda n: self.metrics.evictions.labels(policy).inc(n),
+            on_evict=self._evicted,
             cookies_private=cfg.cache.cookie_requests == "private-unless-public",
         )
         self.metrics.cache_capacity_bytes.set(cfg.cache.size_bytes)
+        self.disk = _disk_level(cfg, self.metrics)
+        self.cache.lower = self.disk
         self.tracker = LoadTracker(cfg.capacity_rps, clock(), cfg.websocket.max_tunnels)
         # Certificates and CA files are read here: a bad one stops the edge before it binds.
         certificates = None if cfg.tls is None else load_certificates(cfg.tls, cfg.source)
@@ -76,6 +79,7 @@ class EdgeServer:
             cfg.name, cfg.routers, cfg.token, cfg.capacity_rps, self.snapshot,
             self.metrics, cfg.report_interval_s, clock,
             on_purges=self.fleet_purges.apply_from_reply, take_acks=self.fleet_purges.take_acks,
+            on_reply=self._purges_synced,
         )  # fmt: skip
         self.tunnels = Tunnels(cfg.name, cfg.websocket, cfg.limits, self.metrics)
         self.proxy = Proxy(
@@ -83,12 +87,27 @@ class EdgeServer:
             tunnels=self.tunnels,
         )  # fmt: skip
         self.proxy.tls = self.tls
+        self.proxy.disk = self.disk
         self._server_log = ServerLog(self.metrics.bad_requests)
         self._runners: list[web.AppRunner] = []
         self._reporter_task: asyncio.Task[None] | None = None
         self.content: HostPort | None = None
         self.control: HostPort | None = None
         self.tls_address: HostPort | None = None
+
+    def _evicted(self, n: int) -> None:
+        self.metrics.evictions.labels(self.cfg.cache.eviction).inc(n)
+        self.metrics.cache_level_evictions.labels("memory").inc(n)
+
+    def _purges_synced(self) -> None:
+        if self.disk is not None and not self.disk.purges_synced:
+            self.disk.purges_synced = True
+            log.info("event=disk_purges_synced")
+
+    def ready(self) -> bool:
+        """Whether /healthz may say 200: the disk index is loaded and missed purges
+        applied (always, without a disk level)."""
+        return self.disk is None or self.disk.serving
 
     def snapshot(self) -> LoadSnapshot:
         return self.tracker.snapshot(self.clock(), self.tunnels.open)
@@ -97,6 +116,13 @@ class EdgeServer:
         """Bind the content and control ports and start reporting."""
         await self.proxy.routing.start()
         await self.tunnels.start()
+        if self.disk is not None:
+            try:
+                await self.disk.start()
+            except OSError as exc:
+                await self.stop()
+                why = f"cannot use {self.disk.path}: {exc.strerror or exc}"
+                raise ConfigError(self.cfg.source, "cache.disk_path", why) from None
         limits = self.cfg.limits
         content = web.Application(client_max_size=limits.max_body_bytes)
         content.router.add_route("*", "/{tail:.*}", self.proxy.handle)
@@ -113,8 +139,10 @@ class EdgeServer:
             self.tls_address = await self._start(site, runner, where, "tls.listen")
         tokens = (self.cfg.token, *self.cfg.previous_tokens)
         control = control_app(
-            self.cache, self.metrics, self.snapshot, tokens, lambda: self.proxy.routing.sites
-        )
+            self.cache, self.metrics, self.snapshot, tokens, lambda: self.proxy.routing.sites,
+            ready=self.ready,
+            on_scrape=self.disk.update_gauges if self.disk is not None else lambda: None,
+        )  # fmt: skip
         control.router.add_post(PURGE_PATH, self.fleet_purges.handle)  # a router's fan-out
         self.control = await self._bind(control, self.cfg.control, "edge.control", {})
         self._reporter_task = asyncio.create_task(self.reporter.run())
@@ -139,6 +167,8 @@ class EdgeServer:
             self._reporter_task.cancel()
             await asyncio.gather(self._reporter_task, return_exceptions=True)
         await self.proxy.close()
+        if self.disk is not None:
+            await self.disk.close()
         await self.tunnels.close()
         await self.proxy.routing.close()
 
@@ -194,6 +224,21 @@ class EdgeServer:
             raise ConfigError(self.cfg.source, key, f"cannot listen on {where}: {exc}") from None
         sockname = runner.addresses[-1]
         return HostPort(str(sockname[0]), int(sockname[1]))
+
+
+def _disk_level(cfg: EdgeConfig, metrics: EdgeMetrics) -> DiskLevel | None:
+    settings = cfg.cache
+    if settings.disk_path is None:
+        return None
+    disk = DiskLevel(
+        Path(settings.disk_path),
+        size_bytes=settings.disk_size_bytes,
+        policy=settings.eviction,
+        fsync=settings.disk_fsync,
+        metrics=metrics,
+    )
+    disk.purges_synced = not cfg.routers  # no router: no purge can have been missed
+    return disk
 
 
 def _certificate_map(certificates: Certificates | None) -> dict[str, str]:

@@ -40,6 +40,7 @@ class Store(Generic[V]):
         max_object_bytes: int,
         on_evict: Callable[[int], None] | None = None,
         max_variants: int = MAX_VARIANTS,
+        on_victim: Callable[[SlotKey, V], None] | None = None,
     ) -> None:
         if capacity_bytes <= 0 or max_object_bytes <= 0 or max_variants <= 0:
             raise ValueError("store capacity, object limit and variant limit must be positive")
@@ -48,6 +49,7 @@ class Store(Generic[V]):
         self._policy = policy
         self._on_evict = on_evict
         self._max_variants = max_variants
+        self._on_victim = on_victim  # each slot evicted for room (the disk level unlinks it)
         self._slots: dict[SlotKey, _Slot[V]] = {}
         self._hosts: dict[str, dict[str, dict[Hashable, None]]] = {}
         self._tags: dict[str, set[SlotKey]] = {}
@@ -85,7 +87,10 @@ class Store(Generic[V]):
             self._discard((host, target, old))
         evicted = 0
         while self._bytes + size > self.capacity_bytes:
-            self._discard(self._policy.victim())
+            victim = self._policy.victim()
+            if self._on_victim is not None:
+                self._on_victim(victim, self._slots[victim].value)
+            self._discard(victim)
             evicted += 1
         self._hosts.setdefault(host, {}).setdefault(target, {})[variant] = None
         slot = _Slot(value, size, tuple(dict.fromkeys(tags)))
@@ -128,6 +133,11 @@ class Store(Generic[V]):
     def slot_keys(self) -> Iterator[SlotKey]:
         """Every stored slot key (for tests and introspection)."""
         return iter(list(self._slots))
+
+    def value(self, key: SlotKey) -> V | None:
+        """The value stored under ``key`` (no policy touch), or None."""
+        slot = self._slots.get(key)
+        return None if slot is None else slot.value
 
     def tagged(self, tag: str) -> frozenset[SlotKey]:
         """Slot keys carrying ``tag``."""

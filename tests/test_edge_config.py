@@ -66,6 +66,14 @@ def test_previous_tokens_load_for_a_rotation(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, GOOD)).previous_tokens == ()
 
 
+def test_disk_level_is_off_unless_a_path_is_set(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, GOOD)).cache.disk_path is None
+    text = GOOD.replace('"lru"', '"lru"\ndisk_path = "cache"\ndisk_size = "2G"\ndisk_fsync = true')
+    cache = load_config(write(tmp_path, text)).cache
+    assert cache.disk_path == str(tmp_path / "cache")  # relative to the config file
+    assert (cache.disk_size_bytes, cache.disk_fsync) == (2048 * MiB, True)
+
+
 def test_default_drain_outlasts_the_routers_answer_ttl() -> None:
     # Resolvers keep handing out a draining edge until their cached answer expires.
     assert DRAIN_S >= ANSWER_TTL_S
@@ -103,6 +111,9 @@ def test_flags_override_file(tmp_path: Path) -> None:
         ),
         (("[edge]", "[edgy]\n[edge]"), "edge.toml: edgy: unknown key"),
         (("[cache]", "[cache"), "edge.toml: not valid TOML"),
+        (('"lru"', '"lru"\ndisk_size = "big"'), "edge.toml: cache.disk_size: expected a size"),
+        (('"lru"', '"lru"\ndisk_fsync = "yes"'), "edge.toml: cache.disk_fsync: expected a bool"),
+        (('"lru"', '"lru"\ndisk_path = 3'), "edge.toml: cache.disk_path: expected a string"),
         (
             ('token = "s3cret"', 'previous_tokens = ["ok", "two words"]'),
             "edge.toml: edge.previous_tokens[1]: expected a non-empty bearer token",
