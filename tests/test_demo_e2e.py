@@ -321,15 +321,15 @@ def test_table_tolerates_missing_and_malformed_figures() -> None:
     body = {
         "nodes": [
             {"name": "edge-eu-1", "region": "eu", "state": "up", "utilization": 0.25,
-             "rps": 50.0, "cache_hit_ratio": 0.9},
+             "rps": 50.0, "cache_hit_ratio": 0.9, "tunnels": 3},
             {"name": "edge-eu-2", "region": "eu", "state": "down", "utilization": "x", "rps": None},
             "garbage",
         ]
     }  # fmt: skip
     rows = rows_from_json(body, {"edge-eu-1": 12})
     table = render_table(rows, "12:00:00")
-    assert re.search(r"edge-eu-1\s+eu\s+up\s+25%\s+50\s+90%\s+12", table)
-    assert re.search(r"edge-eu-2\s+eu\s+down\s+-\s+-\s+-\s+-", table)
+    assert re.search(r"edge-eu-1\s+eu\s+up\s+25%\s+50\s+90%\s+3\s+12", table)
+    assert re.search(r"edge-eu-2\s+eu\s+down\s+-\s+-\s+-\s+-\s+-", table)
     assert rows_from_json(["not", "an object"], {}) == []
 
 
