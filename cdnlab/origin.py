@@ -118,10 +118,10 @@ def parse_comment(raw: Any) -> Comment:
 
 def build_feed(comments: deque[Comment]) -> dict[str, Any]:
     counts = [0] * (POST_COUNT + 1)
-    recent: list[list[dict[str, Any]]] = [[] for _ in range(POST_COUNT + 1)]
+    recent = [deque[Comment](maxlen=RECENT_COMMENTS) for _ in range(POST_COUNT + 1)]
     for comment in comments:
         counts[comment.post] += 1
-        recent[comment.post] = [*recent[comment.post], asdict(comment)][-RECENT_COMMENTS:]
+        recent[comment.post].append(comment)
     posts = [
         {
             "id": i,
@@ -129,7 +129,7 @@ def build_feed(comments: deque[Comment]) -> dict[str, Any]:
             "author": (i * 7) % USER_COUNT + 1,
             "comments": counts[i],
             "image": f"/img/{POST_IMAGES[i % len(POST_IMAGES)]}",
-            "recent": recent[i],
+            "recent": [asdict(c) for c in recent[i]],
         }
         for i in range(1, POST_COUNT + 1)
     ]

@@ -119,8 +119,8 @@ async def notifications(request: web.Request) -> web.StreamResponse:
             except TimeoutError:
                 frame = ": heartbeat\n\n"
             await response.write(frame.encode())
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    except ConnectionResetError:
+        pass  # the client went away
     finally:
         room.subscribers.discard(queue)
     return response
