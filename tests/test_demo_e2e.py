@@ -277,7 +277,7 @@ def test_plan_derives_every_address_from_the_config() -> None:
     assert (str(plan.dns), str(plan.control)) == ("127.0.0.1:5300", "127.0.0.1:9153")
     assert [str(e.content) for e in plan.edges] == [f"127.0.0.1{i}:8080" for i in range(1, 7)]
     assert [str(e.control) for e in plan.edges] == [f"127.0.0.1{i}:9080" for i in range(1, 7)]
-    assert len(addresses_needed(plan)) == 4 + 2 * 6
+    assert len(addresses_needed(plan)) == 4 + 3 * 6
     specs = (origin_spec(plan), edge_spec(plan, plan.edges[0]), router_spec(plan))
     assert [s.layer for s in specs] == [ORIGIN_LAYER, EDGE_LAYER, ROUTER_LAYER]
     assert ORIGIN_LAYER < EDGE_LAYER < ROUTER_LAYER  # stop_all stops the highest first
