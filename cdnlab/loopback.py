@@ -28,7 +28,7 @@ import dns.rdatatype
 
 from cdn.config import HostPort
 from cdnlab.plan import DemoPlan, edge_spec, make_plan
-from cdnlab.runner import start_all
+from cdnlab.runner import start_all, with_tls
 from cdnlab.supervisor import Child, Supervisor
 from georouter.config import DEFAULT_CONFIG, load_config
 
@@ -93,6 +93,10 @@ class Cdn:
     def content_url(self, node: str, path: str) -> str:
         return f"http://{self.ip(node)}:{self.plan.content_port}{path}"
 
+    def tls_url(self, node: str, path: str, name: str = SERVICE) -> str:
+        """An https:// URL on `name`: reach it by connecting to `self.ip(node)` (no DNS)."""
+        return f"https://{name}:{self.plan.tls_port}{path}"
+
     def child(self, node: str) -> Child:
         return self.supervisor.by_name(node)
 
@@ -143,11 +147,13 @@ async def start_cdn(
     router_settings: str = "",
     extra: str = "",
     edit: Callable[[str], str] = str,
+    tls: bool = False,
 ) -> AsyncIterator[Cdn]:
     """Origin, six edges and the router on a fresh loopback block; every node up on exit.
 
     router_settings: TOML lines added to [router]; extra: TOML appended (e.g. a [bus]);
-    `edit` then rewrites the whole config text (the shipped topology, relocated)."""
+    `edit` then rewrites the whole config text (the shipped topology, relocated);
+    tls: HTTPS and the sites on every edge too, as `make demo` runs them (`Cdn.tls_url`)."""
     block = loopback_block()
     router_host = f"{block}1"
     raw = tomllib.loads(SHIPPED_CONFIG.read_text())
@@ -159,14 +165,18 @@ async def start_cdn(
     text = text.replace("[router]\n", f"[router]\n{router_settings}\n", 1) + "\n" + extra
     config_path.write_text(edit(text))
     edge_hosts = [block + n["ipv4"].rsplit(".", 1)[1] for n in raw["nodes"]]
+    content_port = _port_free_on_all(edge_hosts)
     plan = make_plan(
         load_config(config_path),
         config_path,
         None,
         origin_port=free_port(router_host),
-        content_port=_port_free_on_all(edge_hosts),
+        content_port=content_port,
         drain_s=drain_s,
+        tls_port=_port_free_on_all(edge_hosts, avoid=content_port),
     )
+    if tls:
+        plan = with_tls(plan, tmp_path)
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
     supervisor = Supervisor(log_dir)
@@ -199,10 +209,10 @@ def free_dns_port(host: str) -> int:
     raise RuntimeError(f"no port free for both UDP and TCP on {host}")
 
 
-def _port_free_on_all(hosts: list[str]) -> int:
+def _port_free_on_all(hosts: list[str], avoid: int = 0) -> int:
     for _ in range(50):
         port = free_port(hosts[0])
-        if all(_tcp_free(h, port) for h in hosts[1:]):
+        if port != avoid and all(_tcp_free(h, port) for h in hosts[1:]):
             return port
     raise RuntimeError(f"no port free on all of {hosts}")
 

@@ -11,7 +11,11 @@ What each path teaches the cache in front of it (RFC 9111):
 - HTML: a short max-age, the page changes with deploys.
 - `/api/posts`: `max-age=5, stale-while-revalidate=30` (RFC 5861 §3), with a content ETag.
 - `/api/users/{id}`: a `Surrogate-Key` header naming the objects it depends on, for purges.
-- `POST /api/comments`: never cached; it stores the comment and invalidates nothing itself.
+- `POST /api/comments`: never cached; it stores the comment (in memory) and announces it on
+  the notifications stream; it invalidates nothing itself.
+- `/feed.html`: the social app's page (cdnlab/content/static/social.v1.js): images from
+  `img.`, posts and comments from `api.`, chat on `chat.` (cdnlab/social.py has the chat
+  room, the echo socket and the notifications stream).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from cdn.config import HostPort, parse_host_port
+from cdnlab.social import ROOM, add_live_routes, cors
 
 # The demo content ships inside the package (package data); the origin only reads it.
 ORIGIN_ROOT = Path(str(files("cdnlab") / "content"))
@@ -47,7 +52,9 @@ POST_COUNT = 10
 USER_COUNT = 50
 MAX_COMMENTS = 1000  # memory bound: the oldest comments are forgotten first
 MAX_COMMENT_TEXT = 500  # characters
+RECENT_COMMENTS = 3  # per post, in the feed
 MAX_REQUEST_BYTES = 16 * 1024
+POST_IMAGES = ("cat.jpg", "dog.jpg", "beach.jpg", "hero.jpg")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".svg"})
 VERSIONED_NAME = re.compile(r"\.v\d+\.[a-z0-9]+$")
 
@@ -111,14 +118,18 @@ def parse_comment(raw: Any) -> Comment:
 
 def build_feed(comments: deque[Comment]) -> dict[str, Any]:
     counts = [0] * (POST_COUNT + 1)
+    recent = [deque[Comment](maxlen=RECENT_COMMENTS) for _ in range(POST_COUNT + 1)]
     for comment in comments:
         counts[comment.post] += 1
+        recent[comment.post].append(comment)
     posts = [
         {
             "id": i,
             "title": f"Post number {i}",
             "author": (i * 7) % USER_COUNT + 1,
             "comments": counts[i],
+            "image": f"/img/{POST_IMAGES[i % len(POST_IMAGES)]}",
+            "recent": [asdict(c) for c in recent[i]],
         }
         for i in range(1, POST_COUNT + 1)
     ]
@@ -174,14 +185,16 @@ async def add_comment(request: web.Request) -> web.StreamResponse:
             {"error": str(exc)}, status=400, headers={"Cache-Control": NO_STORE}
         )
     request.app[COMMENTS].append(comment)
+    request.app[ROOM].notify("comment", asdict(comment))
     return web.json_response(asdict(comment), status=201, headers={"Cache-Control": NO_STORE})
 
 
 def create_app(root: Path = ORIGIN_ROOT) -> web.Application:
     """The origin application serving `root` (the packaged cdnlab/content/ by default)."""
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[cors])
     app[COMMENTS] = deque(maxlen=MAX_COMMENTS)
     app[FILES] = index_files(root)
+    add_live_routes(app)
     app.router.add_get("/api/posts", posts)
     app.router.add_get("/api/users/{user_id}", user)
     app.router.add_post("/api/comments", add_comment)

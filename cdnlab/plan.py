@@ -3,6 +3,9 @@
 - the origin listens on the router's control host, port 8000 (127.0.0.1:8000 by default);
 - each node's edge serves content on its ipv4, port 8080, and its control API on the host
   and port of its `control_url`; it reports to the router's control address;
+- with HTTPS (the default: `DemoPlan.tls`, cdnlab/certs.py), each edge also serves HTTPS on
+  its ipv4, port 8443, with one [[sites]] per service name of the first zone (cdn., img.,
+  api., chat.example.com: the social app);
 - the router listens where `[router]` says.
 So a second config with other addresses runs a second, independent demo beside the first.
 """
@@ -16,11 +19,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from cdn.config import HostPort
+from cdnlab.certs import DemoTls
 from cdnlab.supervisor import ChildSpec, DemoError, Transport
 from georouter.config import RouterConfig
 
 ORIGIN_PORT = 8000
 CONTENT_PORT = 8080
+TLS_PORT = 8443
 DEMO_DRAIN_S = 2.0  # edges drain this long on SIGTERM: Ctrl-C should not take 25 s
 DEMO_CACHE_SIZE = "64M"
 SAMPLE_OBJECT = "/img/cat.jpg"
@@ -57,6 +62,9 @@ class DemoPlan:
     edges: tuple[EdgePlan, ...]
     content_port: int = CONTENT_PORT
     drain_s: float = DEMO_DRAIN_S
+    names: tuple[str, ...] = ()  # every service name of the first zone: the edges' sites
+    tls_port: int = TLS_PORT
+    tls: DemoTls | None = None  # None: plain HTTP only (set by the runner once made)
 
     @property
     def control_url(self) -> str:
@@ -80,6 +88,7 @@ def make_plan(
     origin_port: int = ORIGIN_PORT,
     content_port: int = CONTENT_PORT,
     drain_s: float = DEMO_DRAIN_S,
+    tls_port: int = TLS_PORT,
 ) -> DemoPlan:
     """The demo for `config`: only nodes with an IPv4 address get an edge (content on it).
 
@@ -102,7 +111,13 @@ def make_plan(
         edges=edges,
         content_port=content_port,
         drain_s=drain_s,
+        names=_names(config),
+        tls_port=tls_port,
     )
+
+
+def _names(config: RouterConfig) -> tuple[str, ...]:
+    return tuple(name.rstrip(".") for name in config.zones[0].services)
 
 
 def _edges(config: RouterConfig, content_port: int) -> tuple[EdgePlan, ...]:
@@ -134,6 +149,7 @@ def addresses_needed(plan: DemoPlan) -> list[tuple[str, int, Transport]]:
     for edge in plan.edges:
         needed.append((edge.content.host, edge.content.port, "tcp"))
         needed.append((edge.control.host, edge.control.port, "tcp"))
+        needed.append((edge.content.host, plan.tls_port, "tcp"))
     return needed
 
 
@@ -150,7 +166,7 @@ def router_spec(plan: DemoPlan) -> ChildSpec:
 
 
 def edge_spec(plan: DemoPlan, edge: EdgePlan) -> ChildSpec:
-    argv = (
+    argv: tuple[str, ...] = (
         sys.executable, "-m", "edge", "serve",
         "--name", edge.name,
         "--listen", str(edge.content),
@@ -162,11 +178,54 @@ def edge_spec(plan: DemoPlan, edge: EdgePlan) -> ChildSpec:
         "--cache-size", DEMO_CACHE_SIZE,
         "--drain-s", f"{plan.drain_s:g}",
     )  # fmt: skip
+    if plan.tls is not None:
+        argv += (
+            "--config", str(plan.tls.edge_config),
+            "--tls-listen", f"{edge.content.host}:{plan.tls_port}",
+            "--tls-cert", str(plan.tls.cert),
+            "--tls-key", str(plan.tls.key),
+        )  # fmt: skip
     return ChildSpec(edge.name, argv, layer=EDGE_LAYER)
 
 
 def _first_edge(plan: DemoPlan, region: str) -> EdgePlan:
     return next((e for e in plan.edges if e.region == region), plan.edges[0])
+
+
+FEED_PAGE = "/feed.html"
+
+
+def browser_command(plan: DemoPlan, edge: EdgePlan) -> str:
+    """Chromium on the social app through `edge`: every demo name maps to its address."""
+    assert plan.tls is not None
+    rules = shlex.quote(f"--host-resolver-rules=MAP *.{_domain(plan)} {edge.content.host}")
+    spki = shlex.quote(f"--ignore-certificate-errors-spki-list={plan.tls.spki}")
+    user_dir = plan.tls.ca.parent / "chromium"
+    url = f"https://{plan.service}:{plan.tls_port}{FEED_PAGE}"
+    return f"chromium {rules} {spki} --user-data-dir={user_dir} {url}"
+
+
+def _domain(plan: DemoPlan) -> str:
+    return plan.service.split(".", 1)[1] if "." in plan.service else plan.service
+
+
+def _https_guide(plan: DemoPlan, edge: EdgePlan) -> list[str]:
+    if plan.tls is None:
+        return []
+    ca, host = shlex.quote(str(plan.tls.ca)), edge.content.host
+    img = next((n for n in plan.names if n.startswith("img.")), plan.service)
+    api = next((n for n in plan.names if n.startswith("api.")), plan.service)
+    return [
+        f"HTTPS and the social app (sites {', '.join(plan.names)}; the CA is made fresh at"
+        " every start):",
+        f"  curl -sI --cacert {ca} --resolve {img}:{plan.tls_port}:{host}"
+        f" https://{img}:{plan.tls_port}{SAMPLE_OBJECT}",
+        f"  curl -s --cacert {ca} --resolve {api}:{plan.tls_port}:{host}"
+        f" https://{api}:{plan.tls_port}/api/posts",
+        f"  {browser_command(plan, edge)}",
+        f"  # or plain HTTP: http://{host}:{plan.content_port}{FEED_PAGE}",
+        "",
+    ]
 
 
 def guide(plan: DemoPlan, log_dir: Path, pids: dict[str, int]) -> str:
@@ -194,6 +253,7 @@ def guide(plan: DemoPlan, log_dir: Path, pids: dict[str, int]) -> str:
         f"  curl -s -X POST -H {token} {plan.control_url}/api/v1/nodes/{edge.name}/drain",
         "  # (a drain is kept across restarts: .../undrain puts the node back)",
         "",
+        *_https_guide(plan, edge),
         f"Crash {edge.name} and watch the answers move (the table below follows):",
         f"  kill -9 {pids.get(edge.name, '<pid>')}",
         "",

@@ -16,10 +16,12 @@ import importlib.util
 import shutil
 import signal
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 
+from cdnlab.certs import make_demo_tls
 from cdnlab.plan import (
     DemoPlan,
     addresses_needed,
@@ -52,6 +54,7 @@ def run_demo(config_path: Path, geoip_path: Path | None, load: bool = False) -> 
 
 async def _run(plan: DemoPlan, load: bool) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="georouter-demo-"))
+    plan = with_tls(plan, log_dir)
     supervisor = Supervisor(log_dir)
     _cancel_on_signals()
     load_task: asyncio.Task[None] | None = None
@@ -95,6 +98,12 @@ def _uncancel() -> None:
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()
+
+
+def with_tls(plan: DemoPlan, directory: Path) -> DemoPlan:
+    """The plan with HTTPS on every edge: a fresh CA and certificate made in `directory`."""
+    addresses = [e.content.host for e in plan.edges]
+    return replace(plan, tls=make_demo_tls(directory, plan.names, addresses, plan.origin_url))
 
 
 async def start_all(supervisor: Supervisor, plan: DemoPlan) -> None:

@@ -1,7 +1,8 @@
 """The demo's live table: the router's view of every node, refreshed every few seconds.
 
 Plain text on stdout, one block per refresh, so it scrolls in any terminal and survives
-being piped to a file. Rows come from the router's `GET /api/v1/nodes`; the answer counts
+being piped to a file. Rows come from the router's `GET /api/v1/nodes` (`ws`: the
+WebSockets open on the edge, from its load report); the answer counts
 from its `georouter_answers_total` series on /metrics.
 """
 
@@ -17,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 STATUS_INTERVAL_S = 3.0
 STATUS_TIMEOUT_S = 2.0
-COLUMNS = ("node", "region", "state", "util", "rps", "hit", "answers")
-WIDTHS = (12, 6, 9, 5, 7, 5, 8)
+COLUMNS = ("node", "region", "state", "util", "rps", "hit", "ws", "answers")
+WIDTHS = (12, 6, 9, 5, 7, 5, 5, 8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,7 @@ class NodeRow:
     rps: float | None
     hit_ratio: float | None
     answers: int | None
+    tunnels: int | None = None  # open WebSockets, from the edge's load report
 
 
 def _number(raw: Mapping[str, Any], key: str) -> float | None:
@@ -48,6 +50,7 @@ def row_from_json(raw: Mapping[str, Any], answers: Mapping[str, int]) -> NodeRow
         rps=_number(raw, "rps"),
         hit_ratio=_number(raw, "cache_hit_ratio"),
         answers=answers.get(name),
+        tunnels=None if (t := _number(raw, "tunnels")) is None else int(t),
     )
 
 
@@ -85,6 +88,7 @@ def render_table(rows: Iterable[NodeRow], when: str) -> str:
             _fmt(r.utilization, ".0%"),
             _fmt(r.rps, ".0f"),
             _fmt(r.hit_ratio, ".0%"),
+            _fmt(r.tunnels, "d"),
             _fmt(r.answers, "d"),
         )
         lines.append(_line(cells))

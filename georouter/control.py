@@ -208,6 +208,7 @@ def _node_json(s: NodeStatus, selector: Selector, now: float) -> dict[str, Any]:
         "rps": r.rps if r else None,
         "inflight": r.inflight if r else None,
         "cache_hit_ratio": r.cache_hit_ratio if r else None,
+        "tunnels": r.tunnels if r else None,
         "edge_status": r.status if r else None,
         "seq": r.seq if r else None,
         "report_age_s": None if age is None else round(age, 3),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -30,6 +31,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdnlab import origin
+from cdnlab.certs import DemoTls
 from cdnlab.loopback import (
     SHIPPED_CONFIG,
     SUBNETS,
@@ -275,7 +277,7 @@ def test_plan_derives_every_address_from_the_config() -> None:
     assert (str(plan.dns), str(plan.control)) == ("127.0.0.1:5300", "127.0.0.1:9153")
     assert [str(e.content) for e in plan.edges] == [f"127.0.0.1{i}:8080" for i in range(1, 7)]
     assert [str(e.control) for e in plan.edges] == [f"127.0.0.1{i}:9080" for i in range(1, 7)]
-    assert len(addresses_needed(plan)) == 4 + 2 * 6
+    assert len(addresses_needed(plan)) == 4 + 3 * 6
     specs = (origin_spec(plan), edge_spec(plan, plan.edges[0]), router_spec(plan))
     assert [s.layer for s in specs] == [ORIGIN_LAYER, EDGE_LAYER, ROUTER_LAYER]
     assert ORIGIN_LAYER < EDGE_LAYER < ROUTER_LAYER  # stop_all stops the highest first
@@ -287,6 +289,21 @@ def test_guide_commands_name_the_plan() -> None:
     assert "dig @127.0.0.1 -p 5300 cdn.example.com +subnet=185.60.216.0/24" in text
     assert text.count("curl -sI http://127.0.0.13:8080/img/cat.jpg") == 2
     assert "http://127.0.0.1:9153/api/v1/purge" in text and "kill -9 4242" in text
+    assert "--cacert" not in text  # HTTPS only once the runner has made the CA
+    tls = DemoTls(Path("/d/ca.pem"), Path("/d/e.pem"), Path("/d/e.key"), Path("/d/e.toml"), "h=")
+    text = guide(dataclasses.replace(plan, tls=tls), Path("/tmp/logs"), {})
+    assert (
+        "curl -sI --cacert /d/ca.pem --resolve img.example.com:8443:127.0.0.13"
+        " https://img.example.com:8443/img/cat.jpg" in text
+    )
+    assert "'--host-resolver-rules=MAP *.example.com 127.0.0.13'" in text
+    assert "--ignore-certificate-errors-spki-list=h=" in text
+    assert "https://cdn.example.com:8443/feed.html" in text
+    spec = edge_spec(dataclasses.replace(plan, tls=tls), plan.edges[0])
+    assert spec.argv[-8:] == (
+        "--config", "/d/e.toml", "--tls-listen", f"{plan.edges[0].content.host}:8443",
+        "--tls-cert", "/d/e.pem", "--tls-key", "/d/e.key",
+    )  # fmt: skip
 
 
 def test_zipf_popularity_decreases_and_stream_is_seeded() -> None:
@@ -321,15 +338,15 @@ def test_table_tolerates_missing_and_malformed_figures() -> None:
     body = {
         "nodes": [
             {"name": "edge-eu-1", "region": "eu", "state": "up", "utilization": 0.25,
-             "rps": 50.0, "cache_hit_ratio": 0.9},
+             "rps": 50.0, "cache_hit_ratio": 0.9, "tunnels": 3},
             {"name": "edge-eu-2", "region": "eu", "state": "down", "utilization": "x", "rps": None},
             "garbage",
         ]
     }  # fmt: skip
     rows = rows_from_json(body, {"edge-eu-1": 12})
     table = render_table(rows, "12:00:00")
-    assert re.search(r"edge-eu-1\s+eu\s+up\s+25%\s+50\s+90%\s+12", table)
-    assert re.search(r"edge-eu-2\s+eu\s+down\s+-\s+-\s+-\s+-", table)
+    assert re.search(r"edge-eu-1\s+eu\s+up\s+25%\s+50\s+90%\s+3\s+12", table)
+    assert re.search(r"edge-eu-2\s+eu\s+down\s+-\s+-\s+-\s+-\s+-", table)
     assert rows_from_json(["not", "an object"], {}) == []
 
 
@@ -751,8 +768,12 @@ def _check_guide_runs(runs: list[tuple[str, str]], config: Path) -> None:
         region = next(r for r, subnet in SUBNETS.items() if subnet in command)
         answered = set(re.findall(r"^[^;\s]\S*\s+\d+\s+IN\s+A\s+(\S+)$", out, re.MULTILINE))
         assert answered and answered <= by_region[region], (command, out)
-    heads = [out for c, out in runs if c.startswith("curl -sI")]
+    heads = [out for c, out in runs if c.startswith("curl -sI http://")]
     assert len(heads) == 2 and "; hit" not in heads[0] and "; hit" in heads[1], heads
+    # HTTPS with the demo's CA: an image from img., the posts from api. (each its own site).
+    image = _output(runs, "https://img.example.com")
+    assert image.startswith("HTTP/1.1 200") and "image/jpeg" in image, image
+    assert len(json.loads(_output(runs, "https://api.example.com"))["posts"]) == 10
     purged = json.loads(_output(runs, "/api/v1/purge"))["nodes"]
     assert len(purged) == 6 and set(purged.values()) == {"done"}
     assert "georouter_answers_total{" in _output(runs, "/metrics")
