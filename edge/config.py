@@ -66,6 +66,7 @@ from cdn.config import (
     previous_tokens,
 )
 from cdn.tomltable import Table, read_toml
+from edge.armour import ArmourSettings, parse_armour
 from edge.errors import ConfigError
 from edge.eviction import POLICIES, PolicyName
 
@@ -127,7 +128,7 @@ MAX_HEADER_FIELDS = 10_000
 MAX_MIN_BYTES_PER_S = GiB
 MAX_TUNNELS_LIMIT = 1_000_000
 
-_SECTIONS = ("edge", "cache", "limits", "websocket")
+_SECTIONS = ("edge", "cache", "limits", "websocket", "armour")
 # A site host: DNS labels (RFC 1123 §2.1), lower-case, no port, no wildcard.
 _HOST = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
@@ -219,6 +220,7 @@ class EdgeConfig:
     path: Path | None = None  # the file SIGHUP reads again (None: flags only)
     overrides: tuple[tuple[str, Any], ...] = ()  # the flags, applied again on reload
     websocket: WebSocketSettings = WebSocketSettings()
+    armour: ArmourSettings = ArmourSettings()  # noqa: RUF009 (frozen) edge/armour.py
 
 
 def parse_size(text: str | int) -> int:
@@ -267,7 +269,8 @@ def build_config(
         cfg = _edge(top.table("edge"), cache, limits, websocket, here)
         if cfg.origin is None and not sites:
             raise ConfigError(source, "edge.origin", "required key missing (or [[sites]])")
-        return replace(cfg, sites=sites, tls=tls)
+        armour = parse_armour(top.table("armour"))
+        return replace(cfg, sites=sites, tls=tls, armour=armour)
 
 
 def _with_flags(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

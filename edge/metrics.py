@@ -52,6 +52,26 @@ class EdgeMetrics:
             ["reason"],
             registry=r,
         )
+        self.connections_open = Gauge(
+            "edge_client_connections",
+            "Client connections open on the content and TLS ports.",
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "edge_client_connections_refused",
+            "Client connections refused (503, closed) by the cap that was full "
+            "(total, per_client).",
+            ["cap"],
+            registry=r,
+        )
+        self.client_timeouts = Counter(
+            "edge_client_timeouts",
+            "Client connections closed by a deadline: head (not a complete request head in "
+            "armour.head_timeout_s; answered 408) or body (no body bytes in "
+            "armour.body_read_timeout_s).",
+            ["phase"],
+            registry=r,
+        )
         self.bytes_served = Counter(
             "edge_bytes_served",
             "Response body bytes sent to clients.",

@@ -31,6 +31,7 @@ from edge.cache import Cache
 from edge.config import EdgeConfig, reload_config
 from edge.control import control_app
 from edge.errors import ConfigError, EdgeError
+from edge.guard import Guard, GuardedRunner
 from edge.http_log import ServerLog
 from edge.load import LoadSnapshot, LoadTracker
 from edge.metrics import EdgeMetrics
@@ -84,6 +85,7 @@ class EdgeServer:
         )  # fmt: skip
         self.proxy.tls = self.tls
         self._server_log = ServerLog(self.metrics.bad_requests)
+        self.guard = Guard(cfg.armour, self.metrics)  # caps and deadlines of the content port
         self._runners: list[web.AppRunner] = []
         self._reporter_task: asyncio.Task[None] | None = None
         self.content: HostPort | None = None
@@ -104,8 +106,11 @@ class EdgeServer:
             "max_line_size": limits.max_line_bytes,
             "max_field_size": limits.max_field_bytes,
             "max_headers": limits.max_headers,
+            "keepalive_timeout": self.cfg.armour.keepalive_timeout_s,
         }
-        self.content = await self._bind(content, self.cfg.listen, "edge.listen", handler_args)
+        self.content = await self._bind(
+            content, self.cfg.listen, "edge.listen", handler_args, self.guard
+        )
         if self.tls is not None and self.cfg.tls is not None:
             # The same runner: one set of connections for the content, drained together.
             runner, where = self._runners[-1], self.cfg.tls.listen
@@ -169,16 +174,25 @@ class EdgeServer:
         return True
 
     async def _bind(
-        self, app: web.Application, where: HostPort, key: str, handler_args: dict[str, Any]
+        self,
+        app: web.Application,
+        where: HostPort,
+        key: str,
+        handler_args: dict[str, Any],
+        guard: Guard | None = None,
     ) -> HostPort:
         # The keyword arguments reach aiohttp's RequestHandler: the header limits, and the
         # logger that turns a client's malformed request into a count (edge.http_log).
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            logger=self._server_log,
-            shutdown_timeout=SHUTDOWN_GRACE_S,
+        # The content port's connections are guarded (edge/guard.py); the control port's
+        # are the operators'.
+        args: dict[str, Any] = {
+            "access_log": None,
+            "logger": self._server_log,
+            "shutdown_timeout": SHUTDOWN_GRACE_S,
             **handler_args,
+        }
+        runner = (
+            web.AppRunner(app, **args) if guard is None else GuardedRunner(app, guard=guard, **args)
         )
         await runner.setup()
         self._runners.append(runner)
