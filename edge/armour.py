@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from cdn.config import MAX_TIMER_S
 from cdn.tomltable import Table
+from edge.filters import MAX_URL_BYTES, RULES
 
 HEAD_TIMEOUT_S = 10.0
 BODY_READ_TIMEOUT_S = 30.0
@@ -23,6 +24,7 @@ KEEPALIVE_TIMEOUT_S = 75.0
 MAX_CONNECTIONS = 10_000  # open client connections on the content (and TLS) port
 MAX_CONNECTIONS_PER_CLIENT = 256  # from one client address (the socket's peer)
 MAX_CONNECTIONS_LIMIT = 10_000_000  # beyond this a value is a typo
+MAX_URL_LIMIT = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,8 @@ class ArmourSettings:
     keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S
     max_connections: int = MAX_CONNECTIONS
     max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT
+    max_url_bytes: int = MAX_URL_BYTES
+    log_only: frozenset[str] = frozenset()  # filter rules that count but do not refuse
 
 
 def parse_armour(t: Table) -> ArmourSettings:
@@ -49,4 +53,12 @@ def parse_armour(t: Table) -> ArmourSettings:
             max_connections_per_client=t.integer(
                 "max_connections_per_client", 1, MAX_CONNECTIONS_LIMIT, MAX_CONNECTIONS_PER_CLIENT
             ),
+            max_url_bytes=t.integer("max_url_bytes", 1, MAX_URL_LIMIT, MAX_URL_BYTES),
+            log_only=frozenset(t.item(key, rule, _rule) for key, rule in t.strings("log_only")),
         )
+
+
+def _rule(text: str) -> str:
+    if text not in RULES:
+        raise ValueError(f"expected a filter rule ({', '.join(RULES)}), got {text!r}")
+    return text

@@ -69,6 +69,7 @@ from cdn.tomltable import Table, read_toml
 from edge.armour import ArmourSettings, parse_armour
 from edge.errors import ConfigError
 from edge.eviction import POLICIES, PolicyName
+from edge.filters import DEFAULT_METHODS
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -133,6 +134,7 @@ _SECTIONS = ("edge", "cache", "limits", "websocket", "armour")
 _HOST = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
+_METHOD = re.compile(r"^[A-Z][A-Z-]{0,31}$")
 DEFAULT_SITE = "default"  # the name of the site edge.origin makes (any other Host)
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)i?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": KiB, "M": MiB, "G": GiB}
@@ -171,6 +173,7 @@ class SiteConfig:
     origin: str  # http(s)://host[:port][/base]
     websocket: bool = True
     origin_ca: str | None = None  # a PEM file of CAs to trust for this origin
+    methods: tuple[str, ...] = DEFAULT_METHODS  # others answered 405 (edge/filters.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +327,7 @@ def _sites(tables: list[Table], here: Path) -> tuple[SiteConfig, ...]:
                 origin=t.parsed("origin", _http_url),
                 websocket=t.get("websocket", bool, True),
                 origin_ca=_file(t, "origin_ca", here),
+                methods=_methods(t),
             )
         if site.name == DEFAULT_SITE or any(s.name == site.name for s in sites):
             raise t.error("name", f"site name {site.name!r} is taken (names are unique)")
@@ -333,6 +337,18 @@ def _sites(tables: list[Table], here: Path) -> tuple[SiteConfig, ...]:
             owner[host] = site.name
         sites.append(site)
     return tuple(sites)
+
+
+def _methods(t: Table) -> tuple[str, ...]:
+    if not t.has("methods"):
+        return DEFAULT_METHODS
+    return tuple(t.item(key, text, _method) for key, text in t.strings("methods"))
+
+
+def _method(text: str) -> str:
+    if not _METHOD.match(text):
+        raise ValueError(f"expected an upper-case HTTP method like GET, got {text!r}")
+    return text
 
 
 def _tls(t: Table, here: Path) -> TlsSettings:

@@ -122,6 +122,20 @@ class EdgeMetrics:
             ["kind"],
             registry=r,
         )
+        self.content_purges = Counter(
+            "edge_content_purges",
+            "PURGE and BAN requests on the content port, by result (ok, unauthorized: no "
+            "valid purge token, answered 401); never forwarded to an origin.",
+            ["result"],
+            registry=r,
+        )
+        self.filter_matches = Counter(
+            "edge_filter_matches",
+            "Content requests that matched a filter rule (method, overlong, nul, traversal, "
+            "slash, crlf), by action (refused, logged: the rule is in armour.log_only).",
+            ["rule", "action"],
+            registry=r,
+        )
         self.fleet_purges = Counter(
             "edge_fleet_purges",
             "Purges from routers (by id), by way (fanout, report) and result "

@@ -46,6 +46,7 @@ from edge.coalesce import Coalescer, Flight
 from edge.config import EdgeConfig, SiteConfig
 from edge.entry import CacheEntry
 from edge.errors import OriginError
+from edge.gate import Gate
 from edge.load import CacheResult, LoadTracker
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginClient, OriginResponse
@@ -100,6 +101,7 @@ class Proxy:
         self._relay = Relay(cfg.name, metrics, cfg.cache.max_object_bytes)
         self._refreshes: set[asyncio.Task[None]] = set()
         self.tunnels = tunnels
+        self.gate: Gate | None = None  # PURGE and request filters (edge/gate.py)
 
     async def close(self) -> None:
         """Cancel background refreshes (at shutdown)."""
@@ -131,6 +133,9 @@ class Proxy:
         return Route(site, routing.origins[site.name])
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        # Before any site's cache or origin: PURGE is the edge's, filtered requests stop.
+        if self.gate is not None and (screened := self.gate.screen(request)) is not None:
+            return screened
         if self.tunnels is not None and wants_websocket(request.method, request.headers):
             return await self._tunnel(request, self.tunnels)
         start = self._clock()

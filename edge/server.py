@@ -31,6 +31,7 @@ from edge.cache import Cache
 from edge.config import EdgeConfig, reload_config
 from edge.control import control_app
 from edge.errors import ConfigError, EdgeError
+from edge.gate import Gate
 from edge.guard import Guard, GuardedRunner
 from edge.http_log import ServerLog
 from edge.load import LoadSnapshot, LoadTracker
@@ -84,6 +85,9 @@ class EdgeServer:
             tunnels=self.tunnels,
         )  # fmt: skip
         self.proxy.tls = self.tls
+        self.proxy.gate = Gate(
+            cfg.armour, self.metrics, self.cache, tokens, lambda: self.proxy.routing.sites
+        )
         self._server_log = ServerLog(self.metrics.bad_requests)
         self.guard = Guard(cfg.armour, self.metrics)  # caps and deadlines of the content port
         self._runners: list[web.AppRunner] = []
