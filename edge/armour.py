@@ -12,11 +12,13 @@ does.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from cdn.config import MAX_TIMER_S
 from cdn.tomltable import Table
 from edge.filters import MAX_URL_BYTES, RULES
+from edge.ratelimit import Network, RateSettings
 
 HEAD_TIMEOUT_S = 10.0
 BODY_READ_TIMEOUT_S = 30.0
@@ -25,6 +27,7 @@ MAX_CONNECTIONS = 10_000  # open client connections on the content (and TLS) por
 MAX_CONNECTIONS_PER_CLIENT = 256  # from one client address (the socket's peer)
 MAX_CONNECTIONS_LIMIT = 10_000_000  # beyond this a value is a typo
 MAX_URL_LIMIT = 1024 * 1024
+MAX_RATE_RPS = 1e9
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,7 @@ class ArmourSettings:
     max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT
     max_url_bytes: int = MAX_URL_BYTES
     log_only: frozenset[str] = frozenset()  # filter rules that count but do not refuse
+    rate: RateSettings = RateSettings()  # noqa: RUF009 (frozen) per-client rate limits (edge/ratelimit.py)
 
 
 def parse_armour(t: Table) -> ArmourSettings:
@@ -55,7 +59,30 @@ def parse_armour(t: Table) -> ArmourSettings:
             ),
             max_url_bytes=t.integer("max_url_bytes", 1, MAX_URL_LIMIT, MAX_URL_BYTES),
             log_only=frozenset(t.item(key, rule, _rule) for key, rule in t.strings("log_only")),
+            rate=_rate(t),
         )
+
+
+def _rate(t: Table) -> RateSettings:
+    def rate(key: str) -> float:
+        return t.real(key, 0, MAX_RATE_RPS, 0.0)
+
+    per_client = rate("rate_limit_rps")
+    per_prefix = rate("prefix_rate_limit_rps")
+    return RateSettings(
+        per_client_rps=per_client,
+        # A burst of two seconds' worth unless given, as nginx users commonly set it.
+        per_client_burst=t.real("rate_limit_burst", 0, MAX_RATE_RPS, 2 * per_client),
+        per_prefix_rps=per_prefix,
+        per_prefix_burst=t.real("prefix_rate_limit_burst", 0, MAX_RATE_RPS, 2 * per_prefix),
+        ipv4_prefix=t.integer("ipv4_prefix", 8, 32, 24),
+        ipv6_prefix=t.integer("ipv6_prefix", 16, 128, 56),
+        trusted_proxies=tuple(t.item(k, v, _network) for k, v in t.strings("trusted_proxies")),
+    )
+
+
+def _network(text: str) -> Network:
+    return ipaddress.ip_network(text, strict=False)
 
 
 def _rule(text: str) -> str:

@@ -1,6 +1,8 @@
 """The content port's gate: what is decided about a request before its site's cache or
 origin is touched (design.md "The edge": limits, then the site).
 
+    rate limit  -> a token bucket per client and per /24 or /56 (edge/ratelimit.py);
+                   empty: 429 with Retry-After
     PURGE, BAN  -> the edge's own business, never forwarded: 401 without the purge token
                    (edge.token or a previous one: the control port's check); with it the
                    request's own URL is purged (PURGE: that URL, BAN: every URL under it
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -25,6 +28,7 @@ from edge.cache import Cache
 from edge.control import apply_purge
 from edge.filters import DEFAULT_METHODS, FilterPolicy, inspect
 from edge.metrics import EdgeMetrics
+from edge.ratelimit import RateLimiter, client_address, retry_after
 from edge.sites import SiteTable
 
 log = logging.getLogger("edge.gate")
@@ -44,6 +48,7 @@ class Gate:
         cache: Cache,
         tokens: tuple[str, ...],
         sites: Callable[[], SiteTable],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._metrics = metrics
         self._cache = cache
@@ -51,9 +56,13 @@ class Gate:
         self._sites = sites
         self._settings = settings
         self._policies: dict[tuple[str, ...], FilterPolicy] = {}
+        self._limiter = RateLimiter(settings.rate)
+        self._clock = clock
 
     def screen(self, request: web.Request) -> web.Response | None:
         """An answer for a request the edge handles itself or refuses, else None."""
+        if self._limiter.enabled and (limited := self._rate_limited(request)) is not None:
+            return limited
         kind = PURGE_METHODS.get(request.method)
         table = self._sites()
         if kind is not None:
@@ -78,6 +87,22 @@ class Gate:
             return None
         headers = {"Allow": ", ".join(policy.methods)} if verdict.refused_by == "method" else {}
         return _answer(verdict.status, f"refused by rule {verdict.refused_by}", headers)
+
+    def _rate_limited(self, request: web.Request) -> web.Response | None:
+        client = client_address(
+            request.remote or "",
+            request.headers.getall("X-Forwarded-For", ()),
+            self._limiter.settings.trusted_proxies,
+        )
+        if client is None:
+            return None
+        limited = self._limiter.check(client, self._clock())
+        if limited is None:
+            return None
+        scope, wait_s = limited
+        self._metrics.rate_limited.labels(scope).inc()
+        # RFC 6585 §4: 429 Too Many Requests, with how long to wait (RFC 9110 §10.2.3).
+        return _answer(429, "too many requests", {"Retry-After": retry_after(wait_s)})
 
     def _policy(self, methods: tuple[str, ...]) -> FilterPolicy:
         policy = self._policies.get(methods)

@@ -136,6 +136,13 @@ class EdgeMetrics:
             ["rule", "action"],
             registry=r,
         )
+        self.rate_limited = Counter(
+            "edge_rate_limited",
+            "Content requests answered 429 by a per-client rate limit, by the bucket that was "
+            "empty: client (one address) or prefix (its /24 or /56).",
+            ["scope"],
+            registry=r,
+        )
         self.fleet_purges = Counter(
             "edge_fleet_purges",
             "Purges from routers (by id), by way (fanout, report) and result "
