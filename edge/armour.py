@@ -89,3 +89,31 @@ def _rule(text: str) -> str:
     if text not in RULES:
         raise ValueError(f"expected a filter rule ({', '.join(RULES)}), got {text!r}")
     return text
+
+
+ACCESS_LOG_MAX_BYTES = 100 * 1024 * 1024  # per file before it rotates
+ACCESS_LOG_BACKUPS = 5  # rotated files kept (access.log.1 ... .5)
+ACCESS_LOG_QUEUE = 10_000  # lines waiting for the writer thread; more are dropped
+MAX_ACCESS_LOG_BYTES = 1 << 40
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogSettings:
+    """The `[access_log]` table (edge/access_log.py)."""
+
+    path: str | None = None  # None: no access log (the default)
+    sample: float = 1.0  # the fraction of requests logged
+    max_bytes: int = ACCESS_LOG_MAX_BYTES
+    backups: int = ACCESS_LOG_BACKUPS
+    queue_size: int = ACCESS_LOG_QUEUE
+
+
+def parse_access_log(t: Table) -> AccessLogSettings:
+    with t:
+        return AccessLogSettings(
+            path=t.get("path", str, None),
+            sample=t.real("sample", 0, 1, 1.0, lo_open=True),
+            max_bytes=t.integer("max_bytes", 1024, MAX_ACCESS_LOG_BYTES, ACCESS_LOG_MAX_BYTES),
+            backups=t.integer("backups", 0, 1000, ACCESS_LOG_BACKUPS),
+            queue_size=t.integer("queue_size", 1, 10_000_000, ACCESS_LOG_QUEUE),
+        )

@@ -66,7 +66,7 @@ from cdn.config import (
     previous_tokens,
 )
 from cdn.tomltable import Table, read_toml
-from edge.armour import ArmourSettings, parse_armour
+from edge.armour import AccessLogSettings, ArmourSettings, parse_access_log, parse_armour
 from edge.errors import ConfigError
 from edge.eviction import POLICIES, PolicyName
 from edge.filters import DEFAULT_METHODS
@@ -129,7 +129,7 @@ MAX_HEADER_FIELDS = 10_000
 MAX_MIN_BYTES_PER_S = GiB
 MAX_TUNNELS_LIMIT = 1_000_000
 
-_SECTIONS = ("edge", "cache", "limits", "websocket", "armour")
+_SECTIONS = ("edge", "cache", "limits", "websocket", "armour", "access_log")
 # A site host: DNS labels (RFC 1123 §2.1), lower-case, no port, no wildcard.
 _HOST = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
@@ -224,6 +224,7 @@ class EdgeConfig:
     overrides: tuple[tuple[str, Any], ...] = ()  # the flags, applied again on reload
     websocket: WebSocketSettings = WebSocketSettings()
     armour: ArmourSettings = ArmourSettings()  # noqa: RUF009 (frozen) edge/armour.py
+    access_log: AccessLogSettings = AccessLogSettings()  # noqa: RUF009 (frozen)
 
 
 def parse_size(text: str | int) -> int:
@@ -273,7 +274,8 @@ def build_config(
         if cfg.origin is None and not sites:
             raise ConfigError(source, "edge.origin", "required key missing (or [[sites]])")
         armour = parse_armour(top.table("armour"))
-        return replace(cfg, sites=sites, tls=tls, armour=armour)
+        access_log = parse_access_log(top.table("access_log"))
+        return replace(cfg, sites=sites, tls=tls, armour=armour, access_log=access_log)
 
 
 def _with_flags(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

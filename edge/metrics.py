@@ -143,6 +143,12 @@ class EdgeMetrics:
             ["scope"],
             registry=r,
         )
+        self.access_log_dropped = Counter(
+            "edge_access_log_dropped",
+            "Access log lines dropped because the writer's queue was full "
+            "(access_log.queue_size): the disk was slower than the requests.",
+            registry=r,
+        )
         self.fleet_purges = Counter(
             "edge_fleet_purges",
             "Purges from routers (by id), by way (fanout, report) and result "

@@ -40,6 +40,7 @@ from typing import assert_never
 from aiohttp import web
 from multidict import CIMultiDict
 
+from edge.access_log import CACHE_RESULT, SITE
 from edge.cache import Cache, Lookup, RequestInfo
 from edge.cache_status import cache_status
 from edge.coalesce import Coalescer, Flight
@@ -160,11 +161,13 @@ class Proxy:
             self.tracker.end(end, result)
             self.metrics.inflight.dec()
             method = request.method if request.method in _METHOD_LABELS else "other"
+            request[CACHE_RESULT] = result  # for the access log
             self.metrics.requests.labels(result, method, str(status)).inc()
             self.metrics.request_duration.labels(result).observe(max(0.0, end - start))
             if not isinstance(route, str):
                 route.origin.release()
                 self.metrics.site_requests.labels(route.site.name, result).inc()
+                request[SITE] = route.site.name
 
     async def _tunnel(self, request: web.Request, tunnels: Tunnels) -> web.StreamResponse:
         """An upgrade to the site's origin: never the cache, never a request in flight (a

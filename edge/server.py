@@ -27,6 +27,7 @@ from aiohttp import web
 from cdn.config import HostPort
 from cdn.logs import setup_logging
 from cdn.purge import PURGE_PATH
+from edge.access_log import AccessLog, access_middleware
 from edge.cache import Cache
 from edge.config import EdgeConfig, reload_config
 from edge.control import control_app
@@ -89,6 +90,11 @@ class EdgeServer:
             cfg.armour, self.metrics, self.cache, tokens, lambda: self.proxy.routing.sites
         )
         self._server_log = ServerLog(self.metrics.bad_requests)
+        self.access_log = (
+            None
+            if cfg.access_log.path is None
+            else AccessLog(cfg.access_log, self.metrics.access_log_dropped)
+        )
         self.guard = Guard(cfg.armour, self.metrics)  # caps and deadlines of the content port
         self._runners: list[web.AppRunner] = []
         self._reporter_task: asyncio.Task[None] | None = None
@@ -103,8 +109,11 @@ class EdgeServer:
         """Bind the content and control ports and start reporting."""
         await self.proxy.routing.start()
         await self.tunnels.start()
+        if self.access_log is not None:
+            self.access_log.start()
         limits = self.cfg.limits
-        content = web.Application(client_max_size=limits.max_body_bytes)
+        middlewares = [] if self.access_log is None else [access_middleware(self.access_log)]
+        content = web.Application(client_max_size=limits.max_body_bytes, middlewares=middlewares)
         content.router.add_route("*", "/{tail:.*}", self.proxy.handle)
         handler_args: dict[str, Any] = {
             "max_line_size": limits.max_line_bytes,
@@ -150,6 +159,9 @@ class EdgeServer:
         await self.proxy.close()
         await self.tunnels.close()
         await self.proxy.routing.close()
+        if self.access_log is not None:
+            self.access_log.stop()
+            self.access_log = None
 
     async def reload(self) -> bool:
         """SIGHUP: read the config file again and swap sites, origins and certificates;
