@@ -46,6 +46,13 @@ A config file looks like::
     idle_timeout_s = 100
     ping_interval_s = 30
 
+    [armour]                          # deadlines, caps, rate limits, filters (edge/armour.py)
+    head_timeout_s = 10
+    ...
+
+    [access_log]                      # off unless path is set
+    path = "/var/log/edge/access.log"
+
 Flags given on the command line override the file, key by key.
 """
 
