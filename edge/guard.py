@@ -118,10 +118,14 @@ class GuardedHandler(RequestHandler):
         if len(self._messages) > parsed:  # a complete head (or the parser's 400)
             self._awaiting_head = False
             self._disarm()
-            payload = self._messages[-1][1]
-            self._body = None if payload.is_eof() else payload
+            message, payload = self._messages[-1]
+            upgrade = getattr(message, "upgrade", False)  # a tunnel's bytes are no body
+            self._body = None if upgrade or payload.is_eof() else payload
         if self._body is not None:
-            if self._body.is_eof():
+            if self._upgraded or self._payload_parser is not None:
+                self._body = None  # a tunnel now: its own idle timeout governs (edge/tunnel.py)
+                self._disarm()
+            elif self._body.is_eof():
                 self._body = None
                 self._disarm()
             elif not self._reading_paused:
@@ -168,6 +172,8 @@ class GuardedHandler(RequestHandler):
     def _body_expired(self) -> None:
         self._timer = None
         if self._body is None or self._body.is_eof() or self.transport is None:
+            return
+        if self._upgraded or self._payload_parser is not None:
             return
         self._guard.metrics.client_timeouts.labels("body").inc()
         self.force_close()

@@ -164,3 +164,18 @@ async def test_connections_over_the_total_cap_are_refused_until_one_closes(
         writer.close()
         for _, w in held[1:]:
             w.close()
+
+
+async def test_quiet_websocket_tunnel_outlives_the_body_and_head_deadlines() -> None:
+    # A tunnel's silence is the tunnel's business (websocket.idle_timeout_s), not a stalled
+    # request body's or head's.
+    from tests.ws_origin import WebSocketOrigin
+
+    settings = armour(body_read_timeout_s=0.3, head_timeout_s=0.3, keepalive_timeout_s=0.3)
+    async with WebSocketOrigin() as ws_origin, running_edge(ws_origin.url, armour=settings) as edge:
+        url = f"ws://{edge.content}/echo"
+        async with aiohttp.ClientSession() as client, client.ws_connect(url, autoping=False) as ws:
+            await asyncio.sleep(1.0)  # quiet, past every deadline: what is under test
+            await ws.send_bytes(b"still here")
+            assert (await ws.receive(timeout=5)).data == b"still here"
+        assert metric(edge.metrics, "edge_client_timeouts_total", {"phase": "body"}) == 0
