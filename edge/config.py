@@ -49,6 +49,13 @@ A config file looks like::
     idle_timeout_s = 100
     ping_interval_s = 30
 
+    [armour]                          # deadlines, caps, rate limits, filters (edge/armour.py)
+    head_timeout_s = 10
+    ...
+
+    [access_log]                      # off unless path is set
+    path = "/var/log/edge/access.log"
+
 Flags given on the command line override the file, key by key.
 """
 
@@ -69,8 +76,10 @@ from cdn.config import (
     previous_tokens,
 )
 from cdn.tomltable import Table, read_toml
+from edge.armour import AccessLogSettings, ArmourSettings, parse_access_log, parse_armour
 from edge.errors import ConfigError
 from edge.eviction import POLICIES, PolicyName
+from edge.filters import DEFAULT_METHODS
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -131,11 +140,12 @@ MAX_HEADER_FIELDS = 10_000
 MAX_MIN_BYTES_PER_S = GiB
 MAX_TUNNELS_LIMIT = 1_000_000
 
-_SECTIONS = ("edge", "cache", "limits", "websocket")
+_SECTIONS = ("edge", "cache", "limits", "websocket", "armour", "access_log")
 # A site host: DNS labels (RFC 1123 §2.1), lower-case, no port, no wildcard.
 _HOST = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
+_METHOD = re.compile(r"^[A-Z][A-Z-]{0,31}$")
 DEFAULT_SITE = "default"  # the name of the site edge.origin makes (any other Host)
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)i?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": KiB, "M": MiB, "G": GiB}
@@ -177,6 +187,7 @@ class SiteConfig:
     origin: str  # http(s)://host[:port][/base]
     websocket: bool = True
     origin_ca: str | None = None  # a PEM file of CAs to trust for this origin
+    methods: tuple[str, ...] = DEFAULT_METHODS  # others answered 405 (edge/filters.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +237,8 @@ class EdgeConfig:
     path: Path | None = None  # the file SIGHUP reads again (None: flags only)
     overrides: tuple[tuple[str, Any], ...] = ()  # the flags, applied again on reload
     websocket: WebSocketSettings = WebSocketSettings()
+    armour: ArmourSettings = ArmourSettings()  # noqa: RUF009 (frozen) edge/armour.py
+    access_log: AccessLogSettings = AccessLogSettings()  # noqa: RUF009 (frozen)
 
 
 def parse_size(text: str | int) -> int:
@@ -274,7 +287,9 @@ def build_config(
         cfg = _edge(top.table("edge"), cache, limits, websocket, here)
         if cfg.origin is None and not sites:
             raise ConfigError(source, "edge.origin", "required key missing (or [[sites]])")
-        return replace(cfg, sites=sites, tls=tls)
+        armour = parse_armour(top.table("armour"))
+        access_log = parse_access_log(top.table("access_log"))
+        return replace(cfg, sites=sites, tls=tls, armour=armour, access_log=access_log)
 
 
 def _with_flags(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -328,6 +343,7 @@ def _sites(tables: list[Table], here: Path) -> tuple[SiteConfig, ...]:
                 origin=t.parsed("origin", _http_url),
                 websocket=t.get("websocket", bool, True),
                 origin_ca=_file(t, "origin_ca", here),
+                methods=_methods(t),
             )
         if site.name == DEFAULT_SITE or any(s.name == site.name for s in sites):
             raise t.error("name", f"site name {site.name!r} is taken (names are unique)")
@@ -337,6 +353,18 @@ def _sites(tables: list[Table], here: Path) -> tuple[SiteConfig, ...]:
             owner[host] = site.name
         sites.append(site)
     return tuple(sites)
+
+
+def _methods(t: Table) -> tuple[str, ...]:
+    if not t.has("methods"):
+        return DEFAULT_METHODS
+    return tuple(t.item(key, text, _method) for key, text in t.strings("methods"))
+
+
+def _method(text: str) -> str:
+    if not _METHOD.match(text):
+        raise ValueError(f"expected an upper-case HTTP method like GET, got {text!r}")
+    return text
 
 
 def _tls(t: Table, here: Path) -> TlsSettings:

@@ -136,24 +136,27 @@ class _Purge:
         return web.json_response({"purged": purged})
 
     def _purge(self, kind: str, value: str) -> int:
-        if kind == "key":
-            return self._cache.purge_key(value)
-        table = self._sites()
-        if kind == "site":
-            site = table.by_name.get(value)
-            if site is None or site.name == DEFAULT_SITE:
-                known = ", ".join(s.name for s in table.sites() if s.name != DEFAULT_SITE)
-                raise ValueError(
-                    f"site: expected a [[sites]] name ({known or 'none'}), got {value!r}"
-                )
-            return self._cache.purge_prefix(site.hosts[0], "")
-        slot = purge_slot(table, value)
-        if slot is None:
-            return 0  # no site serves that host: nothing of it is stored
-        host, target = slot
-        if kind == "url":
-            return self._cache.purge_url(host, target)
-        return self._cache.purge_prefix(host, target)
+        return apply_purge(self._cache, self._sites(), kind, value)
+
+
+def apply_purge(cache: Cache, table: SiteTable, kind: str, value: str) -> int:
+    """Remove what one selector names (kind: url, prefix, key or site); how many went.
+    The control port's /purge and the content port's PURGE share it."""
+    if kind == "key":
+        return cache.purge_key(value)
+    if kind == "site":
+        site = table.by_name.get(value)
+        if site is None or site.name == DEFAULT_SITE:
+            known = ", ".join(s.name for s in table.sites() if s.name != DEFAULT_SITE)
+            raise ValueError(f"site: expected a [[sites]] name ({known or 'none'}), got {value!r}")
+        return cache.purge_prefix(site.hosts[0], "")
+    slot = purge_slot(table, value)
+    if slot is None:
+        return 0  # no site serves that host: nothing of it is stored
+    host, target = slot
+    if kind == "url":
+        return cache.purge_url(host, target)
+    return cache.purge_prefix(host, target)
 
 
 def _selector(body: dict[str, Any]) -> tuple[str, str]:

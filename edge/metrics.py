@@ -52,6 +52,26 @@ class EdgeMetrics:
             ["reason"],
             registry=r,
         )
+        self.connections_open = Gauge(
+            "edge_client_connections",
+            "Client connections open on the content and TLS ports.",
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "edge_client_connections_refused",
+            "Client connections refused (503, closed) by the cap that was full "
+            "(total, per_client).",
+            ["cap"],
+            registry=r,
+        )
+        self.client_timeouts = Counter(
+            "edge_client_timeouts",
+            "Client connections closed by a deadline: head (not a complete request head in "
+            "armour.head_timeout_s; answered 408) or body (no body bytes in "
+            "armour.body_read_timeout_s).",
+            ["phase"],
+            registry=r,
+        )
         self.bytes_served = Counter(
             "edge_bytes_served",
             "Response body bytes sent to clients.",
@@ -136,6 +156,33 @@ class EdgeMetrics:
             "edge_purges",
             "Purge requests, by kind (url, prefix, key, site).",
             ["kind"],
+            registry=r,
+        )
+        self.content_purges = Counter(
+            "edge_content_purges",
+            "PURGE and BAN requests on the content port, by result (ok, unauthorized: no "
+            "valid purge token, answered 401); never forwarded to an origin.",
+            ["result"],
+            registry=r,
+        )
+        self.filter_matches = Counter(
+            "edge_filter_matches",
+            "Content requests that matched a filter rule (method, overlong, nul, traversal, "
+            "slash, crlf), by action (refused, logged: the rule is in armour.log_only).",
+            ["rule", "action"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "edge_rate_limited",
+            "Content requests answered 429 by a per-client rate limit, by the bucket that was "
+            "empty: client (one address) or prefix (its /24 or /56).",
+            ["scope"],
+            registry=r,
+        )
+        self.access_log_dropped = Counter(
+            "edge_access_log_dropped",
+            "Access log lines dropped because the writer's queue was full "
+            "(access_log.queue_size): the disk was slower than the requests.",
             registry=r,
         )
         self.fleet_purges = Counter(

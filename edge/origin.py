@@ -36,6 +36,7 @@ from aiohttp.client_proto import ResponseHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from edge.access_log import add_origin_time
 from edge.config import Limits
 from edge.directives import response_cache_control
 from edge.errors import OriginError
@@ -260,6 +261,7 @@ class OriginClient:
             raise _origin_error(exc, self._metrics) from exc
         response_time = self._clock()
         self._metrics.origin_duration.observe(response_time - request_time)
+        add_origin_time(response_time - request_time)
         streamed = is_stream(response.status, response.headers)
         at_once = streamed or relayed_at_once(
             response.status, response.headers, response_cache_control(response.headers)

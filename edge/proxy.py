@@ -40,6 +40,7 @@ from typing import assert_never
 from aiohttp import web
 from multidict import CIMultiDict
 
+from edge.access_log import CACHE_RESULT, SITE
 from edge.cache import Cache, Lookup, RequestInfo
 from edge.cache_status import cache_status
 from edge.coalesce import Coalescer, Flight
@@ -47,6 +48,7 @@ from edge.config import EdgeConfig, SiteConfig
 from edge.disk import DiskLevel
 from edge.entry import CacheEntry
 from edge.errors import OriginError
+from edge.gate import Gate
 from edge.load import CacheResult, LoadTracker
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginClient, OriginResponse
@@ -104,6 +106,7 @@ class Proxy:
         self.disk: DiskLevel | None = None  # set when the edge has a disk level
         self._memory_hits = metrics.cache_level_hits.labels("memory")
         self._disk_hits = metrics.cache_level_hits.labels("disk")
+        self.gate: Gate | None = None  # PURGE and request filters (edge/gate.py)
 
     async def close(self) -> None:
         """Cancel background refreshes (at shutdown)."""
@@ -135,6 +138,9 @@ class Proxy:
         return Route(site, routing.origins[site.name])
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        # Before any site's cache or origin: PURGE is the edge's, filtered requests stop.
+        if self.gate is not None and (screened := self.gate.screen(request)) is not None:
+            return screened
         if self.tunnels is not None and wants_websocket(request.method, request.headers):
             return await self._tunnel(request, self.tunnels)
         start = self._clock()
@@ -159,11 +165,13 @@ class Proxy:
             self.tracker.end(end, result)
             self.metrics.inflight.dec()
             method = request.method if request.method in _METHOD_LABELS else "other"
+            request[CACHE_RESULT] = result  # for the access log
             self.metrics.requests.labels(result, method, str(status)).inc()
             self.metrics.request_duration.labels(result).observe(max(0.0, end - start))
             if not isinstance(route, str):
                 route.origin.release()
                 self.metrics.site_requests.labels(route.site.name, result).inc()
+                request[SITE] = route.site.name
 
     async def _tunnel(self, request: web.Request, tunnels: Tunnels) -> web.StreamResponse:
         """An upgrade to the site's origin: never the cache, never a request in flight (a

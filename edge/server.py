@@ -28,11 +28,14 @@ from aiohttp import web
 from cdn.config import HostPort
 from cdn.logs import setup_logging
 from cdn.purge import PURGE_PATH
+from edge.access_log import AccessLog, access_middleware
 from edge.cache import Cache
 from edge.config import EdgeConfig, reload_config
 from edge.control import control_app
 from edge.disk import DiskLevel
 from edge.errors import ConfigError, EdgeError
+from edge.gate import Gate
+from edge.guard import Guard, GuardedRunner
 from edge.http_log import ServerLog
 from edge.load import LoadSnapshot, LoadTracker
 from edge.metrics import EdgeMetrics
@@ -88,7 +91,16 @@ class EdgeServer:
         )  # fmt: skip
         self.proxy.tls = self.tls
         self.proxy.disk = self.disk
+        self.proxy.gate = Gate(
+            cfg.armour, self.metrics, self.cache, tokens, lambda: self.proxy.routing.sites
+        )
         self._server_log = ServerLog(self.metrics.bad_requests)
+        self.access_log = (
+            None
+            if cfg.access_log.path is None
+            else AccessLog(cfg.access_log, self.metrics.access_log_dropped)
+        )
+        self.guard = Guard(cfg.armour, self.metrics)  # caps and deadlines of the content port
         self._runners: list[web.AppRunner] = []
         self._reporter_task: asyncio.Task[None] | None = None
         self.content: HostPort | None = None
@@ -123,15 +135,21 @@ class EdgeServer:
                 await self.stop()
                 why = f"cannot use {self.disk.path}: {exc.strerror or exc}"
                 raise ConfigError(self.cfg.source, "cache.disk_path", why) from None
+        if self.access_log is not None:
+            self.access_log.start()
         limits = self.cfg.limits
-        content = web.Application(client_max_size=limits.max_body_bytes)
+        middlewares = [] if self.access_log is None else [access_middleware(self.access_log)]
+        content = web.Application(client_max_size=limits.max_body_bytes, middlewares=middlewares)
         content.router.add_route("*", "/{tail:.*}", self.proxy.handle)
         handler_args: dict[str, Any] = {
             "max_line_size": limits.max_line_bytes,
             "max_field_size": limits.max_field_bytes,
             "max_headers": limits.max_headers,
+            "keepalive_timeout": self.cfg.armour.keepalive_timeout_s,
         }
-        self.content = await self._bind(content, self.cfg.listen, "edge.listen", handler_args)
+        self.content = await self._bind(
+            content, self.cfg.listen, "edge.listen", handler_args, self.guard
+        )
         if self.tls is not None and self.cfg.tls is not None:
             # The same runner: one set of connections for the content, drained together.
             runner, where = self._runners[-1], self.cfg.tls.listen
@@ -171,6 +189,9 @@ class EdgeServer:
             await self.disk.close()
         await self.tunnels.close()
         await self.proxy.routing.close()
+        if self.access_log is not None:
+            self.access_log.stop()
+            self.access_log = None
 
     async def reload(self) -> bool:
         """SIGHUP: read the config file again and swap sites, origins and certificates;
@@ -199,16 +220,25 @@ class EdgeServer:
         return True
 
     async def _bind(
-        self, app: web.Application, where: HostPort, key: str, handler_args: dict[str, Any]
+        self,
+        app: web.Application,
+        where: HostPort,
+        key: str,
+        handler_args: dict[str, Any],
+        guard: Guard | None = None,
     ) -> HostPort:
         # The keyword arguments reach aiohttp's RequestHandler: the header limits, and the
         # logger that turns a client's malformed request into a count (edge.http_log).
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            logger=self._server_log,
-            shutdown_timeout=SHUTDOWN_GRACE_S,
+        # The content port's connections are guarded (edge/guard.py); the control port's
+        # are the operators'.
+        args: dict[str, Any] = {
+            "access_log": None,
+            "logger": self._server_log,
+            "shutdown_timeout": SHUTDOWN_GRACE_S,
             **handler_args,
+        }
+        runner = (
+            web.AppRunner(app, **args) if guard is None else GuardedRunner(app, guard=guard, **args)
         )
         await runner.setup()
         self._runners.append(runner)
