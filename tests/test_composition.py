@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import pickle
 import random
+from dataclasses import replace
 
 import dns.edns
 import dns.message
 import dns.rcode
 import pytest
 
+from georouter.armour import random_secrets
 from georouter.config import DEFAULT_CONFIG, load_config
 from georouter.fleet import Fleet
 from georouter.geo import open_geoip
@@ -64,7 +66,8 @@ def test_messages_round_trip_each_in_its_own_direction() -> None:
 
 
 def test_a_worker_keeps_its_pipeline_when_a_configure_comes_without_its_database() -> None:
-    config = load_config(DEFAULT_CONFIG)
+    # A worker gets its config from main, which fills in the cookie secret of this start.
+    config = replace(load_config(DEFAULT_CONFIG), cookies=random_secrets())
     with open_geoip(None) as geodb:
         worker = _Worker(config, geodb)
         before = worker.responder
