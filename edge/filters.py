@@ -32,7 +32,12 @@ RULES: tuple[RuleId, ...] = ("method", "overlong", "nul", "traversal", "slash", 
 STATUS: dict[RuleId, int] = {
     "method": 405, "overlong": 414, "nul": 400, "traversal": 400, "slash": 400, "crlf": 400,
 }  # fmt: skip
-DEFAULT_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# A site accepts every method unless its `methods` list says otherwise: an origin's own
+# methods (WebDAV, M-SEARCH, …) pass, and RFC 9111 §4.4 invalidation sees them. This is the
+# list we recommend for a site that serves a web app (CRS's allowed_methods plus the rest
+# of a REST API's).
+RECOMMENDED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+DEFAULT_METHODS: tuple[str, ...] = ()  # () : any method
 MAX_URL_BYTES = 8190  # as aiohttp's request line limit (nginx large_client_header_buffers 8k)
 
 _NUL = re.compile(r"\x00|%00")
@@ -81,7 +86,7 @@ def inspect(
 def _matches(
     method: str, target: str, headers: Iterable[tuple[str, str]], policy: FilterPolicy
 ) -> Iterable[RuleId]:
-    if method not in policy.methods:
+    if policy.methods and method not in policy.methods:
         yield "method"
     if len(target.encode("utf-8", "surrogateescape")) > policy.max_url_bytes:
         yield "overlong"

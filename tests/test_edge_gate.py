@@ -11,13 +11,14 @@ import aiohttp
 import pytest
 
 from edge.armour import ArmourSettings
-from edge.filters import DEFAULT_METHODS, FilterPolicy, inspect
+from edge.config import SiteConfig
+from edge.filters import RECOMMENDED_METHODS, FilterPolicy, inspect
 from edge.server import EdgeServer
 from tests.origin_app import ScriptedOrigin, get, metric, running_edge
 
 pytest_plugins = ("tests.edge_fixtures",)
 
-POLICY = FilterPolicy(frozenset(DEFAULT_METHODS))
+POLICY = FilterPolicy(frozenset(RECOMMENDED_METHODS))
 
 
 async def raw(edge: EdgeServer, head: bytes) -> bytes:
@@ -96,10 +97,19 @@ async def test_filtered_requests_get_400_never_reach_the_origin_and_are_counted(
 
 
 async def test_method_not_allowed_by_the_site_is_405_with_allow(origin: ScriptedOrigin) -> None:
-    async with running_edge(origin.url) as edge:
+    site = SiteConfig(name="x", hosts=("x",), origin=origin.url, methods=RECOMMENDED_METHODS)
+    async with running_edge(origin.url, sites=(site,)) as edge:
         status = await raw(edge, b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 405 ")
     assert origin.seen == []
+
+
+async def test_a_site_without_a_method_list_passes_any_method(origin: ScriptedOrigin) -> None:
+    # RFC 9111 §4.4: an origin's own unsafe methods (M-SEARCH) reach it and invalidate.
+    async with running_edge(origin.url) as edge:
+        status = await raw(edge, b"M-SEARCH / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert not status.startswith(b"HTTP/1.1 405 ")
+    assert [seen.method for seen in origin.seen] == ["M-SEARCH"]
 
 
 async def test_log_only_rule_passes_and_counts(
