@@ -57,7 +57,8 @@ class Coalescer:
     async def follow(self, flight: Flight, wait_s: float) -> bool:
         """Wait for ``flight`` at most ``wait_s``; True if it finished having stored."""
         try:
-            await asyncio.wait_for(flight.done.wait(), wait_s)
+            async with asyncio.timeout(wait_s):  # keeps a client's cancel (3.11's wait_for may not)
+                await flight.done.wait()
         except TimeoutError:
             return False
         return flight.stored

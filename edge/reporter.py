@@ -91,8 +91,11 @@ class Reporter:
                     forced = self._wake.is_set()
                     self._wake.clear()
                     await self.report_once(session, forced=forced)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that
+                    # arrives as the event is set, and the task would never stop.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.interval_s)
+                        async with asyncio.timeout(self.interval_s):
+                            await self._wake.wait()
             finally:
                 channels = (r.channel for r in self._routers if r.channel is not None)
                 await asyncio.gather(*(c.close() for c in channels))

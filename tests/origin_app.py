@@ -271,6 +271,9 @@ async def running_edge(
         await server.stop()
 
 
+CANCEL_DEADLINE_S = 10.0
+
+
 async def poll(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
     """Wait until ``predicate()`` holds, checking often; fail the test at the deadline."""
     loop = asyncio.get_running_loop()
@@ -283,13 +286,15 @@ async def poll(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
 
 @asynccontextmanager
 async def background(job: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task[None]]:
-    """Run ``job`` as a task for the block; cancel it and wait for it on the way out."""
+    """Run ``job`` as a task for the block; cancel it and wait for it on the way out
+    (a task that ignores its cancel fails the test instead of hanging it)."""
     task = asyncio.create_task(job)
     try:
         yield task
     finally:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        async with asyncio.timeout(CANCEL_DEADLINE_S):
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def get(

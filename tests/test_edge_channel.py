@@ -49,11 +49,17 @@ class ChannelRouter(FakeRouter):
         return ws
 
 
-def reporter(url: str, interval_s: float, applied: list[Purge] | None = None) -> Reporter:
+def reporter(
+    url: str, interval_s: float, applied: list[Purge] | None = None, *, eager: bool = False
+) -> Reporter:
+    """A reporter that, like the edge, asks for an early report only for new purges
+    (``eager``: for every reply that carries any, which wakes it without pause)."""
+
     def on_purges(purges: Iterable[Purge]) -> bool:
+        new = [p for p in purges if applied is None or p not in applied]
         if applied is not None:
-            applied.extend(purges)
-        return True
+            applied.extend(new)
+        return eager or bool(new)
 
     return Reporter("edge-test-1", (url,), "t0ken", 100.0, lambda: SNAP, EdgeMetrics(),
                     interval_s, time.monotonic, on_purges=on_purges)  # fmt: skip
@@ -70,6 +76,18 @@ async def test_reports_ride_the_channel_and_replies_come_back_on_it() -> None:
     assert len(router.handshakes) == 1  # one long-lived connection
     seqs = [r.seq for r in router.channel_reports]
     assert seqs == sorted(seqs) and seqs[0] == 1
+
+
+async def test_a_reporter_woken_without_pause_still_stops_when_cancelled() -> None:
+    # The router re-sends an unacknowledged purge and every reply wakes the reporter: the
+    # cancel on the way out must not be lost (asyncio.wait_for on 3.11 could drop it).
+    purge = Purge.from_dict({"id": "p-2", "url": "http://cdn.example.com/b"}, need_id=True)
+    async with ChannelRouter() as router:
+        router.owed = [purge]
+        for _ in range(20):
+            async with background(reporter(router.url, 60.0, eager=True).run()):
+                await poll(lambda: len(router.channel_reports) >= 3)
+            router.channel_reports.clear()
 
 
 async def test_a_router_that_drops_channels_gets_posts_and_rate_limited_reopens() -> None:
