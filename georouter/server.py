@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -65,12 +66,14 @@ class Router:
             self.config.policy, self.config.regions, random.Random(), self.config.services
         )
         self.metrics.set_capacities(self.config.nodes)
+        self._on_snapshot: Callable[[FleetSnapshot], None] = lambda snapshot: None
         self.fleet = Fleet(self.config, self._publish, observer(self.metrics))
         responder = build_answering(self.config, self._reader, self.metrics.tallies, self.selector)
         guard = Guard.of(self.config, self.metrics.tallies)
         self.dns = DnsService(responder, self.config.router.dns_listen, self.metrics, guard=guard)
         # Reads the state file and applies drains and weights before DNS opens.
         self.controller = Controller(config=self.config, fleet=self.fleet, metrics=self.metrics)
+        self._on_snapshot = self.controller.on_snapshot  # pre-warming by popularity
         self.plane = ControlPlane(
             self.fleet, self.selector, self.metrics, _tokens(self.config), self.controller
         )
@@ -165,6 +168,7 @@ class Router:
         self.selector.update(snapshot)
         if self.workers is not None:
             self.workers.publish(snapshot)
+        self._on_snapshot(snapshot)
 
     async def _bind_dns(self) -> None:
         where = self.config.router.dns_listen
