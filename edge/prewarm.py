@@ -11,9 +11,9 @@ is refused whole, and the router reports the node's task as failed.
 Each fetch is a HEAD through the edge's own content port (its normal miss path: a HEAD
 miss fills the cache with a GET, through the shields when the edge has parents) and
 `classify` reads how it ended from the last Cache-Status member (RFC 9211 §2: each cache
-appends its member, so this edge's is last): "hit" → cached, fwd with "stored" →
-fetched, anything else failed with the status (fwd-status, the origin's own, when the
-origin answered).
+appends its member, so this edge's is last): "hit" (or a 304 revalidation of a stored
+copy) → cached, fwd with "stored" → fetched, anything else failed with the status
+(fwd-status, the origin's own, when the origin answered).
 
 The hot set is a Space-Saving sketch (Metwally, Agrawal, El Abbadi 2005): at most
 `capacity` counters; an unseen URL takes over the smallest counter and inherits its count
@@ -46,6 +46,7 @@ HOT_CAPACITY = 4 * MAX_HOT  # Space-Saving counters (the top MAX_HOT of them are
 HOT_HALF_LIFE_S = 60.0
 
 _FWD_STATUS = re.compile(r";\s*fwd-status=(\d{3})")
+_PLAIN = re.compile(r"[!#-\[\]-~]+")  # printable ASCII but '"' and '\\' (JSON escapes them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,8 @@ def classify(status: int, cache_status: str | None) -> tuple[Outcome, int]:
     origin = int(match.group(1)) if match else status
     if status < 300 and "stored" in params:
         return "fetched", origin
+    if status < 300 and origin == 304:  # a stored copy, revalidated (RFC 9111 §4.3.4)
+        return "cached", status
     return "failed", origin if origin >= 300 else status
 
 
@@ -174,7 +177,9 @@ class HotSet:
         return len(self._counts)
 
     def add(self, url: str, now: float) -> None:
-        if len(url) > MAX_HOT_URL_CHARS:
+        """Count one request; URLs that are long or would grow in JSON are not counted
+        (each reported URL must cost one byte per character: the report is bounded)."""
+        if len(url) > MAX_HOT_URL_CHARS or not _PLAIN.fullmatch(url):
             return
         self._decay(now)
         counts = self._counts
