@@ -14,6 +14,9 @@ import aiohttp
 import pytest
 
 from cdnlab.loopback import TOKEN, Cdn, poll, start_cdn
+from cdnlab.supervisor import Supervisor
+from tests.nats_fixture import needs_nats, start_nats
+from tests.test_fleet_e2e import bus_toml, report_only_to, start_second_router
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HOST = "cdn.example.com"
@@ -163,3 +166,35 @@ async def test_a_killed_edge_s_hot_set_is_prewarmed_on_the_node_taking_its_clien
             assert await verdict(session, cdn, "edge-eu-2", path) == "hit", path
         series = 'georouter_prewarm_tasks_total{origin="popularity"}'
         assert await metric(session, cdn.plan.control_url, series) >= 1
+
+
+@needs_nats
+@pytest.mark.timeout(120)
+async def test_a_task_made_on_one_router_reaches_the_other_through_nats(tmp_path: Path) -> None:
+    nats_supervisor = Supervisor(tmp_path)
+    try:
+        (node,) = await start_nats(nats_supervisor, tmp_path / "nats")
+        async with (
+            start_cdn(tmp_path, extra=bus_toml([node])) as cdn,
+            aiohttp.ClientSession() as session,
+        ):
+            router_b = await start_second_router(cdn, tmp_path)
+            # edge-ap-2 reports to router B only: B hears the task from the bus alone and
+            # the edge's progress from its reports.
+            await report_only_to(cdn, "edge-ap-2", router_b)
+            status, body = await post(
+                session, f"{cdn.plan.control_url}/api/v1/prewarm",
+                {"region": "ap", "urls": [OBJECT]},
+            )  # fmt: skip
+            assert status == 202
+            url_b = f"{router_b}/api/v1/prewarm/{body['id']}"
+            task = await poll(
+                lambda: get_json(session, url_b),
+                lambda t: t["nodes"]["edge-ap-2"]["state"] == "done",
+                15.0,
+                "router B has the task and edge-ap-2's progress",
+            )
+            assert set(task["nodes"]) == {"edge-ap-1", "edge-ap-2"}
+            assert task["origin"] == "api" and task["nodes"]["edge-ap-2"]["fetched"] == 1
+    finally:
+        await nats_supervisor.stop_all()
