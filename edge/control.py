@@ -28,7 +28,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cdn import auth
 from cdn.jsonbody import decode_json_object
-from cdn.prewarm import MAX_ORDER_URLS, MAX_URL_CHARS
 from cdn.report import EDGE_STATUSES
 from edge.cache import Cache
 from edge.config import DEFAULT_SITE
@@ -37,8 +36,6 @@ from edge.metrics import EdgeMetrics
 from edge.sites import SiteTable, cache_host
 
 MAX_PURGE_BODY_BYTES = 8192
-# A router's pre-warm order (edge/prewarmer.py bounds it again) is the largest body here.
-MAX_CONTROL_BODY_BYTES = MAX_ORDER_URLS * (MAX_URL_CHARS + 4) + 1024
 MAX_PURGE_DEPTH = 4  # a purge is one flat object
 
 
@@ -56,7 +53,7 @@ def control_app(
     the purge credentials (edge.token, then edge.previous_tokens: a rotation), ``sites``
     the current site table; /healthz says 503 until ``ready()`` (the disk index is
     loaded); ``on_scrape`` sets gauges owned elsewhere."""
-    app = web.Application(client_max_size=MAX_CONTROL_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_PURGE_BODY_BYTES)
     app.router.add_get("/healthz", _Health(snapshot, ready).handle)
     app.router.add_get("/metrics", _Metrics(cache, metrics, snapshot, on_scrape).handle)
     app.router.add_post("/purge", _Purge(cache, metrics, tokens, sites).handle)

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from cdn import auth
 from cdn.config import HostPort
-from cdn.jsonbody import decode_json_object
+from cdn.jsonbody import decode_json_object, read_limited
 from cdn.prewarm import MAX_ORDER_URLS, MAX_URL_CHARS, Outcome, PrewarmOrder
 from cdn.purge import PurgeError
 from cdn.report import LoadReport
@@ -36,7 +36,7 @@ from edge.proxy import PREWARM_HEADER
 
 BUSY_WAIT_S = 0.2  # a busy edge is looked at again this often
 FETCH_TIMEOUT_S = 30.0
-MAX_BODY_BYTES = MAX_ORDER_URLS * (MAX_URL_CHARS + 4) + 1024  # as edge.control admits
+MAX_BODY_BYTES = MAX_ORDER_URLS * (MAX_URL_CHARS + 4) + 1024
 MAX_DEPTH = 3  # {"urls": [...]}
 
 log = logging.getLogger("edge.prewarm")
@@ -101,9 +101,8 @@ class Prewarmer:
             headers = {"WWW-Authenticate": auth.challenge("edge", given)}
             return web.json_response({"error": auth.UNAUTHORIZED}, status=401, headers=headers)
         try:
-            body = decode_json_object(
-                await request.read(), max_bytes=MAX_BODY_BYTES, max_depth=MAX_DEPTH
-            )
+            raw = await read_limited(request.content.read, MAX_BODY_BYTES)  # over the app's cap
+            body = decode_json_object(raw, max_bytes=MAX_BODY_BYTES, max_depth=MAX_DEPTH)
             order = PrewarmOrder.from_dict(body)
         except (ValueError, PurgeError) as exc:  # JsonBodyError; PrewarmError is a PurgeError
             return web.json_response({"error": str(exc)}, status=400)

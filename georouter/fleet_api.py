@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cdn.jsonbody import decode_json_object
+from cdn.jsonbody import decode_json_object, read_limited
 from cdn.prewarm import MAX_ORDER_URLS, MAX_URL_CHARS, PrewarmError, valid_site, valid_urls
 from cdn.purge import Purge, PurgeError
 from georouter.controller import BusUnavailable, Controller, PrewarmRefused
@@ -140,7 +140,7 @@ async def _prewarm(request: web.Request) -> web.Response:
         api.metrics.prewarm_requests.labels("unauthorized").inc()
         return api.unauthorized(request)
     try:
-        raw = await _read_bounded(request, MAX_PREWARM_BODY_BYTES)
+        raw = await read_limited(request.content.read, MAX_PREWARM_BODY_BYTES)
         body = decode_json_object(raw, max_bytes=MAX_PREWARM_BODY_BYTES, max_depth=MAX_DEPTH)
         region, urls, site = _prewarm_request(body)
         task = await api.controller.prewarm(region, urls, site)
@@ -181,20 +181,6 @@ async def _prewarm_list(request: web.Request) -> web.Response:
         for t in reversed(tasks)
     ]  # fmt: skip
     return web.json_response({"tasks": listed})
-
-
-async def _read_bounded(request: web.Request, limit: int) -> bytes:
-    """The body, read past the app's client_max_size (sized for reports) up to `limit`:
-    one byte more is enough for the decoder to name the defect."""
-    chunks: list[bytes] = []
-    size = 0
-    while size <= limit:
-        chunk = await request.content.read(limit + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 async def _json(request: web.Request) -> dict[str, Any]:

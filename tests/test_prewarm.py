@@ -371,3 +371,19 @@ def test_queue_depth_is_what_was_admitted_and_not_yet_recorded(sizes: list[int],
     for job in jobs:
         queue.record(job, "fetched", 200, 1.0)
     assert queue.depth == admitted - len(jobs)
+
+
+@pytest.mark.timeout(60)
+async def test_an_order_is_bounded_and_needs_the_token() -> None:
+    async with running_edge("http://127.0.0.1:9") as edge:
+        assert edge.control is not None
+        control = f"http://{edge.control}"
+        async with aiohttp.ClientSession() as session:
+            big = b'{"id": "t", "urls": ["' + b"x" * (3 * 1024 * 1024) + b'"]}'
+            headers = {"Authorization": "Bearer t0ken", "Content-Type": "application/json"}
+            async with session.post(f"{control}/api/v1/prewarm", data=big, headers=headers) as r:
+                assert r.status == 400 and "larger than" in (await r.json())["error"]
+            async with session.post(f"{control}/api/v1/prewarm", json={"id": "t"}) as r:
+                assert r.status == 401
+        status, body = await post_order(control, {"id": "t", "urls": ["/relative"]})
+        assert status == 400 and "absolute" in str(body["error"])
