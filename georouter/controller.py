@@ -314,7 +314,7 @@ class Controller:
             return
         now = time.monotonic()
         for change in self.popularity.changes(answering(snapshot, self.config)):
-            urls = self.popularity.hot_set(change.region, now, limits.popularity_top_k)
+            urls = self.popularity.hot_set_for(change, now, limits.popularity_top_k)
             if not urls or not self.popularity.due(
                 change.region, now, limits.popularity_interval_s
             ):

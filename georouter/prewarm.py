@@ -21,8 +21,10 @@ Popularity. Each report's hot set (an edge's top objects with decayed counts) is
 node with its time; a region's hot set is the sum over the region's nodes heard within
 HOT_MAX_AGE_S (a node that just died still counts: its clients are the ones moving).
 `Popularity.changes` compares which nodes each region answers with now against before:
-a node that left (down, drained, saturated) sends the region's hot set to the nodes that
-still answer for it; a node that joined gets the hot set itself.
+a node that left (down, drained, saturated) sends its own hot set (the objects its clients,
+who are moving, asked for; the region's if it reported none) to the nodes that now answer
+for the region, whose own hot objects are cached there already; a node that joined gets
+the region's hot set.
 """
 
 from __future__ import annotations
@@ -260,10 +262,15 @@ class Popularity:
         if hot:
             self._hot[node] = (region, now, hot)
 
-    def hot_set(self, region: str, now: float, k: int) -> tuple[str, ...]:
-        """The region's top k URLs: counts summed over its nodes heard lately."""
+    def hot_set(
+        self, region: str, now: float, k: int, nodes: frozenset[str] | None = None
+    ) -> tuple[str, ...]:
+        """The region's top k URLs: counts summed over its nodes (or only `nodes`) heard
+        lately."""
         totals: dict[str, int] = {}
-        for node_region, at, hot in self._hot.values():
+        for node, (node_region, at, hot) in self._hot.items():
+            if nodes is not None and node not in nodes:
+                continue
             if node_region == region and now - at <= HOT_MAX_AGE_S:
                 for h in hot:
                     totals[h.url] = totals.get(h.url, 0) + h.count
@@ -284,6 +291,14 @@ class Popularity:
                 out.append(Change(region, tuple(sorted(targets)), tuple(sorted(left)),
                                   tuple(sorted(joined))))  # fmt: skip
         return out
+
+    def hot_set_for(self, change: Change, now: float, k: int) -> tuple[str, ...]:
+        """What a change pre-warms: the leavers' hot set, else the region's."""
+        if change.left:
+            moving = self.hot_set(change.region, now, k, frozenset(change.left))
+            if moving:
+                return moving
+        return self.hot_set(change.region, now, k)
 
     def due(self, region: str, now: float, interval_s: float) -> bool:
         """At most one popularity task per region per interval; True records one now."""

@@ -258,8 +258,10 @@ def test_popularity_sends_the_region_hot_set_to_the_nodes_that_take_its_clients(
     assert pop.changes({"eu": frozenset({"e1", "e2"})}) == []  # the first view
     (left,) = pop.changes({"eu": frozenset({"e2"})})
     assert (left.targets, left.left, left.joined) == (("e2",), ("e1",), ())
+    assert pop.hot_set_for(left, 1.0, 2) == (url(1), url(2))  # what e1's clients asked for
     (joined,) = pop.changes({"eu": frozenset({"e1", "e2"})})
     assert (joined.targets, joined.joined) == (("e1",), ("e1",))
+    assert pop.hot_set_for(joined, 1.0, 2) == (url(2), url(1))  # the region's
     assert pop.changes({"eu": frozenset({"e1", "e2"})}) == []
     assert pop.due("eu", 0.0, 5.0) and not pop.due("eu", 4.0, 5.0) and pop.due("eu", 5.0, 5.0)
 
