@@ -9,6 +9,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -40,6 +41,7 @@ from georouter.prewarm import (
     PrewarmTask,
     quota_refusal,
 )
+from georouter.state import ControlState, StateFile
 from tests.origin_app import metric, poll, running_edge
 
 HOST = "cdn.example.com"
@@ -389,3 +391,13 @@ async def test_an_order_is_bounded_and_needs_the_token() -> None:
                 assert r.status == 401
         status, body = await post_order(control, {"id": "t", "urls": ["/relative"]})
         assert status == 400 and "absolute" in str(body["error"])
+
+
+def test_the_state_file_keeps_prewarm_tasks_with_their_progress(tmp_path: Path) -> None:
+    t = task("t1", 2, 10.0)
+    t.nodes["e2"] = NodeProgress("failed: status 503")
+    t.nodes["e1"] = NodeProgress("sent", PrewarmProgress("t1", fetched=1, failed=1,
+                                                          errors=((1, 404),)))  # fmt: skip
+    files = StateFile(tmp_path)
+    files.save(ControlState(prewarms=(t,)))
+    assert files.load().prewarms == (t,)

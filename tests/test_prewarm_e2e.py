@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nats
 import pytest
 
 from cdnlab.loopback import TOKEN, Cdn, poll, start_cdn
 from cdnlab.supervisor import Supervisor
+from georouter import bus
 from tests.nats_fixture import needs_nats, start_nats
 from tests.test_fleet_e2e import bus_toml, report_only_to, start_second_router
 
@@ -196,5 +198,44 @@ async def test_a_task_made_on_one_router_reaches_the_other_through_nats(tmp_path
             )
             assert set(task["nodes"]) == {"edge-ap-1", "edge-ap-2"}
             assert task["origin"] == "api" and task["nodes"]["edge-ap-2"]["fetched"] == 1
+    finally:
+        await nats_supervisor.stop_all()
+
+
+@needs_nats
+@pytest.mark.timeout(120)
+async def test_a_purge_stream_made_before_prewarm_tasks_is_widened_in_place(
+    tmp_path: Path,
+) -> None:
+    nats_supervisor = Supervisor(tmp_path)
+    try:
+        (node,) = await start_nats(nats_supervisor, tmp_path / "nats")
+        client = await nats.connect(servers=[node.url])
+        try:
+            js = client.jetstream()
+            await js.add_stream(name=bus.STREAM, subjects=[bus.SUBJECT])  # as routers made it
+            async with (
+                start_cdn(tmp_path, extra=bus_toml([node])) as cdn,
+                aiohttp.ClientSession() as session,
+            ):
+                status, body = await post(
+                    session, f"{cdn.plan.control_url}/api/v1/prewarm",
+                    {"region": "eu", "urls": [OBJECT]},
+                )  # fmt: skip
+                assert status == 202
+                info = await js.stream_info(bus.STREAM)
+                assert info.config.subjects == [bus.STREAM_SUBJECTS]
+
+                async def last_task() -> bytes | None:
+                    try:
+                        msg = await js.get_last_msg(bus.STREAM, bus.PREWARM_SUBJECT)
+                    except nats.js.errors.NotFoundError:
+                        return None  # not published yet
+                    return msg.data
+
+                last = await poll(last_task, lambda data: data is not None, 10.0, "the task")
+                assert last is not None and json.loads(last)["id"] == body["id"]
+        finally:
+            await client.close()
     finally:
         await nats_supervisor.stop_all()
