@@ -242,6 +242,8 @@ class Controller:
             status = 400 if len(urls) > limits.max_urls_per_task else 429
             raise PrewarmRefused(status, refusal)
         targets = tuple(n.name for n in self.edges_of(region))
+        if not targets:
+            raise PrewarmRefused(400, f"region: {region!r} has no edges")
         return await self._new_prewarm(region, urls, site, "api", targets)
 
     async def _new_prewarm(

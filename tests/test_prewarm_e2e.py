@@ -116,6 +116,7 @@ async def test_prewarm_refuses_bad_input_and_enforces_its_quotas(tmp_path: Path)
         api = f"{cdn.plan.control_url}/api/v1/prewarm"
         for bad, why in [
             ({"region": "mars", "urls": [OBJECT]}, "unknown region"),
+            ({"urls": [OBJECT]}, "region"),
             ({"region": "eu", "urls": ["/img/dog.jpg"]}, "absolute"),
             ({"region": "eu", "urls": []}, "non-empty"),
             ({"region": "eu", "urls": [OBJECT], "site": "other.example.com"}, "not the host"),
