@@ -83,12 +83,14 @@ _COUNTRY = re.compile(r"[A-Z]{2}")
 class RouterSettings:
     dns_listen: HostPort
     control_listen: HostPort
-    token: str
+    token: str = ""  # shared by nodes without their own token (before per-node tokens)
     geoip: Path | None = None  # None: the embedded GeoLite2-City
     dns_workers: int = DNS_WORKERS
     previous_tokens: tuple[str, ...] = ()  # still accepted while edges move to `token`
     state_dir: Path | None = None  # None: default_state_dir(the config file)
     fanout_timeout_s: float = FANOUT_TIMEOUT_S
+    operator_token: str = ""  # drain, undrain, weight, purge; "": router.token (a warning)
+    previous_operator_tokens: tuple[str, ...] = ()  # still accepted during a rotation
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +152,7 @@ class Node:
     control_url: str  # probed at {control_url}/healthz
     ipv4: IPv4Address | None = None
     ipv6: IPv6Address | None = None
+    tokens: tuple[str, ...] = ()  # its own token, then previous_tokens; (): router.token
 
     @property
     def health_url(self) -> str:
@@ -195,6 +198,7 @@ def load_config(path: Path) -> RouterConfig:
         policy = _policy(top.table("policy"), regions)
         health = _health(top.table("health"))
         nodes = _nodes(top.tables("nodes"), regions)
+        _check_credentials(top, router, nodes)
         fleet = Inventory(regions.keys(), {node.name: node.region for node in nodes})
         zones = read_zones(top, top.tables("zones"), fleet)
         overrides = _overrides(top.tables("overrides"), regions)
@@ -222,14 +226,39 @@ def _router(t: Table, config_dir: Path) -> RouterSettings:
         return RouterSettings(
             dns_listen=t.parsed("dns_listen", parse_host_port, DNS_LISTEN),
             control_listen=t.parsed("control_listen", parse_host_port, CONTROL_LISTEN),
-            token=t.parsed("token", bearer_token),
+            token=t.optional("token", bearer_token) or "",
             geoip=t.optional("geoip", lambda text: _file_path(text, config_dir)),
             dns_workers=t.integer("dns_workers", 1, MAX_DNS_WORKERS, DNS_WORKERS),
             previous_tokens=previous_tokens(t),
             state_dir=t.optional("state_dir", lambda text: _dir_path(text, config_dir)),
             fanout_timeout_s=t.real("fanout_timeout_s", 0, MAX_TIMER_S, FANOUT_TIMEOUT_S,
                                     lo_open=True),
+            operator_token=t.optional("operator_token", bearer_token) or "",
+            previous_operator_tokens=previous_tokens(t, "previous_operator_tokens"),
         )  # fmt: skip
+
+
+def _check_credentials(top: Table, router: RouterSettings, nodes: tuple[Node, ...]) -> None:
+    """Every node has a credential; no token is both a node's and an operator's, or two
+    nodes' (either would let one holder act as another)."""
+    owners: dict[str, str] = {}
+    for i, node in enumerate(nodes):
+        if not node.tokens and not router.token:
+            raise top.error(f"nodes[{i}].token", "expected a token (or a shared router.token)")
+        for token in node.tokens:
+            if owners.setdefault(token, node.name) != node.name:
+                raise top.error(f"nodes[{i}].token", f"same token as node {owners[token]!r}")
+    if not router.operator_token and not router.token:
+        raise top.error("router.operator_token", "expected a token for drain, weight and purge")
+    for key, tokens in (
+        ("operator_token", (router.operator_token, *router.previous_operator_tokens)),
+        ("token", (router.token, *router.previous_tokens)),
+    ):
+        for token in tokens:
+            if token in owners:
+                raise top.error(f"router.{key}", f"same token as node {owners[token]!r}")
+    if router.operator_token and router.operator_token == router.token:
+        raise top.error("router.operator_token", "must differ from router.token (edges hold it)")
 
 
 def default_state_dir(config_path: Path) -> Path:
@@ -433,10 +462,19 @@ def _node(t: Table, seen: set[str], regions: Mapping[str, Region]) -> Node:
             control_url=t.parsed("control_url", http_url),
             ipv4=t.optional("ipv4", lambda text: ip_address_of(text, IPv4Address)),
             ipv6=t.optional("ipv6", lambda text: ip_address_of(text, IPv6Address)),
+            tokens=_node_tokens(t),
         )
     if node.ipv4 is None and node.ipv6 is None:
         raise t.error("", "a node needs an ipv4 or an ipv6 address (or both)")
     return node
+
+
+def _node_tokens(t: Table) -> tuple[str, ...]:
+    token = t.optional("token", bearer_token)
+    previous = previous_tokens(t)
+    if token is None and previous:
+        raise t.error("previous_tokens", "expected a token to rotate to")
+    return () if token is None else (token, *previous)
 
 
 def _overrides(tables: list[Table], regions: Mapping[str, Region]) -> tuple[Override, ...]:

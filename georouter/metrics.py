@@ -172,6 +172,14 @@ class RouterMetrics:
             ["result"],
             registry=r,
         )
+        self.auth_refused = Counter(
+            "georouter_auth_refused",
+            "Control requests refused for their credential, by action (report, channel, "
+            "operator) and reason (missing, unknown: 401; wrong_node: a node's report signed "
+            "with another's token; not_operator: an operator action with a node's token).",
+            ["action", "reason"],
+            registry=r,
+        )
         self.channels_open = Gauge(
             "georouter_channels_open",
             "Open report channels (one long-lived WebSocket per edge, for instant failover).",

@@ -29,6 +29,7 @@ from georouter.armour import Guard, random_secrets
 from georouter.config import RouterConfig, load_config
 from georouter.control import ControlPlane, make_control_app, observer
 from georouter.controller import Controller
+from georouter.credentials import Credentials
 from georouter.dns_server import DnsService
 from georouter.errors import ConfigError
 from georouter.fleet import Fleet, FleetSnapshot
@@ -72,8 +73,9 @@ class Router:
         # Reads the state file and applies drains and weights before DNS opens.
         self.controller = Controller(config=self.config, fleet=self.fleet, metrics=self.metrics)
         self.plane = ControlPlane(
-            self.fleet, self.selector, self.metrics, _tokens(self.config), self.controller
+            self.fleet, self.selector, self.metrics, Credentials.of(self.config), self.controller
         )
+        _warn_shared(self.plane.credentials)
         self.prober = Prober(self.fleet, self.config.health, self.metrics)
         self._runner = web.AppRunner(make_control_app(self.plane), access_log=None)
         self._ticker: asyncio.Task[None] | None = None
@@ -136,7 +138,8 @@ class Router:
             self.fleet.reconfigure(config)
             self.controller.reconfigure(config)
             self.prober.health = config.health
-            self.plane.tokens = _tokens(config)
+            self.plane.credentials = Credentials.of(config)
+            _warn_shared(self.plane.credentials)
             self.dns.responder = responder
             self._reader.close()
             self.config, self._reader = config, reader
@@ -207,8 +210,13 @@ class Router:
             await asyncio.sleep(TICK_INTERVAL_S)
 
 
-def _tokens(config: RouterConfig) -> tuple[str, ...]:
-    return (config.router.token, *config.router.previous_tokens)
+def _warn_shared(credentials: Credentials) -> None:
+    """Say when the shared router.token still speaks for nodes or operators."""
+    if credentials.shared_nodes:
+        log.warning("event=shared_token nodes=%s reason=no_per_node_token",
+                    ",".join(credentials.shared_nodes))  # fmt: skip
+    if credentials.shared_operator:
+        log.warning("event=shared_token operator=router.token reason=no_operator_token")
 
 
 def _with_listen(config: RouterConfig, dns: str | None, control: str | None) -> RouterConfig:

@@ -74,6 +74,16 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+TOKEN, CAPACITY = 'token = "t0ken"', "capacity_rps = 100\n"
+OPERATOR_A = TOKEN + '\noperator_token = "a"'
+NODE_2 = NODE.replace("edge-1", "edge-2")
+
+
+def with_node_token(token: str, text: str = BASE) -> str:
+    """`text` (BASE or a node) with its first node given its own token."""
+    return text.replace(CAPACITY, CAPACITY + f'token = "{token}"\n', 1)
+
+
 def edited(old: str, new: str) -> str:
     assert old in BASE, old
     return BASE.replace(old, new, 1)
@@ -119,8 +129,21 @@ CASES = [
      "unknown key (did you mean 'policy'?)"),
     ("typo_node_key", edited('ipv4 = "127.0.0.11"', 'ipv4 = "127.0.0.11"\nip6 = "::1"'),
      "nodes[0].ip6", "unknown key"),
-    ("required_missing", edited('token = "t0ken"\n', ""), "router.token",
-     "required key missing (expected a string)"),
+    ("required_missing", edited("capacity_rps = 100\n", ""), "nodes[0].capacity_rps",
+     "required key missing (expected a number)"),
+    # credentials: every node has one, none is shared between holders
+    ("no_credential", edited('token = "t0ken"\n', ""), "nodes[0].token",
+     "expected a token (or a shared router.token)"),
+    ("node_token_twice", with_node_token("a") + with_node_token("a", NODE_2),
+     "nodes[1].token", "same token as node 'edge-1'"),
+    ("operator_is_a_node_token", with_node_token("a").replace(TOKEN, OPERATOR_A),
+     "router.operator_token", "same token as node 'edge-1'"),
+    ("operator_is_the_shared_token", edited(TOKEN, TOKEN + '\noperator_token = "t0ken"'),
+     "router.operator_token", "must differ from router.token"),
+    ("previous_without_token", edited(CAPACITY, CAPACITY + 'previous_tokens = ["b"]\n'),
+     "nodes[0].previous_tokens", "expected a token to rotate to"),
+    ("no_operator", with_node_token("a").replace(TOKEN + "\n", ""),
+     "router.operator_token", "expected a token for drain, weight and purge"),
     # wrong types
     ("ttl_string", policy('answer_ttl = "20"'), "policy.answer_ttl",
      "expected an integer, got a string '20'"),

@@ -31,7 +31,14 @@ from georouter.config import DEFAULT_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGY = DEFAULT_CONFIG
-TOKEN = "demo-token"
+OPERATOR = {"Authorization": "Bearer demo-operator-token"}  # the shipped operator_token
+
+
+def node_auth(name: str) -> dict[str, str]:
+    """The shipped topology's credential of node `name` (its own token)."""
+    return {"Authorization": f"Bearer demo-{name}-token"}
+
+
 EU = {"127.0.0.13", "127.0.0.14"}
 NA = {"127.0.0.11", "127.0.0.12"}
 START_TIMEOUT_S = 30.0
@@ -106,14 +113,15 @@ def write_config(
 
 async def _push_reports(edges: dict[str, FakeEdge], control: str) -> None:
     url = f"http://{control}/api/v1/report"
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
+    async with aiohttp.ClientSession() as session:
         while True:
             for edge in edges.values():
                 if edge.alive:
                     edge.seq += 1
                     report = LoadReport(edge.name, edge.seq, "up", 1, 100.0, 2000.0, 0.05, 0.9)
+                    body, headers = report.to_json(), node_auth(edge.name)
                     with contextlib.suppress(aiohttp.ClientError):
-                        async with session.post(url, data=report.to_json()):
+                        async with session.post(url, data=body, headers=headers):
                             pass
             await asyncio.sleep(REPORT_EVERY_S)  # the edges' report cadence, not a wait
 
@@ -307,8 +315,7 @@ async def test_first_query_after_listening_is_a_geo_answer(tmp_path: Path) -> No
 
 
 async def test_drain_is_immediate_and_undrain_restores(router: RouterProcess) -> None:
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    async with aiohttp.ClientSession(headers=auth) as s:
+    async with aiohttp.ClientSession(headers=OPERATOR) as s:
         async with s.post(router.api("/api/v1/nodes/edge-eu-1/drain")) as r:
             assert r.status == 200
         assert await router.addresses() == {"127.0.0.14"}  # the very next query
@@ -347,8 +354,9 @@ async def test_sighup_with_changed_config_takes_effect(router: RouterProcess) ->
 async def test_token_rotation_by_sighup_keeps_the_old_token_working(
     router: RouterProcess,
 ) -> None:
-    rotated = 'token = "new-token"\nprevious_tokens = ["demo-token"]'
-    router.config.write_text(router.config.read_text().replace('token = "demo-token"', rotated))
+    old = 'token = "demo-edge-eu-1-token"'
+    rotated = 'token = "new-token"\nprevious_tokens = ["demo-edge-eu-1-token"]'
+    router.config.write_text(router.config.read_text().replace(old, rotated))
     router.process.send_signal(signal.SIGHUP)
 
     async def reloaded() -> bool:
@@ -357,7 +365,12 @@ async def test_token_rotation_by_sighup_keeps_the_old_token_working(
     await poll(reloaded)
     report = LoadReport("edge-eu-1", 10**6, "up", 1, 100.0, 2000.0, 0.05, 0.9).to_json()
     async with aiohttp.ClientSession() as s:
-        for token, status in (("demo-token", 200), ("new-token", 200), ("other", 401)):
+        for token, status in (
+            ("demo-edge-eu-1-token", 200),
+            ("new-token", 200),
+            ("demo-edge-eu-2-token", 403),  # another node's credential
+            ("other", 401),
+        ):
             headers = {"Authorization": f"Bearer {token}"}
             async with s.post(router.api("/api/v1/report"), data=report, headers=headers) as r:
                 assert r.status == status, token
