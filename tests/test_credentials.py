@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from ipaddress import IPv4Address
@@ -27,6 +29,7 @@ from georouter.fanout import fan_out
 from georouter.fleet import Fleet
 from georouter.metrics import RouterMetrics
 from georouter.selector import Selector
+from tests.test_router_e2e import _metrics, poll, running_router
 
 A, B = "edge-eu-1", "edge-eu-2"
 TOKENS = {A: ("a-new", "a-old"), B: ("b-token",)}
@@ -284,3 +287,32 @@ async def test_the_fan_out_presents_each_edge_its_own_token() -> None:
             await server.close()
     assert results == {A: "done", B: "done"}
     assert seen == {A: "Bearer a-new", B: "Bearer b-token"}
+
+
+# --- the real router -------------------------------------------------------------------------
+
+
+async def test_a_topology_without_node_tokens_keeps_the_shared_token_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    async with running_router(tmp_path) as router:
+        assert not any("event=shared_token" in line for line in router.log)
+        text = re.sub(r'(?m)^token = "[^"]*".*\n', "", router.config.read_text())
+        text = re.sub(r'(?m)^operator_token = "[^"]*"', 'token = "shared-token"', text)
+        router.config.write_text(text)
+        router.process.send_signal(signal.SIGHUP)
+
+        async def reloaded() -> bool:
+            return 'georouter_reloads_total{result="ok"} 1.0' in await _metrics(router)
+
+        await poll(reloaded)
+        warnings = [line for line in router.log if "event=shared_token" in line]
+        assert any("nodes=edge-na-1,edge-na-2,edge-eu-1" in line for line in warnings), warnings
+        assert any("operator=router.token" in line for line in warnings), warnings
+        shared = bearer("shared-token")
+        async with aiohttp.ClientSession(headers=shared) as s:
+            for node in ("edge-eu-1", "edge-ap-2"):  # one token speaks for every node again
+                async with s.post(router.api("/api/v1/report"), data=report(node, 10**6)) as r:
+                    assert r.status == 200, node
+            async with s.post(router.api("/api/v1/nodes/edge-eu-2/drain")) as r:
+                assert r.status == 200
