@@ -51,6 +51,7 @@ IPNetwork = IPv4Network | IPv6Network
 # Installed or editable, the package is a directory and the resource a plain file.
 DEFAULT_CONFIG = Path(str(files("georouter") / "data" / "cdn.toml"))
 DNS_LISTEN = "127.0.0.1:5300"
+MAX_DNS_LISTEN = 16  # addresses in router.dns_listen (each is a UDP and a TCP socket)
 CONTROL_LISTEN = "127.0.0.1:9153"
 ANSWER_TTL_S = 20
 DEGRADED_TTL_S = 5  # failover, spill, fail-open and degraded-region answers (health-derived TTL)
@@ -81,7 +82,7 @@ _COUNTRY = re.compile(r"[A-Z]{2}")
 
 @dataclass(frozen=True, slots=True)
 class RouterSettings:
-    dns_listen: HostPort
+    dns_listens: tuple[HostPort, ...]  # router.dns_listen: one address or a list of them
     control_listen: HostPort
     token: str = ""  # shared by nodes without their own token (before per-node tokens)
     geoip: Path | None = None  # None: the embedded GeoLite2-City
@@ -91,6 +92,11 @@ class RouterSettings:
     fanout_timeout_s: float = FANOUT_TIMEOUT_S
     operator_token: str = ""  # drain, undrain, weight, purge; "": router.token (a warning)
     previous_operator_tokens: tuple[str, ...] = ()  # still accepted during a rotation
+
+    @property
+    def dns_listen(self) -> HostPort:
+        """The first DNS address (the one named in logs and in the demo's guide)."""
+        return self.dns_listens[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +230,7 @@ def load_config(path: Path) -> RouterConfig:
 def _router(t: Table, config_dir: Path) -> RouterSettings:
     with t:
         return RouterSettings(
-            dns_listen=t.parsed("dns_listen", parse_host_port, DNS_LISTEN),
+            dns_listens=_dns_listens(t),
             control_listen=t.parsed("control_listen", parse_host_port, CONTROL_LISTEN),
             token=t.optional("token", bearer_token) or "",
             geoip=t.optional("geoip", lambda text: _file_path(text, config_dir)),
@@ -236,6 +242,20 @@ def _router(t: Table, config_dir: Path) -> RouterSettings:
             operator_token=t.optional("operator_token", bearer_token) or "",
             previous_operator_tokens=previous_tokens(t, "previous_operator_tokens"),
         )  # fmt: skip
+
+
+def _dns_listens(t: Table) -> tuple[HostPort, ...]:
+    """router.dns_listen: "HOST:PORT" or a list of them (IPv4 and IPv6 from one router)."""
+    if not t.has("dns_listen") or isinstance(t.get("dns_listen", object), str):
+        return (t.parsed("dns_listen", parse_host_port, DNS_LISTEN),)
+    items = t.strings("dns_listen")
+    if not 1 <= len(items) <= MAX_DNS_LISTEN:
+        raise t.error("dns_listen", f"expected 1..{MAX_DNS_LISTEN} addresses")
+    listens = tuple(t.item(key, text, parse_host_port) for key, text in items)
+    for (key, _), where in zip(items[1:], listens[1:], strict=True):
+        if listens.count(where) > 1:
+            raise t.error(key, f"{where} listed twice")
+    return listens
 
 
 def _check_credentials(top: Table, router: RouterSettings, nodes: tuple[Node, ...]) -> None:

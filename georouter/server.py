@@ -30,7 +30,7 @@ from georouter.config import RouterConfig, load_config
 from georouter.control import ControlPlane, make_control_app, observer
 from georouter.controller import Controller
 from georouter.credentials import Credentials
-from georouter.dns_server import DnsService
+from georouter.dns_server import CannotListen, DnsService
 from georouter.errors import ConfigError
 from georouter.fleet import Fleet, FleetSnapshot
 from georouter.geo import open_geoip
@@ -69,7 +69,7 @@ class Router:
         self.fleet = Fleet(self.config, self._publish, observer(self.metrics))
         responder = build_answering(self.config, self._reader, self.metrics.tallies, self.selector)
         guard = Guard.of(self.config, self.metrics.tallies)
-        self.dns = DnsService(responder, self.config.router.dns_listen, self.metrics, guard=guard)
+        self.dns = DnsService(responder, self.config.router.dns_listens, self.metrics, guard=guard)
         # Reads the state file and applies drains and weights before DNS opens.
         self.controller = Controller(config=self.config, fleet=self.fleet, metrics=self.metrics)
         self.plane = ControlPlane(
@@ -170,17 +170,16 @@ class Router:
             self.workers.publish(snapshot)
 
     async def _bind_dns(self) -> None:
-        where = self.config.router.dns_listen
         try:
             await self.dns.start(serve_udp=self.config.router.dns_workers == 1)
-        except OSError as exc:
-            raise self._cannot_listen("router.dns_listen", where, exc) from None
+        except CannotListen as exc:
+            raise self._cannot_listen("router.dns_listen", exc.where, exc.error) from None
 
     async def _start_workers(self) -> None:
         count = self.config.router.dns_workers
         if count == 1:
             return
-        workers = DnsWorkers(count, self.dns.udp_socket, self.metrics, self._reader)
+        workers = DnsWorkers(count, self.dns.udp_sockets, self.metrics, self._reader)
         try:
             await workers.start(self.config, self.fleet.snapshot)
         except BaseException:
@@ -222,8 +221,9 @@ def _warn_shared(credentials: Credentials) -> None:
 def _with_listen(config: RouterConfig, dns: str | None, control: str | None) -> RouterConfig:
     """Apply the --dns/--control command-line overrides."""
     router = config.router
-    if dns is not None:
-        router = replace(router, dns_listen=_flag_address("--dns", dns))
+    if dns is not None:  # one address, or several separated by commas
+        listens = tuple(_flag_address("--dns", part) for part in dns.split(","))
+        router = replace(router, dns_listens=listens)
     if control is not None:
         router = replace(router, control_listen=_flag_address("--control", control))
     return replace(config, router=router)
@@ -246,7 +246,7 @@ async def _run(router: Router) -> int:
     except ConfigError:
         router.close_geoip()
         raise
-    dns = HostPort(router.config.router.dns_listen.host, router.dns.port)
+    dns = ",".join(str(where) for where in router.dns.addresses)
     log.info("event=listening dns=%s control=%s", dns, router.control)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

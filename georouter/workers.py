@@ -2,7 +2,8 @@
 
 Theory of operation. With `router.dns_workers` = N > 1 the main process binds the DNS
 sockets as usual and keeps TCP, the control API, the prober and the fleet, but leaves UDP
-to N `python -m georouter.workers` processes. Each inherits the UDP socket and one end of
+to N `python -m georouter.workers` processes. Each inherits the UDP socket (one per
+`router.dns_listen` address, each read by its own thread) and one end of
 a private socketpair, builds its own Selector and answering pipeline
 (georouter/pipeline.py), and answers with a
 blocking loop (`UdpShell.serve_blocking`). The socket is shared rather than one per worker
@@ -101,9 +102,13 @@ class DnsWorkers:
     """Starts, feeds, watches and stops the worker processes of one router."""
 
     def __init__(
-        self, count: int, udp: socket.socket, metrics: RouterMetrics, geoip: GeoDatabase
+        self,
+        count: int,
+        udp: socket.socket | tuple[socket.socket, ...],
+        metrics: RouterMetrics,
+        geoip: GeoDatabase,
     ) -> None:
-        self._udp = udp
+        self._udp = udp if isinstance(udp, tuple) else (udp,)  # one per router.dns_listen
         self._metrics = metrics
         self._geoip = geoip
         self._slots = [_Slot(index) for index in range(count)]
@@ -175,12 +180,12 @@ class DnsWorkers:
         assert self._config is not None and self._snapshot is not None, "start() first"
         ours, theirs = socket.socketpair()
         fds_ours, fds_theirs = socket.socketpair()
-        udp_fd = self._udp.fileno()
+        udp_fds = [udp.fileno() for udp in self._udp]
         with theirs, fds_theirs:
             slot.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "georouter.workers",
-                str(udp_fd), str(theirs.fileno()), str(fds_theirs.fileno()),
-                pass_fds=(udp_fd, theirs.fileno(), fds_theirs.fileno()),
+                ",".join(map(str, udp_fds)), str(theirs.fileno()), str(fds_theirs.fileno()),
+                pass_fds=(*udp_fds, theirs.fileno(), fds_theirs.fileno()),
                 stdin=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
         fds_ours.setblocking(False)  # one byte and a descriptor: never fills in practice
@@ -315,8 +320,10 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
     return data
 
 
-def serve(udp_fd: int, control_fd: int, fds_fd: int) -> None:
-    """A worker's life: answer UDP until SIGTERM or until main goes away."""
+def serve(udp_fds: list[int], control_fd: int, fds_fd: int) -> None:
+    """A worker's life: answer UDP until SIGTERM or until main goes away. Each socket (one
+    per router.dns_listen address) has its own thread blocked in its reads; the last one
+    is this thread."""
     # Terminal signals reach the whole process group; main decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -330,11 +337,16 @@ def serve(udp_fd: int, control_fd: int, fds_fd: int) -> None:
     if geoip is None:
         sys.exit(2)
     worker = _Worker(first.config, geoip)
-    udp = socket.socket(fileno=udp_fd)
-    udp.setblocking(True)
+    shells = []
+    for fd in udp_fds:
+        udp = socket.socket(fileno=fd)
+        udp.setblocking(True)
+        shells.append(UdpShell(udp, worker, worker.tallies))
     threading.Thread(target=worker.follow, args=(control, fds), daemon=True).start()
-    UdpShell(udp, worker, worker.tallies).serve_blocking()
+    for shell in shells[:-1]:
+        threading.Thread(target=shell.serve_blocking, daemon=True).start()
+    shells[-1].serve_blocking()
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    serve([int(fd) for fd in sys.argv[1].split(",")], int(sys.argv[2]), int(sys.argv[3]))

@@ -84,6 +84,10 @@ def with_node_token(token: str, text: str = BASE) -> str:
     return text.replace(CAPACITY, CAPACITY + f'token = "{token}"\n', 1)
 
 
+def listen_list(items: str) -> str:
+    return BASE.replace('dns_listen = "127.0.0.1:0"', f"dns_listen = [{items}]", 1)
+
+
 def edited(old: str, new: str) -> str:
     assert old in BASE, old
     return BASE.replace(old, new, 1)
@@ -190,6 +194,14 @@ CASES = [
     ("ipv6_invalid", listen("[::g]:53"), "router.dns_listen", "expected HOST:PORT"),
     ("ipv4_invalid", listen("127.0.0.256:53"), "router.dns_listen", "127.0.0.256"),
     ("host_invalid", listen("bad host:53"), "router.dns_listen", "bad label 'bad host'"),
+    ("listen_list_item", listen_list('"127.0.0.1:0", "::1:53"'),
+     "router.dns_listen[1]", "expected HOST:PORT"),
+    ("listen_list_twice", listen_list('"[::1]:53", "[::1]:53"'),
+     "router.dns_listen[1]", "[::1]:53 listed twice"),
+    ("listen_list_empty", listen_list(""),
+     "router.dns_listen", "expected 1..16 addresses"),
+    ("listen_not_text", edited('dns_listen = "127.0.0.1:0"', "dns_listen = 53"),
+     "router.dns_listen", "expected an array"),
     # router
     ("token_empty", edited('token = "t0ken"', 'token = ""'), "router.token",
      "expected a non-empty bearer token"),
@@ -610,3 +622,14 @@ def test_cli_check_shipped_config_exits_0() -> None:
     assert result.returncode == 0, result.stderr
     assert "ok: 1 zone (example.com.), 3 regions (na, eu, ap), 6 nodes" in result.stdout
     assert "GeoLite2-City built 2018-07-03 (embedded)" in result.stdout
+
+
+def test_dns_listen_takes_a_list_of_addresses(tmp_path: Path) -> None:
+    listen = 'dns_listen = ["127.0.0.1:53", "[::1]:53", "[::]:5353"]'
+    config = load_config(write(tmp_path, edited('dns_listen = "127.0.0.1:0"', listen)))
+    assert config.router.dns_listens == (
+        HostPort("127.0.0.1", 53),
+        HostPort("::1", 53),
+        HostPort("::", 5353),
+    )
+    assert config.router.dns_listen == HostPort("127.0.0.1", 53)  # the first, for logs

@@ -66,6 +66,7 @@ class RouterProcess:
     control: str
     edges: dict[str, FakeEdge]
     log: list[str] = field(default_factory=list)
+    dns_listening: list[str] = field(default_factory=list)  # HOST:PORT of every DNS address
 
     async def query(
         self, name: str = "cdn.example.com", rdtype: str = "A", subnet: str | None = "185.60.216.0"
@@ -150,7 +151,9 @@ async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> f
     return time.monotonic() - started
 
 
-async def serve(config: Path) -> asyncio.subprocess.Process:
+async def serve(config: Path, dns: str | None = "127.0.0.1:0") -> asyncio.subprocess.Process:
+    """`georouter serve` on `config`, with --dns `dns` (None: the config's dns_listen)."""
+    flags = ("--dns", dns) if dns is not None else ()
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -158,8 +161,7 @@ async def serve(config: Path) -> asyncio.subprocess.Process:
         "serve",
         "--config",
         str(config),
-        "--dns",
-        "127.0.0.1:0",
+        *flags,
         "--control",
         "127.0.0.1:0",
         cwd=ROOT,
@@ -174,6 +176,8 @@ async def running_router(
     router_settings: str = "",
     silent: frozenset[str] = frozenset(),
     wait_up: bool = True,
+    dns: str | None = "127.0.0.1:0",
+    edit: Callable[[str], str] = str,
 ) -> AsyncIterator[RouterProcess]:
     """`georouter serve` with fake edges that report (except `silent` ones); yields once
     every node is up, or as soon as it listens if not wait_up."""
@@ -183,14 +187,16 @@ async def running_router(
         edges[name].alive = False
     config = tmp_path / "cdn.toml"
     write_config(config, edges, router_settings=router_settings)
-    process = await serve(config)
+    config.write_text(edit(config.read_text()))  # then the whole text, if asked
+    process = await serve(config, dns)
     log: list[str] = []
     tasks: list[asyncio.Task[None]] = []
     try:
         assert process.stderr is not None
         fields = await asyncio.wait_for(_read_until_listening(process.stderr, log), START_TIMEOUT_S)
-        dns_port = int(fields["dns"].rsplit(":", 1)[1])
+        dns_port = int(fields["dns"].split(",")[0].rsplit(":", 1)[1])
         rp = RouterProcess(process, config, dns_port, fields["control"], edges, log)
+        rp.dns_listening = fields["dns"].split(",")
         tasks = [
             asyncio.create_task(_drain_log(process.stderr, log)),
             asyncio.create_task(_push_reports(edges, rp.control)),
