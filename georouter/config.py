@@ -27,6 +27,7 @@ from cdn.config import (
     parse_host_port,
     previous_tokens,
 )
+from cdn.jsonlog import JsonLogSettings, parse_json_log
 from cdn.tomltable import Table, read_toml
 from georouter.cookies import SECRET_BYTES, CookieSecrets
 from georouter.errors import ConfigError
@@ -178,6 +179,7 @@ class RouterConfig:
     bus: BusSettings = BusSettings()
     rrl: RrlConfig | None = None  # [rrl]: off unless present, as in BIND
     cookies: CookieSecrets | None = None  # [cookies]: None = a random secret per start
+    query_log: JsonLogSettings = JsonLogSettings()  # noqa: RUF009 (frozen) [query_log]: off
     regions_by_name: dict[str, Region] = field(default_factory=dict, compare=False, repr=False)
 
     def region(self, name: str) -> Region:
@@ -211,6 +213,7 @@ def load_config(path: Path) -> RouterConfig:
         bus = _bus(top.table("bus"))
         rrl = _rrl(top.table("rrl")) if top.has("rrl") else None
         cookies = _cookies(top.table("cookies")) if top.has("cookies") else None
+        query_log = _query_log(top.table("query_log"), path.absolute().parent)
     return RouterConfig(
         source=path,
         router=router,
@@ -223,6 +226,7 @@ def load_config(path: Path) -> RouterConfig:
         bus=bus,
         rrl=rrl,
         cookies=cookies,
+        query_log=query_log,
         regions_by_name=regions,
     )
 
@@ -256,6 +260,15 @@ def _dns_listens(t: Table) -> tuple[HostPort, ...]:
         if listens.count(where) > 1:
             raise t.error(key, f"{where} listed twice")
     return listens
+
+
+def _query_log(t: Table, config_dir: Path) -> JsonLogSettings:
+    settings = parse_json_log(t)
+    if settings.path is None:
+        return settings
+    if not settings.path:
+        raise t.error("path", "expected a file path")
+    return replace(settings, path=str(_file_path(settings.path, config_dir)))
 
 
 def _check_credentials(top: Table, router: RouterSettings, nodes: tuple[Node, ...]) -> None:

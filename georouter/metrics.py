@@ -275,3 +275,12 @@ def _armour_metrics(t: HotPathTallies) -> Iterator[Metric]:
     for outcome, n in list(t.cookies.items()):
         cookies.add_metric([outcome], n)
     yield cookies
+    lines = CounterMetricFamily(
+        "georouter_query_log_lines",
+        "Query log lines, by result: written (to the file), dropped (the writer's queue, "
+        "query_log.queue_size, was full: the disk was slower than the queries).",
+        labels=["result"],
+    )
+    for result, n in list(t.query_log.items()):
+        lines.add_metric([result], n)
+    yield lines

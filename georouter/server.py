@@ -38,6 +38,8 @@ from georouter.geodb import GeoDatabase
 from georouter.metrics import RouterMetrics
 from georouter.pipeline import build_answering
 from georouter.prober import Prober
+from georouter.query_log import QueryLog
+from georouter.responder import Responder
 from georouter.selector import Selector
 from georouter.workers import DnsWorkers
 
@@ -67,7 +69,9 @@ class Router:
         )
         self.metrics.set_capacities(self.config.nodes)
         self.fleet = Fleet(self.config, self._publish, observer(self.metrics))
-        responder = build_answering(self.config, self._reader, self.metrics.tallies, self.selector)
+        # [query_log] is read once, like the listen addresses: a change needs a restart.
+        self.query_log = self._query_log()
+        responder = self._answering(self.config, self._reader)
         guard = Guard.of(self.config, self.metrics.tallies)
         self.dns = DnsService(responder, self.config.router.dns_listens, self.metrics, guard=guard)
         # Reads the state file and applies drains and weights before DNS opens.
@@ -83,7 +87,23 @@ class Router:
         self._reload_tasks: set[asyncio.Task[None]] = set()
         self.control = self.config.router.control_listen
 
+    def _query_log(self) -> QueryLog | None:
+        settings = self.config.query_log
+        if settings.path is None:
+            return None
+        try:
+            return QueryLog(settings, self.metrics.tallies)
+        except OSError as exc:
+            reason = f"cannot open: {exc.strerror or exc}"
+            raise ConfigError(str(self._paths[0]), "query_log.path", reason) from None
+
+    def _answering(self, config: RouterConfig, reader: GeoDatabase) -> Responder:
+        tallies = self.metrics.tallies
+        return build_answering(config, reader, tallies, self.selector, self.query_log)
+
     async def start(self) -> None:
+        if self.query_log is not None:
+            self.query_log.start()
         # Probe first (one round, bounded by probe_timeout_s): DNS then opens knowing which
         # nodes are up, rather than failing open on every query until the first round ends.
         await self.prober.start()
@@ -95,6 +115,8 @@ class Router:
         except BaseException:
             await self.prober.stop()
             await self.controller.stop()
+            if self.query_log is not None:
+                self.query_log.stop()
             raise
         self._ticker = asyncio.create_task(self._tick(), name="report-expiry")
 
@@ -111,6 +133,8 @@ class Router:
         if self.workers is not None:
             await self.workers.stop()
         await self.dns.stop()
+        if self.query_log is not None:
+            self.query_log.stop()  # after DNS: what was queued is written
         self.close_geoip()
 
     def close_geoip(self) -> None:
@@ -126,7 +150,7 @@ class Router:
                 self._reload_failed(exc)
                 return
             try:
-                responder = build_answering(config, reader, self.metrics.tallies, self.selector)
+                responder = self._answering(config, reader)
             except Exception as exc:
                 reader.close()
                 self._reload_failed(exc)
