@@ -93,12 +93,14 @@ def edge(name: str, origin_url: str, routers: list[str] | None = None) -> Iterat
 
 
 def bench_topology(config: RouterConfig, control_urls: dict[str, str]) -> str:
-    """georouter/data/cdn.toml with each node's control_url replaced and the bench token set."""
+    """georouter/data/cdn.toml with each node's control_url replaced and one shared bench
+    token (router.token) in place of the nodes' own: every bench edge runs with it."""
     text = TOPOLOGY.read_text()
     for node in config.nodes:
         pattern = rf'(name = "{re.escape(node.name)}"[^\[]*?control_url = )"[^"]*"'
         text = re.sub(pattern, rf'\1"{control_urls[node.name]}"', text, count=1)
-    return re.sub(r'(?m)^token = "[^"]*"', f'token = "{BENCH_TOKEN}"', text, count=1)
+    text = re.sub(r'(?m)^token = "[^"]*".*\n', "", text)
+    return text.replace("[router]\n", f'[router]\ntoken = "{BENCH_TOKEN}"\n', 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from cdn.config import HostPort
 from cdnlab.certs import DemoTls
 from cdnlab.supervisor import ChildSpec, DemoError, Transport
 from georouter.config import RouterConfig
+from georouter.credentials import Credentials
 
 ORIGIN_PORT = 8000
 CONTENT_PORT = 8080
@@ -48,13 +49,14 @@ class EdgePlan:
     content: HostPort
     control: HostPort
     capacity_rps: float
+    token: str = ""  # its own credential: reports to the router, purges from it
 
 
 @dataclass(frozen=True, slots=True)
 class DemoPlan:
     config_path: Path
     geoip_path: Path | None
-    token: str
+    token: str  # the operator's: drain, weight, purge (router.operator_token)
     origin: HostPort
     dns: HostPort
     control: HostPort
@@ -97,13 +99,14 @@ def make_plan(
     for tests, which run whole CDNs on ports of their choosing.
     """
     control = config.router.control_listen
-    edges = _edges(config, content_port)
+    credentials = Credentials.of(config)
+    edges = _edges(config, content_port, credentials)
     if not config.zones[0].services:
         raise DemoError(f"{config.source}: zones[0].services: expected a name to serve")
     return DemoPlan(
         config_path=config_path,
         geoip_path=geoip_path if geoip_path is not None else config.router.geoip,
-        token=config.router.token,
+        token=credentials.operator[0],
         origin=HostPort(control.host, origin_port),
         dns=config.router.dns_listen,
         control=control,
@@ -120,7 +123,9 @@ def _names(config: RouterConfig) -> tuple[str, ...]:
     return tuple(name.rstrip(".") for name in config.zones[0].services)
 
 
-def _edges(config: RouterConfig, content_port: int) -> tuple[EdgePlan, ...]:
+def _edges(
+    config: RouterConfig, content_port: int, credentials: Credentials
+) -> tuple[EdgePlan, ...]:
     edges = tuple(
         EdgePlan(
             name=node.name,
@@ -128,6 +133,7 @@ def _edges(config: RouterConfig, content_port: int) -> tuple[EdgePlan, ...]:
             content=HostPort(str(node.ipv4), content_port),
             control=_control_address(node.control_url),
             capacity_rps=node.capacity_rps,
+            token=credentials.node_token(node.name),
         )
         for node in config.nodes
         if node.ipv4 is not None
@@ -173,7 +179,7 @@ def edge_spec(plan: DemoPlan, edge: EdgePlan) -> ChildSpec:
         "--control", str(edge.control),
         "--origin", plan.origin_url,
         "--router", plan.control_url,
-        "--token", plan.token,
+        "--token", edge.token,
         "--capacity-rps", f"{edge.capacity_rps:g}",
         "--cache-size", DEMO_CACHE_SIZE,
         "--drain-s", f"{plan.drain_s:g}",

@@ -8,7 +8,7 @@ A config file looks like::
     control = "127.0.0.13:9080"       # /healthz, /metrics, /purge
     origin = "http://127.0.0.1:8000"
     routers = ["http://127.0.0.1:9153"]
-    token = "demo-token"
+    token = "demo-edge-eu-1-token"     # this node's own: [[nodes]] token in the router's topology
     previous_tokens = []              # still accepted while clients rotate
     capacity_rps = 2000
     drain_s = 25

@@ -31,6 +31,7 @@ from cdn.purge import Purge, new_purge_id
 from cdn.report import MAX_REPLY_PURGES
 from georouter.bus import Bus, BusUnavailable, Overrides
 from georouter.config import RouterConfig
+from georouter.credentials import Credentials
 from georouter.fanout import fan_out
 from georouter.fleet import Fleet
 from georouter.metrics import RouterMetrics
@@ -171,7 +172,7 @@ class Controller:
             self._session,
             purge=record.purge,
             nodes=owed,
-            token=self.config.router.token,
+            token=Credentials.of(self.config).node_token,
             deadline_s=self.config.router.fanout_timeout_s,
             settle=lambda node, result: self._settle(record.purge.id, node, result),
         )

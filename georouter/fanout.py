@@ -28,13 +28,14 @@ async def fan_out(
     *,
     purge: Purge,
     nodes: Mapping[str, str],
-    token: str,
+    token: Callable[[str], str],
     deadline_s: float,
     settle: Settle,
 ) -> dict[str, str]:
-    """Node → result for every node in `nodes` (name → control URL)."""
+    """Node → result for every node in `nodes` (name → control URL); `token(name)` is the
+    node's own credential, which its control port accepts."""
     tasks = {
-        name: asyncio.create_task(_send(session, url, purge, token), name=f"purge-{name}")
+        name: asyncio.create_task(_send(session, url, purge, token(name)), name=f"purge-{name}")
         for name, url in nodes.items()
     }
     if tasks:

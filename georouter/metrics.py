@@ -172,6 +172,14 @@ class RouterMetrics:
             ["result"],
             registry=r,
         )
+        self.auth_refused = Counter(
+            "georouter_auth_refused",
+            "Control requests refused for their credential, by action (report, channel, "
+            "operator) and reason (missing, unknown: 401; wrong_node: a node's report signed "
+            "with another's token; not_operator: an operator action with a node's token).",
+            ["action", "reason"],
+            registry=r,
+        )
         self.channels_open = Gauge(
             "georouter_channels_open",
             "Open report channels (one long-lived WebSocket per edge, for instant failover).",
@@ -267,3 +275,12 @@ def _armour_metrics(t: HotPathTallies) -> Iterator[Metric]:
     for outcome, n in list(t.cookies.items()):
         cookies.add_metric([outcome], n)
     yield cookies
+    lines = CounterMetricFamily(
+        "georouter_query_log_lines",
+        "Query log lines, by result: written (to the file), dropped (the writer's queue, "
+        "query_log.queue_size, was full: the disk was slower than the queries).",
+        labels=["result"],
+    )
+    for result, n in list(t.query_log.items()):
+        lines.add_metric([result], n)
+    yield lines

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from cdn.config import HostPort
-from cdnlab.loopback import SUBNETS, TOKEN, start_cdn
+from cdnlab.loopback import SUBNETS, start_cdn
 from tests.e2e import (
     ALERTS_YML,
     GRAFANA_JSON,
@@ -173,7 +173,7 @@ async def test_every_metric_in_rules_and_dashboard_is_exported(tmp_path: Path) -
             async with session.get(f"http://{ips[0]}:{cdn.plan.content_port}/img/cat.jpg") as r:
                 await r.read()
         edge = cdn.plan.edges[0]
-        auth = {"Authorization": f"Bearer {TOKEN}"}
+        auth = {"Authorization": f"Bearer {edge.token}"}  # the edge's own credential
         body = {"url": f"http://{edge.content}/img/cat.jpg"}
         async with session.post(f"http://{edge.control}/purge", json=body, headers=auth) as r:
             assert r.status == 200

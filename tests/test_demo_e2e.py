@@ -35,7 +35,6 @@ from cdnlab.certs import DemoTls
 from cdnlab.loopback import (
     SHIPPED_CONFIG,
     SUBNETS,
-    TOKEN,
     TRANSIENT,
     Cdn,
     free_dns_port,
@@ -648,7 +647,7 @@ async def test_whole_path_resolve_fetch_hit_purge_miss(cdn: Cdn) -> None:
     assert ips and set(ips) <= cdn.ips("ap")
     url = f"http://{ips[0]}:{cdn.plan.content_port}/img/dog.jpg"
     headers = {"Host": "cdn.example.com"}
-    control = next(e.control for e in cdn.plan.edges if e.content.host == ips[0])
+    edge = next(e for e in cdn.plan.edges if e.content.host == ips[0])
     async with aiohttp.ClientSession(headers=headers) as s:
         verdicts = []
         for _ in range(2):
@@ -656,8 +655,8 @@ async def test_whole_path_resolve_fetch_hit_purge_miss(cdn: Cdn) -> None:
                 assert r.status == 200 and len(await r.read()) > 50_000
                 verdicts.append(cache_verdict(r.headers.get("Cache-Status")))
         purge = {"url": "http://cdn.example.com/img/dog.jpg"}
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        async with s.post(f"http://{control}/purge", json=purge, headers=auth) as r:
+        auth = {"Authorization": f"Bearer {edge.token}"}  # the edge's own credential
+        async with s.post(f"http://{edge.control}/purge", json=purge, headers=auth) as r:
             assert r.status == 200 and (await r.json())["purged"] >= 1
         async with s.get(url) as r:
             verdicts.append(cache_verdict(r.headers.get("Cache-Status")))
