@@ -12,8 +12,9 @@ when the chosen parent fails, the next heaviest one is asked, then the origin
 Health is passive, counted from real fetches: a parent is marked down after
 ``fail_after`` consecutive failures and left out of the ranking; once ``retry_s`` has
 passed it is ranked again, and the next fetch decides (a success marks it up, a failure
-keeps it down for another ``retry_s``). When every parent is down the whole ranking is
-offered anyway: trying a parent that may have come back beats refusing the request.
+keeps it down for another ``retry_s``). When every parent is down there is no candidate
+with ``go_direct`` (the origin is asked at once); without it the whole ranking is offered
+anyway: trying a parent that may have come back beats refusing the request.
 
 The hash is blake2b (stable across processes and restarts), never Python's ``hash()``,
 which is salted per process and would make each edge choose differently.
@@ -52,8 +53,11 @@ class _State:
 class ParentHealth:
     """The parents of one edge and their passive health; time is passed in."""
 
-    def __init__(self, parents: Sequence[str], *, fail_after: int, retry_s: float) -> None:
+    def __init__(
+        self, parents: Sequence[str], *, fail_after: int, retry_s: float, go_direct: bool = True
+    ) -> None:
         self.parents = tuple(parents)
+        self._go_direct = go_direct
         self._fail_after = fail_after
         self._retry_s = retry_s
         self._states = {parent: _State() for parent in self.parents}
@@ -64,9 +68,11 @@ class ParentHealth:
 
     def candidates(self, key: str, now: float) -> list[str]:
         """The parents to try for ``key``, in order: healthy ones and those due for a retry,
-        by rendezvous rank; every parent if none qualifies."""
+        by rendezvous rank; if none qualifies, none (go_direct) or every parent."""
         usable = [p for p in self.parents if self._usable(p, now)]
-        return rank(usable or self.parents, key)
+        if not usable and not self._go_direct:
+            usable = list(self.parents)
+        return rank(usable, key)
 
     def failed(self, parent: str, now: float) -> Transition | None:
         """Count a failure; "down" when this one marks the parent down."""

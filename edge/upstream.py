@@ -47,7 +47,10 @@ class Upstream:
         # Read at start (a reload keeps them): the same timeouts as towards an origin.
         self.parents = {url: OriginClient(url, limits, metrics, clock) for url in settings.urls}
         self.health = ParentHealth(
-            settings.urls, fail_after=settings.fail_after, retry_s=settings.retry_s
+            settings.urls,
+            fail_after=settings.fail_after,
+            retry_s=settings.retry_s,
+            go_direct=settings.go_direct,
         )
         self._metrics = metrics
         self._clock = clock
@@ -97,7 +100,7 @@ class Upstream:
                 self._succeeded(url)
                 yield resp
                 return
-        if order:
+        if parents:  # every parent failed or is down
             self._metrics.parent_go_direct.inc()
         async with origin.fetch(method, target, headers) as resp:
             yield resp

@@ -81,12 +81,15 @@ def test_down_after_consecutive_failures_then_retried() -> None:
     assert sorted(health.candidates("k", now=23)) == [a, b]
 
 
-def test_every_parent_down_offers_them_all() -> None:
+def test_every_parent_down_goes_direct_or_offers_them_all() -> None:
     parents = ["http://127.0.0.21:8080", "http://127.0.0.22:8080"]
-    health = ParentHealth(parents, fail_after=1, retry_s=10)
-    for parent in parents:
-        assert health.failed(parent, now=0) == "down"
-    assert health.candidates("k", now=1) == rank(parents, "k")
+    direct = ParentHealth(parents, fail_after=1, retry_s=10)
+    only = ParentHealth(parents, fail_after=1, retry_s=10, go_direct=False)
+    for health in (direct, only):
+        for parent in parents:
+            assert health.failed(parent, now=0) == "down"
+    assert direct.candidates("k", now=1) == []  # the origin, at once
+    assert only.candidates("k", now=1) == rank(parents, "k")
 
 
 def test_cdn_loop_identifier_and_detection_rfc8586_2() -> None:
