@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
+from typing import Literal
 
 from cdn.config import (
     MAX_CAPACITY_RPS,
@@ -142,6 +143,12 @@ class Override:
     region: str
 
 
+# "edge": handed to clients in DNS answers. "shield": a parent the edges fill from (edge
+# edge.parents), probed, shown and purged like an edge but never in an answer.
+NodeRole = Literal["edge", "shield"]
+NODE_ROLES: tuple[NodeRole, ...] = ("edge", "shield")
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     name: str
@@ -150,6 +157,7 @@ class Node:
     control_url: str  # probed at {control_url}/healthz
     ipv4: IPv4Address | None = None
     ipv6: IPv6Address | None = None
+    role: NodeRole = "edge"
 
     @property
     def health_url(self) -> str:
@@ -195,7 +203,11 @@ def load_config(path: Path) -> RouterConfig:
         policy = _policy(top.table("policy"), regions)
         health = _health(top.table("health"))
         nodes = _nodes(top.tables("nodes"), regions)
-        fleet = Inventory(regions.keys(), {node.name: node.region for node in nodes})
+        fleet = Inventory(
+            regions.keys(),
+            {node.name: node.region for node in nodes if node.role == "edge"},
+            frozenset(node.name for node in nodes if node.role == "shield"),
+        )
         zones = read_zones(top, top.tables("zones"), fleet)
         overrides = _overrides(top.tables("overrides"), regions)
         bus = _bus(top.table("bus"))
@@ -433,10 +445,18 @@ def _node(t: Table, seen: set[str], regions: Mapping[str, Region]) -> Node:
             control_url=t.parsed("control_url", http_url),
             ipv4=t.optional("ipv4", lambda text: ip_address_of(text, IPv4Address)),
             ipv6=t.optional("ipv6", lambda text: ip_address_of(text, IPv6Address)),
+            role=t.parsed("role", _role, "edge"),
         )
     if node.ipv4 is None and node.ipv6 is None:
         raise t.error("", "a node needs an ipv4 or an ipv6 address (or both)")
     return node
+
+
+def _role(text: str) -> NodeRole:
+    for role in NODE_ROLES:
+        if text == role:
+            return role
+    raise ValueError(f"expected {' | '.join(NODE_ROLES)}, got {text!r}")
 
 
 def _overrides(tables: list[Table], regions: Mapping[str, Region]) -> tuple[Override, ...]:
