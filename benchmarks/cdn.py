@@ -130,7 +130,8 @@ class Cdn:
 
 @contextlib.contextmanager
 def cdn(config: RouterConfig, workdir: Path, origin_url: str) -> Iterator[Cdn]:
-    """Every node of the topology as a real edge on its own loopback address, and a router.
+    """Every node of the topology as a real edge on its own loopback address, and a router
+    (a shield runs as a plain edge here: probed and reporting, never answered).
 
     The router's control port must be known before the edges start (they push reports to
     it), so it is picked free first; the edges' ports come from their listening lines.
