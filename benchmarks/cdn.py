@@ -60,9 +60,15 @@ class Edge:
 
 
 def start_edge(
-    name: str, host: str, origin_url: str, routers: list[str], ports: tuple[int, int] = (0, 0)
+    name: str,
+    host: str,
+    origin_url: str,
+    routers: list[str],
+    ports: tuple[int, int] = (0, 0),
+    parents: tuple[str, ...] = (),
 ) -> Edge:
-    """`edge serve` on `host` (content and control `ports`, 0: the kernel's choice).
+    """`edge serve` on `host` (content and control `ports`, 0: the kernel's choice), filling
+    from `parents` (shields' content URLs) if any.
 
     The caller stops it by PID (`Edge.service`).
     """
@@ -72,6 +78,8 @@ def start_edge(
     argv += ["--token", BENCH_TOKEN, "--drain-s", "0"]
     for router in routers:
         argv += ["--router", router]
+    for parent in parents:
+        argv += ["--parent", parent]
     service = spawn(name, argv, ready_event=READY_EVENT)
     try:
         content, control = _bound(service, "content", "control")
