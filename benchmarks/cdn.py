@@ -60,9 +60,15 @@ class Edge:
 
 
 def start_edge(
-    name: str, host: str, origin_url: str, routers: list[str], ports: tuple[int, int] = (0, 0)
+    name: str,
+    host: str,
+    origin_url: str,
+    routers: list[str],
+    ports: tuple[int, int] = (0, 0),
+    parents: tuple[str, ...] = (),
 ) -> Edge:
-    """`edge serve` on `host` (content and control `ports`, 0: the kernel's choice).
+    """`edge serve` on `host` (content and control `ports`, 0: the kernel's choice), filling
+    from `parents` (shields' content URLs) if any.
 
     The caller stops it by PID (`Edge.service`).
     """
@@ -72,6 +78,8 @@ def start_edge(
     argv += ["--token", BENCH_TOKEN, "--drain-s", "0"]
     for router in routers:
         argv += ["--router", router]
+    for parent in parents:
+        argv += ["--parent", parent]
     service = spawn(name, argv, ready_event=READY_EVENT)
     try:
         content, control = _bound(service, "content", "control")
@@ -132,7 +140,8 @@ class Cdn:
 
 @contextlib.contextmanager
 def cdn(config: RouterConfig, workdir: Path, origin_url: str) -> Iterator[Cdn]:
-    """Every node of the topology as a real edge on its own loopback address, and a router.
+    """Every node of the topology as a real edge on its own loopback address, and a router
+    (a shield runs as a plain edge here: probed and reporting, never answered).
 
     The router's control port must be known before the edges start (they push reports to
     it), so it is picked free first; the edges' ports come from their listening lines.

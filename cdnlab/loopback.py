@@ -194,7 +194,7 @@ async def start_cdn(
 
 
 async def wait_all_up(cdn: Cdn, deadline_s: float = 10.0) -> None:
-    names = {e.name for e in cdn.plan.edges}
+    names = {e.name for e in cdn.plan.nodes}
     async with aiohttp.ClientSession() as session:
         await poll(
             lambda: cdn.nodes(session),

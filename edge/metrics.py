@@ -134,6 +134,30 @@ class EdgeMetrics:
             "Responses not written to disk because the write queue was full.",
             registry=r,
         )
+        self.parent_requests = Counter(
+            "edge_parent_requests",
+            "Fetches sent to a parent (shield), by parent URL and result: ok, connect, "
+            "timeout, invalid (no usable answer) or unavailable (it answered 502/503/504).",
+            ["parent", "result"],
+            registry=r,
+        )
+        self.parent_up = Gauge(
+            "edge_parent_up",
+            "1 while a parent is healthy, 0 once marked down (edge.parent_fail_after "
+            "consecutive failures) until a retry succeeds.",
+            ["parent"],
+            registry=r,
+        )
+        self.parent_go_direct = Counter(
+            "edge_parent_go_direct",
+            "Fetches sent to the origin itself because every parent failed (edge.go_direct).",
+            registry=r,
+        )
+        self.cdn_loops = Counter(
+            "edge_cdn_loops",
+            "Requests answered 508 because their CDN-Loop already named this node (RFC 8586).",
+            registry=r,
+        )
         self.coalesced = Counter(
             "edge_coalesced_waits",
             "Requests that waited for another request's origin fetch instead of fetching.",

@@ -22,6 +22,11 @@ Every answer carries `Via` (RFC 9110 §7.6.3) and this cache's `Cache-Status` me
 The origin gets the origin's own Host (from its URL); the client's Host travels in
 X-Forwarded-Host, its address in X-Forwarded-For.
 
+With parents (shields, edge.parents), a GET/HEAD's fetch goes to the parent its cache key
+hashes to, keeping the client's Host, then the next parent, then the origin
+(edge/upstream.py); other methods go to the origin. Every forwarded request names this
+node in CDN-Loop, and one that names it already is answered 508 (RFC 8586, edge/cdn_loop.py).
+
 The Host chooses the site (edge/sites.py) and so the origin client: `handle` sets the
 request's `Route`, which `self.origin` and `self.route` read (a background refresh started
 by the request inherits it). A Host no site has, or one that needs another certificate
@@ -33,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import assert_never
@@ -43,6 +49,7 @@ from multidict import CIMultiDict
 from edge.access_log import CACHE_RESULT, SITE
 from edge.cache import Cache, Lookup, RequestInfo
 from edge.cache_status import cache_status
+from edge.cdn_loop import loop_id, names
 from edge.coalesce import Coalescer, Flight
 from edge.config import EdgeConfig, SiteConfig
 from edge.disk import DiskLevel
@@ -58,6 +65,7 @@ from edge.routing import Routing
 from edge.sites import cache_host, misdirected
 from edge.tls import TlsTerminator
 from edge.tunnel import Tunnels
+from edge.upstream import Upstream
 from edge.websocket import wants_websocket
 
 log = logging.getLogger("edge.proxy")
@@ -107,6 +115,8 @@ class Proxy:
         self._memory_hits = metrics.cache_level_hits.labels("memory")
         self._disk_hits = metrics.cache_level_hits.labels("disk")
         self.gate: Gate | None = None  # PURGE and request filters (edge/gate.py)
+        self.upstream = Upstream(cfg.parents, cfg.limits, metrics, clock)
+        self._loop_id = loop_id(cfg.name)
 
     async def close(self) -> None:
         """Cancel background refreshes (at shutdown)."""
@@ -187,6 +197,12 @@ class Proxy:
         )
 
     async def _answer(self, request: web.Request) -> Reply:
+        if names(request.headers.getall("CDN-Loop", []), self._loop_id):
+            # RFC 8586 §2: the request already passed this node; forwarding it would loop.
+            self.metrics.cdn_loops.inc()
+            log.warning("event=cdn_loop target=%r cdn_loop=%r", request.raw_path,
+                        ", ".join(request.headers.getall("CDN-Loop", [])))  # fmt: skip
+            return await self._relay.error(request, 508, "error", "cdn-loop")
         host = cache_host(self.route.site, request.host)
         req = RequestInfo(
             method=request.method, host=host, target=request.raw_path, headers=request.headers
@@ -236,7 +252,7 @@ class Proxy:
     async def _refresh(self, lookup: Lookup, headers: CIMultiDict[str], flight: Flight) -> None:
         stored = False
         try:
-            async with self.origin.fetch("GET", lookup.request.target, headers) as resp:
+            async with self._upstream("GET", lookup, headers) as resp:
                 stored = await self._refresh_from(lookup, resp)
         except OriginError as exc:
             self._count_origin_error(exc.kind)
@@ -282,7 +298,7 @@ class Proxy:
         headers.update(lookup.revalidate_headers)  # empty unless revalidating a stale entry
         stored = False
         try:
-            async with self.origin.fetch("GET", req.target, headers) as resp:
+            async with self._upstream("GET", lookup, headers) as resp:
                 reply = await self._answer_fill(request, lookup, resp, flight)
                 stored = reply.stored
                 return reply
@@ -310,17 +326,35 @@ class Proxy:
             case ServeStale():
                 return await self._serve_stale(request, req, step.entry, step.detail)
             case Store():
-                member = cache_status("fwd", fwd=step.fwd, stored=True, fwd_status=resp.status)
+                member = cache_status(
+                    self.cfg.name, "fwd", fwd=step.fwd, stored=True, fwd_status=resp.status
+                )
                 return await self._relay_origin(request, req, resp, member, "miss", step)
             case Pass():
                 if flight is not None:
                     # Nothing to share: followers fetch on their own now, not once the body
                     # ends (a stream may never end).
                     self.coalescer.finish(flight, stored=False)
-                member = cache_status("fwd", fwd=step.fwd, stored=False, fwd_status=resp.status)
+                member = cache_status(
+                    self.cfg.name, "fwd", fwd=step.fwd, stored=False, fwd_status=resp.status
+                )
                 return await self._relay_origin(request, req, resp, member, "pass", None)
             case _:
                 assert_never(step)
+
+    def _upstream(
+        self, method: str, lookup: Lookup, headers: CIMultiDict[str]
+    ) -> AbstractAsyncContextManager[OriginResponse]:
+        """Fetch for ``lookup`` through the parents (if any) or from the site's origin.
+        ``headers`` come from origin_headers, whose X-Forwarded-Host is the client's Host."""
+        return self.upstream.fetch(
+            method,
+            lookup.request.target,
+            headers,
+            origin=self.origin,
+            key=lookup.key,
+            host=headers["X-Forwarded-Host"],
+        )
 
     def _respond(self, lookup: Lookup, resp: OriginResponse) -> ResponseStep:
         """The response step for ``resp``, counted: a 5xx is an origin error, and a
@@ -369,8 +403,10 @@ class Proxy:
         """A GET/HEAD the cache will neither answer nor store (e.g. request no-store)."""
         headers = origin_headers(request, self.cfg.name, fill=False)
         try:
-            async with self.origin.fetch(req.method, req.target, headers) as resp:
-                member = cache_status("fwd", fwd=lookup.fwd or "bypass", fwd_status=resp.status)
+            async with self._upstream(req.method, lookup, headers) as resp:
+                member = cache_status(
+                    self.cfg.name, "fwd", fwd=lookup.fwd or "bypass", fwd_status=resp.status
+                )
                 return await self._relay_origin(request, req, resp, member, "pass", None)
         except OriginError as exc:
             return await self._origin_failed(request, req, lookup, exc)
@@ -390,7 +426,7 @@ class Proxy:
             body = None if upload is None else upload.chunks()
             async with self.origin.fetch(req.method, req.target, headers, body) as resp:
                 self.cache.invalidate(req, resp.status, resp.headers)
-                member = cache_status("fwd", fwd="method", fwd_status=resp.status)
+                member = cache_status(self.cfg.name, "fwd", fwd="method", fwd_status=resp.status)
                 return await self._relay_origin(request, req, resp, member, "pass", None)
         except OriginError as exc:
             if upload is not None and upload.too_large:

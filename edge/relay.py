@@ -31,6 +31,7 @@ from multidict import CIMultiDict
 
 from edge.cache import RequestInfo, client_conditional, response_headers
 from edge.cache_status import cache_status
+from edge.cdn_loop import from_our_cdn, loop_id, with_loop_id
 from edge.directives import SURROGATE_CAPABILITY, Headers
 from edge.entry import CacheEntry
 from edge.load import CacheResult
@@ -87,20 +88,36 @@ def origin_headers(request: web.Request, name: str, *, fill: bool) -> CIMultiDic
     headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
     headers["X-Forwarded-Proto"] = request.scheme
     headers.add("Via", f"{_protocol(request)} {name}")
+    # RFC 8586 §2: name this node after those the request passed (edge/cdn_loop.py).
+    headers["CDN-Loop"] = with_loop_id(headers.popall("CDN-Loop", []), loop_id(name))
     # Edge Architecture 1.0: tell the origin which Surrogate-Control target we answer to.
     headers.add("Surrogate-Capability", SURROGATE_CAPABILITY)
     return headers
 
 
-def client_headers(headers: Headers, via: str, member: str) -> CIMultiDict[str]:
-    """Response fields for the client: end-to-end only, plus Via and our Cache-Status."""
-    return _for_client(strip_hop_by_hop(headers), via, member)
+def client_headers(
+    headers: Headers, via: str, member: str, *, downstream: bool = False
+) -> CIMultiDict[str]:
+    """Response fields for the client: end-to-end only, plus Via and our Cache-Status.
+    ``downstream``: the client is a node of ours (edge/cdn_loop.py from_our_cdn)."""
+    return _for_client(strip_hop_by_hop(headers), via, member, downstream=downstream)
 
 
-def _for_client(out: CIMultiDict[str], via: str, member: str) -> CIMultiDict[str]:
+def downstream_node(request: web.Request) -> bool:
+    """Is the request from a downstream node of ours (an edge filling from its shield)?"""
+    return from_our_cdn(request.headers.getall("CDN-Loop", []))
+
+
+def _for_client(
+    out: CIMultiDict[str], via: str, member: str, *, downstream: bool
+) -> CIMultiDict[str]:
     """``out``, a copy of end-to-end fields, changed in place into what the client gets."""
-    # Surrogate-Control is addressed to surrogates; the edge is the last one before clients.
-    out.popall("Surrogate-Control", None)
+    if not downstream:
+        # The surrogate fields are addressed to surrogates (Edge Architecture 1.0): the
+        # edge is the last one before clients. A downstream node of ours gets them, so its
+        # lifetimes and key purges match its parent's.
+        out.popall("Surrogate-Control", None)
+        out.popall("Surrogate-Key", None)
     out.add("Via", via)
     # RFC 9211 §2: each cache appends its member; the last is nearest the client.
     prior = out.popall("Cache-Status", [])
@@ -156,11 +173,11 @@ class Relay:
     ) -> Reply:
         """Answer from a stored response: client conditionals, then Range, then the body."""
         if fwd is not None:
-            member = cache_status("fwd", fwd=fwd, fwd_status=fwd_status, stored=True)
+            member = cache_status(self.name, "fwd", fwd=fwd, fwd_status=fwd_status, stored=True)
         else:
             # RFC 9211 §2.5 ttl: the lifetime left, counted with the Age being sent.
             ttl = entry.freshness_lifetime - entry.age(now)
-            member = cache_status("hit", detail=detail, ttl=ttl)
+            member = cache_status(self.name, "hit", detail=detail, ttl=ttl)
         return await self.stored(request, req, entry, now, member, result)
 
     async def stored(
@@ -174,7 +191,12 @@ class Relay:
     ) -> Reply:
         """Answer from a stored response with Cache-Status ``member``."""
         # The stored fields are end-to-end already (hop-by-hop ones were not stored).
-        headers = _for_client(response_headers(entry, now), self._via(request), member)
+        downstream = downstream_node(request)
+        headers = _for_client(
+            response_headers(entry, now), self._via(request), member, downstream=downstream
+        )
+        if downstream and entry.surrogate_keys:  # parsed out when stored: give them back
+            headers["Surrogate-Key"] = " ".join(entry.surrogate_keys)
         condition = client_conditional(req, entry)
         if condition == 304:
             kept = CIMultiDict((k, v) for k, v in headers.items() if _kept_in_304(k))
@@ -192,7 +214,7 @@ class Relay:
         self, request: web.Request, status: int, result: CacheResult, detail: str
     ) -> Reply:
         """An answer the edge makes itself (502/504, only-if-cached)."""
-        member = cache_status("fwd", fwd="miss", detail=detail)
+        member = cache_status(self.name, "fwd", fwd="miss", detail=detail)
         plain = CIMultiDict({"Content-Type": "text/plain"})
         headers = client_headers(plain, self._via(request), member)
         headers["Cache-Control"] = "no-store"
@@ -217,7 +239,9 @@ class Relay:
         body: bytes,
     ) -> Reply:
         """Relay an origin response whose whole ``body`` has arrived."""
-        headers = client_headers(resp.headers, self._via(request), member)
+        headers = client_headers(
+            resp.headers, self._via(request), member, downstream=downstream_node(request)
+        )
         return Reply(
             await self._send_counted(request, resp.status, headers, body, resp.reason), result
         )
@@ -234,7 +258,9 @@ class Relay:
     ) -> tuple[Reply, bytes | None]:
         """Relay an origin response from its prebuffered start to its end; with ``keep``,
         also the whole body if it fits max_object_bytes (else None)."""
-        headers = client_headers(resp.headers, self._via(request), member)
+        headers = client_headers(
+            resp.headers, self._via(request), member, downstream=downstream_node(request)
+        )
         buffer: list[bytes] | None = [start.head] if keep else None
         buffered = len(start.head)
         response = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
+from typing import Literal
 
 from cdn.config import (
     MAX_CAPACITY_RPS,
@@ -151,6 +152,12 @@ class Override:
     region: str
 
 
+# "edge": handed to clients in DNS answers. "shield": a parent the edges fill from (edge
+# edge.parents), probed, shown and purged like an edge but never in an answer.
+NodeRole = Literal["edge", "shield"]
+NODE_ROLES: tuple[NodeRole, ...] = ("edge", "shield")
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     name: str
@@ -160,6 +167,7 @@ class Node:
     ipv4: IPv4Address | None = None
     ipv6: IPv6Address | None = None
     tokens: tuple[str, ...] = ()  # its own token, then previous_tokens; (): router.token
+    role: NodeRole = "edge"
 
     @property
     def health_url(self) -> str:
@@ -207,7 +215,11 @@ def load_config(path: Path) -> RouterConfig:
         health = _health(top.table("health"))
         nodes = _nodes(top.tables("nodes"), regions)
         _check_credentials(top, router, nodes)
-        fleet = Inventory(regions.keys(), {node.name: node.region for node in nodes})
+        fleet = Inventory(
+            regions.keys(),
+            {node.name: node.region for node in nodes if node.role == "edge"},
+            frozenset(node.name for node in nodes if node.role == "shield"),
+        )
         zones = read_zones(top, top.tables("zones"), fleet)
         overrides = _overrides(top.tables("overrides"), regions)
         bus = _bus(top.table("bus"))
@@ -496,6 +508,7 @@ def _node(t: Table, seen: set[str], regions: Mapping[str, Region]) -> Node:
             ipv4=t.optional("ipv4", lambda text: ip_address_of(text, IPv4Address)),
             ipv6=t.optional("ipv6", lambda text: ip_address_of(text, IPv6Address)),
             tokens=_node_tokens(t),
+            role=t.parsed("role", _role, "edge"),
         )
     if node.ipv4 is None and node.ipv6 is None:
         raise t.error("", "a node needs an ipv4 or an ipv6 address (or both)")
@@ -508,6 +521,13 @@ def _node_tokens(t: Table) -> tuple[str, ...]:
     if token is None and previous:
         raise t.error("previous_tokens", "expected a token to rotate to")
     return () if token is None else (token, *previous)
+
+
+def _role(text: str) -> NodeRole:
+    for role in NODE_ROLES:
+        if text == role:
+            return role
+    raise ValueError(f"expected {' | '.join(NODE_ROLES)}, got {text!r}")
 
 
 def _overrides(tables: list[Table], regions: Mapping[str, Region]) -> tuple[Override, ...]:

@@ -242,6 +242,7 @@ def _node_json(s: NodeStatus, selector: Selector, now: float) -> dict[str, Any]:
     return {
         "name": s.node.name,
         "region": s.node.region,
+        "role": s.node.role,
         "state": s.state,
         "reason": s.reason,
         "capacity_rps": s.node.capacity_rps,

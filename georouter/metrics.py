@@ -119,6 +119,8 @@ class ConfiguredNode(Protocol):
     def region(self) -> str: ...
     @property
     def capacity_rps(self) -> float: ...
+    @property
+    def role(self) -> str: ...
 
 
 class RouterMetrics:
@@ -251,7 +253,8 @@ class RouterMetrics:
         """Export the configured capacities; a node removed by a reload leaves the gauge."""
         self.node_capacity.clear()
         for node in nodes:
-            self.node_capacity.labels(node.region, node.name).set(node.capacity_rps)
+            if node.role == "edge":  # a shield takes no client share: no capacity share
+                self.node_capacity.labels(node.region, node.name).set(node.capacity_rps)
 
 
 def _armour_metrics(t: HotPathTallies) -> Iterator[Metric]:

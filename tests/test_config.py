@@ -415,7 +415,8 @@ def test_shipped_config_loads() -> None:
     assert config.policy.default_region == "na"
     assert [r.name for r in config.regions] == ["na", "eu", "ap"]
     assert config.region("eu").countries == frozenset({"IL", "TR", "AE", "SA"})
-    assert len(config.nodes) == 6
+    assert len(config.nodes) == 8
+    assert [n.name for n in config.nodes if n.role == "shield"] == ["shield-1", "shield-2"]
     zone = config.zones[0]
     assert zone.origin == "example.com."
     # The demo's social platform: feed, images, posts and chat, all through the same edges.
@@ -620,7 +621,9 @@ def test_cli_check_shipped_config_exits_0() -> None:
     script = Path(sys.executable).with_name("georouter")
     result = subprocess.run([str(script), "check"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "ok: 1 zone (example.com.), 3 regions (na, eu, ap), 6 nodes" in result.stdout
+    assert (
+        "ok: 1 zone (example.com.), 3 regions (na, eu, ap), 8 nodes (2 shields)," in result.stdout
+    )
     assert "GeoLite2-City built 2018-07-03 (embedded)" in result.stdout
 
 

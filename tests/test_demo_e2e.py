@@ -49,6 +49,7 @@ from cdnlab.plan import (
     ORIGIN_LAYER,
     ROUTER_LAYER,
     SAMPLE_SUBNETS,
+    SHIELD_LAYER,
     addresses_needed,
     edge_spec,
     guide,
@@ -276,10 +277,17 @@ def test_plan_derives_every_address_from_the_config() -> None:
     assert (str(plan.dns), str(plan.control)) == ("127.0.0.1:5300", "127.0.0.1:9153")
     assert [str(e.content) for e in plan.edges] == [f"127.0.0.1{i}:8080" for i in range(1, 7)]
     assert [str(e.control) for e in plan.edges] == [f"127.0.0.1{i}:9080" for i in range(1, 7)]
-    assert len(addresses_needed(plan)) == 4 + 3 * 6
-    specs = (origin_spec(plan), edge_spec(plan, plan.edges[0]), router_spec(plan))
-    assert [s.layer for s in specs] == [ORIGIN_LAYER, EDGE_LAYER, ROUTER_LAYER]
-    assert ORIGIN_LAYER < EDGE_LAYER < ROUTER_LAYER  # stop_all stops the highest first
+    assert [str(s.content) for s in plan.shields] == ["127.0.0.21:8080", "127.0.0.22:8080"]
+    assert len(addresses_needed(plan)) == 4 + 3 * 6 + 2 * 2
+    shield = edge_spec(plan, plan.shields[0])
+    specs = (origin_spec(plan), shield, edge_spec(plan, plan.edges[0]), router_spec(plan))
+    assert [s.layer for s in specs] == [ORIGIN_LAYER, SHIELD_LAYER, EDGE_LAYER, ROUTER_LAYER]
+    # stop_all stops the highest first: edges drain through the shields to the origin.
+    assert ORIGIN_LAYER < SHIELD_LAYER < EDGE_LAYER < ROUTER_LAYER
+    # Every edge names both shields as parents; a shield has none.
+    parents = [a for i, a in enumerate(specs[2].argv) if specs[2].argv[i - 1] == "--parent"]
+    assert parents == ["http://127.0.0.21:8080", "http://127.0.0.22:8080"]
+    assert "--parent" not in shield.argv and "--tls-listen" not in shield.argv
 
 
 def test_guide_commands_name_the_plan() -> None:
@@ -288,6 +296,7 @@ def test_guide_commands_name_the_plan() -> None:
     assert "dig @127.0.0.1 -p 5300 cdn.example.com +subnet=185.60.216.0/24" in text
     assert text.count("curl -sI http://127.0.0.13:8080/img/cat.jpg") == 2
     assert "http://127.0.0.1:9153/api/v1/purge" in text and "kill -9 4242" in text
+    assert "fills from the shields shield-1, shield-2" in text
     assert "--cacert" not in text  # HTTPS only once the runner has made the CA
     tls = DemoTls(Path("/d/ca.pem"), Path("/d/e.pem"), Path("/d/e.key"), Path("/d/e.toml"), "h=")
     text = guide(dataclasses.replace(plan, tls=tls), Path("/tmp/logs"), {})
@@ -727,7 +736,7 @@ def test_demo_guide_commands_work_as_printed_then_sigint_stops_everything(tmp_pa
     try:
         guide_text = _read_until(demo, "Stop everything", 30)
         children = _children_of(demo.pid)
-        assert len(children) == 8  # origin, router, six edges
+        assert len(children) == 10  # origin, router, six edges, two shields
         _wait_all_up(config)
         commands = [line.strip().split("  #")[0].strip() for line in guide_text.splitlines()]
         runs = [(c, _sh(c)) for c in commands if c.startswith(("dig ", "curl "))]
@@ -761,7 +770,8 @@ def _check_guide_runs(runs: list[tuple[str, str]], config: Path) -> None:
     """The guide's commands, run in order as printed, do what the guide says they do."""
     by_region: dict[str, set[str]] = {}
     for node in load_config(config).nodes:
-        by_region.setdefault(node.region, set()).add(str(node.ipv4))
+        if node.role == "edge":  # a shield is never in an answer
+            by_region.setdefault(node.region, set()).add(str(node.ipv4))
     digs = [(c, out) for c, out in runs if c.startswith("dig ")]
     assert len(digs) == 3
     for command, out in digs:
@@ -770,14 +780,18 @@ def _check_guide_runs(runs: list[tuple[str, str]], config: Path) -> None:
         assert answered and answered <= by_region[region], (command, out)
     heads = [out for c, out in runs if c.startswith("curl -sI http://")]
     assert len(heads) == 2 and "; hit" not in heads[0] and "; hit" in heads[1], heads
+    # RFC 9211 §2: the shield's member, then the edge's (the guide says both layers show).
+    layers = re.search(r"(?im)^cache-status: (shield-\d); .*, (edge-eu-1); ", heads[0])
+    assert layers is not None, heads[0]
     # HTTPS with the demo's CA: an image from img., the posts from api. (each its own site).
     image = _output(runs, "https://img.example.com")
     assert image.startswith("HTTP/1.1 200") and "image/jpeg" in image, image
     assert len(json.loads(_output(runs, "https://api.example.com"))["posts"]) == 10
     purged = json.loads(_output(runs, "/api/v1/purge"))["nodes"]
-    assert len(purged) == 6 and set(purged.values()) == {"done"}
+    assert len(purged) == 8 and set(purged.values()) == {"done"}  # shields purged too
     assert "georouter_answers_total{" in _output(runs, "/metrics")
-    assert len(json.loads(_output(runs, "/api/v1/nodes"))["nodes"]) == 6
+    nodes = json.loads(_output(runs, "/api/v1/nodes"))["nodes"]
+    assert sorted(n["role"] for n in nodes) == ["edge"] * 6 + ["shield"] * 2
     drained = re.search(r"/nodes/([\w-]+)/drain", next(c for c, _ in runs if "/drain" in c))
     assert drained is not None
     eu_dig = digs[0][0]  # the guide's first dig asks from an eu subnet

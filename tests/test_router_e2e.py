@@ -181,7 +181,7 @@ async def running_router(
 ) -> AsyncIterator[RouterProcess]:
     """`georouter serve` with fake edges that report (except `silent` ones); yields once
     every node is up, or as soon as it listens if not wait_up."""
-    names = re.findall(r'name = "(edge-[^"]+)"', TOPOLOGY.read_text())
+    names = re.findall(r'name = "((?:edge|shield)-[^"]+)"', TOPOLOGY.read_text())
     edges = {name: await _start_edge(name) for name in names}
     for name in silent:
         edges[name].alive = False
@@ -253,6 +253,19 @@ async def test_answers_follow_the_client_subnet_rfc7871(router: RouterProcess) -
         'georouter_decisions_total{reason="geo",service="cdn.example.com"}' in metrics
     )  # not fail-open
     assert 'reason="fail_open"' not in metrics
+
+
+async def test_a_shield_is_up_and_listed_but_never_in_dns_answers(router: RouterProcess) -> None:
+    nodes = await _nodes(router)
+    shields = {name for name, n in nodes.items() if n["role"] == "shield"}
+    assert shields == {"shield-1", "shield-2"}
+    assert {nodes[name]["state"] for name in shields} == {"up"}  # probed and reporting
+    # shield-1 stands in na, shield-2 in eu: neither is answered, whichever region asks.
+    answered: set[str] = set()
+    for subnet in ("185.60.216.0", "8.8.8.0", "1.0.16.0", "127.0.0.1"):
+        for _ in range(10):
+            answered |= await router.addresses(subnet)
+    assert answered and answered.isdisjoint({"127.0.0.21", "127.0.0.22"})
 
 
 async def test_dead_node_leaves_answers_within_3_seconds(router: RouterProcess) -> None:
