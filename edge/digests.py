@@ -32,16 +32,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from multidict import CIMultiDict
+
 from edge.directives import Headers
+
+MutableHeaders = CIMultiDict[str]
 
 __all__ = [
     "ALGORITHMS",
+    "DigestAnswer",
     "DigestCheck",
     "Expected",
     "SFError",
+    "add_member",
     "content_digest_of",
     "expected_digests",
     "parse_dictionary",
+    "plan_answer",
     "serialize_digests",
     "wanted_algorithm",
 ]
@@ -326,3 +333,45 @@ def wanted_algorithm(headers: Headers, name: str) -> str | None:
         return None
     # Highest weight first; on a tie the stronger sha-512.
     return max(weights, key=lambda alg: (weights[alg], alg == "sha-512"))
+
+
+@dataclass(frozen=True, slots=True)
+class DigestAnswer:
+    """What the digest fields of an answer from a stored response need (RFC 9530 §2-§4).
+
+    ``drop_content``: the stored Content-Digest describes the whole stored content, not
+    this answer's (a 206/416, a HEAD), so it must not be sent as it is. ``repr`` and
+    ``content``: the algorithm the client wants a Repr-Digest / Content-Digest in that the
+    answer does not carry yet (the edge adds it, computed from the stored body for the
+    representation, from the answer's own content otherwise)."""
+
+    drop_content: bool = False
+    repr: str | None = None
+    content: str | None = None
+
+
+_NOTHING: Final = DigestAnswer()
+
+
+def plan_answer(
+    method: str, req_headers: Headers, stored: Headers, *, partial: bool
+) -> DigestAnswer:
+    """The digest fields an answer from a stored response needs; ``partial``: a 206 or
+    416 (its content is not the stored content)."""
+    drop = partial or method == "HEAD"
+    wants = "Want-Repr-Digest" in req_headers or "Want-Content-Digest" in req_headers
+    if not drop and not wants:
+        return _NOTHING  # the common hit: nothing parsed
+    want_repr = wanted_algorithm(req_headers, "Want-Repr-Digest")
+    if want_repr is not None and want_repr in digest_members(stored, "Repr-Digest"):
+        want_repr = None
+    want_content = wanted_algorithm(req_headers, "Want-Content-Digest")
+    if not drop and want_content in digest_members(stored, "Content-Digest"):
+        want_content = None
+    return DigestAnswer(drop_content=drop, repr=want_repr, content=want_content)
+
+
+def add_member(headers: MutableHeaders, name: str, algorithm: str, value: bytes) -> None:
+    """Add one member to digest field ``name`` of ``headers`` (keeping those it has)."""
+    prior = headers.popall(name, [])
+    headers[name] = ", ".join([*prior, serialize_digests([(algorithm, value)])])

@@ -23,6 +23,8 @@ cut past max_body_bytes.
 
 from __future__ import annotations
 
+import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -31,6 +33,7 @@ from multidict import CIMultiDict
 
 from edge.cache import RequestInfo, client_conditional, response_headers
 from edge.cache_status import cache_status
+from edge.digests import DigestAnswer, add_member, content_digest_of, plan_answer
 from edge.directives import SURROGATE_CAPABILITY, Headers
 from edge.entry import CacheEntry
 from edge.load import CacheResult
@@ -40,6 +43,11 @@ from edge.ranges import answer_range
 from edge.rules import strip_hop_by_hop
 
 STREAM_PREBUFFER_BYTES = 64 * 1024
+# Want-*-Digest answers: bodies up to this are hashed on the loop (tens of µs), larger
+# ones in a thread; at most COMPUTED_DIGESTS computed digests are remembered (LRU).
+INLINE_DIGEST_BYTES = 256 * 1024
+COMPUTED_DIGESTS = 4096
+_NO_DIGEST_CHANGE = DigestAnswer()
 # Set on a request once a streamed response's head went out.
 _STARTED = web.RequestKey("edge.response", web.StreamResponse)
 # Client preconditions and Range are answered by the edge from a full stored response;
@@ -133,6 +141,8 @@ class Relay:
         self.metrics = metrics
         self.max_object_bytes = max_object_bytes
         self._vias: dict[tuple[int, int], str] = {}  # by HTTP version: built once, not per hit
+        # Digests computed for Want-Repr-Digest/Want-Content-Digest, by stored entry.
+        self._digests: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
 
     async def entry(
         self,
@@ -174,11 +184,51 @@ class Relay:
         if condition is not None:
             return Reply(await self._send_counted(request, condition, headers, b""), result)
         ranged = answer_range(req.method, req.headers, entry.status, entry.headers, entry.body)
+        status, body = entry.status, entry.body
+        if ranged is not None:
+            status, body = ranged.status, ranged.body
+        plan = plan_answer(req.method, req.headers, entry.headers, partial=ranged is not None)
+        if plan != _NO_DIGEST_CHANGE:
+            content = b"" if req.method == "HEAD" else body
+            await self._digest_fields(req, entry, headers, plan, content)
         if ranged is not None:  # RFC 9110 §14.2: 206 or 416 from the full stored body
             headers.update(ranged.headers)
-            response = await self._send_counted(request, ranged.status, headers, ranged.body)
-            return Reply(response, result)
-        return Reply(await self._send_counted(request, entry.status, headers, entry.body), result)
+        return Reply(await self._send_counted(request, status, headers, body), result)
+
+    async def _digest_fields(
+        self,
+        req: RequestInfo,
+        entry: CacheEntry,
+        headers: CIMultiDict[str],
+        plan: DigestAnswer,
+        content: bytes,
+    ) -> None:
+        """RFC 9530 §2-§4 on an answer from a stored response: a stored Content-Digest
+        leaves a partial or HEAD answer; a wanted digest the answer lacks is added (the
+        stored body's digest is computed once per entry and algorithm, then remembered)."""
+        if plan.drop_content:
+            headers.popall("Content-Digest", None)
+        if plan.repr is not None:
+            value = await self._stored_digest(req, entry, plan.repr)
+            add_member(headers, "Repr-Digest", plan.repr, value)
+        if plan.content is not None:
+            if plan.drop_content:  # this answer's own content: a slice, or none at all
+                value = await _digest_off_loop(plan.content, content)
+            else:
+                value = await self._stored_digest(req, entry, plan.content)
+            add_member(headers, "Content-Digest", plan.content, value)
+
+    async def _stored_digest(self, req: RequestInfo, entry: CacheEntry, algorithm: str) -> bytes:
+        key = (req.host, req.target, entry.vary, entry.response_time, len(entry.body), algorithm)
+        value = self._digests.get(key)
+        if value is None:
+            value = await _digest_off_loop(algorithm, entry.body)
+            self._digests[key] = value
+            if len(self._digests) > COMPUTED_DIGESTS:
+                self._digests.popitem(last=False)
+        else:
+            self._digests.move_to_end(key)
+        return value
 
     async def error(
         self, request: web.Request, status: int, result: CacheResult, detail: str
@@ -288,6 +338,14 @@ class Relay:
         if via is None:
             via = self._vias[request.version] = f"{_protocol(request)} {self.name}"
         return via
+
+
+async def _digest_off_loop(algorithm: str, body: bytes) -> bytes:
+    """The digest of ``body``; a large one is hashed in a worker thread (hashlib releases
+    the GIL), so the event loop keeps serving meanwhile."""
+    if len(body) <= INLINE_DIGEST_BYTES:
+        return content_digest_of(algorithm, body)
+    return await asyncio.to_thread(content_digest_of, algorithm, body)
 
 
 async def _prebuffer(chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:

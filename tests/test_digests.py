@@ -13,12 +13,14 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from edge.digests import (
+    DigestAnswer,
     DigestCheck,
     Expected,
     SFError,
     content_digest_of,
     expected_digests,
     parse_dictionary,
+    plan_answer,
     serialize_digests,
     wanted_algorithm,
 )
@@ -164,3 +166,25 @@ def test_incremental_check_matches_whole_body(body: bytes, cuts: list[int]) -> N
     for start, end in itertools.pairwise(edges):
         check.update(body[start:end])
     assert check.mismatches() == ()
+
+
+@pytest.mark.parametrize(
+    ("method", "request_fields", "partial", "expected"),
+    [
+        ("GET", {}, False, DigestAnswer()),
+        ("GET", {}, True, DigestAnswer(drop_content=True)),
+        ("HEAD", {}, False, DigestAnswer(drop_content=True)),
+        ("GET", {"Want-Repr-Digest": "sha-256=1"}, False, DigestAnswer()),  # stored already
+        ("GET", {"Want-Repr-Digest": "sha-512=1"}, False, DigestAnswer(repr="sha-512")),
+        ("GET", {"Want-Content-Digest": "sha-256=1"}, False, DigestAnswer()),
+        ("GET", {"Want-Content-Digest": "sha-256=1"}, True,
+         DigestAnswer(drop_content=True, content="sha-256")),
+    ],
+)  # fmt: skip
+def test_plan_answer_from_stored_rfc9530_4(
+    method: str, request_fields: dict[str, str], partial: bool, expected: DigestAnswer
+) -> None:
+    stored = _headers(
+        Repr_Digest=f"sha-256=:{HELLO_SHA256}:", Content_Digest=f"sha-256=:{HELLO_SHA256}:"
+    )
+    assert plan_answer(method, CIMultiDict(request_fields), stored, partial=partial) == expected
