@@ -48,10 +48,12 @@ from edge.config import EdgeConfig, SiteConfig
 from edge.disk import DiskLevel
 from edge.entry import CacheEntry
 from edge.errors import OriginError
+from edge.fill import FillHead, Filling
 from edge.gate import Gate
 from edge.load import CacheResult, LoadTracker
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginClient, OriginResponse
+from edge.ranges import Spec, early_length, early_range, satisfiable
 from edge.relay import Relay, Reply, UploadBody, narrowed, origin_headers
 from edge.response_step import Freshen, OriginAnswer, Pass, ResponseStep, ServeStale, Store
 from edge.routing import Routing
@@ -264,6 +266,9 @@ class Proxy:
     ) -> Reply:
         flight = self.coalescer.lead(lookup.key)
         if flight is not None:
+            spec = early_range(req.method, req.headers) if lookup.entry is None else None
+            if spec is not None:
+                return await self._range_miss(request, req, lookup, flight, spec)
             return await self._fetch(request, req, lookup, flight)
         current = self.coalescer.current(lookup.key)
         assert current is not None
@@ -291,6 +296,72 @@ class Proxy:
         finally:
             if flight is not None:
                 self.coalescer.finish(flight, stored=stored)
+
+    async def _range_miss(
+        self, request: web.Request, req: RequestInfo, lookup: Lookup, flight: Flight, spec: Spec
+    ) -> Reply:
+        """A Range request for an uncached object (RFC 9110 §14.2): the whole object is
+        fetched in the background (edge/fill.py) and this request's range is sent from
+        it as it arrives, so the 206 need not wait for the whole object."""
+        filling = Filling()
+        headers = origin_headers(request, self.cfg.name, fill=True)
+        task = asyncio.create_task(self._fill_behind(lookup, headers, flight, filling))
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
+        try:
+            head = await filling.head()
+            if head is None:  # not storable: nothing to share, the client fetches alone
+                return await self._forward(request, req, lookup)
+            if head.length is None:
+                return await self._after_fill(request, req, lookup, head, filling)
+            ranges = satisfiable([spec], head.length)
+            return await self._relay.early_range(request, head, ranges, filling.read)
+        except OriginError as exc:  # counted and logged by the fill
+            if self._relay.started(request):
+                return self._relay.abort(request)
+            return await self._relay.error(request, exc.status, "error", f"origin-{exc.kind}")
+
+    async def _after_fill(
+        self, request: web.Request, req: RequestInfo, lookup: Lookup, head: FillHead, f: Filling
+    ) -> Reply:
+        """The fill's range cannot be cut as it arrives: answer from the store once it ends."""
+        await f.finished()
+        again = self.cache.lookup(req, self._clock())
+        if again.outcome == "fresh" and again.entry is not None:
+            return await self._relay.stored(
+                request, req, again.entry, self._clock(), head.member, "miss"
+            )
+        return await self._forward(request, req, lookup)
+
+    async def _fill_behind(
+        self, lookup: Lookup, headers: CIMultiDict[str], flight: Flight, filling: Filling
+    ) -> None:
+        """Fetch and store the whole object for ``_range_miss``, publishing its progress."""
+        stored = False
+        limit = self.cfg.cache.max_object_bytes
+        try:
+            async with self.origin.fetch("GET", lookup.request.target, headers) as resp:
+                step = self._respond(lookup, resp)
+                if not isinstance(step, Store) or resp.at_once:
+                    return
+                member = cache_status("fwd", fwd=step.fwd, stored=True, fwd_status=resp.status)
+                length = early_length(resp.status, resp.headers, limit)
+                filling.publish(FillHead(resp.status, resp.headers, length, member))
+                async for chunk in resp.chunks():
+                    filling.add(chunk)
+                    if filling.size > limit:
+                        filling.end()  # too large to keep after all: the waiter fetches alone
+                        return
+                stored = self.cache.fill(step, filling.body()) is not None
+                filling.end()
+        except OriginError as exc:
+            self._count_origin_error(exc.kind)
+            log.info("event=origin_error kind=%s target=%r error=%r",
+                     exc.kind, lookup.request.target, exc.message)  # fmt: skip
+            filling.fail(exc)
+        finally:
+            filling.close()
+            self.coalescer.finish(flight, stored=stored)
 
     async def _answer_fill(
         self, request: web.Request, lookup: Lookup, resp: OriginResponse, flight: Flight | None

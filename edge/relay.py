@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiohttp import StreamReader, web
@@ -36,10 +36,11 @@ from edge.cache_status import cache_status
 from edge.digests import DigestAnswer, add_member, content_digest_of, plan_answer
 from edge.directives import SURROGATE_CAPABILITY, Headers
 from edge.entry import CacheEntry
+from edge.fill import FillHead
 from edge.load import CacheResult
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginResponse
-from edge.ranges import answer_range
+from edge.ranges import ByteRange, answer_range
 from edge.rules import strip_hop_by_hop
 
 STREAM_PREBUFFER_BYTES = 64 * 1024
@@ -292,6 +293,34 @@ class Relay:
                 buffer = None  # too large to keep: stream the rest through
         await response.write_eof()
         return Reply(response, result), None if buffer is None else b"".join(buffer)
+
+    async def early_range(
+        self,
+        request: web.Request,
+        head: FillHead,
+        ranges: list[ByteRange],
+        read: Callable[[int, int], AsyncIterator[bytes]],
+    ) -> Reply:
+        """A 206 (or 416) for a range of an object still arriving (edge/fill.py): the
+        part's bytes are sent as ``read`` yields them (RFC 9110 §14.2, §15.3.7)."""
+        assert head.length is not None
+        headers = client_headers(head.headers, self._via(request), head.member)
+        # Both describe the whole content, not this part (RFC 9530 Appendix B.3).
+        headers.popall("Content-Length", None)
+        headers.popall("Content-Digest", None)
+        if not ranges:
+            headers["Content-Range"] = f"bytes */{head.length}"
+            return Reply(await self._send_counted(request, 416, headers, b""), "miss")
+        part = ranges[0]
+        headers["Content-Range"] = part.content_range(head.length)
+        response = web.StreamResponse(status=206, headers=headers)
+        response.content_length = part.last - part.first + 1
+        request[_STARTED] = response
+        await response.prepare(request)
+        async for piece in read(part.first, part.last):
+            await self._write(request, response, piece)
+        await response.write_eof()
+        return Reply(response, "miss")
 
     async def read_limited(self, resp: OriginResponse) -> bytes | None:
         """The whole body if it fits max_object_bytes, else None (read to the end anyway)."""
