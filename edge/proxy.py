@@ -6,7 +6,9 @@ Theory of operation, per request (design.md "The edge"; RFC 9111 §4):
     lookup fresh  -> answered from the cache (client conditionals, Range)
     lookup stale  -> stale-while-revalidate: answered from the cache, one background
                      refresh per key; else revalidated (If-None-Match/If-Modified-Since)
-    lookup miss   -> one origin fetch per key at a time (edge/coalesce.py)
+    lookup miss   -> one origin fetch per key at a time (edge/coalesce.py); with one
+                     Range, the whole object is filled in the background and the
+                     range sent as it arrives (edge/fill.py)
     lookup pass   -> forwarded, never stored (e.g. request no-store)
 
 The origin's answer to a miss or a revalidation goes through the response step

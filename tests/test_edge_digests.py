@@ -15,6 +15,7 @@ import os
 import re
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -22,7 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from cdnlab.origin import ORIGIN_ROOT, create_app
-from tests.origin_app import CACHEABLE, ScriptedOrigin
+from tests.origin_app import CACHEABLE, ScriptedOrigin, get, poll, running_edge
 from tests.test_edge_process import Process, spawn, stop
 
 pytest_plugins = ("tests.edge_fixtures",)
@@ -202,3 +203,27 @@ async def test_demo_origin_digests_are_verified_by_the_edge_rfc9530_3(
         assert await metric(client, child, "edge_digests_verified_total") == 2
     finally:
         await stop(child)
+
+
+async def test_mismatched_body_never_reaches_the_disk_level(
+    origin: ScriptedOrigin, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    corrupt = LARGE[:-1] + bytes([LARGE[-1] ^ 1])
+    origin.script(
+        "/bad", headers={**CACHEABLE, "Repr-Digest": field("sha-256", LARGE)}, body=corrupt
+    )
+    origin.script(
+        "/good", headers={**CACHEABLE, "Repr-Digest": field("sha-256", SMALL)}, body=SMALL
+    )
+    async with running_edge(origin.url, disk_path=str(tmp_path)) as edge:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await get(client, edge, "/bad")
+        assert (await get(client, edge, "/good"))[0] == 200
+        disk = edge.disk
+        assert disk is not None
+        # The writes are queued in order: once the good one is on disk, the bad one would be.
+        await poll(lambda: disk.loaded and not disk._queue and bool(list(tmp_path.glob("*/*.rec"))))
+        records = list(tmp_path.glob("*/*.rec"))
+        assert len(records) == 1
+        assert SMALL in records[0].read_bytes()
+        assert len(disk.index) == 1
