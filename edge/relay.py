@@ -106,6 +106,18 @@ def client_headers(headers: Headers, via: str, member: str) -> CIMultiDict[str]:
     return _for_client(strip_hop_by_hop(headers), via, member)
 
 
+def _origin_fields(
+    request: web.Request, headers: Headers, via: str, member: str
+) -> CIMultiDict[str]:
+    """``client_headers`` of an origin answer relayed to ``request``: a HEAD answer (a
+    HEAD miss is filled with a GET) has no content, so the GET's Content-Digest does not
+    describe it (RFC 9530 Appendix B.2)."""
+    out = client_headers(headers, via, member)
+    if request.method == "HEAD":
+        out.popall("Content-Digest", None)
+    return out
+
+
 def _for_client(out: CIMultiDict[str], via: str, member: str) -> CIMultiDict[str]:
     """``out``, a copy of end-to-end fields, changed in place into what the client gets."""
     # Surrogate-Control is addressed to surrogates; the edge is the last one before clients.
@@ -260,7 +272,7 @@ class Relay:
         body: bytes,
     ) -> Reply:
         """Relay an origin response whose whole ``body`` has arrived."""
-        headers = client_headers(resp.headers, self._via(request), member)
+        headers = _origin_fields(request, resp.headers, self._via(request), member)
         return Reply(
             await self._send_counted(request, resp.status, headers, body, resp.reason), result
         )
@@ -277,7 +289,7 @@ class Relay:
     ) -> tuple[Reply, bytes | None]:
         """Relay an origin response from its prebuffered start to its end; with ``keep``,
         also the whole body if it fits max_object_bytes (else None)."""
-        headers = client_headers(resp.headers, self._via(request), member)
+        headers = _origin_fields(request, resp.headers, self._via(request), member)
         buffer: list[bytes] | None = [start.head] if keep else None
         buffered = len(start.head)
         response = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)

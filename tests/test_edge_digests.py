@@ -227,3 +227,42 @@ async def test_mismatched_body_never_reaches_the_disk_level(
         assert len(records) == 1
         assert SMALL in records[0].read_bytes()
         assert len(disk.index) == 1
+
+
+async def test_digests_travel_through_a_parent_edge_unchanged_rfc9530(
+    origin: ScriptedOrigin, edge_process: Process, client: aiohttp.ClientSession
+) -> None:
+    # A child edge whose origin is the parent edge: the parent's stored digest reaches the
+    # child unchanged, and the child verifies it again on its own fill.
+    digests = {"Repr-Digest": field("sha-512", LARGE), "Content-Digest": field("sha-256", LARGE)}
+    origin.script("/clip", headers={**CACHEABLE, **digests}, body=LARGE)
+    child = await spawn(edge_argv(f"http://{edge_process.fields['content']}"))
+    try:
+        status, headers, body = await fetch(client, child, "/clip")
+        assert (status, body) == (200, LARGE)
+        assert (headers["Repr-Digest"], headers["Content-Digest"]) == (
+            digests["Repr-Digest"],
+            digests["Content-Digest"],
+        )
+        status, headers, body = await fetch(client, child, "/clip", Range="bytes=10-19")
+        assert (status, body) == (206, LARGE[10:20])
+        assert headers["Repr-Digest"] == digests["Repr-Digest"]
+        assert "Content-Digest" not in headers
+        assert await metric(client, child, "edge_digests_verified_total") == 1
+        assert await metric(client, edge_process, "edge_digests_verified_total") == 1
+        assert origin.fetches["/clip"] == 1
+    finally:
+        await stop(child)
+
+
+async def test_head_answer_carries_no_content_digest_of_the_get_rfc9530_b2(
+    origin: ScriptedOrigin, edge_process: Process, client: aiohttp.ClientSession
+) -> None:
+    digests = {"Repr-Digest": field("sha-256", LARGE), "Content-Digest": field("sha-256", LARGE)}
+    origin.script("/h", headers={**CACHEABLE, **digests}, body=LARGE)
+    for _ in ("miss", "hit"):
+        async with client.head(f"http://{edge_process.fields['content']}/h") as resp:
+            assert resp.status == 200
+            assert resp.headers["Repr-Digest"] == digests["Repr-Digest"]
+            assert "Content-Digest" not in resp.headers
+    assert origin.fetches["/h"] == 1
