@@ -13,7 +13,9 @@ Published heads:
                                from the chunks as they arrive (206, or 416 at once)
     FillHead, length None   -> storable, but of unknown length or another status: the
                                client waits for the fill, then is answered from the store
-    None                    -> not storable: the client fetches on its own
+    PassOn                  -> not storable: the fill hands its answer to the client,
+                               which relays it as it is (nothing stored, one fetch)
+    None                    -> the fill ended without an answer to hand on (cancelled)
 A fill that fails (the origin breaks, a digest mismatch) fails the reader: before the head
 it gets the error, after it a cut response.
 """
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 
 from edge.directives import Headers
 from edge.errors import OriginError
+from edge.origin import OriginResponse
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +41,22 @@ class FillHead:
     member: str  # this cache's Cache-Status member for the waiting client
 
 
+@dataclass(frozen=True, slots=True)
+class PassOn:
+    """An answer the store will not keep, handed to the waiting client to relay; the fill
+    holds the origin connection until ``relayed`` is set."""
+
+    response: OriginResponse
+    fwd: str  # Cache-Status fwd (RFC 9211 §2.2)
+    relayed: asyncio.Event
+
+
 class Filling:
     """One background fill's progress: its head, the chunks so far, its end or failure."""
 
     def __init__(self) -> None:
-        self._head: asyncio.Future[FillHead | None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._head: asyncio.Future[FillHead | PassOn | None] = loop.create_future()
         # A client that left never reads a failed head: that is not an unhandled error.
         self._head.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._chunks: list[bytes] = []
@@ -51,7 +65,7 @@ class Filling:
         self._error: OriginError | None = None
         self._changed = asyncio.Event()
 
-    def publish(self, head: FillHead | None) -> None:
+    def publish(self, head: FillHead | PassOn | None) -> None:
         if not self._head.done():
             self._head.set_result(head)
 
@@ -79,7 +93,14 @@ class Filling:
         if not self._ended and self._error is None:
             self.fail(OriginError("invalid", "background fill stopped"))
 
-    async def head(self) -> FillHead | None:
+    def abandon(self) -> None:
+        """The waiting client is done (or gone): a handed-on answer is released."""
+        if self._head.done() and not self._head.cancelled() and self._head.exception() is None:
+            head = self._head.result()
+            if isinstance(head, PassOn):
+                head.relayed.set()
+
+    async def head(self) -> FillHead | PassOn | None:
         """The published head; raises the fill's OriginError if it failed before one."""
         return await asyncio.shield(self._head)
 

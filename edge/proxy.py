@@ -50,7 +50,7 @@ from edge.config import EdgeConfig, SiteConfig
 from edge.disk import DiskLevel
 from edge.entry import CacheEntry
 from edge.errors import OriginError
-from edge.fill import FillHead, Filling
+from edge.fill import FillHead, Filling, PassOn
 from edge.gate import Gate
 from edge.load import CacheResult, LoadTracker
 from edge.metrics import EdgeMetrics
@@ -312,7 +312,9 @@ class Proxy:
         task.add_done_callback(self._refreshes.discard)
         try:
             head = await filling.head()
-            if head is None:  # not storable: nothing to share, the client fetches alone
+            if isinstance(head, PassOn):  # not storable: relayed as it is, nothing shared
+                return await self._pass_on(request, req, head)
+            if head is None:  # the fill stopped without an answer: fetch alone
                 return await self._forward(request, req, lookup)
             if head.length is None:
                 return await self._after_fill(request, req, lookup, head, filling)
@@ -322,6 +324,16 @@ class Proxy:
             if self._relay.started(request):
                 return self._relay.abort(request)
             return await self._relay.error(request, exc.status, "error", f"origin-{exc.kind}")
+        finally:
+            filling.abandon()  # a client that left releases an answer handed to it
+
+    async def _pass_on(self, request: web.Request, req: RequestInfo, head: PassOn) -> Reply:
+        try:
+            resp = head.response
+            member = cache_status("fwd", fwd=head.fwd, stored=False, fwd_status=resp.status)
+            return await self._relay_origin(request, req, resp, member, "pass", None)
+        finally:
+            head.relayed.set()
 
     async def _after_fill(
         self, request: web.Request, req: RequestInfo, lookup: Lookup, head: FillHead, f: Filling
@@ -345,6 +357,12 @@ class Proxy:
             async with self.origin.fetch("GET", lookup.request.target, headers) as resp:
                 step = self._respond(lookup, resp)
                 if not isinstance(step, Store) or resp.at_once:
+                    # Nothing to share: followers fetch on their own now (as _answer_fill).
+                    self.coalescer.finish(flight, stored=False)
+                    fwd = step.fwd if isinstance(step, Store | Pass) else "miss"
+                    handed = PassOn(resp, fwd, asyncio.Event())
+                    filling.publish(handed)
+                    await handed.relayed.wait()
                     return
                 member = cache_status("fwd", fwd=step.fwd, stored=True, fwd_status=resp.status)
                 length = early_length(resp.status, resp.headers, limit)

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.origin_app import poll
+from tests.origin_app import ScriptedOrigin, poll
 from tests.test_edge_digests import edge_argv, fetch, field, metric
 from tests.test_edge_process import Process, spawn, stop
 
@@ -128,3 +128,18 @@ async def test_unsatisfiable_range_miss_is_416_rfc9110_15_5_17(
     status, headers, body = await fetch(client, edge_process, "/x")
     assert (status, body) == (200, OBJECT)
     assert pausing.fetches == 1
+
+
+async def test_uncacheable_range_miss_is_relayed_from_the_one_fetch(
+    origin: ScriptedOrigin, client: aiohttp.ClientSession
+) -> None:
+    # Not storable: the background fill hands its answer to the client, no second fetch.
+    origin.script("/private", headers={"Cache-Control": "private"}, body=b"0123456789")
+    child = await spawn(edge_argv(origin.url))
+    try:
+        status, headers, body = await fetch(client, child, "/private", Range="bytes=0-3")
+        assert (status, body) == (200, b"0123456789")  # the origin's answer, as it is
+        assert "fwd=uri-miss" in headers["Cache-Status"] and "stored" not in headers["Cache-Status"]
+        assert origin.fetches["/private"] == 1
+    finally:
+        await stop(child)
