@@ -72,7 +72,7 @@ class OriginResponse:
     _response: aiohttp.ClientResponse
     _metrics: EdgeMetrics
     method: str = "GET"
-    target: str = ""  # path and query, for log lines
+    url: str = ""  # the origin URL fetched, for log lines
     streamed: bool = False  # slow by design, never stored (rules.is_stream)
     at_once: bool = False  # relayed as it arrives, nothing held back (rules.relayed_at_once)
     # The body's floor: at least _min_bytes_per_s per _window_s of waiting (inf: none).
@@ -101,7 +101,7 @@ class OriginResponse:
             held = chunk
         mismatches = check.mismatches()
         if mismatches:
-            raise _digest_mismatch(self._metrics, self.target, mismatches)
+            raise _digest_mismatch(self._metrics, self.url, mismatches)
         self._metrics.digests_verified.inc()
         if held:
             yield held
@@ -311,7 +311,7 @@ class OriginClient:
                 _response=response,
                 _metrics=self._metrics,
                 method=method,
-                target=target,
+                url=str(url),
                 _min_bytes_per_s=self._min_bytes_per_s,
                 _window_s=math.inf if streamed else self._window_s,
                 streamed=streamed,
@@ -339,14 +339,14 @@ def _too_slow(metrics: EdgeMetrics, got: int, waited: float, floor: float) -> Or
 
 
 def _digest_mismatch(
-    metrics: EdgeMetrics, target: str, mismatches: tuple[Expected, ...]
+    metrics: EdgeMetrics, url: str, mismatches: tuple[Expected, ...]
 ) -> OriginError:
     """A body that is not what its digest fields say: counted, logged with its URL."""
     fields = sorted({e.field for e in mismatches})
     for field in fields:
         metrics.digest_mismatches.labels(field).inc()
     names = ",".join(f"{_FIELD_NAMES[e.field]}:{e.algorithm}" for e in mismatches)
-    log.warning("event=digest_mismatch url=%r digests=%s", target, names)
+    log.warning("event=digest_mismatch url=%r digests=%s", url, names)
     return OriginError("digest", f"body does not match {names}")
 
 

@@ -102,7 +102,8 @@ async def test_small_body_with_wrong_digest_is_502_and_not_stored_rfc9530(
         assert origin.fetches["/feed"] == attempt  # never stored: a miss again
     mismatches = 'edge_digest_mismatches_total{field="repr"}'
     assert await metric(client, edge_process, mismatches) == 2
-    assert any("event=digest_mismatch url='/feed'" in line for line in edge_process.log)
+    logged = f"event=digest_mismatch url='{origin.url}/feed' digests=Repr-Digest:sha-256"
+    assert any(logged in line for line in edge_process.log)
 
 
 @pytest.mark.parametrize("chunked", [False, True])
