@@ -106,6 +106,7 @@ class Proxy:
         self._on_status_change = on_status_change
         self._relay = Relay(cfg.name, metrics, cfg.cache.max_object_bytes)
         self._refreshes: set[asyncio.Task[None]] = set()
+        self._fills: dict[str, Filling] = {}  # background fills of range misses, by key
         self.tunnels = tunnels
         self.disk: DiskLevel | None = None  # set when the edge has a disk level
         self._memory_hits = metrics.cache_level_hits.labels("memory")
@@ -275,6 +276,12 @@ class Proxy:
         current = self.coalescer.current(lookup.key)
         assert current is not None
         self.metrics.coalesced.inc()
+        filling = self._fills.get(lookup.key)
+        spec = early_range(req.method, req.headers)
+        if filling is not None and spec is not None:
+            reply = await self._range_from_fill(request, filling, spec)
+            if reply is not None:
+                return reply
         await self.coalescer.follow(current, self.cfg.limits.coalesce_wait_s)
         # Stored or not, the cache now knows best: serve what it holds, else fetch alone.
         again = self.cache.lookup(req, self._clock())
@@ -305,7 +312,7 @@ class Proxy:
         """A Range request for an uncached object (RFC 9110 §14.2): the whole object is
         fetched in the background (edge/fill.py) and this request's range is sent from
         it as it arrives, so the 206 need not wait for the whole object."""
-        filling = Filling()
+        filling = self._fills[lookup.key] = Filling()
         headers = origin_headers(request, self.cfg.name, fill=True)
         task = asyncio.create_task(self._fill_behind(lookup, headers, flight, filling))
         self._refreshes.add(task)
@@ -326,6 +333,25 @@ class Proxy:
             return await self._relay.error(request, exc.status, "error", f"origin-{exc.kind}")
         finally:
             filling.abandon()  # a client that left releases an answer handed to it
+
+    async def _range_from_fill(
+        self, request: web.Request, filling: Filling, spec: Spec
+    ) -> Reply | None:
+        """Another Range request for an object a range miss is filling: its range is sent
+        from the same fill as it arrives; None to follow the flight as usual (the answer
+        is not one to share, its length is unknown, or it Varies: this request might
+        select another variant)."""
+        try:
+            head = await filling.head()
+        except OriginError:
+            return None  # the flight has ended: the cache decides, as for any follower
+        if not isinstance(head, FillHead) or head.length is None or "Vary" in head.headers:
+            return None
+        try:
+            ranges = satisfiable([spec], head.length)
+            return await self._relay.early_range(request, head, ranges, filling.read)
+        except OriginError:
+            return self._relay.abort(request) if self._relay.started(request) else None
 
     async def _pass_on(self, request: web.Request, req: RequestInfo, head: PassOn) -> Reply:
         try:
@@ -381,6 +407,8 @@ class Proxy:
             filling.fail(exc)
         finally:
             filling.close()
+            if self._fills.get(lookup.key) is filling:
+                del self._fills[lookup.key]
             self.coalescer.finish(flight, stored=stored)
 
     async def _answer_fill(

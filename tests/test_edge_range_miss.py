@@ -143,3 +143,16 @@ async def test_uncacheable_range_miss_is_relayed_from_the_one_fetch(
         assert origin.fetches["/private"] == 1
     finally:
         await stop(child)
+
+
+async def test_concurrent_range_misses_share_the_fill_and_answer_at_once(
+    pausing: PausingOrigin, edge_process: Process, client: aiohttp.ClientSession
+) -> None:
+    # The origin still holds back the rest: both 206s come from the one fill's first part.
+    first = fetch(client, edge_process, "/shared", Range="bytes=0-99")
+    second = fetch(client, edge_process, "/shared", Range="bytes=1000-1999")
+    (s1, _, b1), (s2, h2, b2) = await asyncio.gather(first, second)
+    assert (s1, b1) == (206, OBJECT[:100])
+    assert (s2, b2) == (206, OBJECT[1000:2000])
+    assert h2["Content-Range"] == f"bytes 1000-1999/{len(OBJECT)}"
+    assert pausing.fetches == 1
