@@ -267,3 +267,25 @@ async def test_head_answer_carries_no_content_digest_of_the_get_rfc9530_b2(
             assert resp.headers["Repr-Digest"] == digests["Repr-Digest"]
             assert "Content-Digest" not in resp.headers
     assert origin.fetches["/h"] == 1
+
+
+async def test_digest_survives_a_restart_in_the_disk_record(
+    origin: ScriptedOrigin, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    digest = field("sha-256", LARGE)
+    origin.script("/kept", headers={**CACHEABLE, "Repr-Digest": digest}, body=LARGE)
+    host = {"Host": "img.example"}  # the same cache key across restarts (ports change)
+    async with running_edge(origin.url, disk_path=str(tmp_path)) as edge:
+        assert (await get(client, edge, "/kept", headers=host))[0] == 200
+        disk = edge.disk
+        assert disk is not None
+        await poll(lambda: disk.loaded and not disk._queue and bool(list(tmp_path.glob("*/*.rec"))))
+    async with running_edge(origin.url, disk_path=str(tmp_path)) as edge:
+        await poll(lambda: edge.ready())
+        status, headers, body = await get(
+            client, edge, "/kept", headers={**host, "Want-Repr-Digest": "sha-256=1"}
+        )
+        assert (status, body) == (200, LARGE)
+        assert "hit" in headers["Cache-Status"]
+        assert headers.getall("Repr-Digest") == [digest]  # stored, not computed again
+    assert origin.fetches["/kept"] == 1
