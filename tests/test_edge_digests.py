@@ -10,6 +10,7 @@ and Want-Content-Digest are answered from the stored body (RFC 9530 §4).
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import os
 import re
@@ -289,3 +290,23 @@ async def test_digest_survives_a_restart_in_the_disk_record(
         assert "hit" in headers["Cache-Status"]
         assert headers.getall("Repr-Digest") == [digest]  # stored, not computed again
     assert origin.fetches["/kept"] == 1
+
+
+async def test_content_coded_body_is_checked_as_received_rfc9530_b5(
+    origin: ScriptedOrigin, edge_process: Process, client: aiohttp.ClientSession
+) -> None:
+    # Representation data includes its content-coding (RFC 9110 §8.1): both fields cover
+    # the gzip bytes, which the edge neither decodes nor changes.
+    coded = gzip.compress(LARGE[:200_000])
+    digests = {"Repr-Digest": field("sha-256", coded), "Content-Digest": field("sha-512", coded)}
+    headers = {**CACHEABLE, **digests, "Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+    origin.script("/coded", headers=headers, body=coded)
+    for outcome in ("fwd=uri-miss", "hit"):
+        status, got, body = await fetch(client, edge_process, "/coded", Accept_Encoding="gzip")
+        assert (status, body) == (200, coded)
+        assert outcome in cache_status(got)
+        assert (got["Repr-Digest"], got["Content-Digest"]) == (
+            digests["Repr-Digest"],
+            digests["Content-Digest"],
+        )
+    assert await metric(client, edge_process, "edge_digests_verified_total") == 1
