@@ -35,7 +35,7 @@ class EdgeMetrics:
         )
         self.origin_errors = Counter(
             "edge_origin_errors",
-            "Origin fetches that failed, by kind (connect, timeout, status_5xx, invalid).",
+            "Origin fetches that failed, by kind (connect, timeout, status_5xx, invalid, digest).",
             ["kind"],
             registry=r,
         )
@@ -43,6 +43,18 @@ class EdgeMetrics:
             "edge_origin_timeouts",
             "Origin fetches that timed out, by the limit that fired (connect, read, head, rate).",
             ["limit"],
+            registry=r,
+        )
+        self.digest_mismatches = Counter(
+            "edge_digest_mismatches",
+            "Origin bodies that did not match their digest field (RFC 9530), by field "
+            "(content: Content-Digest, repr: Repr-Digest): never stored, never delivered whole.",
+            ["field"],
+            registry=r,
+        )
+        self.digests_verified = Counter(
+            "edge_digests_verified",
+            "Origin bodies whose sha-256/sha-512 digest fields (RFC 9530) all matched.",
             registry=r,
         )
         self.bad_requests = Counter(

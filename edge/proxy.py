@@ -6,7 +6,9 @@ Theory of operation, per request (design.md "The edge"; RFC 9111 §4):
     lookup fresh  -> answered from the cache (client conditionals, Range)
     lookup stale  -> stale-while-revalidate: answered from the cache, one background
                      refresh per key; else revalidated (If-None-Match/If-Modified-Since)
-    lookup miss   -> one origin fetch per key at a time (edge/coalesce.py)
+    lookup miss   -> one origin fetch per key at a time (edge/coalesce.py); with one
+                     Range, the whole object is filled in the background and the
+                     range sent as it arrives (edge/fill.py)
     lookup pass   -> forwarded, never stored (e.g. request no-store)
 
 The origin's answer to a miss or a revalidation goes through the response step
@@ -55,10 +57,12 @@ from edge.config import EdgeConfig, SiteConfig
 from edge.disk import DiskLevel
 from edge.entry import CacheEntry
 from edge.errors import OriginError
+from edge.fill import FillHead, Filling, PassOn
 from edge.gate import Gate
 from edge.load import CacheResult, LoadTracker
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginClient, OriginResponse
+from edge.ranges import Spec, early_length, early_range, satisfiable
 from edge.relay import Relay, Reply, UploadBody, narrowed, origin_headers
 from edge.response_step import Freshen, OriginAnswer, Pass, ResponseStep, ServeStale, Store
 from edge.routing import Routing
@@ -110,6 +114,7 @@ class Proxy:
         self._on_status_change = on_status_change
         self._relay = Relay(cfg.name, metrics, cfg.cache.max_object_bytes)
         self._refreshes: set[asyncio.Task[None]] = set()
+        self._fills: dict[str, Filling] = {}  # background fills of range misses, by key
         self.tunnels = tunnels
         self.disk: DiskLevel | None = None  # set when the edge has a disk level
         self._memory_hits = metrics.cache_level_hits.labels("memory")
@@ -280,10 +285,19 @@ class Proxy:
     ) -> Reply:
         flight = self.coalescer.lead(lookup.key)
         if flight is not None:
+            spec = early_range(req.method, req.headers) if lookup.entry is None else None
+            if spec is not None:
+                return await self._range_miss(request, req, lookup, flight, spec)
             return await self._fetch(request, req, lookup, flight)
         current = self.coalescer.current(lookup.key)
         assert current is not None
         self.metrics.coalesced.inc()
+        filling = self._fills.get(lookup.key)
+        spec = early_range(req.method, req.headers)
+        if filling is not None and spec is not None:
+            reply = await self._range_from_fill(request, filling, spec)
+            if reply is not None:
+                return reply
         await self.coalescer.follow(current, self.cfg.limits.coalesce_wait_s)
         # Stored or not, the cache now knows best: serve what it holds, else fetch alone.
         again = self.cache.lookup(req, self._clock())
@@ -307,6 +321,115 @@ class Proxy:
         finally:
             if flight is not None:
                 self.coalescer.finish(flight, stored=stored)
+
+    async def _range_miss(
+        self, request: web.Request, req: RequestInfo, lookup: Lookup, flight: Flight, spec: Spec
+    ) -> Reply:
+        """A Range request for an uncached object (RFC 9110 §14.2): the whole object is
+        fetched in the background (edge/fill.py) and this request's range is sent from
+        it as it arrives, so the 206 need not wait for the whole object."""
+        filling = self._fills[lookup.key] = Filling()
+        headers = origin_headers(request, self.cfg.name, fill=True)
+        task = asyncio.create_task(self._fill_behind(lookup, headers, flight, filling))
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
+        try:
+            head = await filling.head()
+            if isinstance(head, PassOn):  # not storable: relayed as it is, nothing shared
+                return await self._pass_on(request, req, head)
+            if head is None:  # the fill stopped without an answer: fetch alone
+                return await self._forward(request, req, lookup)
+            if head.length is None:
+                return await self._after_fill(request, req, lookup, head, filling)
+            ranges = satisfiable([spec], head.length)
+            return await self._relay.early_range(request, head, ranges, filling.read)
+        except OriginError as exc:  # counted and logged by the fill
+            if self._relay.started(request):
+                return self._relay.abort(request)
+            return await self._relay.error(request, exc.status, "error", f"origin-{exc.kind}")
+        finally:
+            filling.abandon()  # a client that left releases an answer handed to it
+
+    async def _range_from_fill(
+        self, request: web.Request, filling: Filling, spec: Spec
+    ) -> Reply | None:
+        """Another Range request for an object a range miss is filling: its range is sent
+        from the same fill as it arrives; None to follow the flight as usual (the answer
+        is not one to share, its length is unknown, or it Varies: this request might
+        select another variant)."""
+        try:
+            head = await filling.head()
+        except OriginError:
+            return None  # the flight has ended: the cache decides, as for any follower
+        if not isinstance(head, FillHead) or head.length is None or "Vary" in head.headers:
+            return None
+        try:
+            ranges = satisfiable([spec], head.length)
+            return await self._relay.early_range(request, head, ranges, filling.read)
+        except OriginError:
+            return self._relay.abort(request) if self._relay.started(request) else None
+
+    async def _pass_on(self, request: web.Request, req: RequestInfo, head: PassOn) -> Reply:
+        try:
+            resp = head.response
+            member = cache_status(
+                self.cfg.name, "fwd", fwd=head.fwd, stored=False, fwd_status=resp.status
+            )
+            return await self._relay_origin(request, req, resp, member, "pass", None)
+        finally:
+            head.relayed.set()
+
+    async def _after_fill(
+        self, request: web.Request, req: RequestInfo, lookup: Lookup, head: FillHead, f: Filling
+    ) -> Reply:
+        """The fill's range cannot be cut as it arrives: answer from the store once it ends."""
+        await f.finished()
+        again = self.cache.lookup(req, self._clock())
+        if again.outcome == "fresh" and again.entry is not None:
+            return await self._relay.stored(
+                request, req, again.entry, self._clock(), head.member, "miss"
+            )
+        return await self._forward(request, req, lookup)
+
+    async def _fill_behind(
+        self, lookup: Lookup, headers: CIMultiDict[str], flight: Flight, filling: Filling
+    ) -> None:
+        """Fetch and store the whole object for ``_range_miss``, publishing its progress."""
+        stored = False
+        limit = self.cfg.cache.max_object_bytes
+        try:
+            async with self._upstream("GET", lookup, headers) as resp:
+                step = self._respond(lookup, resp)
+                if not isinstance(step, Store) or resp.at_once:
+                    # Nothing to share: followers fetch on their own now (as _answer_fill).
+                    self.coalescer.finish(flight, stored=False)
+                    fwd = step.fwd if isinstance(step, Store | Pass) else "miss"
+                    handed = PassOn(resp, fwd, asyncio.Event())
+                    filling.publish(handed)
+                    await handed.relayed.wait()
+                    return
+                member = cache_status(
+                    self.cfg.name, "fwd", fwd=step.fwd, stored=True, fwd_status=resp.status
+                )
+                length = early_length(resp.status, resp.headers, limit)
+                filling.publish(FillHead(resp.status, resp.headers, length, member))
+                async for chunk in resp.chunks():
+                    filling.add(chunk)
+                    if filling.size > limit:
+                        filling.end()  # too large to keep after all: the waiter fetches alone
+                        return
+                stored = self.cache.fill(step, filling.body()) is not None
+                filling.end()
+        except OriginError as exc:
+            self._count_origin_error(exc.kind)
+            log.info("event=origin_error kind=%s target=%r error=%r",
+                     exc.kind, lookup.request.target, exc.message)  # fmt: skip
+            filling.fail(exc)
+        finally:
+            filling.close()
+            if self._fills.get(lookup.key) is filling:
+                del self._fills[lookup.key]
+            self.coalescer.finish(flight, stored=stored)
 
     async def _answer_fill(
         self, request: web.Request, lookup: Lookup, resp: OriginResponse, flight: Flight | None
