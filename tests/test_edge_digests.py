@@ -41,8 +41,8 @@ def field(algorithm: str, body: bytes) -> str:
     return f"{algorithm}=:{base64.b64encode(_digest(algorithm, body)).decode()}:"
 
 
-def edge_argv(origin: str) -> list[str]:
-    return [sys.executable, "-m", "edge", "serve", "--name", "edge-digests-1",
+def edge_argv(origin: str, name: str = "edge-digests-1") -> list[str]:
+    return [sys.executable, "-m", "edge", "serve", "--name", name,
             "--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--origin", origin,
             "--token", "t0ken", "--drain-s", "0"]  # fmt: skip
 
@@ -234,14 +234,16 @@ async def test_mismatched_body_never_reaches_the_disk_level(
 async def test_digests_travel_through_a_parent_edge_unchanged_rfc9530(
     origin: ScriptedOrigin, edge_process: Process, client: aiohttp.ClientSession
 ) -> None:
-    # A child edge whose origin is the parent edge: the parent's stored digest reaches the
-    # child unchanged, and the child verifies it again on its own fill.
+    # A child edge filling from the parent edge (its shield): the parent's stored digest
+    # reaches the child unchanged, and the child verifies it again on its own fill.
     digests = {"Repr-Digest": field("sha-512", LARGE), "Content-Digest": field("sha-256", LARGE)}
     origin.script("/clip", headers={**CACHEABLE, **digests}, body=LARGE)
-    child = await spawn(edge_argv(f"http://{edge_process.fields['content']}"))
+    parent = f"http://{edge_process.fields['content']}"
+    child = await spawn([*edge_argv(origin.url, "edge-digests-2"), "--parent", parent])
     try:
         status, headers, body = await fetch(client, child, "/clip")
         assert (status, body) == (200, LARGE)
+        assert headers["Cache-Status"].startswith("edge-digests-1; ")  # through the parent
         assert (headers["Repr-Digest"], headers["Content-Digest"]) == (
             digests["Repr-Digest"],
             digests["Content-Digest"],
