@@ -3,7 +3,8 @@ its headline also into README.md.
 
 BENCH_QUICK=1 shortens every part (about 4 minutes in all) for development; the full run
 stays under 20 minutes on 2 cores (the scaling part adds about 6, 1 in quick mode).
-`--parts bias,dns,hit,failover,return,balance,cache,disk,offload,hostile,scaling` picks parts.
+`--parts bias,dns,hit,failover,return,prewarm,balance,cache,disk,offload,hostile,scaling`
+picks parts.
 The bias check (benchmarks/fairness.py) runs first and stops the run, exit 1, if the harness
 would measure a server started its way differently from one started plainly; every started
 process is checked against the harness's own scheduling (session autogroup, nice, cores).
@@ -36,6 +37,7 @@ from benchmarks import (
     hostile,
     offload,
     peers,
+    prewarm_failover,
     report,
     return_to_region,
     scaling,
@@ -55,7 +57,8 @@ from georouter.config import RouterConfig, load_config
 
 OUTPUT = cdn.REPO / "docs" / "benchmarks.md"
 PARTS = (
-    "bias", "dns", "hit", "failover", "return", "balance", "cache", "disk", "offload", "hostile",
+    "bias", "dns", "hit", "failover", "return", "prewarm", "balance", "cache", "disk", "offload",
+    "hostile",
     "scaling",
 )  # fmt: skip
 LATENCY_LOAD_SHARE = 0.5  # the fixed-rate run offers half of georouter's max q/s
@@ -238,6 +241,15 @@ def return_part(run: Run, fleet: cdn.Cdn, origin_url: str) -> None:
     run.emit("return", part, return_to_region.return_table(results, run.config, region))
 
 
+def prewarm_part(run: Run) -> None:
+    """Popularity pre-warm after an edge is killed (benchmarks/prewarm_failover.py): a CDN
+    of its own, in front of an origin with a larger catalog."""
+    part = Part("Pre-warm after failover", report.intro(prewarm_failover.__doc__))
+    plan = prewarm_failover.QUICK if run.settings is QUICK else prewarm_failover.FULL
+    results = prewarm_failover.measure(run.config, run.workdir / "prewarm", plan)
+    run.emit("prewarm", part, prewarm_failover.prewarm_table(results, plan))
+
+
 def hit_part(run: Run, origin: Endpoint) -> None:
     title = "Edge cache hits (wrk)"
     if missing := _missing("wrk"):
@@ -385,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
             if "bias" in args.parts:
                 bias_part(run)
             _with_servers(run, args.parts)
+            if "prewarm" in args.parts:
+                prewarm_part(run)
             _pure_parts(run, args.parts)
             if "disk" in args.parts:
                 disk_part(run)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from itertools import accumulate
 from typing import Any
 
-__all__ = ["JsonBodyError", "decode_json_object", "nesting_depth"]
+__all__ = ["JsonBodyError", "decode_json_object", "nesting_depth", "read_limited"]
 
 # A JSON string (RFC 8259 §7); brackets inside one do not nest.
 _STRING = re.compile(rb'"[^"\\]*(?:\\[\s\S][^"\\]*)*"')
@@ -51,3 +52,18 @@ def nesting_depth(body: bytes) -> int:
     """How deep arrays and objects nest in `body` (an upper bound if it is not valid JSON)."""
     brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
     return max(accumulate(_STEP[b] for b in brackets), default=0)
+
+
+async def read_limited(read: Callable[[int], Awaitable[bytes]], limit: int) -> bytes:
+    """A body read with `read(n)` (e.g. aiohttp's request.content.read) up to limit + 1
+    bytes, for an endpoint whose bound is above its application's client_max_size: the
+    one byte more lets decode_json_object name the defect."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)

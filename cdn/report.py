@@ -5,6 +5,12 @@ when the edge still owes purges (it was unreachable when they fanned out), "purg
 oldest MAX_REPLY_PURGES of them. The edge applies them by id and lists their ids as
 "acks" in its next report, which tells every router they are done. Both fields are
 optional on the wire: an older router or edge ignores them.
+
+A report may also carry "hot" (the edge's current top objects, at most MAX_HOT
+[url, count] pairs, for pre-warming by popularity) and "prewarm" (the progress of its
+recent pre-warm tasks, at most MAX_PROGRESS_TASKS): both bounded so that the largest
+possible report stays under MAX_REPORT_BYTES (32 hot URLs of 256 characters, 32 acks
+and 4 task progresses come to about 11 KiB).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any, Literal, cast
 
 from cdn.errors import ReportError
 from cdn.jsonbody import JsonBodyError, decode_json_object
+from cdn.prewarm import MAX_HOT, MAX_PROGRESS_TASKS, HotObject, PrewarmProgress
 from cdn.purge import Purge
 
 REPORT_PATH = "/api/v1/report"  # on each router's control port; POST, Bearer token
@@ -23,7 +30,7 @@ REPORT_PATH = "/api/v1/report"  # on each router's control port; POST, Bearer to
 CHANNEL_PATH = "/api/v1/channel"
 EdgeStatus = Literal["up", "degraded", "draining"]
 EDGE_STATUSES: tuple[EdgeStatus, ...] = ("up", "degraded", "draining")
-MAX_REPORT_BYTES = 4096
+MAX_REPORT_BYTES = 16384  # the hot set and pre-warm progress need room (see above)
 MAX_REPORT_DEPTH = 8  # a report is one flat object; room for nested fields to come
 MAX_ACKS = 32  # purge ids acknowledged per report (32 x 36 characters fit the size limit)
 MAX_REPLY_PURGES = 32  # purges per reply; an edge that owes more gets the rest next time
@@ -52,11 +59,18 @@ class LoadReport:
     # Open WebSocket tunnels (already weighed in utilization). Absent in reports from
     # edges older than the field: read as 0.
     tunnels: int = 0
+    hot: tuple[HotObject, ...] = ()  # the edge's top objects lately, most requested first
+    prewarm: tuple[PrewarmProgress, ...] = ()  # its recent pre-warm tasks' progress
 
     def to_json(self) -> bytes:
         raw = asdict(self)
+        del raw["hot"], raw["prewarm"]
         if not self.acks:
             del raw["acks"]
+        if self.hot:
+            raw["hot"] = [[h.url, h.count] for h in self.hot]
+        if self.prewarm:
+            raw["prewarm"] = [p.to_dict() for p in self.prewarm]
         return json.dumps(raw, separators=(",", ":")).encode()
 
     @classmethod
@@ -77,6 +91,10 @@ class LoadReport:
             cache_hit_ratio=_number(raw, "cache_hit_ratio", 1.0),
             acks=_acks(raw.get("acks", [])),
             tunnels=_count(raw, "tunnels", MAX_COUNT) if "tunnels" in raw else 0,
+            hot=tuple(HotObject.from_list(h) for h in _bounded(raw, "hot", MAX_HOT)),
+            prewarm=tuple(
+                PrewarmProgress.from_dict(p) for p in _bounded(raw, "prewarm", MAX_PROGRESS_TASKS)
+            ),
         )
 
 
@@ -107,6 +125,13 @@ class ReportReply:
             raise ReportError(f"purges: expected a list of at most {MAX_REPLY_PURGES}")
         result = raw.get("result", "accepted")
         return cls(str(result), tuple(Purge.from_dict(p, need_id=True) for p in purges))
+
+
+def _bounded(raw: dict[str, Any], key: str, limit: int) -> list[Any]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or len(value) > limit:
+        raise ReportError(f"{key}: expected a list of at most {limit}")
+    return value
 
 
 def _acks(value: Any) -> tuple[str, ...]:

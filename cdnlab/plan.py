@@ -293,6 +293,11 @@ def guide(plan: DemoPlan, log_dir: Path, pids: dict[str, int]) -> str:
         f"  curl -sI {obj}",
         f"  curl -s -H {token} -d {purge} {plan.control_url}/api/v1/purge",
         "",
+        f"Pre-warm it on the {edge.region} edges through the router (each says fetched or"
+        " already cached):",
+        f"  georouter prewarm --config {shlex.quote(str(plan.config_path))} --region"
+        f" {edge.region} --wait 5 http://{plan.service}{SAMPLE_OBJECT}",
+        "",
         "Watch the router:",
         f"  curl -s {plan.control}/metrics | grep georouter_answers",
         f"  curl -s {plan.control}/api/v1/nodes",

@@ -135,6 +135,10 @@ PARENT_RETRY_S = 10.0
 MAX_PARENT_FAIL_AFTER = 1000
 COALESCE_WAIT_S = 5.0  # how long a request waits for another's fetch of the same key
 REPORT_INTERVAL_S = 1.0
+# Pre-warming (edge/prewarm.py) is background work: a few fetches at a time, and none
+# while the edge is busier than this share of its capacity.
+PREWARM_CONCURRENCY, MAX_PREWARM_CONCURRENCY = 2, 64
+PREWARM_MAX_UTILIZATION = 0.7
 # WebSocket tunnels (edge/tunnel.py). Each holds two sockets and at most about four
 # messages in flight (one each way, plus socket buffers), so the cap bounds memory too.
 MAX_TUNNELS = 10_000
@@ -261,6 +265,8 @@ class EdgeConfig:
     armour: ArmourSettings = ArmourSettings()  # noqa: RUF009 (frozen) edge/armour.py
     access_log: AccessLogSettings = AccessLogSettings()  # noqa: RUF009 (frozen)
     parents: ParentSettings = ParentSettings()
+    prewarm_concurrency: int = PREWARM_CONCURRENCY
+    prewarm_max_utilization: float = PREWARM_MAX_UTILIZATION
 
 
 def parse_size(text: str | int) -> int:
@@ -349,6 +355,12 @@ def _edge(
             origin_verify=t.get("origin_verify", bool, True),
             websocket=websocket,
             parents=_parents(t),
+            prewarm_concurrency=t.integer(
+                "prewarm_concurrency", 1, MAX_PREWARM_CONCURRENCY, PREWARM_CONCURRENCY
+            ),
+            prewarm_max_utilization=t.real(
+                "prewarm_max_utilization", 0, 10, PREWARM_MAX_UTILIZATION, lo_open=True
+            ),
         )
 
 

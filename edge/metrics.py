@@ -233,6 +233,31 @@ class EdgeMetrics:
             "Responses removed by purges.",
             registry=r,
         )
+        self.prewarm_tasks = Counter(
+            "edge_prewarm_tasks",
+            "Pre-warm tasks from routers, by result (queued; duplicate: that id was queued "
+            "before; full: refused, the queue had no room for its URLs).",
+            ["result"],
+            registry=r,
+        )
+        self.prewarm_urls = Counter(
+            "edge_prewarm_urls",
+            "Pre-warm fetches, by outcome (fetched: stored now; cached: already fresh here; "
+            "failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.prewarm_queue = Gauge(
+            "edge_prewarm_queue_depth",
+            "Pre-warm URLs waiting or being fetched.",
+            registry=r,
+        )
+        self.prewarm_waits = Counter(
+            "edge_prewarm_busy_waits",
+            "Times a pre-warm fetcher waited because the edge was busy (utilization at or "
+            "above edge.prewarm_max_utilization): real clients first.",
+            registry=r,
+        )
         self.reports = Counter(
             "edge_reports",
             "Load reports pushed to routers, by router and result (ok, failed).",

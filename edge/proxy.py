@@ -62,6 +62,7 @@ from edge.gate import Gate
 from edge.load import CacheResult, LoadTracker
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginClient, OriginResponse
+from edge.prewarm import HotSet
 from edge.ranges import Spec, early_length, early_range, satisfiable
 from edge.relay import Relay, Reply, UploadBody, narrowed, origin_headers
 from edge.response_step import Freshen, OriginAnswer, Pass, ResponseStep, ServeStale, Store
@@ -75,6 +76,8 @@ from edge.websocket import wants_websocket
 log = logging.getLogger("edge.proxy")
 
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+_POPULAR = frozenset({"hit", "stale", "revalidated", "miss"})  # answers the cache could give
+PREWARM_HEADER = "Edge-Prewarm"  # with the process's secret: edge/prewarmer.py
 _METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
@@ -122,6 +125,8 @@ class Proxy:
         self.gate: Gate | None = None  # PURGE and request filters (edge/gate.py)
         self.upstream = Upstream(cfg.parents, cfg.limits, metrics, clock)
         self._loop_id = loop_id(cfg.name)
+        self.hot: HotSet | None = None  # popularity, for pre-warming (edge/prewarm.py)
+        self.prewarm_secret: str | None = None  # marks this edge's own pre-warm fetches
 
     async def close(self) -> None:
         """Cancel background refreshes (at shutdown)."""
@@ -159,7 +164,13 @@ class Proxy:
         if self.tunnels is not None and wants_websocket(request.method, request.headers):
             return await self._tunnel(request, self.tunnels)
         start = self._clock()
-        self.tracker.begin(start)
+        # This edge's own pre-warm fetch (edge/prewarmer.py) is background work: neither
+        # client load nor popularity.
+        own = self.prewarm_secret is not None and (
+            request.headers.get(PREWARM_HEADER) == self.prewarm_secret
+        )
+        if not own:
+            self.tracker.begin(start)
         self.metrics.inflight.inc()
         result: CacheResult = "error"
         status = 500
@@ -177,7 +188,10 @@ class Proxy:
             return reply.response
         finally:
             end = self._clock()
-            self.tracker.end(end, result)
+            if not own:
+                self.tracker.end(end, result)
+                if self.hot is not None and result in _POPULAR and request.method == "GET":
+                    self.hot.add(f"http://{request.host}{request.raw_path}", end)
             self.metrics.inflight.dec()
             method = request.method if request.method in _METHOD_LABELS else "other"
             request[CACHE_RESULT] = result  # for the access log

@@ -60,7 +60,9 @@ class Reporter:
         on_purges: Callable[[Iterable[Purge]], bool] | None = None,
         take_acks: Callable[[], tuple[str, ...]] | None = None,
         on_reply: Callable[[], None] | None = None,
+        annotate: Callable[[LoadReport], LoadReport] | None = None,
     ) -> None:
+        self._annotate = annotate  # adds the hot set and pre-warm progress (edge/prewarmer.py)
         self.name = name
         self._on_purges = on_purges
         self._on_reply = on_reply  # after a reply's purges are applied (the disk level waits)
@@ -112,7 +114,7 @@ class Reporter:
     def _next_report(self) -> LoadReport:
         self._seq += 1
         snap = self._snapshot()
-        return LoadReport(
+        report = LoadReport(
             node=self.name,
             seq=self._seq,
             status=snap.status,
@@ -124,6 +126,7 @@ class Reporter:
             acks=self._take_acks() if self._take_acks is not None else (),
             tunnels=snap.tunnels,
         )
+        return report if self._annotate is None else self._annotate(report)
 
     async def _post(
         self, session: aiohttp.ClientSession, router: _RouterState, body: bytes

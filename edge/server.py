@@ -27,6 +27,7 @@ from aiohttp import web
 
 from cdn.config import HostPort
 from cdn.logs import setup_logging
+from cdn.prewarm import PREWARM_PATH
 from cdn.purge import PURGE_PATH
 from edge.access_log import AccessLog, access_middleware
 from edge.cache import Cache
@@ -39,6 +40,7 @@ from edge.guard import Guard, GuardedRunner
 from edge.http_log import ServerLog
 from edge.load import LoadSnapshot, LoadTracker
 from edge.metrics import EdgeMetrics
+from edge.prewarmer import Prewarmer
 from edge.proxy import Proxy
 from edge.purges import FleetPurges
 from edge.reporter import Reporter
@@ -78,11 +80,16 @@ class EdgeServer:
         self.fleet_purges = FleetPurges(
             self.cache, self.metrics, time.monotonic, tokens, lambda: self.proxy.routing.sites
         )
+        self.prewarmer = Prewarmer(
+            metrics=self.metrics, tokens=tokens, snapshot=self.snapshot,
+            concurrency=cfg.prewarm_concurrency, max_utilization=cfg.prewarm_max_utilization,
+            clock=time.monotonic,
+        )  # fmt: skip
         self.reporter = Reporter(
             cfg.name, cfg.routers, cfg.token, cfg.capacity_rps, self.snapshot,
             self.metrics, cfg.report_interval_s, clock,
             on_purges=self.fleet_purges.apply_from_reply, take_acks=self.fleet_purges.take_acks,
-            on_reply=self._purges_synced,
+            on_reply=self._purges_synced, annotate=self.prewarmer.annotate,
         )  # fmt: skip
         self.tunnels = Tunnels(cfg.name, cfg.websocket, cfg.limits, self.metrics)
         self.proxy = Proxy(
@@ -90,6 +97,8 @@ class EdgeServer:
             tunnels=self.tunnels,
         )  # fmt: skip
         self.proxy.tls = self.tls
+        self.proxy.hot = self.prewarmer.hot
+        self.proxy.prewarm_secret = self.prewarmer.secret
         self.proxy.disk = self.disk
         self.proxy.gate = Gate(
             cfg.armour, self.metrics, self.cache, tokens, lambda: self.proxy.routing.sites
@@ -163,7 +172,9 @@ class EdgeServer:
             on_scrape=self.disk.update_gauges if self.disk is not None else lambda: None,
         )  # fmt: skip
         control.router.add_post(PURGE_PATH, self.fleet_purges.handle)  # a router's fan-out
+        control.router.add_post(PREWARM_PATH, self.prewarmer.handle)
         self.control = await self._bind(control, self.cfg.control, "edge.control", {})
+        self.prewarmer.start(self.content)
         self._reporter_task = asyncio.create_task(self.reporter.run())
 
     def drain(self) -> None:
@@ -185,6 +196,7 @@ class EdgeServer:
         if self._reporter_task is not None:
             self._reporter_task.cancel()
             await asyncio.gather(self._reporter_task, return_exceptions=True)
+        await self.prewarmer.stop()
         await self.proxy.close()
         if self.disk is not None:
             await self.disk.close()

@@ -5,10 +5,12 @@ Theory of operation. Two JetStream objects, created by whichever router comes fi
 * the key-value bucket BUCKET holds the operators' overrides, one key per node and kind
   (`drain.<node>` = "1" | "0", `weight.<node>` = a number); each router watches it and
   hands the whole map to `on_overrides` at every change;
-* the stream STREAM (subject SUBJECT, kept PURGE_MAX_AGE_S) holds every purge, published
-  with its id as Nats-Msg-Id (JetStream drops a duplicate within its window); each router
-  reads it with an ordered consumer from the sequence after the last one it applied and
-  hands each purge to `on_purge`, which fans it out once per id.
+* the stream STREAM (subjects STREAM_SUBJECTS, kept PURGE_MAX_AGE_S) holds every purge
+  (SUBJECT) and every pre-warm task (PREWARM_SUBJECT), each published with its id as
+  Nats-Msg-Id (JetStream drops a duplicate within its window); each router reads it with
+  one ordered consumer from the sequence after the last one it applied and hands each
+  purge to `on_purge` and each task to `on_prewarm`, which fan it out once per id. (A
+  stream made before pre-warm tasks existed has only SUBJECT: it is widened in place.)
 
 One session = connect, create or bind both, read the whole bucket, replay the stream,
 then follow both. Any error or disconnect ends the session: the router is then
@@ -26,7 +28,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import nats
@@ -41,6 +43,8 @@ from georouter.state import valid_weight
 BUCKET = "georouter_control"
 STREAM = "GEOROUTER_PURGES"
 SUBJECT = "georouter.purges"
+PREWARM_SUBJECT = "georouter.prewarm"
+STREAM_SUBJECTS = "georouter.*"  # both of the above, read by one consumer in stream order
 PURGE_MAX_AGE_S = 24 * 3600.0
 CONNECT_TIMEOUT_S = 1.0
 REQUEST_TIMEOUT_S = 2.0  # one JetStream API call or publish acknowledgement
@@ -66,6 +70,11 @@ class Overrides:
 
 OnOverrides = Callable[[Overrides], Awaitable[None]]
 OnPurge = Callable[[Purge, float, int], Awaitable[None]]  # purge, created_at, stream seq
+OnPrewarm = Callable[[dict[str, Any], int], Awaitable[None]]  # task message, stream seq
+
+
+async def _ignore_prewarm(raw: dict[str, Any], seq: int) -> None:
+    return None
 
 
 class Bus:
@@ -80,7 +89,9 @@ class Bus:
         on_overrides: OnOverrides,
         on_purge: OnPurge,
         start_seq: Callable[[], int],
+        on_prewarm: OnPrewarm = _ignore_prewarm,
     ) -> None:
+        self._on_prewarm = on_prewarm
         self._servers = list(servers)
         self._replicas = replicas
         self._metrics = metrics
@@ -89,7 +100,7 @@ class Bus:
         self._start_seq = start_seq
         self._kv: KeyValue | None = None
         self._js: JetStreamContext | None = None
-        self._outbox: dict[str, bytes] = {}
+        self._outbox: dict[str, tuple[str, bytes]] = {}  # id → (subject, body)
         self._synced = asyncio.Event()
         self._lost: asyncio.Event = asyncio.Event()
         metrics.bus_connected.set(0)
@@ -133,7 +144,14 @@ class Bus:
     async def publish(self, purge: Purge, created_at: float) -> None:
         """Publish a purge now, or keep it for the next session."""
         body = json.dumps({**purge.to_dict(), "created_at": created_at}).encode()
-        self._outbox[purge.id] = body
+        await self._send(purge.id, SUBJECT, body)
+
+    async def publish_prewarm(self, task_id: str, message: dict[str, Any]) -> None:
+        """Publish a pre-warm task now, or keep it for the next session."""
+        await self._send(task_id, PREWARM_SUBJECT, json.dumps(message).encode())
+
+    async def _send(self, msg_id: str, subject: str, body: bytes) -> None:
+        self._outbox[msg_id] = (subject, body)
         if self._js is not None:
             with contextlib.suppress(Exception):  # kept in the outbox; the session retries
                 await self._flush_outbox(self._js)
@@ -215,15 +233,18 @@ class Bus:
 
     async def _stream(self, js: JetStreamContext) -> None:
         try:
-            await js.stream_info(STREAM)
+            info = await js.stream_info(STREAM)
         except nats.js.errors.NotFoundError:
             await js.add_stream(
                 name=STREAM,
-                subjects=[SUBJECT],
+                subjects=[STREAM_SUBJECTS],
                 max_age=PURGE_MAX_AGE_S,
                 num_replicas=self._replicas,
                 storage=api.StorageType.FILE,
             )
+            return
+        if info.config.subjects != [STREAM_SUBJECTS]:  # made before pre-warm tasks: widen it
+            await js.update_stream(replace(info.config, subjects=[STREAM_SUBJECTS]))
 
     async def _follow_stream(self, js: JetStreamContext) -> Any:
         info = await js.stream_info(STREAM)
@@ -232,6 +253,18 @@ class Bus:
             start = 1
 
         async def deliver(msg: Any) -> None:
+            seq = msg.metadata.sequence.stream
+            if msg.subject == PREWARM_SUBJECT:
+                try:
+                    raw = json.loads(msg.data)
+                except ValueError:
+                    log.warning("event=bus_bad_prewarm")
+                    return
+                if isinstance(raw, dict):
+                    await self._on_prewarm(raw, seq)
+                return
+            if msg.subject != SUBJECT:
+                return
             try:
                 raw = json.loads(msg.data)
                 purge = Purge.from_dict({k: v for k, v in raw.items() if k != "created_at"},
@@ -240,13 +273,13 @@ class Bus:
             except Exception as exc:  # a foreign message on our subject: skip it
                 log.warning("event=bus_bad_purge error=%r", str(exc))
                 return
-            await self._on_purge(purge, created, msg.metadata.sequence.stream)
+            await self._on_purge(purge, created, seq)
 
         config = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
         )
         return await js.subscribe(
-            SUBJECT,
+            STREAM_SUBJECTS,
             stream=STREAM,
             cb=deliver,
             ordered_consumer=True,
@@ -255,9 +288,9 @@ class Bus:
         )
 
     async def _flush_outbox(self, js: JetStreamContext) -> None:
-        for purge_id, body in list(self._outbox.items()):
-            await js.publish(SUBJECT, body, stream=STREAM, headers={"Nats-Msg-Id": purge_id})
-            self._outbox.pop(purge_id, None)
+        for msg_id, (subject, body) in list(self._outbox.items()):
+            await js.publish(subject, body, stream=STREAM, headers={"Nats-Msg-Id": msg_id})
+            self._outbox.pop(msg_id, None)
 
 
 def _note(values: dict[str, bytes], key: str, value: bytes | None, operation: Any) -> None:

@@ -1,4 +1,4 @@
-"""`georouter` command line: serve, check, locate, purge, demo.
+"""`georouter` command line: serve, check, locate, purge, prewarm, demo.
 
 Every expected failure (bad config, bad GeoIP file) ends as one line on stderr and exit 2.
 """
@@ -44,6 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--key", help="every response tagged with this Surrogate-Key")
     purge.add_argument("--site", help="only objects of this host (for --key)")
 
+    prewarm = sub.add_parser("prewarm", help="pre-warm URLs on a region's edges through the router")
+    prewarm.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="topology TOML")
+    prewarm.add_argument("--control", help="the router's control address (HOST:PORT)")
+    prewarm.add_argument("--region", required=True, help="the region whose edges fetch them")
+    prewarm.add_argument("--site", help="the host every URL must have")
+    prewarm.add_argument("--wait", type=float, default=0.0, metavar="S",
+                         help="poll the task's progress for up to S seconds")  # fmt: skip
+    prewarm.add_argument("urls", nargs="+", metavar="URL", help="absolute http(s) URLs")
+
     demo = sub.add_parser("demo", help="run a whole CDN on loopback: origin, six edges, router")
     with_config(demo)
     demo.add_argument("--load", action="store_true", help="add a bounded synthetic workload")
@@ -73,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.site is not None:
                 selector["site"] = args.site
             return purge_command(args.config, selector, args.control)
+        if args.command == "prewarm":
+            from georouter.prewarm_command import prewarm_command
+
+            body = {"region": args.region, "urls": args.urls}
+            if args.site is not None:
+                body["site"] = args.site
+            return prewarm_command(args.config, body, args.control, args.wait)
         # The demo lives in cdnlab, above the router: imported only for this command (the
         # one import-linter exception, declared in pyproject.toml).
         from cdnlab.runner import run_demo

@@ -29,9 +29,11 @@ from cdn.config import (
     previous_tokens,
 )
 from cdn.jsonlog import JsonLogSettings, parse_json_log
+from cdn.prewarm import MAX_HOT, MAX_ORDER_URLS
 from cdn.tomltable import Table, read_toml
 from georouter.cookies import SECRET_BYTES, CookieSecrets
 from georouter.errors import ConfigError
+from georouter.prewarm import PrewarmLimits
 from georouter.rrl import MAX_RESPONSES_PER_SECOND, MAX_SLIP, MAX_WINDOW_S, RrlConfig
 from georouter.zonedata import ALL_DOWN_POLICIES as ALL_DOWN_POLICIES
 from georouter.zonedata import (
@@ -188,6 +190,7 @@ class RouterConfig:
     rrl: RrlConfig | None = None  # [rrl]: off unless present, as in BIND
     cookies: CookieSecrets | None = None  # [cookies]: None = a random secret per start
     query_log: JsonLogSettings = JsonLogSettings()  # noqa: RUF009 (frozen) [query_log]: off
+    prewarm: PrewarmLimits = PrewarmLimits()  # noqa: RUF009 (frozen) [prewarm]: quotas, popularity
     regions_by_name: dict[str, Region] = field(default_factory=dict, compare=False, repr=False)
 
     def region(self, name: str) -> Region:
@@ -226,6 +229,7 @@ def load_config(path: Path) -> RouterConfig:
         rrl = _rrl(top.table("rrl")) if top.has("rrl") else None
         cookies = _cookies(top.table("cookies")) if top.has("cookies") else None
         query_log = _query_log(top.table("query_log"), path.absolute().parent)
+        prewarm = _prewarm(top.table("prewarm"))
     return RouterConfig(
         source=path,
         router=router,
@@ -239,6 +243,7 @@ def load_config(path: Path) -> RouterConfig:
         rrl=rrl,
         cookies=cookies,
         query_log=query_log,
+        prewarm=prewarm,
         regions_by_name=regions,
     )
 
@@ -328,6 +333,20 @@ def _bus(t: Table) -> BusSettings:
         return BusSettings(
             servers=servers, replicas=t.integer("replicas", 1, MAX_BUS_REPLICAS, BUS_REPLICAS)
         )
+
+
+def _prewarm(t: Table) -> PrewarmLimits:
+    d = PrewarmLimits()
+    with t:
+        return PrewarmLimits(
+            max_urls_per_task=t.integer("max_urls_per_task", 1, MAX_ORDER_URLS,
+                                        d.max_urls_per_task),
+            max_urls_per_day=t.integer("max_urls_per_day", 0, 10**9, d.max_urls_per_day),
+            popularity=t.get("popularity", bool, d.popularity),
+            popularity_top_k=t.integer("popularity_top_k", 1, MAX_HOT, d.popularity_top_k),
+            popularity_interval_s=t.real("popularity_interval_s", 0, MAX_TIMER_S,
+                                         d.popularity_interval_s),
+        )  # fmt: skip
 
 
 def _rrl(t: Table) -> RrlConfig:

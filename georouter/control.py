@@ -11,6 +11,8 @@
     POST /api/v1/nodes/{name}/weight   {"weight": 0..100}: a capacity override (Bearer token)
     POST /api/v1/purge                 purge on every node at once (Bearer token)
     GET  /api/v1/purge/{id}            that purge's progress, node by node
+    POST /api/v1/prewarm               pre-warm URLs on a region's edges (Bearer token)
+    GET  /api/v1/prewarm/{id}          that task's progress, node by node
 
 The handlers only translate HTTP to Fleet calls and back; decisions live in the Fleet.
 """
@@ -42,6 +44,7 @@ from georouter.selector import Selector
 log = logging.getLogger("georouter.fleet")
 
 # Headroom over the report codec's own limit so that it, not aiohttp, names the defect.
+# (A pre-warm request may be larger: fleet_api reads it with its own bound.)
 MAX_BODY_BYTES = 2 * MAX_REPORT_BYTES
 
 
@@ -222,6 +225,8 @@ def _accept(
     if result == "unknown_node":
         return Receipt(404, _error(f"unknown node {report.node!r}"))
     reply = ReportReply(result, plane.controller.on_report(report.node, report.acks))
+    if result == "accepted":
+        plane.controller.on_prewarm_report(report, plane.fleet.statuses[report.node].node.region)
     return Receipt(200, reply.to_json(), report)
 
 
@@ -251,6 +256,7 @@ def _node_json(s: NodeStatus, selector: Selector, now: float) -> dict[str, Any]:
         "inflight": r.inflight if r else None,
         "cache_hit_ratio": r.cache_hit_ratio if r else None,
         "tunnels": r.tunnels if r else None,
+        "hot_objects": len(r.hot) if r else None,
         "edge_status": r.status if r else None,
         "seq": r.seq if r else None,
         "report_age_s": None if age is None else round(age, 3),

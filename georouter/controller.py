@@ -10,7 +10,10 @@ is away, so routers never disagree), then to memory and the file; other routers 
 from their watch. A purge is logged and saved, published (kept in an outbox while the bus
 is away) and fanned out by this router at once; the others hear it from the stream and
 fan it out too (edges apply each id once). Nodes the fan-out did not reach get it on the
-reply to their next load report, until their report acknowledges it. A new purge and
+reply to their next load report, until their report acknowledges it. A pre-warm task
+takes the same way (log, file, stream, fan-out by every router to the task's targets;
+georouter/prewarm.py); its progress comes back in the edges' reports, which every router
+hears, and a change in a region's answering nodes makes a popularity task. A new purge and
 node results are written to the file by a flusher (every FLUSH_INTERVAL_S while there is
 news), off the event loop, so a purge's fan-out never waits for a disk.
 """
@@ -27,14 +30,24 @@ from typing import Any
 
 import aiohttp
 
+from cdn.prewarm import PREWARM_PATH, PrewarmError
 from cdn.purge import Purge, new_purge_id
-from cdn.report import MAX_REPLY_PURGES
+from cdn.report import MAX_REPLY_PURGES, LoadReport
 from georouter.bus import Bus, BusUnavailable, Overrides
-from georouter.config import RouterConfig
+from georouter.config import Node, RouterConfig
 from georouter.credentials import Credentials
-from georouter.fanout import fan_out
-from georouter.fleet import Fleet
+from georouter.fanout import fan_out, post_all
+from georouter.fleet import FAMILIES, Fleet, FleetSnapshot, Pool
 from georouter.metrics import RouterMetrics
+from georouter.prewarm import (
+    SENT,
+    NodeProgress,
+    Popularity,
+    PrewarmLog,
+    PrewarmTask,
+    TaskOrigin,
+    quota_refusal,
+)
 from georouter.purge import DONE, PurgeLog, PurgeRecord
 from georouter.state import ControlState, StateFile
 
@@ -43,8 +56,17 @@ FLUSH_INTERVAL_S = 0.25
 PRUNE_INTERVAL_S = 60.0
 
 log = logging.getLogger("georouter.control")
+_EMPTY = Pool((), (), False, (), ())
 
-__all__ = ["BusUnavailable", "Controller"]
+__all__ = ["BusUnavailable", "Controller", "PrewarmRefused"]
+
+
+class PrewarmRefused(Exception):
+    """A pre-warm request the router will not take: `status` 400 (bad) or 429 (quota)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 class Controller:
@@ -70,6 +92,8 @@ class Controller:
                  len(state.drained), len(state.weights), len(state.purges))  # fmt: skip
         self.drained, self.weights = state.drained, dict(state.weights)
         self.log = PurgeLog(state.purges)
+        self.prewarms = PrewarmLog(state.prewarms)
+        self.popularity = Popularity()
         self._stream_seq = state.stream_seq
         fleet.apply_overrides(self.drained, self.weights)
         self._bus: Bus | None = None
@@ -81,6 +105,7 @@ class Controller:
                 on_overrides=self._adopt_overrides,
                 on_purge=self._adopt_purge,
                 start_seq=lambda: self._stream_seq,
+                on_prewarm=self._adopt_prewarm,
             )
         else:
             metrics.bus_connected.set(1)
@@ -197,6 +222,110 @@ class Controller:
             self._dirty = True
         return self.log.owed(node, MAX_REPLY_PURGES)
 
+    # --- pre-warming ----------------------------------------------------------------------
+
+    def edges_of(self, region: str) -> tuple[Node, ...]:
+        """The region's edges: role "edge" (shields fill through their children)."""
+        return tuple(n for n in self.config.nodes if n.region == region and n.role == "edge")
+
+    async def prewarm(self, region: str, urls: tuple[str, ...], site: str | None) -> PrewarmTask:
+        """An operator's task to the region's edges (PrewarmRefused if bad or over quota)."""
+        if region not in self.config.regions_by_name:
+            known = ", ".join(r.name for r in self.config.regions)
+            raise PrewarmRefused(400, f"region: unknown region {region!r} (known: {known})")
+        limits = self.config.prewarm
+        refusal = quota_refusal(self.prewarms, len(urls), limits, self._clock())
+        if refusal is not None:
+            status = 400 if len(urls) > limits.max_urls_per_task else 429
+            raise PrewarmRefused(status, refusal)
+        targets = tuple(n.name for n in self.edges_of(region))
+        return await self._new_prewarm(region, urls, site, "api", targets)
+
+    async def _new_prewarm(
+        self,
+        region: str,
+        urls: tuple[str, ...],
+        site: str | None,
+        origin: TaskOrigin,
+        targets: tuple[str, ...],
+    ) -> PrewarmTask:
+        now = self._clock()
+        task = PrewarmTask(
+            new_purge_id(now, self._rng), region, urls, origin, now, site,
+            {name: NodeProgress() for name in targets},
+        )  # fmt: skip
+        self.prewarms.add(task)
+        self._dirty = True
+        self._metrics.prewarm_tasks.labels(origin).inc()
+        log.info("event=prewarm id=%s origin=%s region=%s urls=%d nodes=%s", task.id, origin,
+                 region, len(urls), ",".join(targets) or "-")  # fmt: skip
+        if self._bus is not None:
+            self._spawn(self._bus.publish_prewarm(task.id, task.to_message()), f"pub-{task.id}")
+        await self._send_prewarm(task)
+        return task
+
+    async def _adopt_prewarm(self, raw: dict[str, Any], seq: int) -> None:
+        self._stream_seq = max(self._stream_seq, seq)
+        self._dirty = True
+        try:
+            task = PrewarmTask.from_message(raw)
+        except PrewarmError as exc:
+            log.warning("event=bus_bad_prewarm error=%r", str(exc))
+            return
+        task, created = self.prewarms.add(task)
+        if created:
+            log.info("event=prewarm_heard id=%s", task.id)
+            self._spawn(self._send_prewarm(task), f"prewarm-{task.id}")
+
+    async def _send_prewarm(self, task: PrewarmTask) -> None:
+        assert self._session is not None
+        urls = {n.name: n.control_url for n in self.config.nodes}
+        owed = {n: urls[n] for n, p in task.nodes.items() if p.delivery != SENT and n in urls}
+        results = await post_all(
+            self._session, path=PREWARM_PATH, body=task.order.to_dict(), nodes=owed,
+            token=Credentials.of(self.config).node_token,
+            deadline_s=self.config.router.fanout_timeout_s,
+            settle=lambda node, result: self._delivered(task.id, node, result), done=SENT,
+        )  # fmt: skip
+        for node, result in results.items():
+            self.prewarms.deliver(task.id, node, result)
+        self._dirty = True
+
+    def _delivered(self, task_id: str, node: str, result: str) -> None:
+        if self.prewarms.deliver(task_id, node, result):
+            self._dirty = True
+
+    def on_prewarm_report(self, report: LoadReport, region: str) -> None:
+        """Note a report's pre-warm progress and hot set."""
+        if report.prewarm:
+            news = self.prewarms.report(report.node, report.prewarm)
+            for outcome, n in news.items():
+                if n:
+                    self._metrics.prewarm_urls.labels(outcome).inc(n)
+                    self._dirty = True
+        self.popularity.note(report.node, region, report.hot, time.monotonic())
+
+    def on_snapshot(self, snapshot: FleetSnapshot) -> None:
+        """A new fleet snapshot: pre-warm the nodes that now take a region's clients."""
+        limits = self.config.prewarm
+        if not limits.popularity:
+            return
+        now = time.monotonic()
+        for change in self.popularity.changes(answering(snapshot, self.config)):
+            urls = self.popularity.hot_set_for(change, now, limits.popularity_top_k)
+            if not urls or not self.popularity.due(
+                change.region, now, limits.popularity_interval_s
+            ):
+                continue
+            log.info("event=prewarm_popularity region=%s left=%s joined=%s", change.region,
+                     ",".join(change.left) or "-", ",".join(change.joined) or "-")  # fmt: skip
+            self._spawn(
+                _discard(
+                    self._new_prewarm(change.region, urls, None, "popularity", change.targets)
+                ),
+                f"popularity-{change.region}",
+            )
+
     def refresh_gauges(self) -> None:
         for node, count in self.log.owed_counts(self.targets()).items():
             self._metrics.purges_owed.labels(node).set(count)
@@ -210,6 +339,7 @@ class Controller:
             if time.monotonic() - last_prune > PRUNE_INTERVAL_S:
                 last_prune = time.monotonic()
                 self._dirty |= self.log.prune(self._clock()) > 0
+                self._dirty |= self.prewarms.prune(self._clock()) > 0
             if self._dirty:
                 try:
                     await self._save()
@@ -223,6 +353,7 @@ class Controller:
             weights=dict(self.weights),
             purges=tuple(self.log.records()),
             stream_seq=self._stream_seq,
+            prewarms=tuple(self.prewarms.tasks()),
         )
         body = state.to_json()  # serialised here: the records keep changing on the loop
         async with self._save_lock:
@@ -232,3 +363,29 @@ class Controller:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def answering(snapshot: FleetSnapshot, config: RouterConfig) -> dict[str, frozenset[str]]:
+    """Region → the nodes that take its clients now: its own eligible nodes, else those
+    of the first failover region that has some (as the selector spills)."""
+
+    def eligible(region: str) -> frozenset[str]:
+        return frozenset(
+            c.node.name
+            for family in FAMILIES
+            for c in snapshot.pools[family].get(region, _EMPTY).eligible
+        )
+
+    out: dict[str, frozenset[str]] = {}
+    for region in config.regions:
+        nodes = eligible(region.name)
+        for other in region.failover:
+            if nodes:
+                break
+            nodes = eligible(other)
+        out[region.name] = nodes
+    return out
+
+
+async def _discard(coro: Coroutine[Any, Any, Any]) -> None:
+    await coro

@@ -237,6 +237,26 @@ class RouterMetrics:
             ["node"],
             registry=r,
         )
+        self.prewarm_tasks = Counter(
+            "georouter_prewarm_tasks",
+            "Pre-warm tasks this router made, by origin (api: an operator's request; "
+            "popularity: a region's answers changed and its hot set was sent).",
+            ["origin"],
+            registry=r,
+        )
+        self.prewarm_requests = Counter(
+            "georouter_prewarm_requests",
+            "POST /api/v1/prewarm requests, by result (accepted, rejected: bad input, "
+            "over_quota, unauthorized).",
+            ["result"],
+            registry=r,
+        )
+        self.prewarm_urls = Counter(
+            "georouter_prewarm_urls",
+            "Pre-warm URL outcomes the edges reported, by outcome (fetched, cached, failed).",
+            ["outcome"],
+            registry=r,
+        )
         self.bus_connected = Gauge(
             "georouter_bus_connected",
             "1 while the router is connected to the NATS bus and in step with the shared "

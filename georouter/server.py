@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class Router:
             self.config.policy, self.config.regions, random.Random(), self.config.services
         )
         self.metrics.set_capacities(self.config.nodes)
+        self._on_snapshot: Callable[[FleetSnapshot], None] = lambda snapshot: None
         self.fleet = Fleet(self.config, self._publish, observer(self.metrics))
         # [query_log] is read once, like the listen addresses: a change needs a restart.
         self.query_log = self._query_log()
@@ -76,6 +78,7 @@ class Router:
         self.dns = DnsService(responder, self.config.router.dns_listens, self.metrics, guard=guard)
         # Reads the state file and applies drains and weights before DNS opens.
         self.controller = Controller(config=self.config, fleet=self.fleet, metrics=self.metrics)
+        self._on_snapshot = self.controller.on_snapshot  # pre-warming by popularity
         self.plane = ControlPlane(
             self.fleet, self.selector, self.metrics, Credentials.of(self.config), self.controller
         )
@@ -192,6 +195,7 @@ class Router:
         self.selector.update(snapshot)
         if self.workers is not None:
             self.workers.publish(snapshot)
+        self._on_snapshot(snapshot)
 
     async def _bind_dns(self) -> None:
         try:

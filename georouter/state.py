@@ -1,4 +1,5 @@
-"""The router's control state in one small local file: drains, weights, the purge log.
+"""The router's control state in one small local file: drains, weights, the purge log,
+the pre-warm tasks.
 
 `router.state_dir`/state.json is rewritten whole and atomically (a temporary file in the
 same directory, fsync, rename over the old one, fsync of the directory: POSIX rename is
@@ -22,6 +23,7 @@ from typing import Any
 
 from cdn.errors import CDNError
 from georouter.errors import ConfigError
+from georouter.prewarm import PrewarmTask
 from georouter.purge import PurgeRecord
 
 STATE_FILE = "state.json"
@@ -35,6 +37,7 @@ class ControlState:
     weights: Mapping[str, float] = field(default_factory=dict)  # only nodes not at 1.0
     purges: tuple[PurgeRecord, ...] = ()
     stream_seq: int = 0  # the last purge-stream sequence this router has applied
+    prewarms: tuple[PrewarmTask, ...] = ()
 
     def to_json(self) -> bytes:
         raw = {
@@ -43,6 +46,7 @@ class ControlState:
             "weights": dict(sorted(self.weights.items())),
             "stream_seq": self.stream_seq,
             "purges": [r.to_dict() for r in self.purges],
+            "prewarms": [t.to_state() for t in self.prewarms],
         }
         return json.dumps(raw, indent=1).encode()
 
@@ -65,6 +69,7 @@ class ControlState:
             weights={str(k): valid_weight(v) for k, v in weights.items()},
             purges=tuple(PurgeRecord.from_dict(r) for r in raw.get("purges", [])),
             stream_seq=seq,
+            prewarms=tuple(PrewarmTask.from_state(t) for t in raw.get("prewarms", [])),
         )
 
 

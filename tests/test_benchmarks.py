@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import random
 import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +30,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from benchmarks import fairness, headline, peers
+from benchmarks import __main__ as bench_main
+from benchmarks import fairness, headline, peers, prewarm_failover
 from benchmarks.__main__ import QUICK, Run
 from benchmarks.cdn import TOPOLOGY
 from benchmarks.dns import (
@@ -524,3 +527,25 @@ def test_each_way_takes_each_place_in_the_rounds_equally_often() -> None:
     assert all(sorted(o, key=ways.index) == list(ways) for o in orders)
     for place in range(len(ways)):
         assert sorted((o[place] for o in orders), key=ways.index) == [w for w in ways for _ in "ab"]
+
+
+def test_prewarm_bench_groups_ask_for_their_own_halves_of_the_catalog() -> None:
+    load = prewarm_failover.Load({1: "http://a", 2: "http://b"})
+    rng = random.Random(1)
+    firsts = [load.path(1, rng) for _ in range(2000)]
+    seconds = [load.path(2, rng) for _ in range(200)]
+    assert all(int(p.split("-")[1].split(".")[0]) % 2 == 0 for p in firsts)
+    assert all(int(p.split("-")[1].split(".")[0]) % 2 == 1 for p in seconds)
+    counts = Counter(firsts)
+    assert counts["/img/obj-0.png"] > counts["/img/obj-20.png"]  # Zipf: the first is hottest
+
+
+def test_prewarm_bench_table_says_the_share_of_steady_state() -> None:
+    trials = [
+        prewarm_failover.Trial(True, steady=0.8, after=0.72, first=0.6, requests=1000),
+        prewarm_failover.Trial(False, steady=0.8, after=0.6, first=0.3, requests=1000),
+    ]
+    table = prewarm_failover.prewarm_table(trials, prewarm_failover.QUICK)
+    assert table.rows[0][3].startswith("90%") and "goal" in table.rows[0][3]
+    assert table.rows[1][3] == "75%" and table.rows[1][4] == "30.0%"
+    assert "prewarm" in bench_main.PARTS

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from cdn.report import LoadReport
+from cdn.report import MAX_REPORT_BYTES, LoadReport
 from cdnlab.simulation import make_config
 from georouter.config import HealthSettings, Node, Policy, Region
 from georouter.control import ControlPlane, make_control_app, observer
@@ -171,7 +171,7 @@ async def test_previous_tokens_are_accepted_during_a_rotation(
         (b"[]", "JSON object"),
         (b'{"node": "edge-eu-1"}', "seq"),
         (body().replace(b'"up"', b'"sideways"'), "status"),
-        (b" " * 5000, "larger than"),
+        (b" " * (MAX_REPORT_BYTES + 1), "larger than"),
     ],
 )
 async def test_bad_report_body_is_400_with_the_reason(

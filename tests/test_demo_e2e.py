@@ -297,6 +297,7 @@ def test_guide_commands_name_the_plan() -> None:
     assert text.count("curl -sI http://127.0.0.13:8080/img/cat.jpg") == 2
     assert "http://127.0.0.1:9153/api/v1/purge" in text and "kill -9 4242" in text
     assert "fills from the shields shield-1, shield-2" in text
+    assert "georouter prewarm --config" in text and "--region eu" in text
     assert "--cacert" not in text  # HTTPS only once the runner has made the CA
     tls = DemoTls(Path("/d/ca.pem"), Path("/d/e.pem"), Path("/d/e.key"), Path("/d/e.toml"), "h=")
     text = guide(dataclasses.replace(plan, tls=tls), Path("/tmp/logs"), {})
@@ -739,7 +740,7 @@ def test_demo_guide_commands_work_as_printed_then_sigint_stops_everything(tmp_pa
         assert len(children) == 10  # origin, router, six edges, two shields
         _wait_all_up(config)
         commands = [line.strip().split("  #")[0].strip() for line in guide_text.splitlines()]
-        runs = [(c, _sh(c)) for c in commands if c.startswith(("dig ", "curl "))]
+        runs = [(c, _sh(c)) for c in commands if c.startswith(("dig ", "curl ", "georouter "))]
         _check_guide_runs(runs, config)
     finally:
         demo.send_signal(signal.SIGINT)
@@ -751,6 +752,8 @@ def test_demo_guide_commands_work_as_printed_then_sigint_stops_everything(tmp_pa
 
 
 def _sh(command: str) -> str:
+    if command.startswith("georouter "):  # as installed: this interpreter's georouter
+        command = f"{shlex.quote(sys.executable)} -m {command}"
     done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=10)
     return done.stdout
 
@@ -789,6 +792,11 @@ def _check_guide_runs(runs: list[tuple[str, str]], config: Path) -> None:
     assert len(json.loads(_output(runs, "https://api.example.com"))["posts"]) == 10
     purged = json.loads(_output(runs, "/api/v1/purge"))["nodes"]
     assert len(purged) == 8 and set(purged.values()) == {"done"}  # shields purged too
+    assert len(purged) == 6 and set(purged.values()) == {"done"}
+    prewarmed = json.loads(_output(runs, "georouter prewarm"))["nodes"]
+    assert set(prewarmed) == {"edge-eu-1", "edge-eu-2"}, prewarmed
+    assert all(p["state"] == "done" and p["fetched"] + p["cached"] == 1
+               for p in prewarmed.values()), prewarmed  # fmt: skip
     assert "georouter_answers_total{" in _output(runs, "/metrics")
     nodes = json.loads(_output(runs, "/api/v1/nodes"))["nodes"]
     assert sorted(n["role"] for n in nodes) == ["edge"] * 6 + ["shield"] * 2

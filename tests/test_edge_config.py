@@ -102,6 +102,14 @@ def test_flags_override_file(tmp_path: Path) -> None:
             ("capacity_rps = 2000", "drain_s = -1"),
             "edge.toml: edge.drain_s: expected a number in [0, 3600]",
         ),
+        (
+            ("capacity_rps = 2000", "capacity_rps = 2000\nprewarm_concurrency = 0"),
+            "edge.toml: edge.prewarm_concurrency: expected an integer in 1..64, got 0",
+        ),
+        (
+            ("capacity_rps = 2000", "capacity_rps = 2000\nprewarm_max_utilization = 0"),
+            "edge.toml: edge.prewarm_max_utilization: expected a number in (0, 10]",
+        ),
         (('token = "s3cret"', "token = 7"), "edge.toml: edge.token: expected a string, got an"),
         (("routers = [", 'routers = ["http://ok", 1, '), "edge.toml: edge.routers[1]: expected a"),
         (('"http://127.0.0.2:9153/"', '"http://x?q"'), "edge.toml: edge.routers[1]: expected an"),
