@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
 # Debian packages the end-to-end tests and the benchmarks drive (installed by scripts/install-packages).
-TEST_PACKAGES  := unbound prometheus knot-dnsutils bind9-dnsutils nats-server chromium chromium-driver
+TEST_PACKAGES  := unbound prometheus knot-dnsutils bind9-dnsutils nats-server chromium chromium-driver nodejs npm
 BENCH_PACKAGES := dnsperf gdnsd pdns-server pdns-backend-geoip nginx wrk
 
 .PHONY: demo demo-load test lint typecheck bench fuzz cache-tests test-packages bench-packages clean

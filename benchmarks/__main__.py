@@ -3,8 +3,8 @@ its headline also into README.md.
 
 BENCH_QUICK=1 shortens every part (about 4 minutes in all) for development; the full run
 stays under 20 minutes on 2 cores (the scaling part adds about 6, 1 in quick mode).
-`--parts bias,dns,hit,failover,return,prewarm,balance,cache,disk,hostile,scaling` picks
-parts.
+`--parts bias,dns,hit,failover,return,prewarm,balance,cache,disk,offload,hostile,scaling`
+picks parts.
 The bias check (benchmarks/fairness.py) runs first and stops the run, exit 1, if the harness
 would measure a server started its way differently from one started plainly; every started
 process is checked against the harness's own scheduling (session autogroup, nice, cores).
@@ -35,6 +35,7 @@ from benchmarks import (
     fairness,
     headline,
     hostile,
+    offload,
     peers,
     prewarm_failover,
     report,
@@ -56,7 +57,8 @@ from georouter.config import RouterConfig, load_config
 
 OUTPUT = cdn.REPO / "docs" / "benchmarks.md"
 PARTS = (
-    "bias", "dns", "hit", "failover", "return", "prewarm", "balance", "cache", "disk", "hostile",
+    "bias", "dns", "hit", "failover", "return", "prewarm", "balance", "cache", "disk", "offload",
+    "hostile",
     "scaling",
 )  # fmt: skip
 LATENCY_LOAD_SHARE = 0.5  # the fixed-rate run offers half of georouter's max q/s
@@ -302,6 +304,13 @@ def disk_part(run: Run) -> None:
         run.emit("disk", part, table)
 
 
+def offload_part(run: Run) -> None:
+    """Origin fetches per object, edges direct vs behind shields (benchmarks/offload.py)."""
+    part = Part("Origin offload with shields", report.intro(offload.__doc__))
+    plan = offload.QUICK if run.settings is QUICK else offload.FULL
+    run.emit("offload", part, offload.measure(plan, run.note_start))
+
+
 def hostile_part(run: Run) -> None:
     """Mutated datagrams and abusive TCP streams at a router of its own (benchmarks/hostile.py)."""
     part = Part("Hostile traffic at the router", report.intro(hostile.__doc__))
@@ -393,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
             _pure_parts(run, args.parts)
             if "disk" in args.parts:
                 disk_part(run)
+            if "offload" in args.parts:
+                offload_part(run)
             if "hostile" in args.parts:
                 hostile_part(run)
             if "scaling" in args.parts:

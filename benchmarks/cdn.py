@@ -60,9 +60,15 @@ class Edge:
 
 
 def start_edge(
-    name: str, host: str, origin_url: str, routers: list[str], ports: tuple[int, int] = (0, 0)
+    name: str,
+    host: str,
+    origin_url: str,
+    routers: list[str],
+    ports: tuple[int, int] = (0, 0),
+    parents: tuple[str, ...] = (),
 ) -> Edge:
-    """`edge serve` on `host` (content and control `ports`, 0: the kernel's choice).
+    """`edge serve` on `host` (content and control `ports`, 0: the kernel's choice), filling
+    from `parents` (shields' content URLs) if any.
 
     The caller stops it by PID (`Edge.service`).
     """
@@ -72,6 +78,8 @@ def start_edge(
     argv += ["--token", BENCH_TOKEN, "--drain-s", "0"]
     for router in routers:
         argv += ["--router", router]
+    for parent in parents:
+        argv += ["--parent", parent]
     service = spawn(name, argv, ready_event=READY_EVENT)
     try:
         content, control = _bound(service, "content", "control")
@@ -93,12 +101,14 @@ def edge(name: str, origin_url: str, routers: list[str] | None = None) -> Iterat
 
 
 def bench_topology(config: RouterConfig, control_urls: dict[str, str]) -> str:
-    """georouter/data/cdn.toml with each node's control_url replaced and the bench token set."""
+    """georouter/data/cdn.toml with each node's control_url replaced and one shared bench
+    token (router.token) in place of the nodes' own: every bench edge runs with it."""
     text = TOPOLOGY.read_text()
     for node in config.nodes:
         pattern = rf'(name = "{re.escape(node.name)}"[^\[]*?control_url = )"[^"]*"'
         text = re.sub(pattern, rf'\1"{control_urls[node.name]}"', text, count=1)
-    return re.sub(r'(?m)^token = "[^"]*"', f'token = "{BENCH_TOKEN}"', text, count=1)
+    text = re.sub(r'(?m)^token = "[^"]*".*\n', "", text)
+    return text.replace("[router]\n", f'[router]\ntoken = "{BENCH_TOKEN}"\n', 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +140,8 @@ class Cdn:
 
 @contextlib.contextmanager
 def cdn(config: RouterConfig, workdir: Path, origin_url: str) -> Iterator[Cdn]:
-    """Every node of the topology as a real edge on its own loopback address, and a router.
+    """Every node of the topology as a real edge on its own loopback address, and a router
+    (a shield runs as a plain edge here: probed and reporting, never answered).
 
     The router's control port must be known before the edges start (they push reports to
     it), so it is picked free first; the edges' ports come from their listening lines.

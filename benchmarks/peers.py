@@ -77,7 +77,7 @@ def _claims(config: RouterConfig) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def _nodes_of(config: RouterConfig, region: str) -> list[Node]:
-    return [node for node in config.nodes if node.region == region]
+    return [node for node in config.nodes if node.region == region and node.role == "edge"]
 
 
 def _addresses(nodes: Iterable[Node]) -> list[str]:

@@ -132,7 +132,7 @@ def trial(
     cdn: Cdn, config: RouterConfig, region: str, subnet: IPv4Network, origin_url: str
 ) -> tuple[float, float, int]:
     """Kill the region's edges, wait for every client to leave, restart them, time the return."""
-    victims = [n.name for n in config.nodes if n.region == region]
+    victims = [n.name for n in config.nodes if n.region == region and n.role == "edge"]
     home = {cdn.edges[name].content.host for name in victims}
     service = config.zones[0].services[0]
     clients = Population(cdn, service, subnet, home, config.policy.answer_ttl)

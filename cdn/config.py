@@ -88,9 +88,9 @@ def bearer_token(text: str) -> str:
     return text
 
 
-def previous_tokens(t: Table) -> tuple[str, ...]:
+def previous_tokens(t: Table, key: str = "previous_tokens") -> tuple[str, ...]:
     """`previous_tokens` of table `t`: tokens still accepted while clients move to `token`."""
-    items = t.strings("previous_tokens")
+    items = t.strings(key)
     if len(items) > MAX_PREVIOUS_TOKENS:
-        raise t.error("previous_tokens", f"expected at most {MAX_PREVIOUS_TOKENS} tokens")
+        raise t.error(key, f"expected at most {MAX_PREVIOUS_TOKENS} tokens")
     return tuple(t.item(key, text, bearer_token) for key, text in items)

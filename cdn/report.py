@@ -34,6 +34,13 @@ MAX_REPORT_BYTES = 16384  # the hot set and pre-warm progress need room (see abo
 MAX_REPORT_DEPTH = 8  # a report is one flat object; room for nested fields to come
 MAX_ACKS = 32  # purge ids acknowledged per report (32 x 36 characters fit the size limit)
 MAX_REPLY_PURGES = 32  # purges per reply; an edge that owes more gets the rest next time
+# Bounds of a report's values: anything past them is a broken or lying edge, refused 400.
+MAX_SEQ = 2**53  # exact in every JSON implementation (RFC 8259 §6)
+MAX_COUNT = 2**31  # in-flight requests, open tunnels
+MAX_RPS = 1e9  # rps and capacity_rps (the configs' own capacity bound)
+# rps / capacity: 100 is a hundred times over capacity, far past where an edge stops
+# answering; a larger value is not a measurement.
+MAX_UTILIZATION = 100.0
 MAX_REPLY_BYTES = 256 * 1024
 MAX_REPLY_DEPTH = 4  # {"purges": [{selector}]}
 
@@ -75,15 +82,15 @@ class LoadReport:
             raise ReportError(f"report: {exc}") from None
         return cls(
             node=_text(raw, "node"),
-            seq=_count(raw, "seq"),
+            seq=_count(raw, "seq", MAX_SEQ),
             status=cast(EdgeStatus, _status(raw)),
-            inflight=_count(raw, "inflight"),
-            rps=_number(raw, "rps"),
-            capacity_rps=_number(raw, "capacity_rps"),
-            utilization=_number(raw, "utilization"),
-            cache_hit_ratio=_number(raw, "cache_hit_ratio"),
+            inflight=_count(raw, "inflight", MAX_COUNT),
+            rps=_number(raw, "rps", MAX_RPS),
+            capacity_rps=_number(raw, "capacity_rps", MAX_RPS),
+            utilization=_number(raw, "utilization", MAX_UTILIZATION),
+            cache_hit_ratio=_number(raw, "cache_hit_ratio", 1.0),
             acks=_acks(raw.get("acks", [])),
-            tunnels=_count(raw, "tunnels") if "tunnels" in raw else 0,
+            tunnels=_count(raw, "tunnels", MAX_COUNT) if "tunnels" in raw else 0,
             hot=tuple(HotObject.from_list(h) for h in _bounded(raw, "hot", MAX_HOT)),
             prewarm=tuple(
                 PrewarmProgress.from_dict(p) for p in _bounded(raw, "prewarm", MAX_PROGRESS_TASKS)
@@ -135,12 +142,17 @@ def _acks(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _count(raw: dict[str, Any], key: str) -> int:
+def _count(raw: dict[str, Any], key: str, hi: int) -> int:
     value = raw.get(key)
     # bool is an int subclass; a JSON true is never a count.
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ReportError(f"{key}: expected a whole number >= 0, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= hi:
+        raise ReportError(f"{key}: expected a whole number in 0..{hi}, got {_short(value)}")
     return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _text(raw: dict[str, Any], key: str) -> str:
@@ -150,12 +162,13 @@ def _text(raw: dict[str, Any], key: str) -> str:
     return value
 
 
-def _number(raw: dict[str, Any], key: str) -> float:
+def _number(raw: dict[str, Any], key: str, hi: float) -> float:
     value = raw.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ReportError(f"{key}: expected a number, got {value!r}")
-    if not 0 <= value < float("inf"):
-        raise ReportError(f"{key}: must be a finite number >= 0")
+        raise ReportError(f"{key}: expected a number, got {_short(value)}")
+    # NaN fails both comparisons; json.loads reads NaN and Infinity (RFC 8259 §6 has neither).
+    if not 0 <= value <= hi:
+        raise ReportError(f"{key}: expected a finite number in 0..{hi:g}, got {_short(value)}")
     return float(value)
 
 

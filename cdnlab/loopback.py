@@ -58,9 +58,13 @@ def relocate_config(text: str, block: str, ports: dict[str, int], token: str = T
     """The shipped topology with every address moved into `block` and every port replaced.
 
     ports: "dns", "control" (the router) and one per node name (its control port).
+    `token` replaces the operator's token (and a shared router.token); the nodes keep theirs.
     """
     raw = tomllib.loads(text)
-    out = text.replace(raw["router"]["token"], token)
+    out = text
+    for key in ("operator_token", "token"):
+        if key in raw["router"]:
+            out = out.replace(f'"{raw["router"][key]}"', f'"{token}"')
     out = out.replace(raw["router"]["dns_listen"], f"{block}1:{ports['dns']}")
     out = out.replace(raw["router"]["control_listen"], f"{block}1:{ports['control']}")
     for node in raw["nodes"]:
@@ -190,7 +194,7 @@ async def start_cdn(
 
 
 async def wait_all_up(cdn: Cdn, deadline_s: float = 10.0) -> None:
-    names = {e.name for e in cdn.plan.edges}
+    names = {e.name for e in cdn.plan.nodes}
     async with aiohttp.ClientSession() as session:
         await poll(
             lambda: cdn.nodes(session),

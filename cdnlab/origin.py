@@ -13,6 +13,8 @@ What each path teaches the cache in front of it (RFC 9111):
 - `/api/users/{id}`: a `Surrogate-Key` header naming the objects it depends on, for purges.
 - `POST /api/comments`: never cached; it stores the comment (in memory) and announces it on
   the notifications stream; it invalidates nothing itself.
+- every static file and JSON answer carries `Repr-Digest: sha-256=:…:` (RFC 9530), which
+  the edge verifies while it streams the body.
 - `/feed.html`: the social app's page (cdnlab/content/static/social.v1.js): images from
   `img.`, posts and comments from `api.`, chat on `chat.` (cdnlab/social.py has the chat
   room, the echo socket and the notifications stream).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import json
 import re
@@ -82,6 +85,12 @@ def cache_control_for(path: str) -> str:
 class StaticFile:
     path: Path
     cache_control: str
+    repr_digest: str  # RFC 9530 Repr-Digest field value of the file's bytes
+
+
+def repr_digest(body: bytes) -> str:
+    """The Repr-Digest field value (RFC 9530 §3) of ``body``: sha-256, a byte sequence."""
+    return "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
 
 
 def index_files(root: Path) -> dict[str, StaticFile]:
@@ -94,7 +103,10 @@ def index_files(root: Path) -> dict[str, StaticFile]:
     for path in sorted(root.rglob("*")):
         if path.is_file():
             url = "/" + path.relative_to(root).as_posix()
-            files[url] = StaticFile(path, cache_control_for(url))
+            # Hashed once at start; no pre-compressed siblings are served (no .gz files),
+            # so the bytes sent are the file's, whatever the Accept-Encoding.
+            digest = repr_digest(path.read_bytes())
+            files[url] = StaticFile(path, cache_control_for(url), digest)
     if "/index.html" in files:
         files["/"] = files["/index.html"]
     return files
@@ -147,10 +159,12 @@ FILES = web.AppKey("files", dict[str, StaticFile])
 def _json_response(
     request: web.Request, payload: Any, cache_control: str, headers: dict[str, str] | None = None
 ) -> web.StreamResponse:
-    """JSON with a strong ETag over its bytes, so caches can revalidate (RFC 9110 §13.1.2)."""
+    """JSON with a strong ETag over its bytes, so caches can revalidate (RFC 9110 §13.1.2),
+    and its Repr-Digest (RFC 9530 §3), so they can check what they received."""
     body = json.dumps(payload, separators=(",", ":")).encode()
     etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
     all_headers = {"Cache-Control": cache_control, "ETag": etag, **(headers or {})}
+    all_headers["Repr-Digest"] = repr_digest(body)
     if etag in request.headers.get("If-None-Match", ""):
         return web.Response(status=304, headers=all_headers)
     return web.Response(body=body, content_type="application/json", headers=all_headers)
@@ -161,7 +175,8 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     if found is None:
         raise web.HTTPNotFound(headers={"Cache-Control": OTHER_CACHE_CONTROL})
     # FileResponse adds ETag and Last-Modified and answers conditional requests with 304.
-    return web.FileResponse(found.path, headers={"Cache-Control": found.cache_control})
+    headers = {"Cache-Control": found.cache_control, "Repr-Digest": found.repr_digest}
+    return web.FileResponse(found.path, headers=headers)
 
 
 async def posts(request: web.Request) -> web.StreamResponse:

@@ -6,6 +6,9 @@
 - with HTTPS (the default: `DemoPlan.tls`, cdnlab/certs.py), each edge also serves HTTPS on
   its ipv4, port 8443, with one [[sites]] per service name of the first zone (cdn., img.,
   api., chat.example.com: the social app);
+- nodes with `role = "shield"` run as shields: edges like the others (content on their
+  ipv4, port 8080; plain HTTP, the same sites) whose origin is the origin, and every edge
+  names them all as its parents (`--parent`), so a miss goes edge → shield → origin;
 - the router listens where `[router]` says.
 So a second config with other addresses runs a second, independent demo beside the first.
 """
@@ -22,6 +25,7 @@ from cdn.config import HostPort
 from cdnlab.certs import DemoTls
 from cdnlab.supervisor import ChildSpec, DemoError, Transport
 from georouter.config import RouterConfig
+from georouter.credentials import Credentials
 
 ORIGIN_PORT = 8000
 CONTENT_PORT = 8080
@@ -30,8 +34,8 @@ DEMO_DRAIN_S = 2.0  # edges drain this long on SIGTERM: Ctrl-C should not take 2
 DEMO_CACHE_SIZE = "64M"
 SAMPLE_OBJECT = "/img/cat.jpg"
 # Stop layers (ChildSpec.layer): the router stops answering first, then the edges drain
-# (still fetching from the origin), then the origin stops.
-ORIGIN_LAYER, EDGE_LAYER, ROUTER_LAYER = 0, 1, 2
+# (still fetching through the shields), then the shields, then the origin stops.
+ORIGIN_LAYER, SHIELD_LAYER, EDGE_LAYER, ROUTER_LAYER = 0, 1, 2, 3
 # Client subnets the embedded GeoLite2-City (2018) places in each default region
 # (checked with `georouter locate` and by tests/test_demo_e2e.py).
 SAMPLE_SUBNETS: dict[str, tuple[str, str]] = {
@@ -48,13 +52,14 @@ class EdgePlan:
     content: HostPort
     control: HostPort
     capacity_rps: float
+    token: str = ""  # its own credential: reports to the router, purges from it
 
 
 @dataclass(frozen=True, slots=True)
 class DemoPlan:
     config_path: Path
     geoip_path: Path | None
-    token: str
+    token: str  # the operator's: drain, weight, purge (router.operator_token)
     origin: HostPort
     dns: HostPort
     control: HostPort
@@ -65,6 +70,12 @@ class DemoPlan:
     names: tuple[str, ...] = ()  # every service name of the first zone: the edges' sites
     tls_port: int = TLS_PORT
     tls: DemoTls | None = None  # None: plain HTTP only (set by the runner once made)
+    shields: tuple[EdgePlan, ...] = ()  # role = "shield" nodes: every edge's parents
+
+    @property
+    def nodes(self) -> tuple[EdgePlan, ...]:
+        """Every node the router knows: the edges, then the shields."""
+        return (*self.edges, *self.shields)
 
     @property
     def control_url(self) -> str:
@@ -97,13 +108,14 @@ def make_plan(
     for tests, which run whole CDNs on ports of their choosing.
     """
     control = config.router.control_listen
-    edges = _edges(config, content_port)
+    credentials = Credentials.of(config)
+    edges = _edges(config, content_port, credentials)
     if not config.zones[0].services:
         raise DemoError(f"{config.source}: zones[0].services: expected a name to serve")
     return DemoPlan(
         config_path=config_path,
         geoip_path=geoip_path if geoip_path is not None else config.router.geoip,
-        token=config.router.token,
+        token=credentials.operator[0],
         origin=HostPort(control.host, origin_port),
         dns=config.router.dns_listen,
         control=control,
@@ -113,6 +125,7 @@ def make_plan(
         drain_s=drain_s,
         names=_names(config),
         tls_port=tls_port,
+        shields=_nodes(config, content_port, credentials, "shield"),
     )
 
 
@@ -120,18 +133,27 @@ def _names(config: RouterConfig) -> tuple[str, ...]:
     return tuple(name.rstrip(".") for name in config.zones[0].services)
 
 
-def _edges(config: RouterConfig, content_port: int) -> tuple[EdgePlan, ...]:
-    edges = tuple(
+def _nodes(
+    config: RouterConfig, content_port: int, credentials: Credentials, role: str
+) -> tuple[EdgePlan, ...]:
+    return tuple(
         EdgePlan(
             name=node.name,
             region=node.region,
             content=HostPort(str(node.ipv4), content_port),
             control=_control_address(node.control_url),
             capacity_rps=node.capacity_rps,
+            token=credentials.node_token(node.name),
         )
         for node in config.nodes
-        if node.ipv4 is not None
+        if node.ipv4 is not None and node.role == role
     )
+
+
+def _edges(
+    config: RouterConfig, content_port: int, credentials: Credentials
+) -> tuple[EdgePlan, ...]:
+    edges = _nodes(config, content_port, credentials, "edge")
     if not edges:
         # The edges serve content on loopback IPv4 addresses; an IPv6-only fleet has none.
         raise DemoError(f"{config.source}: nodes: expected a node with an ipv4 address")
@@ -150,6 +172,9 @@ def addresses_needed(plan: DemoPlan) -> list[tuple[str, int, Transport]]:
         needed.append((edge.content.host, edge.content.port, "tcp"))
         needed.append((edge.control.host, edge.control.port, "tcp"))
         needed.append((edge.content.host, plan.tls_port, "tcp"))
+    for shield in plan.shields:
+        needed.append((shield.content.host, shield.content.port, "tcp"))
+        needed.append((shield.control.host, shield.control.port, "tcp"))
     return needed
 
 
@@ -173,11 +198,19 @@ def edge_spec(plan: DemoPlan, edge: EdgePlan) -> ChildSpec:
         "--control", str(edge.control),
         "--origin", plan.origin_url,
         "--router", plan.control_url,
-        "--token", plan.token,
+        "--token", edge.token,
         "--capacity-rps", f"{edge.capacity_rps:g}",
         "--cache-size", DEMO_CACHE_SIZE,
         "--drain-s", f"{plan.drain_s:g}",
     )  # fmt: skip
+    if edge in plan.shields:
+        # A shield serves the edges only: plain HTTP, the same sites (so it routes and keys
+        # by the client's Host exactly as they do).
+        if plan.tls is not None:
+            argv += ("--config", str(plan.tls.edge_config))
+        return ChildSpec(edge.name, argv, layer=SHIELD_LAYER)
+    for shield in plan.shields:
+        argv += ("--parent", f"http://{shield.content}")
     if plan.tls is not None:
         argv += (
             "--config", str(plan.tls.edge_config),
@@ -228,6 +261,18 @@ def _https_guide(plan: DemoPlan, edge: EdgePlan) -> list[str]:
     ]
 
 
+def _shield_guide(plan: DemoPlan) -> list[str]:
+    if not plan.shields:
+        return []
+    names = ", ".join(s.name for s in plan.shields)
+    return [
+        f'Every edge fills from the shields {names} (role = "shield": probed and listed,'
+        " never in DNS answers), which fill from the origin. Cache-Status names both layers,"
+        " the shield first.",
+        "",
+    ]
+
+
 def guide(plan: DemoPlan, log_dir: Path, pids: dict[str, int]) -> str:
     """The commands to try, each runnable exactly as printed."""
     dns, token = plan.dns, shlex.quote(f"Authorization: Bearer {plan.token}")
@@ -241,6 +286,7 @@ def guide(plan: DemoPlan, log_dir: Path, pids: dict[str, int]) -> str:
             lines.append(f"  {dig}    # {country} → {region}")
     lines += [
         "",
+        *_shield_guide(plan),
         f"Fetch from {edge.name} twice (Cache-Status: miss, then hit), then purge it on"
         " every edge through the router:",
         f"  curl -sI {obj}",

@@ -1,7 +1,7 @@
-"""`georouter demo`: origin, one edge per node and the router as child processes.
+"""`georouter demo`: origin, one edge per node (shields too) and the router as child processes.
 
-Start order: origin, the edges, the router (each step waits for the previous to listen),
-so the router's first probe round already finds every edge up. Then the guide, then the
+Start order: origin, the shields, the edges, the router (each step waits for the previous
+to listen), so the router's first probe round already finds every edge up. Then the guide, then the
 live table until SIGINT or SIGTERM, when every child is stopped by PID and the demo exits
 0. A busy port or a child that dies while starting ends the demo with one line and exit
 code 2. An edge that dies later is reported and the demo goes on (killing one is how to
@@ -107,8 +107,10 @@ def with_tls(plan: DemoPlan, directory: Path) -> DemoPlan:
 
 
 async def start_all(supervisor: Supervisor, plan: DemoPlan) -> None:
-    """Origin, then every edge at once, then the router; raises DemoError if one fails."""
+    """Origin, then the shields, then every edge at once, then the router; raises DemoError
+    if one fails."""
     await supervisor.start(origin_spec(plan))
+    await asyncio.gather(*(supervisor.start(edge_spec(plan, s)) for s in plan.shields))
     await asyncio.gather(*(supervisor.start(edge_spec(plan, e)) for e in plan.edges))
     await supervisor.start(router_spec(plan))
 

@@ -145,7 +145,7 @@ def make_config(
 ) -> RouterConfig:
     """A RouterConfig without zones, for tests of the control plane alone."""
     health = health or HealthSettings()
-    settings = RouterSettings(HostPort("127.0.0.1", 0), HostPort("127.0.0.1", 0), "test-token")
+    settings = RouterSettings((HostPort("127.0.0.1", 0),), HostPort("127.0.0.1", 0), "test-token")
     by_name = {r.name: r for r in regions}
     return RouterConfig(
         Path("test.toml"), settings, policy, health, (), regions, nodes, regions_by_name=by_name

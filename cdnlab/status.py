@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 STATUS_INTERVAL_S = 3.0
 STATUS_TIMEOUT_S = 2.0
-COLUMNS = ("node", "region", "state", "util", "rps", "hit", "ws", "answers")
-WIDTHS = (12, 6, 9, 5, 7, 5, 5, 8)
+COLUMNS = ("node", "region", "state", "util", "rps", "hit", "ws", "answers", "role")
+WIDTHS = (12, 6, 9, 5, 7, 5, 5, 8, 6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,7 @@ class NodeRow:
     hit_ratio: float | None
     answers: int | None
     tunnels: int | None = None  # open WebSockets, from the edge's load report
+    role: str = "edge"  # "shield": a parent of the edges, never in DNS answers
 
 
 def _number(raw: Mapping[str, Any], key: str) -> float | None:
@@ -51,6 +52,7 @@ def row_from_json(raw: Mapping[str, Any], answers: Mapping[str, int]) -> NodeRow
         hit_ratio=_number(raw, "cache_hit_ratio"),
         answers=answers.get(name),
         tunnels=None if (t := _number(raw, "tunnels")) is None else int(t),
+        role=str(raw.get("role", "edge")),
     )
 
 
@@ -90,6 +92,7 @@ def render_table(rows: Iterable[NodeRow], when: str) -> str:
             _fmt(r.hit_ratio, ".0%"),
             _fmt(r.tunnels, "d"),
             _fmt(r.answers, "d"),
+            r.role,
         )
         lines.append(_line(cells))
     return "\n".join(lines)

@@ -1,8 +1,7 @@
 """The edge's access log: one JSON line per request, written off the event loop.
 
-The request path formats the line and puts it on a bounded queue (no I/O, no lock held
-for long); a QueueListener thread drains it into a RotatingFileHandler (rotation by size,
-`backups` old files kept). A full queue drops the line and counts it
+The writer is cdn/jsonlog.py's (shared with the router's query log): a bounded queue, a
+writer thread, rotation by size. A full queue drops the line and counts it
 (edge_access_log_dropped_total): a slow disk never slows the edge. `sample` keeps that
 fraction of the lines (1.0: all), decided per request.
 
@@ -14,19 +13,16 @@ origin_s (time waiting for origin response heads, 0 when none), total_s.
 
 from __future__ import annotations
 
-import json
-import logging
-import queue
 import random
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from logging.handlers import QueueHandler, QueueListener, RotatingFileHandler
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import Counter
 
+from cdn.jsonlog import JsonLinesLog
 from edge.armour import AccessLogSettings
 
 MAX_PATH_CHARS = 2048  # of a target in a line: a log line stays a line
@@ -43,21 +39,7 @@ def add_origin_time(seconds: float) -> None:
         cell[0] += seconds
 
 
-class _Queue(QueueHandler):
-    """Puts the already formatted line, never blocking, counting what does not fit."""
-
-    def __init__(self, q: queue.Queue[logging.LogRecord], dropped: Counter) -> None:
-        super().__init__(q)
-        self._dropped = dropped
-
-    def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
-            self._dropped.inc()
-
-
-class AccessLog:
+class AccessLog(JsonLinesLog):
     """Started with the edge, stopped with it (stop() writes what is queued)."""
 
     def __init__(
@@ -66,34 +48,7 @@ class AccessLog:
         dropped: Counter,
         sample: Callable[[], float] = random.random,
     ) -> None:
-        assert settings.path is not None
-        self.settings = settings
-        self._sample = sample
-        self._queue: queue.Queue[logging.LogRecord] = queue.Queue(settings.queue_size)
-        self._enqueue = _Queue(self._queue, dropped)
-        self.file = RotatingFileHandler(
-            settings.path, maxBytes=settings.max_bytes, backupCount=settings.backups
-        )
-        self._listener = QueueListener(self._queue, self.file)
-
-    def start(self) -> None:
-        self._listener.start()
-
-    def stop(self) -> None:
-        if self._listener._thread is not None:  # started
-            self._listener.stop()
-        self.file.close()
-
-    def wanted(self) -> bool:
-        """Whether this request's line is kept (the sample)."""
-        return self.settings.sample >= 1.0 or self._sample() < self.settings.sample
-
-    def write(self, **fields: object) -> None:
-        now = time.time()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-        line = json.dumps({"time": f"{stamp}.{int(now % 1 * 1000):03d}Z", **fields})
-        record = logging.LogRecord("edge.access", logging.INFO, "", 0, line, None, None)
-        self._enqueue.enqueue(record)
+        super().__init__(settings, on_drop=dropped.inc, sample=sample)
 
 
 # What the content handler leaves on the request for its line (aiohttp requests are maps).

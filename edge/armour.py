@@ -16,6 +16,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from cdn.config import MAX_TIMER_S
+from cdn.jsonlog import LOG_BACKUPS, LOG_MAX_BYTES, LOG_QUEUE, JsonLogSettings, parse_json_log
 from cdn.tomltable import Table
 from edge.filters import MAX_URL_BYTES, RULES
 from edge.ratelimit import Network, RateSettings
@@ -91,29 +92,10 @@ def _rule(text: str) -> str:
     return text
 
 
-ACCESS_LOG_MAX_BYTES = 100 * 1024 * 1024  # per file before it rotates
-ACCESS_LOG_BACKUPS = 5  # rotated files kept (access.log.1 ... .5)
-ACCESS_LOG_QUEUE = 10_000  # lines waiting for the writer thread; more are dropped
-MAX_ACCESS_LOG_BYTES = 1 << 40
-
-
-@dataclass(frozen=True, slots=True)
-class AccessLogSettings:
-    """The `[access_log]` table (edge/access_log.py)."""
-
-    path: str | None = None  # None: no access log (the default)
-    sample: float = 1.0  # the fraction of requests logged
-    max_bytes: int = ACCESS_LOG_MAX_BYTES
-    backups: int = ACCESS_LOG_BACKUPS
-    queue_size: int = ACCESS_LOG_QUEUE
+# The `[access_log]` table (edge/access_log.py): the shape of every JSON-lines log.
+AccessLogSettings = JsonLogSettings
+ACCESS_LOG_MAX_BYTES, ACCESS_LOG_BACKUPS, ACCESS_LOG_QUEUE = LOG_MAX_BYTES, LOG_BACKUPS, LOG_QUEUE
 
 
 def parse_access_log(t: Table) -> AccessLogSettings:
-    with t:
-        return AccessLogSettings(
-            path=t.get("path", str, None),
-            sample=t.real("sample", 0, 1, 1.0, lo_open=True),
-            max_bytes=t.integer("max_bytes", 1024, MAX_ACCESS_LOG_BYTES, ACCESS_LOG_MAX_BYTES),
-            backups=t.integer("backups", 0, 1000, ACCESS_LOG_BACKUPS),
-            queue_size=t.integer("queue_size", 1, 10_000_000, ACCESS_LOG_QUEUE),
-        )
+    return parse_json_log(t)

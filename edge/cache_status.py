@@ -1,6 +1,7 @@
 """This cache's member of the Cache-Status response field (RFC 9211).
 
-Each cache on the path appends one list member naming itself and what it did
+Each cache on the path appends one list member naming itself (its node name: the
+router's topology name, ``edge.name``) and what it did
 (RFC 9211 §2): ``hit``, or ``fwd=<reason>`` with ``fwd-status``, ``stored``,
 ``ttl`` and ``detail`` parameters. Values are RFC 8941 structured-field items.
 """
@@ -13,11 +14,14 @@ from typing import Final
 
 __all__ = ["CACHE_NAME", "cache_status"]
 
+# The CDN's name as a surrogate (Surrogate-Control targets, edge/directives.py); each
+# node's Cache-Status member carries its own node name instead.
 CACHE_NAME: Final = "georouter-edge"
 _TOKEN: Final = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*\Z")  # RFC 8941 §3.3.4
 
 
 def cache_status(
+    cache: str,
     outcome_token: str,
     *,
     fwd: str | None = None,
@@ -26,7 +30,8 @@ def cache_status(
     ttl: float | None = None,
     fwd_status: int | None = None,
 ) -> str:
-    """This cache's RFC 9211 §2 Cache-Status member, e.g. 'georouter-edge; hit; ttl=372'.
+    """The RFC 9211 §2 Cache-Status member of the cache named ``cache`` (its node name),
+    e.g. 'edge-eu-1; hit; ttl=372'.
 
     ``outcome_token`` is "hit" or "fwd" (then ``fwd`` names the §2.2 reason).
     """
@@ -44,7 +49,7 @@ def cache_status(
         params.append(f"ttl={math.floor(ttl)}")
     if detail is not None:
         params.append(f"detail={_sf_string_or_token(detail)}")
-    return "; ".join([CACHE_NAME, *params])
+    return "; ".join([_sf_string_or_token(cache), *params])
 
 
 def _sf_string_or_token(value: str) -> str:

@@ -22,6 +22,7 @@ _FLAG_KEYS = {
     "control": "edge.control",
     "origin": "edge.origin",
     "router": "edge.routers",
+    "parent": "edge.parents",
     "token": "edge.token",
     "capacity_rps": "edge.capacity_rps",
     "drain_s": "edge.drain_s",
@@ -45,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--router", action="append", metavar="URL", help="router control URL (repeatable)"
     )
+    serve.add_argument(
+        "--parent", action="append", metavar="URL",
+        help="a parent (shield) content URL, http://host:port (repeatable)",
+    )  # fmt: skip
     serve.add_argument("--token", help="bearer token for load reports and purges")
     serve.add_argument("--cache-size", metavar="SIZE", help="cache store size, e.g. 256M")
     serve.add_argument("--capacity-rps", type=float, metavar="RPS", help="requests/s at 100%%")

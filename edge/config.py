@@ -8,7 +8,11 @@ A config file looks like::
     control = "127.0.0.13:9080"       # /healthz, /metrics, /purge
     origin = "http://127.0.0.1:8000"
     routers = ["http://127.0.0.1:9153"]
-    token = "demo-token"
+    token = "demo-edge-eu-1-token"     # this node's own: [[nodes]] token in the router's topology
+    parents = ["http://127.0.0.21:8080"]   # shields, by rendezvous hash (edge/parents.py)
+    parent_fail_after = 3             # consecutive failures before a parent is down
+    parent_retry_s = 10               # then tried again after this long
+    go_direct = true                  # all parents failed: the origin itself (false: 502)
     previous_tokens = []              # still accepted while clients rotate
     capacity_rps = 2000
     drain_s = 25
@@ -122,6 +126,13 @@ ORIGIN_MIN_RATE_WINDOW_S = 10.0
 # is_stream): Envoy's stream_idle_timeout (5 min), well over the 15-60 s heartbeats SSE
 # servers send and over nginx's 60 s proxy_read_timeout that makes people add them.
 STREAM_IDLE_TIMEOUT_S = 300.0
+# Parents (shields): a parent is down after this many consecutive failed fetches and tried
+# again this long after. Quicker than ATS (10 failures, 300 s): our tier is a handful of
+# shields on one network, where a dead one should stop costing a connect attempt at once
+# and a restarted one (seconds) should get its objects back soon.
+PARENT_FAIL_AFTER = 3
+PARENT_RETRY_S = 10.0
+MAX_PARENT_FAIL_AFTER = 1000
 COALESCE_WAIT_S = 5.0  # how long a request waits for another's fetch of the same key
 REPORT_INTERVAL_S = 1.0
 # Pre-warming (edge/prewarm.py) is background work: a few fetches at a time, and none
@@ -154,6 +165,16 @@ DEFAULT_SITE = "default"  # the name of the site edge.origin makes (any other Ho
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)i?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": KiB, "M": MiB, "G": GiB}
 _SIZE_EXPECTED = "expected a size like 1048576, 512K, 256M or 1G"
+
+
+@dataclass(frozen=True, slots=True)
+class ParentSettings:
+    """The shield tier above this edge (edge.parents and friends; edge/parents.py)."""
+
+    urls: tuple[str, ...] = ()  # content URLs http://host:port; empty: the origin only
+    fail_after: int = PARENT_FAIL_AFTER
+    retry_s: float = PARENT_RETRY_S
+    go_direct: bool = True  # every parent failed: fetch from the origin (else 502)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +264,7 @@ class EdgeConfig:
     websocket: WebSocketSettings = WebSocketSettings()
     armour: ArmourSettings = ArmourSettings()  # noqa: RUF009 (frozen) edge/armour.py
     access_log: AccessLogSettings = AccessLogSettings()  # noqa: RUF009 (frozen)
+    parents: ParentSettings = ParentSettings()
     prewarm_concurrency: int = PREWARM_CONCURRENCY
     prewarm_max_utilization: float = PREWARM_MAX_UTILIZATION
 
@@ -332,6 +354,7 @@ def _edge(
             origin_ca=_file(t, "origin_ca", here),
             origin_verify=t.get("origin_verify", bool, True),
             websocket=websocket,
+            parents=_parents(t),
             prewarm_concurrency=t.integer(
                 "prewarm_concurrency", 1, MAX_PREWARM_CONCURRENCY, PREWARM_CONCURRENCY
             ),
@@ -339,6 +362,31 @@ def _edge(
                 "prewarm_max_utilization", 0, 10, PREWARM_MAX_UTILIZATION, lo_open=True
             ),
         )
+
+
+def _parents(t: Table) -> ParentSettings:
+    urls: list[str] = []
+    for key, text in t.strings("parents"):
+        url = t.item(key, text, _parent_url)
+        if url in urls:
+            raise t.error(key, f"{url} is listed twice")
+        urls.append(url)
+    return ParentSettings(
+        urls=tuple(urls),
+        fail_after=t.integer("parent_fail_after", 1, MAX_PARENT_FAIL_AFTER, PARENT_FAIL_AFTER),
+        retry_s=t.real("parent_retry_s", 0, MAX_TIMER_S, PARENT_RETRY_S, lo_open=True),
+        go_direct=t.get("go_direct", bool, True),
+    )
+
+
+def _parent_url(text: str) -> str:
+    """A parent's content URL: http://host:port, no path (the request's own is sent)."""
+    url = http_url(text, ("http",)).rstrip("/")
+    if url.count("/") > 2:
+        raise ValueError(
+            f"expected a content URL like http://127.0.0.21:8080 (no path), got {text!r}"
+        )
+    return url
 
 
 def _sites(tables: list[Table], here: Path) -> tuple[SiteConfig, ...]:

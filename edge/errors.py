@@ -11,7 +11,7 @@ from typing import Literal
 
 from cdn import errors as shared
 
-OriginFailure = Literal["connect", "timeout", "invalid"]
+OriginFailure = Literal["connect", "timeout", "invalid", "digest"]
 
 
 class EdgeError(shared.CDNError):
@@ -26,7 +26,8 @@ class ConfigError(EdgeError, shared.ConfigError):
 
 
 class OriginError(EdgeError):
-    """The origin could not be reached, was too slow, or sent a malformed response.
+    """The origin could not be reached, was too slow, or sent a malformed response
+    (``digest``: a body that does not match its RFC 9530 digest fields).
 
     ``kind`` is the edge_origin_errors label; ``status`` is what the client gets
     (RFC 9110 §15.6.3 502 Bad Gateway, §15.6.5 504 Gateway Timeout).

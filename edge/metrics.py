@@ -35,7 +35,7 @@ class EdgeMetrics:
         )
         self.origin_errors = Counter(
             "edge_origin_errors",
-            "Origin fetches that failed, by kind (connect, timeout, status_5xx, invalid).",
+            "Origin fetches that failed, by kind (connect, timeout, status_5xx, invalid, digest).",
             ["kind"],
             registry=r,
         )
@@ -43,6 +43,18 @@ class EdgeMetrics:
             "edge_origin_timeouts",
             "Origin fetches that timed out, by the limit that fired (connect, read, head, rate).",
             ["limit"],
+            registry=r,
+        )
+        self.digest_mismatches = Counter(
+            "edge_digest_mismatches",
+            "Origin bodies that did not match their digest field (RFC 9530), by field "
+            "(content: Content-Digest, repr: Repr-Digest): never stored, never delivered whole.",
+            ["field"],
+            registry=r,
+        )
+        self.digests_verified = Counter(
+            "edge_digests_verified",
+            "Origin bodies whose sha-256/sha-512 digest fields (RFC 9530) all matched.",
             registry=r,
         )
         self.bad_requests = Counter(
@@ -132,6 +144,30 @@ class EdgeMetrics:
         self.disk_write_drops = Counter(
             "edge_disk_write_drops",
             "Responses not written to disk because the write queue was full.",
+            registry=r,
+        )
+        self.parent_requests = Counter(
+            "edge_parent_requests",
+            "Fetches sent to a parent (shield), by parent URL and result: ok, connect, "
+            "timeout, invalid (no usable answer) or unavailable (it answered 502/503/504).",
+            ["parent", "result"],
+            registry=r,
+        )
+        self.parent_up = Gauge(
+            "edge_parent_up",
+            "1 while a parent is healthy, 0 once marked down (edge.parent_fail_after "
+            "consecutive failures) until a retry succeeds.",
+            ["parent"],
+            registry=r,
+        )
+        self.parent_go_direct = Counter(
+            "edge_parent_go_direct",
+            "Fetches sent to the origin itself because every parent failed (edge.go_direct).",
+            registry=r,
+        )
+        self.cdn_loops = Counter(
+            "edge_cdn_loops",
+            "Requests answered 508 because their CDN-Loop already named this node (RFC 8586).",
             registry=r,
         )
         self.coalesced = Counter(

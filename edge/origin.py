@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 import ssl
 import time
@@ -38,13 +39,17 @@ from yarl import URL
 
 from edge.access_log import add_origin_time
 from edge.config import Limits
+from edge.digests import DigestCheck, Expected, expected_digests
 from edge.directives import response_cache_control
 from edge.errors import OriginError
 from edge.framing import MalformedResponse, ResponseFraming
 from edge.metrics import EdgeMetrics
 from edge.rules import is_stream, relayed_at_once
 
+log = logging.getLogger("edge.origin")
+
 READ_CHUNK_BYTES = 64 * 1024
+_FIELD_NAMES = {"content": "Content-Digest", "repr": "Repr-Digest"}
 MAX_ORIGIN_CONNECTIONS = 256
 # Idle origin connections are closed by us before a typical origin closes them (Node: 5 s),
 # which narrows the race where a request is written to a connection being closed.
@@ -66,6 +71,8 @@ class OriginResponse:
     response_time: float
     _response: aiohttp.ClientResponse
     _metrics: EdgeMetrics
+    method: str = "GET"
+    url: str = ""  # the origin URL fetched, for log lines
     streamed: bool = False  # slow by design, never stored (rules.is_stream)
     at_once: bool = False  # relayed as it arrives, nothing held back (rules.relayed_at_once)
     # The body's floor: at least _min_bytes_per_s per _window_s of waiting (inf: none).
@@ -73,7 +80,33 @@ class OriginResponse:
     _window_s: float = math.inf
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; a broken or slow body raises OriginError."""
+        """The body as it arrives; a broken or slow body raises OriginError, and so does
+        one that fails its digest fields (RFC 9530, edge/digests.py), before its last
+        chunk: a body with a digest to check is held back by one chunk (not a stream's,
+        relayed at once), released only once the digest matched."""
+        expected = expected_digests(self.method, self.status, self.headers)
+        if not expected:
+            async for chunk in self._chunks():
+                yield chunk
+            return
+        check = DigestCheck(expected)
+        held = b""
+        async for chunk in self._chunks():
+            check.update(chunk)
+            if self.at_once:
+                yield chunk
+                continue
+            if held:
+                yield held
+            held = chunk
+        mismatches = check.mismatches()
+        if mismatches:
+            raise _digest_mismatch(self._metrics, self.url, mismatches)
+        self._metrics.digests_verified.inc()
+        if held:
+            yield held
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
         floor, window = self._min_bytes_per_s, self._window_s
         got, waited = 0, 0.0
         clock = time.monotonic
@@ -277,6 +310,8 @@ class OriginClient:
                 response_time=response_time,
                 _response=response,
                 _metrics=self._metrics,
+                method=method,
+                url=str(url),
                 _min_bytes_per_s=self._min_bytes_per_s,
                 _window_s=math.inf if streamed else self._window_s,
                 streamed=streamed,
@@ -301,6 +336,18 @@ def _timed_out(metrics: EdgeMetrics, limit: str, message: str) -> OriginError:
 def _too_slow(metrics: EdgeMetrics, got: int, waited: float, floor: float) -> OriginError:
     rate = f"{got / waited:.0f} bytes/s over {waited:.1f} s"
     return _timed_out(metrics, "rate", f"body at {rate}, under the floor of {floor:g} bytes/s")
+
+
+def _digest_mismatch(
+    metrics: EdgeMetrics, url: str, mismatches: tuple[Expected, ...]
+) -> OriginError:
+    """A body that is not what its digest fields say: counted, logged with its URL."""
+    fields = sorted({e.field for e in mismatches})
+    for field in fields:
+        metrics.digest_mismatches.labels(field).inc()
+    names = ",".join(f"{_FIELD_NAMES[e.field]}:{e.algorithm}" for e in mismatches)
+    log.warning("event=digest_mismatch url=%r digests=%s", url, names)
+    return OriginError("digest", f"body does not match {names}")
 
 
 def _origin_error(exc: Exception, metrics: EdgeMetrics) -> OriginError:

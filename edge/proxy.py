@@ -6,7 +6,9 @@ Theory of operation, per request (design.md "The edge"; RFC 9111 §4):
     lookup fresh  -> answered from the cache (client conditionals, Range)
     lookup stale  -> stale-while-revalidate: answered from the cache, one background
                      refresh per key; else revalidated (If-None-Match/If-Modified-Since)
-    lookup miss   -> one origin fetch per key at a time (edge/coalesce.py)
+    lookup miss   -> one origin fetch per key at a time (edge/coalesce.py); with one
+                     Range, the whole object is filled in the background and the
+                     range sent as it arrives (edge/fill.py)
     lookup pass   -> forwarded, never stored (e.g. request no-store)
 
 The origin's answer to a miss or a revalidation goes through the response step
@@ -22,6 +24,11 @@ Every answer carries `Via` (RFC 9110 §7.6.3) and this cache's `Cache-Status` me
 The origin gets the origin's own Host (from its URL); the client's Host travels in
 X-Forwarded-Host, its address in X-Forwarded-For.
 
+With parents (shields, edge.parents), a GET/HEAD's fetch goes to the parent its cache key
+hashes to, keeping the client's Host, then the next parent, then the origin
+(edge/upstream.py); other methods go to the origin. Every forwarded request names this
+node in CDN-Loop, and one that names it already is answered 508 (RFC 8586, edge/cdn_loop.py).
+
 The Host chooses the site (edge/sites.py) and so the origin client: `handle` sets the
 request's `Route`, which `self.origin` and `self.route` read (a background refresh started
 by the request inherits it). A Host no site has, or one that needs another certificate
@@ -33,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import assert_never
@@ -43,22 +51,26 @@ from multidict import CIMultiDict
 from edge.access_log import CACHE_RESULT, SITE
 from edge.cache import Cache, Lookup, RequestInfo
 from edge.cache_status import cache_status
+from edge.cdn_loop import loop_id, names
 from edge.coalesce import Coalescer, Flight
 from edge.config import EdgeConfig, SiteConfig
 from edge.disk import DiskLevel
 from edge.entry import CacheEntry
 from edge.errors import OriginError
+from edge.fill import FillHead, Filling, PassOn
 from edge.gate import Gate
 from edge.load import CacheResult, LoadTracker
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginClient, OriginResponse
 from edge.prewarm import HotSet
+from edge.ranges import Spec, early_length, early_range, satisfiable
 from edge.relay import Relay, Reply, UploadBody, narrowed, origin_headers
 from edge.response_step import Freshen, OriginAnswer, Pass, ResponseStep, ServeStale, Store
 from edge.routing import Routing
 from edge.sites import cache_host, misdirected
 from edge.tls import TlsTerminator
 from edge.tunnel import Tunnels
+from edge.upstream import Upstream
 from edge.websocket import wants_websocket
 
 log = logging.getLogger("edge.proxy")
@@ -105,11 +117,14 @@ class Proxy:
         self._on_status_change = on_status_change
         self._relay = Relay(cfg.name, metrics, cfg.cache.max_object_bytes)
         self._refreshes: set[asyncio.Task[None]] = set()
+        self._fills: dict[str, Filling] = {}  # background fills of range misses, by key
         self.tunnels = tunnels
         self.disk: DiskLevel | None = None  # set when the edge has a disk level
         self._memory_hits = metrics.cache_level_hits.labels("memory")
         self._disk_hits = metrics.cache_level_hits.labels("disk")
         self.gate: Gate | None = None  # PURGE and request filters (edge/gate.py)
+        self.upstream = Upstream(cfg.parents, cfg.limits, metrics, clock)
+        self._loop_id = loop_id(cfg.name)
         self.hot: HotSet | None = None  # popularity, for pre-warming (edge/prewarm.py)
         self.prewarm_secret: str | None = None  # marks this edge's own pre-warm fetches
 
@@ -201,6 +216,12 @@ class Proxy:
         )
 
     async def _answer(self, request: web.Request) -> Reply:
+        if names(request.headers.getall("CDN-Loop", []), self._loop_id):
+            # RFC 8586 §2: the request already passed this node; forwarding it would loop.
+            self.metrics.cdn_loops.inc()
+            log.warning("event=cdn_loop target=%r cdn_loop=%r", request.raw_path,
+                        ", ".join(request.headers.getall("CDN-Loop", [])))  # fmt: skip
+            return await self._relay.error(request, 508, "error", "cdn-loop")
         host = cache_host(self.route.site, request.host)
         req = RequestInfo(
             method=request.method, host=host, target=request.raw_path, headers=request.headers
@@ -250,7 +271,7 @@ class Proxy:
     async def _refresh(self, lookup: Lookup, headers: CIMultiDict[str], flight: Flight) -> None:
         stored = False
         try:
-            async with self.origin.fetch("GET", lookup.request.target, headers) as resp:
+            async with self._upstream("GET", lookup, headers) as resp:
                 stored = await self._refresh_from(lookup, resp)
         except OriginError as exc:
             self._count_origin_error(exc.kind)
@@ -278,10 +299,19 @@ class Proxy:
     ) -> Reply:
         flight = self.coalescer.lead(lookup.key)
         if flight is not None:
+            spec = early_range(req.method, req.headers) if lookup.entry is None else None
+            if spec is not None:
+                return await self._range_miss(request, req, lookup, flight, spec)
             return await self._fetch(request, req, lookup, flight)
         current = self.coalescer.current(lookup.key)
         assert current is not None
         self.metrics.coalesced.inc()
+        filling = self._fills.get(lookup.key)
+        spec = early_range(req.method, req.headers)
+        if filling is not None and spec is not None:
+            reply = await self._range_from_fill(request, filling, spec)
+            if reply is not None:
+                return reply
         await self.coalescer.follow(current, self.cfg.limits.coalesce_wait_s)
         # Stored or not, the cache now knows best: serve what it holds, else fetch alone.
         again = self.cache.lookup(req, self._clock())
@@ -296,7 +326,7 @@ class Proxy:
         headers.update(lookup.revalidate_headers)  # empty unless revalidating a stale entry
         stored = False
         try:
-            async with self.origin.fetch("GET", req.target, headers) as resp:
+            async with self._upstream("GET", lookup, headers) as resp:
                 reply = await self._answer_fill(request, lookup, resp, flight)
                 stored = reply.stored
                 return reply
@@ -305,6 +335,115 @@ class Proxy:
         finally:
             if flight is not None:
                 self.coalescer.finish(flight, stored=stored)
+
+    async def _range_miss(
+        self, request: web.Request, req: RequestInfo, lookup: Lookup, flight: Flight, spec: Spec
+    ) -> Reply:
+        """A Range request for an uncached object (RFC 9110 §14.2): the whole object is
+        fetched in the background (edge/fill.py) and this request's range is sent from
+        it as it arrives, so the 206 need not wait for the whole object."""
+        filling = self._fills[lookup.key] = Filling()
+        headers = origin_headers(request, self.cfg.name, fill=True)
+        task = asyncio.create_task(self._fill_behind(lookup, headers, flight, filling))
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
+        try:
+            head = await filling.head()
+            if isinstance(head, PassOn):  # not storable: relayed as it is, nothing shared
+                return await self._pass_on(request, req, head)
+            if head is None:  # the fill stopped without an answer: fetch alone
+                return await self._forward(request, req, lookup)
+            if head.length is None:
+                return await self._after_fill(request, req, lookup, head, filling)
+            ranges = satisfiable([spec], head.length)
+            return await self._relay.early_range(request, head, ranges, filling.read)
+        except OriginError as exc:  # counted and logged by the fill
+            if self._relay.started(request):
+                return self._relay.abort(request)
+            return await self._relay.error(request, exc.status, "error", f"origin-{exc.kind}")
+        finally:
+            filling.abandon()  # a client that left releases an answer handed to it
+
+    async def _range_from_fill(
+        self, request: web.Request, filling: Filling, spec: Spec
+    ) -> Reply | None:
+        """Another Range request for an object a range miss is filling: its range is sent
+        from the same fill as it arrives; None to follow the flight as usual (the answer
+        is not one to share, its length is unknown, or it Varies: this request might
+        select another variant)."""
+        try:
+            head = await filling.head()
+        except OriginError:
+            return None  # the flight has ended: the cache decides, as for any follower
+        if not isinstance(head, FillHead) or head.length is None or "Vary" in head.headers:
+            return None
+        try:
+            ranges = satisfiable([spec], head.length)
+            return await self._relay.early_range(request, head, ranges, filling.read)
+        except OriginError:
+            return self._relay.abort(request) if self._relay.started(request) else None
+
+    async def _pass_on(self, request: web.Request, req: RequestInfo, head: PassOn) -> Reply:
+        try:
+            resp = head.response
+            member = cache_status(
+                self.cfg.name, "fwd", fwd=head.fwd, stored=False, fwd_status=resp.status
+            )
+            return await self._relay_origin(request, req, resp, member, "pass", None)
+        finally:
+            head.relayed.set()
+
+    async def _after_fill(
+        self, request: web.Request, req: RequestInfo, lookup: Lookup, head: FillHead, f: Filling
+    ) -> Reply:
+        """The fill's range cannot be cut as it arrives: answer from the store once it ends."""
+        await f.finished()
+        again = self.cache.lookup(req, self._clock())
+        if again.outcome == "fresh" and again.entry is not None:
+            return await self._relay.stored(
+                request, req, again.entry, self._clock(), head.member, "miss"
+            )
+        return await self._forward(request, req, lookup)
+
+    async def _fill_behind(
+        self, lookup: Lookup, headers: CIMultiDict[str], flight: Flight, filling: Filling
+    ) -> None:
+        """Fetch and store the whole object for ``_range_miss``, publishing its progress."""
+        stored = False
+        limit = self.cfg.cache.max_object_bytes
+        try:
+            async with self._upstream("GET", lookup, headers) as resp:
+                step = self._respond(lookup, resp)
+                if not isinstance(step, Store) or resp.at_once:
+                    # Nothing to share: followers fetch on their own now (as _answer_fill).
+                    self.coalescer.finish(flight, stored=False)
+                    fwd = step.fwd if isinstance(step, Store | Pass) else "miss"
+                    handed = PassOn(resp, fwd, asyncio.Event())
+                    filling.publish(handed)
+                    await handed.relayed.wait()
+                    return
+                member = cache_status(
+                    self.cfg.name, "fwd", fwd=step.fwd, stored=True, fwd_status=resp.status
+                )
+                length = early_length(resp.status, resp.headers, limit)
+                filling.publish(FillHead(resp.status, resp.headers, length, member))
+                async for chunk in resp.chunks():
+                    filling.add(chunk)
+                    if filling.size > limit:
+                        filling.end()  # too large to keep after all: the waiter fetches alone
+                        return
+                stored = self.cache.fill(step, filling.body()) is not None
+                filling.end()
+        except OriginError as exc:
+            self._count_origin_error(exc.kind)
+            log.info("event=origin_error kind=%s target=%r error=%r",
+                     exc.kind, lookup.request.target, exc.message)  # fmt: skip
+            filling.fail(exc)
+        finally:
+            filling.close()
+            if self._fills.get(lookup.key) is filling:
+                del self._fills[lookup.key]
+            self.coalescer.finish(flight, stored=stored)
 
     async def _answer_fill(
         self, request: web.Request, lookup: Lookup, resp: OriginResponse, flight: Flight | None
@@ -324,17 +463,35 @@ class Proxy:
             case ServeStale():
                 return await self._serve_stale(request, req, step.entry, step.detail)
             case Store():
-                member = cache_status("fwd", fwd=step.fwd, stored=True, fwd_status=resp.status)
+                member = cache_status(
+                    self.cfg.name, "fwd", fwd=step.fwd, stored=True, fwd_status=resp.status
+                )
                 return await self._relay_origin(request, req, resp, member, "miss", step)
             case Pass():
                 if flight is not None:
                     # Nothing to share: followers fetch on their own now, not once the body
                     # ends (a stream may never end).
                     self.coalescer.finish(flight, stored=False)
-                member = cache_status("fwd", fwd=step.fwd, stored=False, fwd_status=resp.status)
+                member = cache_status(
+                    self.cfg.name, "fwd", fwd=step.fwd, stored=False, fwd_status=resp.status
+                )
                 return await self._relay_origin(request, req, resp, member, "pass", None)
             case _:
                 assert_never(step)
+
+    def _upstream(
+        self, method: str, lookup: Lookup, headers: CIMultiDict[str]
+    ) -> AbstractAsyncContextManager[OriginResponse]:
+        """Fetch for ``lookup`` through the parents (if any) or from the site's origin.
+        ``headers`` come from origin_headers, whose X-Forwarded-Host is the client's Host."""
+        return self.upstream.fetch(
+            method,
+            lookup.request.target,
+            headers,
+            origin=self.origin,
+            key=lookup.key,
+            host=headers["X-Forwarded-Host"],
+        )
 
     def _respond(self, lookup: Lookup, resp: OriginResponse) -> ResponseStep:
         """The response step for ``resp``, counted: a 5xx is an origin error, and a
@@ -383,8 +540,10 @@ class Proxy:
         """A GET/HEAD the cache will neither answer nor store (e.g. request no-store)."""
         headers = origin_headers(request, self.cfg.name, fill=False)
         try:
-            async with self.origin.fetch(req.method, req.target, headers) as resp:
-                member = cache_status("fwd", fwd=lookup.fwd or "bypass", fwd_status=resp.status)
+            async with self._upstream(req.method, lookup, headers) as resp:
+                member = cache_status(
+                    self.cfg.name, "fwd", fwd=lookup.fwd or "bypass", fwd_status=resp.status
+                )
                 return await self._relay_origin(request, req, resp, member, "pass", None)
         except OriginError as exc:
             return await self._origin_failed(request, req, lookup, exc)
@@ -404,7 +563,7 @@ class Proxy:
             body = None if upload is None else upload.chunks()
             async with self.origin.fetch(req.method, req.target, headers, body) as resp:
                 self.cache.invalidate(req, resp.status, resp.headers)
-                member = cache_status("fwd", fwd="method", fwd_status=resp.status)
+                member = cache_status(self.cfg.name, "fwd", fwd="method", fwd_status=resp.status)
                 return await self._relay_origin(request, req, resp, member, "pass", None)
         except OriginError as exc:
             if upload is not None and upload.too_large:

@@ -15,7 +15,16 @@ from typing import Final
 from edge.directives import Headers, split_list
 from edge.rules import parse_http_date, strong_match
 
-__all__ = ["MAX_RANGES", "ByteRange", "RangeAnswer", "answer_range", "parse_range", "satisfiable"]
+__all__ = [
+    "MAX_RANGES",
+    "ByteRange",
+    "RangeAnswer",
+    "answer_range",
+    "early_length",
+    "early_range",
+    "parse_range",
+    "satisfiable",
+]
 
 # RFC 9110 §14.2: a server MAY ignore a range set that is large or fragmented
 # (a cheap amplification vector); beyond this many specs we serve the full 200.
@@ -139,3 +148,26 @@ def _multipart(ranges: list[ByteRange], content_type: str | None, body: bytes) -
     parts.append(f"\r\n--{boundary}--\r\n".encode())
     headers = {"Content-Type": f"multipart/byteranges; boundary={boundary}"}
     return RangeAnswer(206, headers, b"".join(parts))
+
+
+def early_range(method: str, req_headers: Headers) -> Spec | None:
+    """The one range a request for an uncached object can be answered with before the
+    whole object is in (the edge fills it in the background meanwhile), or None to
+    answer as usual: not a GET, no Range, an If-Range (it needs the stored validator),
+    an invalid set, or several ranges (multipart waits for the whole object)."""
+    value = req_headers.get("Range")
+    if value is None or method != "GET" or "If-Range" in req_headers:
+        return None
+    specs = parse_range(value)
+    if specs is None or len(specs) != 1:
+        return None
+    return specs[0]
+
+
+def early_length(status: int, headers: Headers, max_bytes: int) -> int | None:
+    """The length of a fill's body if a range of it may be sent as it arrives: a 200
+    with a Content-Length the store would take (else None: answer as usual)."""
+    length = headers.get("Content-Length", "").strip()
+    if status != 200 or not length.isdigit() or int(length) > max_bytes:
+        return None
+    return int(length)

@@ -62,8 +62,9 @@ HOP_BY_HOP: Final = frozenset(
 # RFC 9111 §3.2: fields a 304 must not overwrite because they describe the
 # stored bytes themselves (the "stored response depends upon" exception).
 NOT_UPDATED_BY_304: Final = frozenset(
-    {"content-length", "content-encoding", "content-md5", "content-range", "etag"}
-)
+    {"content-length", "content-encoding", "content-md5", "content-range", "etag",
+     "content-digest", "repr-digest"}  # RFC 9530: they describe the stored bytes
+)  # fmt: skip
 # Media types whose bodies are open-ended by design (HTML Living Standard §9.2 event streams).
 STREAM_MEDIA_TYPES: Final = frozenset({"text/event-stream"})
 # Statuses whose responses have no body (RFC 9110 §6.4.1): never a stream.

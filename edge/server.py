@@ -136,6 +136,7 @@ class EdgeServer:
     async def start(self) -> None:
         """Bind the content and control ports and start reporting."""
         await self.proxy.routing.start()
+        await self.proxy.upstream.start()
         await self.tunnels.start()
         if self.disk is not None:
             try:
@@ -201,6 +202,7 @@ class EdgeServer:
             await self.disk.close()
         await self.tunnels.close()
         await self.proxy.routing.close()
+        await self.proxy.upstream.close()
         if self.access_log is not None:
             self.access_log.stop()
             self.access_log = None

@@ -266,7 +266,7 @@ class Tunnels:
         headers = strip_hop_by_hop(refused.headers)
         for field in ("Content-Length", *_HANDSHAKE_FIELDS):
             headers.popall(field, None)
-        member = cache_status("fwd", fwd="bypass", fwd_status=refused.status)
+        member = cache_status(self.name, "fwd", fwd="bypass", fwd_status=refused.status)
         out = client_headers(headers, self._via(request), member)
         return await send(request, refused.status, out, refused.body, refused.reason)
 
@@ -283,7 +283,7 @@ class Tunnels:
         if status == 503:
             plain["Retry-After"] = "1"  # another edge, through DNS, or this one shortly
         plain.update(extra or {})
-        member = cache_status("fwd", fwd="bypass", detail=detail)
+        member = cache_status(self.name, "fwd", fwd="bypass", detail=detail)
         headers = client_headers(plain, self._via(request), member)
         return await send(request, status, headers, f"{status} {detail}\n".encode())
 

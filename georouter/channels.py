@@ -58,15 +58,16 @@ class Receipt:
     report: LoadReport | None = None  # decoded, of a known node
 
 
-Accept = Callable[[bytes, bool], Receipt]  # (body, over a channel) → receipt
-Check = Callable[[web.Request], bool]
-Refuse = Callable[[web.Request], web.Response]
+# (body, over a channel, the channel's Authorization header) → receipt
+Accept = Callable[[bytes, bool, str | None], Receipt]
+Refuse = Callable[[web.Request], web.Response | None]  # the refusal, or None: admitted
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(slots=True, eq=False)  # by identity: kept in a set
 class _Channel:
     ws: web.WebSocketResponse
+    authorization: str | None = None  # checked against every report's node
     node: str | None = None
     draining: bool = False
     rejected: bool = False
@@ -93,11 +94,11 @@ class Channels:
         self._closing = False
         self._tasks: set[asyncio.Task[bool]] = set()
 
-    def handler(self, accept: Accept, authorized: Check, unauthorized: Refuse) -> Handler:
+    def handler(self, accept: Accept, refusal: Refuse) -> Handler:
         async def channel(request: web.Request) -> web.StreamResponse:
-            if not authorized(request):  # before the upgrade: a plain 401, like a report
-                self._metrics.reports.labels("unauthorized").inc()
-                return unauthorized(request)
+            refused = refusal(request)  # before the upgrade: a plain 401, like a report
+            if refused is not None:
+                return refused
             if len(self._open) >= self._max_open():
                 self._metrics.channel_closes.labels("over_limit").inc()
                 return web.json_response({"error": "too many report channels"}, status=503)
@@ -105,7 +106,7 @@ class Channels:
                 heartbeat=self._heartbeat_s(), max_msg_size=MAX_MESSAGE_BYTES
             )
             await ws.prepare(request)
-            await self._serve(_Channel(ws), accept)
+            await self._serve(_Channel(ws, request.headers.get("Authorization")), accept)
             return ws
 
         return channel
@@ -134,7 +135,7 @@ class Channels:
             c.rejected = True
             await c.ws.close(code=WS_UNSUPPORTED_DATA, message=b"text reports only")
             return False
-        receipt = accept(data.encode(), True)
+        receipt = accept(data.encode(), True, c.authorization)
         report = receipt.report
         if receipt.status != 200 or report is None or c.node not in (None, report.node):
             c.rejected = True

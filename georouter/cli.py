@@ -23,7 +23,9 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the authoritative DNS server and control API")
     with_config(serve)
-    serve.add_argument("--dns", help="override router.dns_listen (HOST:PORT)")
+    serve.add_argument(
+        "--dns", help="override router.dns_listen (HOST:PORT, several separated by commas)"
+    )
     serve.add_argument("--control", help="override router.control_listen (HOST:PORT)")
 
     check = sub.add_parser("check", help="validate a config (and GeoIP database) and exit")

@@ -27,9 +27,11 @@ def check(config_path: Path, geoip_path: Path | None) -> int:
     built = datetime.fromtimestamp(meta.build_epoch, UTC).date()
     zones = ", ".join(z.origin for z in config.zones)
     regions = ", ".join(r.name for r in config.regions)
+    shields = tuple(node for node in config.nodes if node.role == "shield")
+    nodes = _count(config.nodes, "node") + (f" ({_count(shields, 'shield')})" if shields else "")
     print(
         f"{config_path}: ok: {_count(config.zones, 'zone')} ({zones}), "
-        f"{_count(config.regions, 'region')} ({regions}), {_count(config.nodes, 'node')}, "
+        f"{_count(config.regions, 'region')} ({regions}), {nodes}, "
         f"{_count(config.overrides, 'override')}; geoip: {meta.database_type} built {built} "
         f"({'embedded' if path is None else path})"
     )

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
+from typing import Literal
 
 from cdn.config import (
     MAX_CAPACITY_RPS,
@@ -27,6 +28,7 @@ from cdn.config import (
     parse_host_port,
     previous_tokens,
 )
+from cdn.jsonlog import JsonLogSettings, parse_json_log
 from cdn.prewarm import MAX_HOT, MAX_ORDER_URLS
 from cdn.tomltable import Table, read_toml
 from georouter.cookies import SECRET_BYTES, CookieSecrets
@@ -53,6 +55,7 @@ IPNetwork = IPv4Network | IPv6Network
 # Installed or editable, the package is a directory and the resource a plain file.
 DEFAULT_CONFIG = Path(str(files("georouter") / "data" / "cdn.toml"))
 DNS_LISTEN = "127.0.0.1:5300"
+MAX_DNS_LISTEN = 16  # addresses in router.dns_listen (each is a UDP and a TCP socket)
 CONTROL_LISTEN = "127.0.0.1:9153"
 ANSWER_TTL_S = 20
 DEGRADED_TTL_S = 5  # failover, spill, fail-open and degraded-region answers (health-derived TTL)
@@ -83,14 +86,21 @@ _COUNTRY = re.compile(r"[A-Z]{2}")
 
 @dataclass(frozen=True, slots=True)
 class RouterSettings:
-    dns_listen: HostPort
+    dns_listens: tuple[HostPort, ...]  # router.dns_listen: one address or a list of them
     control_listen: HostPort
-    token: str
+    token: str = ""  # shared by nodes without their own token (before per-node tokens)
     geoip: Path | None = None  # None: the embedded GeoLite2-City
     dns_workers: int = DNS_WORKERS
     previous_tokens: tuple[str, ...] = ()  # still accepted while edges move to `token`
     state_dir: Path | None = None  # None: default_state_dir(the config file)
     fanout_timeout_s: float = FANOUT_TIMEOUT_S
+    operator_token: str = ""  # drain, undrain, weight, purge; "": router.token (a warning)
+    previous_operator_tokens: tuple[str, ...] = ()  # still accepted during a rotation
+
+    @property
+    def dns_listen(self) -> HostPort:
+        """The first DNS address (the one named in logs and in the demo's guide)."""
+        return self.dns_listens[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +154,12 @@ class Override:
     region: str
 
 
+# "edge": handed to clients in DNS answers. "shield": a parent the edges fill from (edge
+# edge.parents), probed, shown and purged like an edge but never in an answer.
+NodeRole = Literal["edge", "shield"]
+NODE_ROLES: tuple[NodeRole, ...] = ("edge", "shield")
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     name: str
@@ -152,6 +168,8 @@ class Node:
     control_url: str  # probed at {control_url}/healthz
     ipv4: IPv4Address | None = None
     ipv6: IPv6Address | None = None
+    tokens: tuple[str, ...] = ()  # its own token, then previous_tokens; (): router.token
+    role: NodeRole = "edge"
 
     @property
     def health_url(self) -> str:
@@ -171,6 +189,7 @@ class RouterConfig:
     bus: BusSettings = BusSettings()
     rrl: RrlConfig | None = None  # [rrl]: off unless present, as in BIND
     cookies: CookieSecrets | None = None  # [cookies]: None = a random secret per start
+    query_log: JsonLogSettings = JsonLogSettings()  # noqa: RUF009 (frozen) [query_log]: off
     prewarm: PrewarmLimits = PrewarmLimits()  # noqa: RUF009 (frozen) [prewarm]: quotas, popularity
     regions_by_name: dict[str, Region] = field(default_factory=dict, compare=False, repr=False)
 
@@ -198,12 +217,18 @@ def load_config(path: Path) -> RouterConfig:
         policy = _policy(top.table("policy"), regions)
         health = _health(top.table("health"))
         nodes = _nodes(top.tables("nodes"), regions)
-        fleet = Inventory(regions.keys(), {node.name: node.region for node in nodes})
+        _check_credentials(top, router, nodes)
+        fleet = Inventory(
+            regions.keys(),
+            {node.name: node.region for node in nodes if node.role == "edge"},
+            frozenset(node.name for node in nodes if node.role == "shield"),
+        )
         zones = read_zones(top, top.tables("zones"), fleet)
         overrides = _overrides(top.tables("overrides"), regions)
         bus = _bus(top.table("bus"))
         rrl = _rrl(top.table("rrl")) if top.has("rrl") else None
         cookies = _cookies(top.table("cookies")) if top.has("cookies") else None
+        query_log = _query_log(top.table("query_log"), path.absolute().parent)
         prewarm = _prewarm(top.table("prewarm"))
     return RouterConfig(
         source=path,
@@ -217,6 +242,7 @@ def load_config(path: Path) -> RouterConfig:
         bus=bus,
         rrl=rrl,
         cookies=cookies,
+        query_log=query_log,
         prewarm=prewarm,
         regions_by_name=regions,
     )
@@ -225,16 +251,64 @@ def load_config(path: Path) -> RouterConfig:
 def _router(t: Table, config_dir: Path) -> RouterSettings:
     with t:
         return RouterSettings(
-            dns_listen=t.parsed("dns_listen", parse_host_port, DNS_LISTEN),
+            dns_listens=_dns_listens(t),
             control_listen=t.parsed("control_listen", parse_host_port, CONTROL_LISTEN),
-            token=t.parsed("token", bearer_token),
+            token=t.optional("token", bearer_token) or "",
             geoip=t.optional("geoip", lambda text: _file_path(text, config_dir)),
             dns_workers=t.integer("dns_workers", 1, MAX_DNS_WORKERS, DNS_WORKERS),
             previous_tokens=previous_tokens(t),
             state_dir=t.optional("state_dir", lambda text: _dir_path(text, config_dir)),
             fanout_timeout_s=t.real("fanout_timeout_s", 0, MAX_TIMER_S, FANOUT_TIMEOUT_S,
                                     lo_open=True),
+            operator_token=t.optional("operator_token", bearer_token) or "",
+            previous_operator_tokens=previous_tokens(t, "previous_operator_tokens"),
         )  # fmt: skip
+
+
+def _dns_listens(t: Table) -> tuple[HostPort, ...]:
+    """router.dns_listen: "HOST:PORT" or a list of them (IPv4 and IPv6 from one router)."""
+    if not t.has("dns_listen") or isinstance(t.get("dns_listen", object), str):
+        return (t.parsed("dns_listen", parse_host_port, DNS_LISTEN),)
+    items = t.strings("dns_listen")
+    if not 1 <= len(items) <= MAX_DNS_LISTEN:
+        raise t.error("dns_listen", f"expected 1..{MAX_DNS_LISTEN} addresses")
+    listens = tuple(t.item(key, text, parse_host_port) for key, text in items)
+    for (key, _), where in zip(items[1:], listens[1:], strict=True):
+        if listens.count(where) > 1:
+            raise t.error(key, f"{where} listed twice")
+    return listens
+
+
+def _query_log(t: Table, config_dir: Path) -> JsonLogSettings:
+    settings = parse_json_log(t)
+    if settings.path is None:
+        return settings
+    if not settings.path:
+        raise t.error("path", "expected a file path")
+    return replace(settings, path=str(_file_path(settings.path, config_dir)))
+
+
+def _check_credentials(top: Table, router: RouterSettings, nodes: tuple[Node, ...]) -> None:
+    """Every node has a credential; no token is both a node's and an operator's, or two
+    nodes' (either would let one holder act as another)."""
+    owners: dict[str, str] = {}
+    for i, node in enumerate(nodes):
+        if not node.tokens and not router.token:
+            raise top.error(f"nodes[{i}].token", "expected a token (or a shared router.token)")
+        for token in node.tokens:
+            if owners.setdefault(token, node.name) != node.name:
+                raise top.error(f"nodes[{i}].token", f"same token as node {owners[token]!r}")
+    if not router.operator_token and not router.token:
+        raise top.error("router.operator_token", "expected a token for drain, weight and purge")
+    for key, tokens in (
+        ("operator_token", (router.operator_token, *router.previous_operator_tokens)),
+        ("token", (router.token, *router.previous_tokens)),
+    ):
+        for token in tokens:
+            if token in owners:
+                raise top.error(f"router.{key}", f"same token as node {owners[token]!r}")
+    if router.operator_token and router.operator_token == router.token:
+        raise top.error("router.operator_token", "must differ from router.token (edges hold it)")
 
 
 def default_state_dir(config_path: Path) -> Path:
@@ -452,10 +526,27 @@ def _node(t: Table, seen: set[str], regions: Mapping[str, Region]) -> Node:
             control_url=t.parsed("control_url", http_url),
             ipv4=t.optional("ipv4", lambda text: ip_address_of(text, IPv4Address)),
             ipv6=t.optional("ipv6", lambda text: ip_address_of(text, IPv6Address)),
+            tokens=_node_tokens(t),
+            role=t.parsed("role", _role, "edge"),
         )
     if node.ipv4 is None and node.ipv6 is None:
         raise t.error("", "a node needs an ipv4 or an ipv6 address (or both)")
     return node
+
+
+def _node_tokens(t: Table) -> tuple[str, ...]:
+    token = t.optional("token", bearer_token)
+    previous = previous_tokens(t)
+    if token is None and previous:
+        raise t.error("previous_tokens", "expected a token to rotate to")
+    return () if token is None else (token, *previous)
+
+
+def _role(text: str) -> NodeRole:
+    for role in NODE_ROLES:
+        if text == role:
+            return role
+    raise ValueError(f"expected {' | '.join(NODE_ROLES)}, got {text!r}")
 
 
 def _overrides(tables: list[Table], regions: Mapping[str, Region]) -> tuple[Override, ...]:

@@ -36,6 +36,7 @@ from cdn.report import CHANNEL_PATH, MAX_REPORT_BYTES, REPORT_PATH, LoadReport, 
 from georouter import fleet_api
 from georouter.channels import MAX_CHANNELS_PER_NODE, Channels, Receipt
 from georouter.controller import Controller
+from georouter.credentials import Credentials, Refusal
 from georouter.fleet import NODE_STATES, Fleet, NodeStatus, Observe, Transition
 from georouter.metrics import RouterMetrics
 from georouter.selector import Selector
@@ -49,12 +50,12 @@ MAX_BODY_BYTES = 2 * MAX_REPORT_BYTES
 
 @dataclass(slots=True)
 class ControlPlane:
-    """What the control API works on; a reload replaces `tokens` in place."""
+    """What the control API works on; a reload replaces `credentials` in place."""
 
     fleet: Fleet
     selector: Selector
     metrics: RouterMetrics
-    tokens: tuple[str, ...]  # router.token, then router.previous_tokens (a rotation)
+    credentials: Credentials  # per node and for operators (georouter/credentials.py)
     controller: Controller
     clock: Callable[[], float] = time.monotonic
     labelled: set[tuple[str, str]] = field(default_factory=set)  # (region, node) with series
@@ -89,13 +90,13 @@ def make_control_app(plane: ControlPlane) -> web.Application:
         lambda: plane.clock(),
     )
     app[CHANNELS] = channels
-    accept = lambda body, channel: _accept(plane, body, channel=channel)  # noqa: E731
-    app.router.add_get(CHANNEL_PATH, channels.handler(accept, _authorized, _unauthorized))
+    accept = lambda body, channel, authorization: _accept(  # noqa: E731
+        plane, body, channel=channel, authorization=authorization
+    )
+    app.router.add_get(CHANNEL_PATH, channels.handler(accept, _channel_refusal))
     app.on_shutdown.append(lambda app: app[CHANNELS].close_all())
     app.router.add_get("/api/v1/nodes", _nodes)
-    api = fleet_api.FleetApi(
-        plane.controller, plane.fleet, plane.metrics, _authorized, _unauthorized
-    )
+    api = fleet_api.FleetApi(plane.controller, plane.fleet, plane.metrics, operator_refusal)
     fleet_api.add_routes(app, api)  # drain, undrain, weight, purge
     return app
 
@@ -131,15 +132,42 @@ def _plane(request: web.Request) -> ControlPlane:
     return request.app[CONTROL]
 
 
-def _authorized(request: web.Request) -> bool:
-    return auth.authorized(request.headers.get("Authorization"), _plane(request).tokens)
+def operator_refusal(request: web.Request) -> web.Response | None:
+    """The one check of every operator action (drain, undrain, weight, purge, prewarm):
+    None if the request carries an operator token, else the 401 or 403 to send (counted)."""
+    plane = _plane(request)
+    refusal = plane.credentials.for_operator(request.headers.get("Authorization"))
+    return None if refusal is None else _refused(plane, request, refusal, action="operator")
 
 
-def _unauthorized(request: web.Request) -> web.Response:
-    challenge = auth.challenge("georouter", request.headers.get("Authorization"))
+def _channel_refusal(request: web.Request) -> web.Response | None:
+    """Before a channel's upgrade: it must carry some node's token (each report on it is
+    then checked against the node it names)."""
+    plane = _plane(request)
+    refusal = plane.credentials.for_any_node(request.headers.get("Authorization"))
+    if refusal is None:
+        return None
+    plane.metrics.reports.labels("unauthorized").inc()
+    return _refused(plane, request, refusal, action="channel")
+
+
+def _refused(
+    plane: ControlPlane, request: web.Request, refusal: Refusal, *, action: str
+) -> web.Response:
+    plane.metrics.auth_refused.labels(action, refusal.reason).inc()
+    authorization = request.headers.get("Authorization")
+    if refusal.status == 403:
+        return web.json_response({"error": _FORBIDDEN[refusal.reason]}, status=403)
+    challenge = auth.challenge("georouter", authorization)
     return web.json_response(
         {"error": auth.UNAUTHORIZED}, status=401, headers={"WWW-Authenticate": challenge}
     )
+
+
+_FORBIDDEN = {
+    "wrong_node": "this token is not the credential of the node the report names",
+    "not_operator": "this action needs the operator token",
+}
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -164,21 +192,34 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _report(request: web.Request) -> web.Response:
     plane = _plane(request)
-    if not _authorized(request):
+    authorization = request.headers.get("Authorization")
+    refusal = plane.credentials.for_any_node(authorization)
+    if refusal is not None:  # before the body is read: a stranger costs nothing
         plane.metrics.reports.labels("unauthorized").inc()
-        return _unauthorized(request)
-    receipt = _accept(plane, await request.read(), channel=False)
+        return _refused(plane, request, refusal, action="report")
+    receipt = _accept(plane, await request.read(), channel=False, authorization=authorization)
     return web.Response(body=receipt.body, status=receipt.status, content_type="application/json")
 
 
-def _accept(plane: ControlPlane, body: bytes, *, channel: bool) -> Receipt:
-    """Apply one authorized report, from a POST or a channel message."""
+def _accept(
+    plane: ControlPlane, body: bytes, *, channel: bool, authorization: str | None
+) -> Receipt:
+    """Apply one report, from a POST or a channel message, if it is signed with the
+    credential of the node it names."""
     reports = plane.metrics.reports
     try:
         report = LoadReport.from_json(body)
     except ReportError as exc:
         reports.labels("rejected").inc()
         return Receipt(400, _error(str(exc)))
+    if report.node not in plane.fleet.statuses:
+        reports.labels("unknown_node").inc()
+        return Receipt(404, _error(f"unknown node {report.node!r}"))
+    refusal = plane.credentials.for_node(authorization, report.node)
+    if refusal is not None:
+        reports.labels("unauthorized").inc()
+        plane.metrics.auth_refused.labels("channel" if channel else "report", refusal.reason).inc()
+        return Receipt(refusal.status, _error(_FORBIDDEN.get(refusal.reason, auth.UNAUTHORIZED)))
     result = plane.fleet.apply_report(report, plane.clock(), channel=channel)
     reports.labels(result).inc()
     if result == "unknown_node":
@@ -206,6 +247,7 @@ def _node_json(s: NodeStatus, selector: Selector, now: float) -> dict[str, Any]:
     return {
         "name": s.node.name,
         "region": s.node.region,
+        "role": s.node.role,
         "state": s.state,
         "reason": s.reason,
         "capacity_rps": s.node.capacity_rps,

@@ -35,6 +35,7 @@ from cdn.purge import Purge, new_purge_id
 from cdn.report import MAX_REPLY_PURGES, LoadReport
 from georouter.bus import Bus, BusUnavailable, Overrides
 from georouter.config import Node, RouterConfig
+from georouter.credentials import Credentials
 from georouter.fanout import fan_out, post_all
 from georouter.fleet import FAMILIES, Fleet, FleetSnapshot, Pool
 from georouter.metrics import RouterMetrics
@@ -196,7 +197,7 @@ class Controller:
             self._session,
             purge=record.purge,
             nodes=owed,
-            token=self.config.router.token,
+            token=Credentials.of(self.config).node_token,
             deadline_s=self.config.router.fanout_timeout_s,
             settle=lambda node, result: self._settle(record.purge.id, node, result),
         )
@@ -225,11 +226,7 @@ class Controller:
 
     def edges_of(self, region: str) -> tuple[Node, ...]:
         """The region's edges: role "edge" (shields fill through their children)."""
-        return tuple(
-            n
-            for n in self.config.nodes
-            if n.region == region and getattr(n, "role", "edge") == "edge"
-        )
+        return tuple(n for n in self.config.nodes if n.region == region and n.role == "edge")
 
     async def prewarm(self, region: str, urls: tuple[str, ...], site: str | None) -> PrewarmTask:
         """An operator's task to the region's edges (PrewarmRefused if bad or over quota)."""
@@ -288,7 +285,8 @@ class Controller:
         owed = {n: urls[n] for n, p in task.nodes.items() if p.delivery != SENT and n in urls}
         results = await post_all(
             self._session, path=PREWARM_PATH, body=task.order.to_dict(), nodes=owed,
-            token=self.config.router.token, deadline_s=self.config.router.fanout_timeout_s,
+            token=Credentials.of(self.config).node_token,
+            deadline_s=self.config.router.fanout_timeout_s,
             settle=lambda node, result: self._delivered(task.id, node, result), done=SENT,
         )  # fmt: skip
         for node, result in results.items():

@@ -170,26 +170,35 @@ class UdpShell:
         self._duration.observe(perf_counter() - started)
 
 
+class CannotListen(OSError):
+    """An address of the DNS listener could not be bound: which one, and the OS error."""
+
+    def __init__(self, where: HostPort, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror)
+        self.where = where
+        self.error = error
+
+
 class DnsService:
-    """The router's DNS listener: UDP and TCP on one host:port."""
+    """The router's DNS listener: UDP and TCP on each of its host:port addresses (an IPv4
+    and an IPv6 one, say). The TCP limits are the service's, shared by every address."""
 
     def __init__(
         self,
         responder: Responder,
-        listen: HostPort,
+        listen: HostPort | tuple[HostPort, ...],
         metrics: RouterMetrics,
         limits: TcpLimits = TcpLimits(),
         guard: Guard | None = None,  # None: cookies with a random secret, no RRL
     ) -> None:
         self.responder = responder
         self.guard = guard or Guard(random_secrets(), None, metrics.tallies)
-        self._listen = listen
+        self._listen = listen if isinstance(listen, tuple) else (listen,)
         self._metrics = metrics
         self._limits = limits
-        self._port = 0
-        self._udp: socket.socket | None = None
+        self._udp: list[socket.socket] = []
         self._serving_udp = False
-        self._tcp: asyncio.Server | None = None
+        self._tcp: list[asyncio.Server] = []
         # Least recently active first: re-inserted at each answer, so the first idle one
         # found is the one idle longest.
         self._connections: dict[asyncio.Task[None], _Connection] = {}
@@ -198,42 +207,68 @@ class DnsService:
 
     @property
     def port(self) -> int:
-        return self._port
+        """The first address's port (the one chosen by the OS for port 0)."""
+        return int(self._udp[0].getsockname()[1]) if self._udp else 0
+
+    @property
+    def addresses(self) -> tuple[HostPort, ...]:
+        """Every address served, with the ports bound."""
+        return tuple(
+            HostPort(where.host, int(sock.getsockname()[1]))
+            for where, sock in zip(self._listen, self._udp, strict=True)
+        )
 
     @property
     def udp_socket(self) -> socket.socket:
-        assert self._udp is not None, "start() first"
-        return self._udp
+        return self.udp_sockets[0]
+
+    @property
+    def udp_sockets(self) -> tuple[socket.socket, ...]:
+        assert self._udp, "start() first"
+        return tuple(self._udp)
 
     async def start(self, serve_udp: bool = True) -> None:
-        """Bind UDP and TCP on the same port (with port 0, one free for both) and serve;
-        with serve_udp=False the UDP socket is bound but left to DNS worker processes."""
-        udp_sock, tcp_sock = _bind_pair(self._listen)
+        """Bind UDP and TCP on the same port of each address (with port 0, one free for
+        both) and serve; with serve_udp=False the UDP sockets are bound but left to DNS
+        worker processes. An address that cannot be bound raises CannotListen."""
+        try:
+            for where in self._listen:
+                await self._start_one(where, serve_udp)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_one(self, where: HostPort, serve_udp: bool) -> None:
+        try:
+            udp_sock, tcp_sock = _bind_pair(where)
+        except OSError as exc:
+            raise CannotListen(where, exc) from None
+        self._udp.append(udp_sock)
         if serve_udp:
             shell = UdpShell(udp_sock, self, self._metrics.tallies)
             asyncio.get_running_loop().add_reader(udp_sock.fileno(), shell.read_ready)
         self._serving_udp = serve_udp
-        self._udp = udp_sock
-        self._tcp = await asyncio.start_server(
+        server = await asyncio.start_server(
             self._serve_tcp, sock=tcp_sock, backlog=TCP_BACKLOG, limit=TCP_READ_LIMIT_BYTES
         )
-        self._port = udp_sock.getsockname()[1]
+        self._tcp.append(server)
 
     async def stop(self) -> None:
         """Stop listening and close every open connection."""
-        if self._udp is not None:
+        for udp in self._udp:
             if self._serving_udp:
-                asyncio.get_running_loop().remove_reader(self._udp.fileno())
-            self._udp.close()
-            self._udp = None
-        if self._tcp is not None:
-            self._tcp.close()
+                asyncio.get_running_loop().remove_reader(udp.fileno())
+            udp.close()
+        self._udp = []
+        for server in self._tcp:
+            server.close()
         tasks = list(self._connections)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._tcp is not None:
-            await self._tcp.wait_closed()
+        for server in self._tcp:
+            await server.wait_closed()
+        self._tcp = []
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -360,6 +395,8 @@ def _bound(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
     family, _, _, _, address = socket.getaddrinfo(host, port, type=kind)[0]
     sock = socket.socket(family, kind)
     try:
+        if family == socket.AF_INET6:  # "[::]:53" and "0.0.0.0:53" may both be listed
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         else:

@@ -30,11 +30,12 @@ async def fan_out(
     *,
     purge: Purge,
     nodes: Mapping[str, str],
-    token: str,
+    token: Callable[[str], str],
     deadline_s: float,
     settle: Settle,
 ) -> dict[str, str]:
-    """Node → result for every node in `nodes` (name → control URL)."""
+    """Node → result for every node in `nodes` (name → control URL); `token(name)` is the
+    node's own credential, which its control port accepts."""
     return await post_all(
         session, path=PURGE_PATH, body=purge.to_dict(), nodes=nodes, token=token,
         deadline_s=deadline_s, settle=settle, done=DONE,
@@ -47,15 +48,16 @@ async def post_all(
     path: str,
     body: Mapping[str, Any],
     nodes: Mapping[str, str],
-    token: str,
+    token: Callable[[str], str],
     deadline_s: float,
     settle: Settle,
     done: str,
 ) -> dict[str, str]:
-    """Node → `done`, "failed: reason" or "pending" for one POST of `body` to each node."""
+    """Node → `done`, "failed: reason" or "pending" for one POST of `body` to each node,
+    signed with that node's own credential `token(name)`."""
     tasks = {
         name: asyncio.create_task(
-            _send(session, url.rstrip("/") + path, body, token, done), name=f"post-{name}"
+            _send(session, url.rstrip("/") + path, body, token(name), done), name=f"post-{name}"
         )
         for name, url in nodes.items()
     }

@@ -298,10 +298,12 @@ class Fleet:
         return FleetSnapshot(self._version, pools)
 
     def _members(self, region: str, family: Family) -> list[NodeStatus]:
+        # Shields never serve clients: not in a pool, so never answered nor counted in
+        # a region's capacity.
         return [
             s
             for s in self._statuses.values()
-            if s.node.region == region and has_family(s.node, family)
+            if s.node.region == region and s.node.role == "edge" and has_family(s.node, family)
         ]
 
 

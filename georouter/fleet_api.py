@@ -13,7 +13,8 @@
     GET  /api/v1/prewarm               -> 200 {"tasks": [{"id", "origin", "region",
                                        "created_at", "urls", "nodes"}]}, newest first
 
-Each write needs the bearer token; the handlers translate HTTP to Controller calls.
+Each write needs the operator token (router.operator_token): `FleetApi.refusal` is the
+one check, control.operator_refusal; the handlers translate HTTP to Controller calls.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ class FleetApi:
     controller: Controller
     fleet: Fleet
     metrics: RouterMetrics
-    authorized: Callable[[web.Request], bool]
-    unauthorized: Callable[[web.Request], web.Response]
+    # None: an operator may act; else the 401/403 to send (control.operator_refusal)
+    refusal: Callable[[web.Request], web.Response | None]
 
 
 # Purge and weight bodies are one flat object; the control app admits 8 KiB.
@@ -77,8 +78,8 @@ async def _undrain(request: web.Request) -> web.Response:
 
 async def _set_drain(request: web.Request, drained: bool) -> web.Response:
     api = request.app[API]
-    if not api.authorized(request):
-        return api.unauthorized(request)
+    if (refused := api.refusal(request)) is not None:
+        return refused
     name = request.match_info["name"]
     if name not in api.fleet.statuses:
         return _error(404, f"unknown node {name!r}")
@@ -92,8 +93,8 @@ async def _set_drain(request: web.Request, drained: bool) -> web.Response:
 
 async def _weight(request: web.Request) -> web.Response:
     api = request.app[API]
-    if not api.authorized(request):
-        return api.unauthorized(request)
+    if (refused := api.refusal(request)) is not None:
+        return refused
     name = request.match_info["name"]
     if name not in api.fleet.statuses:
         return _error(404, f"unknown node {name!r}")
@@ -115,9 +116,9 @@ async def _weight(request: web.Request) -> web.Response:
 
 async def _purge(request: web.Request) -> web.Response:
     api = request.app[API]
-    if not api.authorized(request):
+    if (refused := api.refusal(request)) is not None:
         api.metrics.purges.labels("unauthorized").inc()
-        return api.unauthorized(request)
+        return refused
     try:
         purge = Purge.from_dict(await _json(request), need_id=False)
     except (ValueError, PurgeError) as exc:
@@ -136,9 +137,9 @@ async def _purge_status(request: web.Request) -> web.Response:
 
 async def _prewarm(request: web.Request) -> web.Response:
     api = request.app[API]
-    if not api.authorized(request):  # the same check as a purge's
+    if (refused := api.refusal(request)) is not None:  # the same check as a purge's
         api.metrics.prewarm_requests.labels("unauthorized").inc()
-        return api.unauthorized(request)
+        return refused
     try:
         raw = await read_limited(request.content.read, MAX_PREWARM_BODY_BYTES)
         body = decode_json_object(raw, max_bytes=MAX_PREWARM_BODY_BYTES, max_depth=MAX_DEPTH)

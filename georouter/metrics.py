@@ -119,6 +119,8 @@ class ConfiguredNode(Protocol):
     def region(self) -> str: ...
     @property
     def capacity_rps(self) -> float: ...
+    @property
+    def role(self) -> str: ...
 
 
 class RouterMetrics:
@@ -170,6 +172,14 @@ class RouterMetrics:
             "Load reports received, by result "
             "(accepted, rejected, unauthorized, unknown_node, stale).",
             ["result"],
+            registry=r,
+        )
+        self.auth_refused = Counter(
+            "georouter_auth_refused",
+            "Control requests refused for their credential, by action (report, channel, "
+            "operator) and reason (missing, unknown: 401; wrong_node: a node's report signed "
+            "with another's token; not_operator: an operator action with a node's token).",
+            ["action", "reason"],
             registry=r,
         )
         self.channels_open = Gauge(
@@ -263,7 +273,8 @@ class RouterMetrics:
         """Export the configured capacities; a node removed by a reload leaves the gauge."""
         self.node_capacity.clear()
         for node in nodes:
-            self.node_capacity.labels(node.region, node.name).set(node.capacity_rps)
+            if node.role == "edge":  # a shield takes no client share: no capacity share
+                self.node_capacity.labels(node.region, node.name).set(node.capacity_rps)
 
 
 def _armour_metrics(t: HotPathTallies) -> Iterator[Metric]:
@@ -287,3 +298,12 @@ def _armour_metrics(t: HotPathTallies) -> Iterator[Metric]:
     for outcome, n in list(t.cookies.items()):
         cookies.add_metric([outcome], n)
     yield cookies
+    lines = CounterMetricFamily(
+        "georouter_query_log_lines",
+        "Query log lines, by result: written (to the file), dropped (the writer's queue, "
+        "query_log.queue_size, was full: the disk was slower than the queries).",
+        labels=["result"],
+    )
+    for result, n in list(t.query_log.items()):
+        lines.add_metric([result], n)
+    yield lines

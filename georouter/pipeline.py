@@ -7,13 +7,19 @@ from __future__ import annotations
 from georouter.config import RouterConfig
 from georouter.geo import Geo
 from georouter.geodb import GeoDatabase
-from georouter.responder import Picker, Responder
+from georouter.responder import Picker, QueryRecorder, Responder
 from georouter.tallies import HotPathTallies
 
 
 def build_answering(
-    config: RouterConfig, geodb: GeoDatabase, tallies: HotPathTallies, picker: Picker
+    config: RouterConfig,
+    geodb: GeoDatabase,
+    tallies: HotPathTallies,
+    picker: Picker,
+    query_log: QueryRecorder | None = None,
 ) -> Responder:
     """A responder for `config` that places clients with `geodb` and picks with `picker`
-    (the router's long-lived Selector); raises ConfigError when the two do not fit."""
-    return Responder(config, Geo(config, geodb, tallies), picker, tallies)
+    (the router's long-lived Selector), recording to `query_log` if on; raises ConfigError
+    when the two do not fit."""
+    geo = Geo(config, geodb, tallies)
+    return Responder(config, geo, picker, tallies, query_log=query_log)

@@ -1,6 +1,7 @@
 """`georouter purge`: one fleet purge through the router's control API, from the shell.
 
-The token and the control address come from the config (router.token,
+The token and the control address come from the config (router.operator_token, else
+router.token;
 router.control_listen; --control overrides the address). Prints the router's answer as
 JSON and exits 0 when every node confirmed, 3 when some are pending or failed (they get
 the purge with the reply to their next load report), 1 when the router refused or could
@@ -16,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from georouter.config import load_config
+from georouter.credentials import Credentials
 from georouter.purge import DONE
 
 EXIT_INCOMPLETE = 3
@@ -31,7 +33,7 @@ def purge_command(config_path: Path, selector: dict[str, str], control: str | No
         f"http://{where}/api/v1/purge",
         data=json.dumps(selector).encode(),
         headers={
-            "Authorization": f"Bearer {config.router.token}",
+            "Authorization": f"Bearer {Credentials.of(config).operator[0]}",
             "Content-Type": "application/json",
         },
         method="POST",

@@ -168,12 +168,31 @@ class _NameEntry:
     other: Prepared  # every qtype not in by_qtype
 
 
+class QueryRecorder(Protocol):
+    """The query log (georouter/query_log.py), as the responder sees it."""
+
+    def record(
+        self,
+        data: bytes,
+        client_ip: str,
+        transport: str,
+        rcode: str,
+        decided: tuple[Placement, Decision] | None,
+    ) -> None: ...
+
+
 class Responder:
     """Answers DNS queries for the configured zones; safe to share, cheap to replace."""
 
     def __init__(
-        self, config: RouterConfig, placer: Placer, picker: Picker, tallies: HotPathTallies
+        self,
+        config: RouterConfig,
+        placer: Placer,
+        picker: Picker,
+        tallies: HotPathTallies,
+        query_log: QueryRecorder | None = None,  # None: off, one test per query
     ) -> None:
+        self._query_log = query_log
         self._placer = placer
         self._picker = picker
         self._tallies = tallies
@@ -198,12 +217,16 @@ class Responder:
     def respond(self, data: bytes, client_ip: str, transport: Transport) -> bytes | None:
         """One query datagram/message in, the response out (None = drop silently)."""
         shape = self._shapes[transport].get(data[2:])
+        decided: tuple[Placement, Decision] | None = None
         try:
             if shape is None:
                 shape = self._new_shape(data, transport)
                 if shape is None:
                     return None
-            response = shape if isinstance(shape, _Response) else self._answer_geo(shape, client_ip)
+            if isinstance(shape, _Response):
+                response = shape
+            else:
+                response, decided = self._answer_geo(shape, client_ip)
         except Exception:  # the one guard: a bug costs this query a SERVFAIL, not the server
             log.exception("answering %r failed", data)
             try:
@@ -217,6 +240,8 @@ class Responder:
             tallies.ecs_scopes.observe(response.scope)
         for key in response.answers:
             tallies.answers[key] += 1
+        if self._query_log is not None:
+            self._query_log.record(data, client_ip, transport, response.tally[2], decided)
         return data[:2] + response.tail
 
     def _new_shape(self, data: bytes, transport: Transport) -> _Response | _GeoShape | None:
@@ -272,13 +297,16 @@ class Responder:
             query, transport, question, subnet.address_text, subnet.source_prefix, cap, {}
         )
 
-    def _answer_geo(self, shape: _GeoShape, client_ip: str) -> _Response:
+    def _answer_geo(
+        self, shape: _GeoShape, client_ip: str
+    ) -> tuple[_Response, tuple[Placement, Decision]]:
         placement = self._placer.place(shape.address or client_ip, shape.source_prefix)
         question = shape.question
         decision = self._picker.pick(placement.region, question.family, question.service)
         self._tallies.decisions[question.label, decision.reason] += 1
+        decided = (placement, decision)
         if decision.reason == "fail_closed":
-            return self._response(shape.query, self._servfail, 0, shape.transport)
+            return self._response(shape.query, self._servfail, 0, shape.transport), decided
         names = tuple([n.name for n in decision.nodes])
         key = (min(placement.prefix_len, shape.scope_cap), decision.ttl, names)
         response = shape.responses.get(key)
@@ -290,7 +318,7 @@ class Responder:
                 shape.query, geo.prepared, scope, shape.transport, geo.tally_keys
             )
             shape.responses[key] = response
-        return response
+        return response, decided
 
     def _geo_answer(self, question: GeoQuestion, ttl: int, nodes: tuple[Node, ...]) -> _GeoAnswer:
         key = (question, ttl, tuple([node.name for node in nodes]))

@@ -30,7 +30,8 @@ from georouter.armour import Guard, random_secrets
 from georouter.config import RouterConfig, load_config
 from georouter.control import ControlPlane, make_control_app, observer
 from georouter.controller import Controller
-from georouter.dns_server import DnsService
+from georouter.credentials import Credentials
+from georouter.dns_server import CannotListen, DnsService
 from georouter.errors import ConfigError
 from georouter.fleet import Fleet, FleetSnapshot
 from georouter.geo import open_geoip
@@ -38,6 +39,8 @@ from georouter.geodb import GeoDatabase
 from georouter.metrics import RouterMetrics
 from georouter.pipeline import build_answering
 from georouter.prober import Prober
+from georouter.query_log import QueryLog
+from georouter.responder import Responder
 from georouter.selector import Selector
 from georouter.workers import DnsWorkers
 
@@ -68,15 +71,18 @@ class Router:
         self.metrics.set_capacities(self.config.nodes)
         self._on_snapshot: Callable[[FleetSnapshot], None] = lambda snapshot: None
         self.fleet = Fleet(self.config, self._publish, observer(self.metrics))
-        responder = build_answering(self.config, self._reader, self.metrics.tallies, self.selector)
+        # [query_log] is read once, like the listen addresses: a change needs a restart.
+        self.query_log = self._query_log()
+        responder = self._answering(self.config, self._reader)
         guard = Guard.of(self.config, self.metrics.tallies)
-        self.dns = DnsService(responder, self.config.router.dns_listen, self.metrics, guard=guard)
+        self.dns = DnsService(responder, self.config.router.dns_listens, self.metrics, guard=guard)
         # Reads the state file and applies drains and weights before DNS opens.
         self.controller = Controller(config=self.config, fleet=self.fleet, metrics=self.metrics)
         self._on_snapshot = self.controller.on_snapshot  # pre-warming by popularity
         self.plane = ControlPlane(
-            self.fleet, self.selector, self.metrics, _tokens(self.config), self.controller
+            self.fleet, self.selector, self.metrics, Credentials.of(self.config), self.controller
         )
+        _warn_shared(self.plane.credentials)
         self.prober = Prober(self.fleet, self.config.health, self.metrics)
         self._runner = web.AppRunner(make_control_app(self.plane), access_log=None)
         self._ticker: asyncio.Task[None] | None = None
@@ -84,7 +90,23 @@ class Router:
         self._reload_tasks: set[asyncio.Task[None]] = set()
         self.control = self.config.router.control_listen
 
+    def _query_log(self) -> QueryLog | None:
+        settings = self.config.query_log
+        if settings.path is None:
+            return None
+        try:
+            return QueryLog(settings, self.metrics.tallies)
+        except OSError as exc:
+            reason = f"cannot open: {exc.strerror or exc}"
+            raise ConfigError(str(self._paths[0]), "query_log.path", reason) from None
+
+    def _answering(self, config: RouterConfig, reader: GeoDatabase) -> Responder:
+        tallies = self.metrics.tallies
+        return build_answering(config, reader, tallies, self.selector, self.query_log)
+
     async def start(self) -> None:
+        if self.query_log is not None:
+            self.query_log.start()
         # Probe first (one round, bounded by probe_timeout_s): DNS then opens knowing which
         # nodes are up, rather than failing open on every query until the first round ends.
         await self.prober.start()
@@ -96,6 +118,8 @@ class Router:
         except BaseException:
             await self.prober.stop()
             await self.controller.stop()
+            if self.query_log is not None:
+                self.query_log.stop()
             raise
         self._ticker = asyncio.create_task(self._tick(), name="report-expiry")
 
@@ -112,6 +136,8 @@ class Router:
         if self.workers is not None:
             await self.workers.stop()
         await self.dns.stop()
+        if self.query_log is not None:
+            self.query_log.stop()  # after DNS: what was queued is written
         self.close_geoip()
 
     def close_geoip(self) -> None:
@@ -127,7 +153,7 @@ class Router:
                 self._reload_failed(exc)
                 return
             try:
-                responder = build_answering(config, reader, self.metrics.tallies, self.selector)
+                responder = self._answering(config, reader)
             except Exception as exc:
                 reader.close()
                 self._reload_failed(exc)
@@ -139,7 +165,8 @@ class Router:
             self.fleet.reconfigure(config)
             self.controller.reconfigure(config)
             self.prober.health = config.health
-            self.plane.tokens = _tokens(config)
+            self.plane.credentials = Credentials.of(config)
+            _warn_shared(self.plane.credentials)
             self.dns.responder = responder
             self._reader.close()
             self.config, self._reader = config, reader
@@ -171,17 +198,16 @@ class Router:
         self._on_snapshot(snapshot)
 
     async def _bind_dns(self) -> None:
-        where = self.config.router.dns_listen
         try:
             await self.dns.start(serve_udp=self.config.router.dns_workers == 1)
-        except OSError as exc:
-            raise self._cannot_listen("router.dns_listen", where, exc) from None
+        except CannotListen as exc:
+            raise self._cannot_listen("router.dns_listen", exc.where, exc.error) from None
 
     async def _start_workers(self) -> None:
         count = self.config.router.dns_workers
         if count == 1:
             return
-        workers = DnsWorkers(count, self.dns.udp_socket, self.metrics, self._reader)
+        workers = DnsWorkers(count, self.dns.udp_sockets, self.metrics, self._reader)
         try:
             await workers.start(self.config, self.fleet.snapshot)
         except BaseException:
@@ -211,15 +237,21 @@ class Router:
             await asyncio.sleep(TICK_INTERVAL_S)
 
 
-def _tokens(config: RouterConfig) -> tuple[str, ...]:
-    return (config.router.token, *config.router.previous_tokens)
+def _warn_shared(credentials: Credentials) -> None:
+    """Say when the shared router.token still speaks for nodes or operators."""
+    if credentials.shared_nodes:
+        log.warning("event=shared_token nodes=%s reason=no_per_node_token",
+                    ",".join(credentials.shared_nodes))  # fmt: skip
+    if credentials.shared_operator:
+        log.warning("event=shared_token operator=router.token reason=no_operator_token")
 
 
 def _with_listen(config: RouterConfig, dns: str | None, control: str | None) -> RouterConfig:
     """Apply the --dns/--control command-line overrides."""
     router = config.router
-    if dns is not None:
-        router = replace(router, dns_listen=_flag_address("--dns", dns))
+    if dns is not None:  # one address, or several separated by commas
+        listens = tuple(_flag_address("--dns", part) for part in dns.split(","))
+        router = replace(router, dns_listens=listens)
     if control is not None:
         router = replace(router, control_listen=_flag_address("--control", control))
     return replace(config, router=router)
@@ -242,7 +274,7 @@ async def _run(router: Router) -> int:
     except ConfigError:
         router.close_geoip()
         raise
-    dns = HostPort(router.config.router.dns_listen.host, router.dns.port)
+    dns = ",".join(str(where) for where in router.dns.addresses)
     log.info("event=listening dns=%s control=%s", dns, router.control)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

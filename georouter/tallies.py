@@ -73,6 +73,7 @@ class HotPathTallies:
     ecs_scopes: BucketTally = field(default_factory=_scopes)
     rrl: Tally[tuple[str, str, str]] = field(default_factory=Tally)  # action, reason, ecs
     cookies: Tally[str] = field(default_factory=Tally)  # outcome
+    query_log: Tally[str] = field(default_factory=Tally)  # written, dropped (lines)
 
     def add(self, other: HotPathTallies) -> None:
         """Fold in another process's counts (a DNS worker's)."""
@@ -88,3 +89,4 @@ class HotPathTallies:
         self.ecs_scopes.add(other.ecs_scopes)
         self.rrl.update(other.rrl)
         self.cookies.update(other.cookies)
+        self.query_log.update(other.query_log)

@@ -2,7 +2,8 @@
 
 Theory of operation. With `router.dns_workers` = N > 1 the main process binds the DNS
 sockets as usual and keeps TCP, the control API, the prober and the fleet, but leaves UDP
-to N `python -m georouter.workers` processes. Each inherits the UDP socket and one end of
+to N `python -m georouter.workers` processes. Each inherits the UDP socket (one per
+`router.dns_listen` address, each read by its own thread) and one end of
 a private socketpair, builds its own Selector and answering pipeline
 (georouter/pipeline.py), and answers with a
 blocking loop (`UdpShell.serve_blocking`). The socket is shared rather than one per worker
@@ -62,6 +63,8 @@ from georouter.geo import adopt_geoip
 from georouter.geodb import GeoDatabase
 from georouter.metrics import RouterMetrics
 from georouter.pipeline import build_answering
+from georouter.query_log import QueryLog, worker_path
+from georouter.responder import Responder
 from georouter.selector import Selector
 from georouter.tallies import HotPathTallies
 from georouter.worker_messages import (
@@ -101,9 +104,13 @@ class DnsWorkers:
     """Starts, feeds, watches and stops the worker processes of one router."""
 
     def __init__(
-        self, count: int, udp: socket.socket, metrics: RouterMetrics, geoip: GeoDatabase
+        self,
+        count: int,
+        udp: socket.socket | tuple[socket.socket, ...],
+        metrics: RouterMetrics,
+        geoip: GeoDatabase,
     ) -> None:
-        self._udp = udp
+        self._udp = udp if isinstance(udp, tuple) else (udp,)  # one per router.dns_listen
         self._metrics = metrics
         self._geoip = geoip
         self._slots = [_Slot(index) for index in range(count)]
@@ -175,12 +182,13 @@ class DnsWorkers:
         assert self._config is not None and self._snapshot is not None, "start() first"
         ours, theirs = socket.socketpair()
         fds_ours, fds_theirs = socket.socketpair()
-        udp_fd = self._udp.fileno()
+        udp_fds = [udp.fileno() for udp in self._udp]
         with theirs, fds_theirs:
             slot.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "georouter.workers",
-                str(udp_fd), str(theirs.fileno()), str(fds_theirs.fileno()),
-                pass_fds=(udp_fd, theirs.fileno(), fds_theirs.fileno()),
+                ",".join(map(str, udp_fds)), str(theirs.fileno()), str(fds_theirs.fileno()),
+                str(slot.index + 1),  # 1-based: its query log file
+                pass_fds=(*udp_fds, theirs.fileno(), fds_theirs.fileno()),
                 stdin=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
         fds_ours.setblocking(False)  # one byte and a descriptor: never fills in practice
@@ -232,10 +240,11 @@ class DnsWorkers:
 class _Worker:
     """One worker's answering state; the control thread swaps its parts between queries."""
 
-    def __init__(self, config: RouterConfig, geoip: GeoDatabase) -> None:
+    def __init__(self, config: RouterConfig, geoip: GeoDatabase, index: int) -> None:
         self.tallies = HotPathTallies()
         self.selector = Selector(config.policy, config.regions, random.Random(), config.services)
-        self.responder = build_answering(config, geoip, self.tallies, self.selector)
+        self.query_log = _query_log(config, index, self.tallies)  # its own file
+        self.responder = self._answering(config, geoip)
         self.guard = Guard.of(config, self.tallies)  # kept across reloads
 
     def apply(self, message: ToWorker, geoip: GeoDatabase | None = None) -> None:
@@ -254,12 +263,15 @@ class _Worker:
                 raise GeoRouterError(f"{source}: geoip: no database passed")
             # The old database is not closed: a query may still be reading it on the
             # other thread; it is unmapped with the last reference to it.
-            responder = build_answering(config, geoip, self.tallies, self.selector)
+            responder = self._answering(config, geoip)
         except GeoRouterError as exc:  # main loaded it a moment ago: keep the old one
             log.error("event=reload result=failed reason=%s", exc)
             return
         self.selector.reconfigure(config.policy, config.regions, config.services)
         self.responder = responder
+
+    def _answering(self, config: RouterConfig, geoip: GeoDatabase) -> Responder:
+        return build_answering(config, geoip, self.tallies, self.selector, self.query_log)
 
     def follow(self, control: socket.socket, fds: socket.socket) -> None:
         """The control thread: apply main's messages, send tallies; exit with main."""
@@ -279,6 +291,28 @@ class _Worker:
                 if message is None:
                     return
                 self.apply(message, _database(fds, message))
+
+
+def _exit(worker: _Worker) -> None:
+    """SIGTERM: write the queued query log lines, then go."""
+    if worker.query_log is not None:
+        worker.query_log.stop()
+    os._exit(0)
+
+
+def _query_log(config: RouterConfig, index: int, tallies: HotPathTallies) -> QueryLog | None:
+    """Worker `index`'s query log (its own file), started; None when the log is off or
+    its file cannot be opened (said in the log: the worker answers all the same)."""
+    settings = config.query_log
+    if settings.path is None:
+        return None
+    try:
+        query_log = QueryLog(settings, tallies, path=worker_path(settings.path, index))
+    except OSError as exc:
+        log.error("event=query_log result=failed worker=%d reason=%s", index, exc)
+        return None
+    query_log.start()
+    return query_log
 
 
 def _database(fds: socket.socket, message: ToWorker) -> GeoDatabase | None:
@@ -315,8 +349,10 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
     return data
 
 
-def serve(udp_fd: int, control_fd: int, fds_fd: int) -> None:
-    """A worker's life: answer UDP until SIGTERM or until main goes away."""
+def serve(udp_fds: list[int], control_fd: int, fds_fd: int, index: int) -> None:
+    """A worker's life: answer UDP until SIGTERM or until main goes away. Each socket (one
+    per router.dns_listen address) has its own thread blocked in its reads; the last one
+    is this thread."""
     # Terminal signals reach the whole process group; main decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -329,12 +365,19 @@ def serve(udp_fd: int, control_fd: int, fds_fd: int) -> None:
     geoip = _database(fds, first)
     if geoip is None:
         sys.exit(2)
-    worker = _Worker(first.config, geoip)
-    udp = socket.socket(fileno=udp_fd)
-    udp.setblocking(True)
+    worker = _Worker(first.config, geoip, index)
+    signal.signal(signal.SIGTERM, lambda signum, frame: _exit(worker))
+    shells = []
+    for fd in udp_fds:
+        udp = socket.socket(fileno=fd)
+        udp.setblocking(True)
+        shells.append(UdpShell(udp, worker, worker.tallies))
     threading.Thread(target=worker.follow, args=(control, fds), daemon=True).start()
-    UdpShell(udp, worker, worker.tallies).serve_blocking()
+    for shell in shells[:-1]:
+        threading.Thread(target=shell.serve_blocking, daemon=True).start()
+    shells[-1].serve_blocking()
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    fds = [int(fd) for fd in sys.argv[1].split(",")]
+    serve(fds, int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

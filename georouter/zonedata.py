@@ -98,7 +98,8 @@ class Inventory:
     """What a service pool may name: the configured regions and nodes (node → region)."""
 
     regions: Collection[str]
-    nodes: Mapping[str, str]
+    nodes: Mapping[str, str]  # the edges (answerable nodes)
+    shields: Collection[str] = ()  # never answered, so never in a pool
 
 
 def read_zones(top: Table, tables: list[Table], fleet: Inventory) -> tuple[Zone, ...]:
@@ -193,6 +194,8 @@ def _pool(t: Table, fleet: Inventory) -> _Pool:
         raise t.error("regions", "give nodes or regions, not both")
     nodes: set[str] = set()
     for key, name in t.strings("nodes"):
+        if name in fleet.shields:
+            raise t.error(key, f"{name!r} is a shield (role), never named in answers")
         if name not in fleet.nodes:
             raise t.error(key, f"unknown node {name!r}")
         nodes.add(name)

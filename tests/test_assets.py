@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from cdn.config import HostPort
-from cdnlab.loopback import SUBNETS, TOKEN, start_cdn
+from cdnlab.loopback import SUBNETS, start_cdn
 from tests.e2e import (
     ALERTS_YML,
     GRAFANA_JSON,
@@ -108,6 +108,8 @@ tests:
         values: '1209605+0x12'  # 14 days and 5 s from time() = 0
       - series: 'edge_tls_certificate_expiry_seconds{{instance="e", certificate="default"}}'
         values: '2592000+0x12'
+      - series: 'edge_digest_mismatches_total{{instance="e", node="edge-eu-1", field="repr"}}'
+        values: '0 0 1 1 1 1 1 1'
     alert_rule_test:
       - eval_time: 25s
         alertname: RegionWithoutHealthyNodes
@@ -133,6 +135,16 @@ tests:
             exp_annotations:
               summary: "Edge edge-eu-1 is down (router r)"
               description: "Probes fail or its load reports stopped; the router no longer names it in answers."
+      - eval_time: 5s
+        alertname: EdgeDigestMismatch
+        exp_alerts: []
+      - eval_time: 15s
+        alertname: EdgeDigestMismatch
+        exp_alerts:
+          - exp_labels: {{severity: warn, instance: e, node: edge-eu-1}}
+            exp_annotations:
+              summary: "edge-eu-1 received origin bodies that fail their digest"
+              description: "Content-Digest or Repr-Digest (RFC 9530) did not match: the bytes were altered between the origin and the edge (or the origin computes its digests wrongly). Nothing was stored; clients got 502 or a cut response. The edge log names the URLs (event=digest_mismatch)."
       - eval_time: 0s
         alertname: EdgeCertificateExpiresSoon
         exp_alerts: []
@@ -173,7 +185,7 @@ async def test_every_metric_in_rules_and_dashboard_is_exported(tmp_path: Path) -
             async with session.get(f"http://{ips[0]}:{cdn.plan.content_port}/img/cat.jpg") as r:
                 await r.read()
         edge = cdn.plan.edges[0]
-        auth = {"Authorization": f"Bearer {TOKEN}"}
+        auth = {"Authorization": f"Bearer {edge.token}"}  # the edge's own credential
         body = {"url": f"http://{edge.content}/img/cat.jpg"}
         async with session.post(f"http://{edge.control}/purge", json=body, headers=auth) as r:
             assert r.status == 200

@@ -80,7 +80,7 @@ def config() -> RouterConfig:
 
 
 def region_addresses(config: RouterConfig, region: str) -> set[str]:
-    return {str(n.ipv4) for n in config.nodes if n.region == region and n.ipv4}
+    return {str(n.ipv4) for n in config.nodes if n.region == region and n.ipv4 and n.role == "edge"}
 
 
 def listed_addresses(text: str) -> set[ipaddress.IPv4Address]:

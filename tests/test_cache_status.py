@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from edge.cache_status import CACHE_NAME, cache_status
+from edge.cache_status import cache_status
+
+CACHE_NAME = "edge-eu-1"  # a node name
 
 
 @pytest.mark.parametrize(
@@ -28,10 +30,16 @@ from edge.cache_status import CACHE_NAME, cache_status
 def test_cache_status_members_rfc9211_2(
     args: tuple[str], kwargs: dict[str, object], member: str
 ) -> None:
-    assert cache_status(*args, **kwargs) == member  # type: ignore[arg-type]
+    assert cache_status(CACHE_NAME, *args, **kwargs) == member  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("token", "fwd"), [("fwd", None), ("fwd", "not a token"), ("miss", "x")])
 def test_cache_status_rejects_invalid_members_rfc9211_2(token: str, fwd: str | None) -> None:
     with pytest.raises(ValueError):
-        cache_status(token, fwd=fwd)
+        cache_status(CACHE_NAME, token, fwd=fwd)
+
+
+def test_a_node_name_that_is_no_token_is_a_string_rfc9211_2() -> None:
+    # RFC 9211 §2: the cache identifier is an sf-token or an sf-string.
+    assert cache_status("edge 1", "hit") == '"edge 1"; hit'
+    assert cache_status("shield-1", "hit") == "shield-1; hit"

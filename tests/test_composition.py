@@ -69,7 +69,7 @@ def test_a_worker_keeps_its_pipeline_when_a_configure_comes_without_its_database
     # A worker gets its config from main, which fills in the cookie secret of this start.
     config = replace(load_config(DEFAULT_CONFIG), cookies=random_secrets())
     with open_geoip(None) as geodb:
-        worker = _Worker(config, geodb)
+        worker = _Worker(config, geodb, 1)
         before = worker.responder
         worker.apply(Configure(config, "gone.mmdb"), geoip=None)
         assert worker.responder is before

@@ -74,6 +74,20 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+TOKEN, CAPACITY = 'token = "t0ken"', "capacity_rps = 100\n"
+OPERATOR_A = TOKEN + '\noperator_token = "a"'
+NODE_2 = NODE.replace("edge-1", "edge-2")
+
+
+def with_node_token(token: str, text: str = BASE) -> str:
+    """`text` (BASE or a node) with its first node given its own token."""
+    return text.replace(CAPACITY, CAPACITY + f'token = "{token}"\n', 1)
+
+
+def listen_list(items: str) -> str:
+    return BASE.replace('dns_listen = "127.0.0.1:0"', f"dns_listen = [{items}]", 1)
+
+
 def edited(old: str, new: str) -> str:
     assert old in BASE, old
     return BASE.replace(old, new, 1)
@@ -119,8 +133,21 @@ CASES = [
      "unknown key (did you mean 'policy'?)"),
     ("typo_node_key", edited('ipv4 = "127.0.0.11"', 'ipv4 = "127.0.0.11"\nip6 = "::1"'),
      "nodes[0].ip6", "unknown key"),
-    ("required_missing", edited('token = "t0ken"\n', ""), "router.token",
-     "required key missing (expected a string)"),
+    ("required_missing", edited("capacity_rps = 100\n", ""), "nodes[0].capacity_rps",
+     "required key missing (expected a number)"),
+    # credentials: every node has one, none is shared between holders
+    ("no_credential", edited('token = "t0ken"\n', ""), "nodes[0].token",
+     "expected a token (or a shared router.token)"),
+    ("node_token_twice", with_node_token("a") + with_node_token("a", NODE_2),
+     "nodes[1].token", "same token as node 'edge-1'"),
+    ("operator_is_a_node_token", with_node_token("a").replace(TOKEN, OPERATOR_A),
+     "router.operator_token", "same token as node 'edge-1'"),
+    ("operator_is_the_shared_token", edited(TOKEN, TOKEN + '\noperator_token = "t0ken"'),
+     "router.operator_token", "must differ from router.token"),
+    ("previous_without_token", edited(CAPACITY, CAPACITY + 'previous_tokens = ["b"]\n'),
+     "nodes[0].previous_tokens", "expected a token to rotate to"),
+    ("no_operator", with_node_token("a").replace(TOKEN + "\n", ""),
+     "router.operator_token", "expected a token for drain, weight and purge"),
     # wrong types
     ("ttl_string", policy('answer_ttl = "20"'), "policy.answer_ttl",
      "expected an integer, got a string '20'"),
@@ -172,6 +199,14 @@ CASES = [
     ("ipv6_invalid", listen("[::g]:53"), "router.dns_listen", "expected HOST:PORT"),
     ("ipv4_invalid", listen("127.0.0.256:53"), "router.dns_listen", "127.0.0.256"),
     ("host_invalid", listen("bad host:53"), "router.dns_listen", "bad label 'bad host'"),
+    ("listen_list_item", listen_list('"127.0.0.1:0", "::1:53"'),
+     "router.dns_listen[1]", "expected HOST:PORT"),
+    ("listen_list_twice", listen_list('"[::1]:53", "[::1]:53"'),
+     "router.dns_listen[1]", "[::1]:53 listed twice"),
+    ("listen_list_empty", listen_list(""),
+     "router.dns_listen", "expected 1..16 addresses"),
+    ("listen_not_text", edited('dns_listen = "127.0.0.1:0"', "dns_listen = 53"),
+     "router.dns_listen", "expected an array"),
     # router
     ("token_empty", edited('token = "t0ken"', 'token = ""'), "router.token",
      "expected a non-empty bearer token"),
@@ -385,7 +420,8 @@ def test_shipped_config_loads() -> None:
     assert config.policy.default_region == "na"
     assert [r.name for r in config.regions] == ["na", "eu", "ap"]
     assert config.region("eu").countries == frozenset({"IL", "TR", "AE", "SA"})
-    assert len(config.nodes) == 6
+    assert len(config.nodes) == 8
+    assert [n.name for n in config.nodes if n.role == "shield"] == ["shield-1", "shield-2"]
     zone = config.zones[0]
     assert zone.origin == "example.com."
     # The demo's social platform: feed, images, posts and chat, all through the same edges.
@@ -590,5 +626,18 @@ def test_cli_check_shipped_config_exits_0() -> None:
     script = Path(sys.executable).with_name("georouter")
     result = subprocess.run([str(script), "check"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "ok: 1 zone (example.com.), 3 regions (na, eu, ap), 6 nodes" in result.stdout
+    assert (
+        "ok: 1 zone (example.com.), 3 regions (na, eu, ap), 8 nodes (2 shields)," in result.stdout
+    )
     assert "GeoLite2-City built 2018-07-03 (embedded)" in result.stdout
+
+
+def test_dns_listen_takes_a_list_of_addresses(tmp_path: Path) -> None:
+    listen = 'dns_listen = ["127.0.0.1:53", "[::1]:53", "[::]:5353"]'
+    config = load_config(write(tmp_path, edited('dns_listen = "127.0.0.1:0"', listen)))
+    assert config.router.dns_listens == (
+        HostPort("127.0.0.1", 53),
+        HostPort("::1", 53),
+        HostPort("::", 5353),
+    )
+    assert config.router.dns_listen == HostPort("127.0.0.1", 53)  # the first, for logs

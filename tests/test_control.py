@@ -20,6 +20,7 @@ from cdnlab.simulation import make_config
 from georouter.config import HealthSettings, Node, Policy, Region
 from georouter.control import ControlPlane, make_control_app, observer
 from georouter.controller import Controller
+from georouter.credentials import Credentials
 from georouter.fleet import Fleet
 from georouter.metrics import RouterMetrics
 from georouter.prober import Prober
@@ -48,7 +49,12 @@ def make_plane(clock: Clock, state_dir: Path) -> ControlPlane:
     selector = Selector(config.policy, config.regions, random.Random(1))
     fleet = Fleet(config, selector.update, observer(metrics))
     controller = Controller(config=config, fleet=fleet, metrics=metrics)
-    return ControlPlane(fleet, selector, metrics, (TOKEN,), controller, clock)
+    return ControlPlane(fleet, selector, metrics, Credentials.of(config), controller, clock)
+
+
+def rotated(plane: ControlPlane, tokens: tuple[str, ...]) -> Credentials:
+    nodes = dict.fromkeys(plane.credentials.nodes, tokens)
+    return Credentials(nodes=nodes, operator=tokens, shared_nodes=tuple(nodes))
 
 
 @pytest.fixture
@@ -146,14 +152,15 @@ async def test_non_utf8_authorization_is_401_and_counted(client: Client) -> None
 async def test_previous_tokens_are_accepted_during_a_rotation(
     client: Client, plane: ControlPlane
 ) -> None:
-    plane.tokens = ("new-token", TOKEN)  # what a reload with previous_tokens = [old] does
+    # What a reload with previous_tokens = [old] does (the shared router.token).
+    plane.credentials = rotated(plane, ("new-token", TOKEN))
     for token in ("new-token", TOKEN):
         headers = {"Authorization": f"Bearer {token}"}
         response = await client.post("/api/v1/report", data=body(seq=1), headers=headers)
         assert response.status == 200
         drain = await client.post("/api/v1/nodes/edge-eu-2/drain", headers=headers)
         assert drain.status == 200
-    plane.tokens = ("new-token",)  # rotation over
+    plane.credentials = rotated(plane, ("new-token",))  # rotation over
     assert (await client.post("/api/v1/report", data=body(), headers=AUTH)).status == 401
 
 

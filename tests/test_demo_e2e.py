@@ -35,7 +35,6 @@ from cdnlab.certs import DemoTls
 from cdnlab.loopback import (
     SHIPPED_CONFIG,
     SUBNETS,
-    TOKEN,
     TRANSIENT,
     Cdn,
     free_dns_port,
@@ -50,6 +49,7 @@ from cdnlab.plan import (
     ORIGIN_LAYER,
     ROUTER_LAYER,
     SAMPLE_SUBNETS,
+    SHIELD_LAYER,
     addresses_needed,
     edge_spec,
     guide,
@@ -277,10 +277,17 @@ def test_plan_derives_every_address_from_the_config() -> None:
     assert (str(plan.dns), str(plan.control)) == ("127.0.0.1:5300", "127.0.0.1:9153")
     assert [str(e.content) for e in plan.edges] == [f"127.0.0.1{i}:8080" for i in range(1, 7)]
     assert [str(e.control) for e in plan.edges] == [f"127.0.0.1{i}:9080" for i in range(1, 7)]
-    assert len(addresses_needed(plan)) == 4 + 3 * 6
-    specs = (origin_spec(plan), edge_spec(plan, plan.edges[0]), router_spec(plan))
-    assert [s.layer for s in specs] == [ORIGIN_LAYER, EDGE_LAYER, ROUTER_LAYER]
-    assert ORIGIN_LAYER < EDGE_LAYER < ROUTER_LAYER  # stop_all stops the highest first
+    assert [str(s.content) for s in plan.shields] == ["127.0.0.21:8080", "127.0.0.22:8080"]
+    assert len(addresses_needed(plan)) == 4 + 3 * 6 + 2 * 2
+    shield = edge_spec(plan, plan.shields[0])
+    specs = (origin_spec(plan), shield, edge_spec(plan, plan.edges[0]), router_spec(plan))
+    assert [s.layer for s in specs] == [ORIGIN_LAYER, SHIELD_LAYER, EDGE_LAYER, ROUTER_LAYER]
+    # stop_all stops the highest first: edges drain through the shields to the origin.
+    assert ORIGIN_LAYER < SHIELD_LAYER < EDGE_LAYER < ROUTER_LAYER
+    # Every edge names both shields as parents; a shield has none.
+    parents = [a for i, a in enumerate(specs[2].argv) if specs[2].argv[i - 1] == "--parent"]
+    assert parents == ["http://127.0.0.21:8080", "http://127.0.0.22:8080"]
+    assert "--parent" not in shield.argv and "--tls-listen" not in shield.argv
 
 
 def test_guide_commands_name_the_plan() -> None:
@@ -289,6 +296,7 @@ def test_guide_commands_name_the_plan() -> None:
     assert "dig @127.0.0.1 -p 5300 cdn.example.com +subnet=185.60.216.0/24" in text
     assert text.count("curl -sI http://127.0.0.13:8080/img/cat.jpg") == 2
     assert "http://127.0.0.1:9153/api/v1/purge" in text and "kill -9 4242" in text
+    assert "fills from the shields shield-1, shield-2" in text
     assert "georouter prewarm --config" in text and "--region eu" in text
     assert "--cacert" not in text  # HTTPS only once the runner has made the CA
     tls = DemoTls(Path("/d/ca.pem"), Path("/d/e.pem"), Path("/d/e.key"), Path("/d/e.toml"), "h=")
@@ -649,7 +657,7 @@ async def test_whole_path_resolve_fetch_hit_purge_miss(cdn: Cdn) -> None:
     assert ips and set(ips) <= cdn.ips("ap")
     url = f"http://{ips[0]}:{cdn.plan.content_port}/img/dog.jpg"
     headers = {"Host": "cdn.example.com"}
-    control = next(e.control for e in cdn.plan.edges if e.content.host == ips[0])
+    edge = next(e for e in cdn.plan.edges if e.content.host == ips[0])
     async with aiohttp.ClientSession(headers=headers) as s:
         verdicts = []
         for _ in range(2):
@@ -657,8 +665,8 @@ async def test_whole_path_resolve_fetch_hit_purge_miss(cdn: Cdn) -> None:
                 assert r.status == 200 and len(await r.read()) > 50_000
                 verdicts.append(cache_verdict(r.headers.get("Cache-Status")))
         purge = {"url": "http://cdn.example.com/img/dog.jpg"}
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        async with s.post(f"http://{control}/purge", json=purge, headers=auth) as r:
+        auth = {"Authorization": f"Bearer {edge.token}"}  # the edge's own credential
+        async with s.post(f"http://{edge.control}/purge", json=purge, headers=auth) as r:
             assert r.status == 200 and (await r.json())["purged"] >= 1
         async with s.get(url) as r:
             verdicts.append(cache_verdict(r.headers.get("Cache-Status")))
@@ -729,7 +737,7 @@ def test_demo_guide_commands_work_as_printed_then_sigint_stops_everything(tmp_pa
     try:
         guide_text = _read_until(demo, "Stop everything", 30)
         children = _children_of(demo.pid)
-        assert len(children) == 8  # origin, router, six edges
+        assert len(children) == 10  # origin, router, six edges, two shields
         _wait_all_up(config)
         commands = [line.strip().split("  #")[0].strip() for line in guide_text.splitlines()]
         runs = [(c, _sh(c)) for c in commands if c.startswith(("dig ", "curl ", "georouter "))]
@@ -765,7 +773,8 @@ def _check_guide_runs(runs: list[tuple[str, str]], config: Path) -> None:
     """The guide's commands, run in order as printed, do what the guide says they do."""
     by_region: dict[str, set[str]] = {}
     for node in load_config(config).nodes:
-        by_region.setdefault(node.region, set()).add(str(node.ipv4))
+        if node.role == "edge":  # a shield is never in an answer
+            by_region.setdefault(node.region, set()).add(str(node.ipv4))
     digs = [(c, out) for c, out in runs if c.startswith("dig ")]
     assert len(digs) == 3
     for command, out in digs:
@@ -774,18 +783,23 @@ def _check_guide_runs(runs: list[tuple[str, str]], config: Path) -> None:
         assert answered and answered <= by_region[region], (command, out)
     heads = [out for c, out in runs if c.startswith("curl -sI http://")]
     assert len(heads) == 2 and "; hit" not in heads[0] and "; hit" in heads[1], heads
+    # RFC 9211 §2: the shield's member, then the edge's (the guide says both layers show).
+    layers = re.search(r"(?im)^cache-status: (shield-\d); .*, (edge-eu-1); ", heads[0])
+    assert layers is not None, heads[0]
     # HTTPS with the demo's CA: an image from img., the posts from api. (each its own site).
     image = _output(runs, "https://img.example.com")
     assert image.startswith("HTTP/1.1 200") and "image/jpeg" in image, image
     assert len(json.loads(_output(runs, "https://api.example.com"))["posts"]) == 10
     purged = json.loads(_output(runs, "/api/v1/purge"))["nodes"]
+    assert len(purged) == 8 and set(purged.values()) == {"done"}  # shields purged too
     assert len(purged) == 6 and set(purged.values()) == {"done"}
     prewarmed = json.loads(_output(runs, "georouter prewarm"))["nodes"]
     assert set(prewarmed) == {"edge-eu-1", "edge-eu-2"}, prewarmed
     assert all(p["state"] == "done" and p["fetched"] + p["cached"] == 1
                for p in prewarmed.values()), prewarmed  # fmt: skip
     assert "georouter_answers_total{" in _output(runs, "/metrics")
-    assert len(json.loads(_output(runs, "/api/v1/nodes"))["nodes"]) == 6
+    nodes = json.loads(_output(runs, "/api/v1/nodes"))["nodes"]
+    assert sorted(n["role"] for n in nodes) == ["edge"] * 6 + ["shield"] * 2
     drained = re.search(r"/nodes/([\w-]+)/drain", next(c for c, _ in runs if "/drain" in c))
     assert drained is not None
     eu_dig = digs[0][0]  # the guide's first dig asks from an eu subnet

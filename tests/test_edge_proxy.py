@@ -42,7 +42,7 @@ async def test_miss_then_hit_with_age_and_cache_status_rfc9211_2(
     origin.script("/a", headers=CACHEABLE, body=b"hello")
     status, headers, body = await get(client, edge, "/a")
     assert (status, body) == (200, b"hello")
-    assert headers["Cache-Status"].startswith("georouter-edge; fwd=")
+    assert headers["Cache-Status"].startswith("edge-test-1; fwd=")
     assert "stored" in headers["Cache-Status"] and "fwd-status=200" in headers["Cache-Status"]
     assert headers["Via"] == "1.1 edge-test-1"  # RFC 9110 §7.6.3
     clock.advance(7)
@@ -50,7 +50,7 @@ async def test_miss_then_hit_with_age_and_cache_status_rfc9211_2(
     assert (status, body) == (200, b"hello")
     assert headers["Age"] == "7"  # RFC 9111 §5.1
     # RFC 9211 §2.5: ttl is the lifetime left, counted with the Age sent.
-    assert headers["Cache-Status"] == "georouter-edge; hit; ttl=53"
+    assert headers["Cache-Status"] == "edge-test-1; hit; ttl=53"
     assert headers["Via"] == "1.1 edge-test-1"
     assert origin.fetches["/a"] == 1
     assert (
@@ -260,7 +260,7 @@ async def test_stale_without_stale_if_error_is_502_when_origin_down(
     await origin.stop()
     status, headers, _ = await get(client, edge, "/m")
     assert status == 502  # RFC 9111 §5.2.2.2: must-revalidate forbids serving it stale
-    assert "georouter-edge" in headers["Cache-Status"]
+    assert "edge-test-1" in headers["Cache-Status"]
 
 
 async def test_hundred_concurrent_misses_one_origin_fetch(
@@ -323,7 +323,7 @@ async def test_curl_sees_miss_then_hit(origin: ScriptedOrigin, edge: EdgeServer)
         assert proc.returncode == 0
         outputs.append(stdout.decode())
     assert "fwd=" in outputs[0] and "via curl" in outputs[0]
-    assert "cache-status: georouter-edge; hit" in outputs[1].lower()
+    assert "cache-status: edge-test-1; hit" in outputs[1].lower()
     assert origin.fetches["/curl"] == 1
 
 

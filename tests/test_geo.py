@@ -351,7 +351,7 @@ def test_check_prints_one_summary_line(
     assert check(config_path, db_path) == 0
     out = capsys.readouterr().out
     assert out == (
-        f"{config_path}: ok: 1 zone (example.com.), 3 regions (na, eu, ap), 6 nodes, "
+        f"{config_path}: ok: 1 zone (example.com.), 3 regions (na, eu, ap), 8 nodes (2 shields), "
         f"5 overrides; geoip: GeoIP2-City built 2025-01-01 ({db_path})\n"
     )
 

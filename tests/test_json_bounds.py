@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from cdn.jsonbody import JsonBodyError, decode_json_object, nesting_depth
 from cdn.report import LoadReport
 from tests.test_edge_process import edge_argv, spawn, stop
-from tests.test_router_e2e import TOKEN as ROUTER_TOKEN
-from tests.test_router_e2e import running_router
+from tests.test_router_e2e import node_auth, running_router
 
 LIMITS = {"max_bytes": 4096, "max_depth": 4}
 REPORT = LoadReport("edge-eu-1", 1, "up", 1, 100.0, 2000.0, 0.05, 0.9).to_json()
@@ -90,7 +89,7 @@ def no_traceback(log: list[str]) -> bool:
 
 
 async def test_router_answers_a_2000_level_report_400_and_keeps_working(tmp_path: Path) -> None:
-    url_headers = {"Authorization": f"Bearer {ROUTER_TOKEN}"}
+    url_headers = node_auth(json.loads(REPORT)["node"])
     async with running_router(tmp_path, wait_up=False) as router:
         async with aiohttp.ClientSession(headers=url_headers) as client:
             url = router.api("/api/v1/report")

@@ -9,7 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from edge.ranges import MAX_RANGES, ByteRange, answer_range, parse_range, satisfiable
+from edge.ranges import (
+    MAX_RANGES,
+    ByteRange,
+    answer_range,
+    early_length,
+    early_range,
+    parse_range,
+    satisfiable,
+)
 
 BODY = b"0123456789A"
 LAST_MODIFIED = "Wed, 01 Jan 2020 00:00:00 GMT"
@@ -158,3 +166,35 @@ def test_parse_range_never_raises(value: str) -> None:
 
 def test_byte_range_content_range_rfc9110_14_4() -> None:
     assert ByteRange(0, 9).content_range(100) == "bytes 0-9/100"
+
+
+@pytest.mark.parametrize(
+    ("method", "fields", "expected"),
+    [
+        ("GET", {"Range": "bytes=0-99"}, (0, 99)),
+        ("GET", {"Range": "bytes=-10"}, (None, 10)),
+        ("GET", {"Range": "bytes=5-"}, (5, None)),
+        ("GET", {}, None),
+        ("HEAD", {"Range": "bytes=0-99"}, None),
+        ("GET", {"Range": "bytes=0-1, 5-6"}, None),  # multipart waits for the whole object
+        ("GET", {"Range": "bytes=0-99", "If-Range": '"v1"'}, None),  # needs the validator
+        ("GET", {"Range": "items=0-1"}, None),
+    ],
+)
+def test_early_range_on_a_miss_rfc9110_14_2(
+    method: str, fields: dict[str, str], expected: tuple[int | None, int | None] | None
+) -> None:
+    assert early_range(method, CIMultiDict(fields)) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "fields", "expected"),
+    [
+        (200, {"Content-Length": "761387"}, 761387),
+        (200, {}, None),  # unknown length: answered from the store once whole
+        (200, {"Content-Length": "2000000"}, None),  # over the store's object limit
+        (404, {"Content-Length": "10"}, None),
+    ],
+)
+def test_early_length(status: int, fields: dict[str, str], expected: int | None) -> None:
+    assert early_length(status, CIMultiDict(fields), 1_000_000) == expected

@@ -60,7 +60,9 @@ class FakePicker:
         nodes = tuple(
             n
             for n in self.config.nodes
-            if n.region == region and (n.ipv4 if family == 4 else n.ipv6) is not None
+            if n.region == region
+            and n.role == "edge"  # as the fleet's pools: shields are never answered
+            and (n.ipv4 if family == 4 else n.ipv6) is not None
         )
         return Decision(region, nodes, self.reason, self.config.policy.answer_ttl)
 
@@ -570,7 +572,9 @@ def test_geo_answer_cache_is_bounded(config: RouterConfig, monkeypatch: pytest.M
         query = dns.message.make_query("cdn.example.com", "A", use_edns=0, options=ecs(address, 24))
         region = placer.table.get(address, Placement("na", 16)).region
         addresses = [r.address for r in ask(responder, query).answer[0]]
-        assert addresses == [str(n.ipv4) for n in config.nodes if n.region == region]
+        assert addresses == [
+            str(n.ipv4) for n in config.nodes if n.region == region and n.role == "edge"
+        ]
     assert len(responder._geo_cache) == 2
 
 
@@ -757,7 +761,7 @@ def test_fail_open_answer_is_counted_in_decisions_total(config: RouterConfig) ->
     Fleet(config, selector.update)
     responder = Responder(config, FakePlacer(), selector, metrics.tallies)
     response = ask(responder, dns.message.make_query("cdn.example.com", "A"))
-    na = {str(n.ipv4) for n in config.nodes if n.region == "na"}
+    na = {str(n.ipv4) for n in config.nodes if n.region == "na" and n.role == "edge"}
     assert {rr.address for rrset in response.answer for rr in rrset} == na
     text = generate_latest(metrics.registry).decode()
     assert 'georouter_decisions_total{reason="fail_open",service="cdn.example.com"} 1.0' in text

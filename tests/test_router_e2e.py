@@ -31,7 +31,14 @@ from georouter.config import DEFAULT_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGY = DEFAULT_CONFIG
-TOKEN = "demo-token"
+OPERATOR = {"Authorization": "Bearer demo-operator-token"}  # the shipped operator_token
+
+
+def node_auth(name: str) -> dict[str, str]:
+    """The shipped topology's credential of node `name` (its own token)."""
+    return {"Authorization": f"Bearer demo-{name}-token"}
+
+
 EU = {"127.0.0.13", "127.0.0.14"}
 NA = {"127.0.0.11", "127.0.0.12"}
 START_TIMEOUT_S = 30.0
@@ -59,6 +66,7 @@ class RouterProcess:
     control: str
     edges: dict[str, FakeEdge]
     log: list[str] = field(default_factory=list)
+    dns_listening: list[str] = field(default_factory=list)  # HOST:PORT of every DNS address
 
     async def query(
         self, name: str = "cdn.example.com", rdtype: str = "A", subnet: str | None = "185.60.216.0"
@@ -106,14 +114,15 @@ def write_config(
 
 async def _push_reports(edges: dict[str, FakeEdge], control: str) -> None:
     url = f"http://{control}/api/v1/report"
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
+    async with aiohttp.ClientSession() as session:
         while True:
             for edge in edges.values():
                 if edge.alive:
                     edge.seq += 1
                     report = LoadReport(edge.name, edge.seq, "up", 1, 100.0, 2000.0, 0.05, 0.9)
+                    body, headers = report.to_json(), node_auth(edge.name)
                     with contextlib.suppress(aiohttp.ClientError):
-                        async with session.post(url, data=report.to_json()):
+                        async with session.post(url, data=body, headers=headers):
                             pass
             await asyncio.sleep(REPORT_EVERY_S)  # the edges' report cadence, not a wait
 
@@ -142,7 +151,9 @@ async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> f
     return time.monotonic() - started
 
 
-async def serve(config: Path) -> asyncio.subprocess.Process:
+async def serve(config: Path, dns: str | None = "127.0.0.1:0") -> asyncio.subprocess.Process:
+    """`georouter serve` on `config`, with --dns `dns` (None: the config's dns_listen)."""
+    flags = ("--dns", dns) if dns is not None else ()
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -150,8 +161,7 @@ async def serve(config: Path) -> asyncio.subprocess.Process:
         "serve",
         "--config",
         str(config),
-        "--dns",
-        "127.0.0.1:0",
+        *flags,
         "--control",
         "127.0.0.1:0",
         cwd=ROOT,
@@ -166,23 +176,27 @@ async def running_router(
     router_settings: str = "",
     silent: frozenset[str] = frozenset(),
     wait_up: bool = True,
+    dns: str | None = "127.0.0.1:0",
+    edit: Callable[[str], str] = str,
 ) -> AsyncIterator[RouterProcess]:
     """`georouter serve` with fake edges that report (except `silent` ones); yields once
     every node is up, or as soon as it listens if not wait_up."""
-    names = re.findall(r'name = "(edge-[^"]+)"', TOPOLOGY.read_text())
+    names = re.findall(r'name = "((?:edge|shield)-[^"]+)"', TOPOLOGY.read_text())
     edges = {name: await _start_edge(name) for name in names}
     for name in silent:
         edges[name].alive = False
     config = tmp_path / "cdn.toml"
     write_config(config, edges, router_settings=router_settings)
-    process = await serve(config)
+    config.write_text(edit(config.read_text()))  # then the whole text, if asked
+    process = await serve(config, dns)
     log: list[str] = []
     tasks: list[asyncio.Task[None]] = []
     try:
         assert process.stderr is not None
         fields = await asyncio.wait_for(_read_until_listening(process.stderr, log), START_TIMEOUT_S)
-        dns_port = int(fields["dns"].rsplit(":", 1)[1])
+        dns_port = int(fields["dns"].split(",")[0].rsplit(":", 1)[1])
         rp = RouterProcess(process, config, dns_port, fields["control"], edges, log)
+        rp.dns_listening = fields["dns"].split(",")
         tasks = [
             asyncio.create_task(_drain_log(process.stderr, log)),
             asyncio.create_task(_push_reports(edges, rp.control)),
@@ -239,6 +253,19 @@ async def test_answers_follow_the_client_subnet_rfc7871(router: RouterProcess) -
         'georouter_decisions_total{reason="geo",service="cdn.example.com"}' in metrics
     )  # not fail-open
     assert 'reason="fail_open"' not in metrics
+
+
+async def test_a_shield_is_up_and_listed_but_never_in_dns_answers(router: RouterProcess) -> None:
+    nodes = await _nodes(router)
+    shields = {name for name, n in nodes.items() if n["role"] == "shield"}
+    assert shields == {"shield-1", "shield-2"}
+    assert {nodes[name]["state"] for name in shields} == {"up"}  # probed and reporting
+    # shield-1 stands in na, shield-2 in eu: neither is answered, whichever region asks.
+    answered: set[str] = set()
+    for subnet in ("185.60.216.0", "8.8.8.0", "1.0.16.0", "127.0.0.1"):
+        for _ in range(10):
+            answered |= await router.addresses(subnet)
+    assert answered and answered.isdisjoint({"127.0.0.21", "127.0.0.22"})
 
 
 async def test_dead_node_leaves_answers_within_3_seconds(router: RouterProcess) -> None:
@@ -307,8 +334,7 @@ async def test_first_query_after_listening_is_a_geo_answer(tmp_path: Path) -> No
 
 
 async def test_drain_is_immediate_and_undrain_restores(router: RouterProcess) -> None:
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    async with aiohttp.ClientSession(headers=auth) as s:
+    async with aiohttp.ClientSession(headers=OPERATOR) as s:
         async with s.post(router.api("/api/v1/nodes/edge-eu-1/drain")) as r:
             assert r.status == 200
         assert await router.addresses() == {"127.0.0.14"}  # the very next query
@@ -347,8 +373,9 @@ async def test_sighup_with_changed_config_takes_effect(router: RouterProcess) ->
 async def test_token_rotation_by_sighup_keeps_the_old_token_working(
     router: RouterProcess,
 ) -> None:
-    rotated = 'token = "new-token"\nprevious_tokens = ["demo-token"]'
-    router.config.write_text(router.config.read_text().replace('token = "demo-token"', rotated))
+    old = 'token = "demo-edge-eu-1-token"'
+    rotated = 'token = "new-token"\nprevious_tokens = ["demo-edge-eu-1-token"]'
+    router.config.write_text(router.config.read_text().replace(old, rotated))
     router.process.send_signal(signal.SIGHUP)
 
     async def reloaded() -> bool:
@@ -357,7 +384,12 @@ async def test_token_rotation_by_sighup_keeps_the_old_token_working(
     await poll(reloaded)
     report = LoadReport("edge-eu-1", 10**6, "up", 1, 100.0, 2000.0, 0.05, 0.9).to_json()
     async with aiohttp.ClientSession() as s:
-        for token, status in (("demo-token", 200), ("new-token", 200), ("other", 401)):
+        for token, status in (
+            ("demo-edge-eu-1-token", 200),
+            ("new-token", 200),
+            ("demo-edge-eu-2-token", 403),  # another node's credential
+            ("other", 401),
+        ):
             headers = {"Authorization": f"Bearer {token}"}
             async with s.post(router.api("/api/v1/report"), data=report, headers=headers) as r:
                 assert r.status == status, token

@@ -24,7 +24,7 @@ from tests.geoip_fixture import TEST_NETWORKS, TestNetwork, write_test_geoip
 
 CONFIG = load_config(DEFAULT_CONFIG)
 REGION_NODES = {
-    region.name: {str(n.ipv4) for n in CONFIG.nodes if n.region == region.name}
+    region.name: {str(n.ipv4) for n in CONFIG.nodes if n.region == region.name and n.role == "edge"}
     for region in CONFIG.regions
 }
 START_DEADLINE_S = 15.0

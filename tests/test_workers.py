@@ -24,7 +24,7 @@ from georouter.worker_messages import TallyReport, frame, to_main
 from tests.test_router_e2e import (
     EU,
     NA,
-    TOKEN,
+    OPERATOR,
     RouterProcess,
     _metrics,
     poll,
@@ -85,8 +85,7 @@ async def test_workers_answer_udp_and_main_keeps_tcp(router: RouterProcess) -> N
 
 
 async def test_drain_reaches_every_worker(router: RouterProcess) -> None:
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    async with aiohttp.ClientSession(headers=auth) as s:
+    async with aiohttp.ClientSession(headers=OPERATOR) as s:
         async with s.post(router.api("/api/v1/nodes/edge-eu-1/drain")) as r:
             assert r.status == 200
 
