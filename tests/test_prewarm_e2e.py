@@ -1,6 +1,7 @@
-"""Pre-warming with real processes: a task to a region's edges (fetched, then already
-cached, and a failed origin status), the quotas, the CLI, and a popularity pre-warm after
-an edge is killed (the node that takes its clients gets its hot set)."""
+"""Pre-warming with real processes: a task to a region's edges (fetched through their
+shields, then already cached, and a failed origin status), the quotas, the CLI, and a
+popularity pre-warm after an edge is killed (the node that takes its clients gets its hot
+set)."""
 
 from __future__ import annotations
 
@@ -77,6 +78,16 @@ async def test_prewarm_fetches_then_finds_cached_and_reports_origin_failures(
         assert status == 202, body
         assert set(body["nodes"]) == set(EU)  # the region's edges, no other region's
         task = await finished(session, cdn, body["id"])
+        # The edges fetched through their normal miss path: via the shield that is the
+        # object's parent (rendezvous hash), which holds it now.
+        shields = []
+        for shield in cdn.plan.shields:
+            async with session.get(
+                f"http://{shield.content}/img/dog.jpg", headers={"Host": HOST}
+            ) as response:
+                await response.read()
+                shields.append("; hit" in response.headers.get("Cache-Status", ""))
+        assert cdn.plan.shields and any(shields), shields
         for node in EU:
             progress = task["nodes"][node]
             assert (progress["fetched"], progress["cached"], progress["failed"]) == (1, 0, 1)
