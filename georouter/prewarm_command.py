@@ -1,7 +1,8 @@
 """`georouter prewarm --region eu URL...`: one pre-warm task through the router's control API.
 
 The token and the control address come from the config, as for `georouter purge`
-(router.token, router.control_listen; --control overrides the address). Prints the
+(router.operator_token, else router.token; router.control_listen; --control overrides
+the address). Prints the
 task as JSON. With --wait S it then polls GET /api/v1/prewarm/{id} every POLL_S until
 every node is done or S seconds have passed, and prints the last answer. Exit 0 once
 the router accepted the task (with --wait: and every node finished it), 3 when --wait
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from georouter.config import load_config
+from georouter.credentials import Credentials
 
 EXIT_INCOMPLETE = 3
 EXIT_FAILED = 1
@@ -32,7 +34,7 @@ def prewarm_command(
     config = load_config(config_path)
     where = control or str(config.router.control_listen)
     headers = {
-        "Authorization": f"Bearer {config.router.token}",
+        "Authorization": f"Bearer {Credentials.of(config).operator[0]}",
         "Content-Type": "application/json",
     }
     request = urllib.request.Request(

@@ -792,7 +792,6 @@ def _check_guide_runs(runs: list[tuple[str, str]], config: Path) -> None:
     assert len(json.loads(_output(runs, "https://api.example.com"))["posts"]) == 10
     purged = json.loads(_output(runs, "/api/v1/purge"))["nodes"]
     assert len(purged) == 8 and set(purged.values()) == {"done"}  # shields purged too
-    assert len(purged) == 6 and set(purged.values()) == {"done"}
     prewarmed = json.loads(_output(runs, "georouter prewarm"))["nodes"]
     assert set(prewarmed) == {"edge-eu-1", "edge-eu-2"}, prewarmed
     assert all(p["state"] == "done" and p["fetched"] + p["cached"] == 1
