@@ -37,10 +37,10 @@ def _bound(service: Running, *keys: str) -> list[HostPort]:
 
 
 @contextlib.contextmanager
-def origin() -> Iterator[Endpoint]:
-    """The demo origin (cdnlab.origin) serving the packaged cdnlab/content/."""
+def origin(root: Path = DEMO_ROOT) -> Iterator[Endpoint]:
+    """The demo origin (cdnlab.origin) serving `root` (the packaged cdnlab/content/)."""
     argv = [sys.executable, "-m", "cdnlab.origin", "--listen", f"{LOOPBACK}:0"]
-    with running("origin", [*argv, "--root", str(DEMO_ROOT)], ready_event=READY_EVENT) as service:
+    with running("origin", [*argv, "--root", str(root)], ready_event=READY_EVENT) as service:
         (bound,) = _bound(service, "origin")
         yield Endpoint("origin", bound.host, bound.port, service.pid)
 
@@ -92,9 +92,12 @@ def edge(name: str, origin_url: str, routers: list[str] | None = None) -> Iterat
         started.service.stop()
 
 
-def bench_topology(config: RouterConfig, control_urls: dict[str, str]) -> str:
-    """georouter/data/cdn.toml with each node's control_url replaced and the bench token set."""
-    text = TOPOLOGY.read_text()
+def bench_topology(
+    config: RouterConfig, control_urls: dict[str, str], base: str | None = None
+) -> str:
+    """georouter/data/cdn.toml (or `base`, a topology in its shape) with each node's
+    control_url replaced and the bench token set."""
+    text = TOPOLOGY.read_text() if base is None else base
     for node in config.nodes:
         pattern = rf'(name = "{re.escape(node.name)}"[^\[]*?control_url = )"[^"]*"'
         text = re.sub(pattern, rf'\1"{control_urls[node.name]}"', text, count=1)
