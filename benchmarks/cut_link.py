@@ -9,12 +9,15 @@ While the link is *cut*, every byte either side sends is read and dropped, as a 
 partition drops packets: nobody is told (no FIN, no RST), a new connection is accepted and
 then hears nothing, so each side sees only its own time-outs, as with a host behind a
 broken link. When the link is *restored*, every connection that lived through the cut is
-reset (SO_LINGER 0: an RST to both sides), as happens after a partition longer than the
-peers' TCP patience or a lost NAT state; nothing sent during the cut arrives late. New
-connections then pass again. Freezing the edge with SIGSTOP instead would not do: a frozen
-edge also stops serving its clients (so it could not serve the old object), and the
-kernel keeps the router's purge request in the socket for it to handle at SIGCONT, so the
-purge arrives through the fan-out after all.
+reset (SO_LINGER 0: an RST to both sides): the peer that gave up meanwhile (the router
+closes a channel whose pongs stop) answers the other's next segment with an RST, which a
+real link delivers at the next TCP retransmission after it heals, here at once; nothing
+sent during the cut arrives late. New connections then pass again.
+
+Freezing the edge with SIGSTOP instead would not do: a frozen edge also stops serving its
+clients (so it could not serve the old object), and the kernel keeps the router's purge
+request in the socket for it to handle at SIGCONT, so the purge arrives through the
+fan-out after all.
 
 The relays run on one event loop in a daemon thread; `cut` and `restore` are called from
 the blocking harness and return once the loop has applied them.

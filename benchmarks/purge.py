@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import statistics
 import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -68,6 +70,7 @@ START_WORKERS = 4  # edges started at once: more only makes each slower on two c
 START_TIMEOUT_S = 180.0  # the whole fleet
 NODES_UP_TIMEOUT_S = 60.0
 SHARED_SHARE = 0.25  # other work above this share of one core marks the machine shared
+REPORT_FRESH_S = 1.5  # a report this recent: the edge reports at its 1 s interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +83,7 @@ class Plan:
     fanout_timeout_s: float | None  # None: the router's default
 
 
-FULL = Plan(fleets=(6, 50), purges=100, cut_trials=6, cut_edges=6, cut_after_answer_s=1.0,
+FULL = Plan(fleets=(6, 50), purges=100, cut_trials=12, cut_edges=6, cut_after_answer_s=1.0,
             fanout_timeout_s=None)  # fmt: skip
 QUICK = Plan(fleets=(3,), purges=5, cut_trials=1, cut_edges=3, cut_after_answer_s=1.5,
              fanout_timeout_s=0.5)  # fmt: skip
@@ -200,9 +203,6 @@ class Fleet:
         endpoint = self.edges[node].content
         return f"http://{endpoint.host}:{endpoint.port}{OBJECT_PATH}"
 
-    def pids(self) -> list[int]:
-        return [self.router.pid, *(e.service.pid for e in self.edges.values())]
-
 
 Note = Callable[[str, int], None]
 
@@ -266,6 +266,9 @@ def fleet(
             service.ready()
             note("georouter", service.pid)
             service.wait_ready(lambda: cdn.all_nodes_up(router_url), timeout_s=NODES_UP_TIMEOUT_S)
+            # Steady state: every edge has reported too. An edge started before the router
+            # backs its reports off; until one lands, the router counts it up on probes alone.
+            service.wait_ready(lambda: all_reported(router_url), timeout_s=NODES_UP_TIMEOUT_S)
             yield Fleet(router_url, service, edges, links)
     finally:
         for started in edges.values():
@@ -274,6 +277,16 @@ def fleet(
             pair[0].stop()
         for link in to_router.values() if cut else ():
             link.stop()
+
+
+def all_reported(router_url: str) -> bool:
+    """True when every node's latest report is fresh (the router's GET /api/v1/nodes)."""
+    try:
+        with urllib.request.urlopen(f"{router_url}/api/v1/nodes", timeout=1.0) as response:
+            nodes = json.load(response)["nodes"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return all(n["seq"] is not None and n["report_age_s"] < REPORT_FRESH_S for n in nodes)
 
 
 def _start_edge(name: str, origin_url: str, router_url: str, deadline: float) -> cdn.Edge:
@@ -566,9 +579,20 @@ def purge_table(results: PurgeResults) -> Table:
         "lower bound: p50 / p99 ms", "first purge ms", "first edge: median ms",
         "router's 200: p50 / p99 ms", "not done", "poll every ms", "other work",
     ]  # fmt: skip
-    return Table(
-        "Purge everywhere: the last edge stops serving the old object", columns, rows, notes
-    )
+    notes += shared_note([r.machine for r in results.fleets])
+    title = "Purge everywhere: the last edge stops serving the old object"
+    return Table(title, columns, rows, notes)
+
+
+def shared_note(machines: list[Machine]) -> list[str]:
+    """A note when other work shared the machine during the measurement."""
+    if not any(m.shared for m in machines):
+        return []
+    most = max(m.others for m in machines)
+    return [
+        f"**The machine was shared with other work during this run** (up to {most:.0f} % of "
+        "a core besides this part's processes): the figures include waiting for the CPU."
+    ]
 
 
 def cut_table(result: CutResult) -> Table:
@@ -606,6 +630,7 @@ def cut_table(result: CutResult) -> Table:
         "restore → new version: median / max ms", "restore → counted up: median / max ms",
         "stale after up", "old answers after restore, before new", "other work",
     ]  # fmt: skip
+    notes += shared_note([result.machine])
     return Table("An edge cut off from every router during the purge", columns, [row], notes)
 
 

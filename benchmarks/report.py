@@ -130,10 +130,11 @@ def _section(heading: str, part: Part, stamp: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def splice_text(text: str, parts: Sequence[Part], stamp: Sequence[str], method: str) -> str:
+def splice_text(text: str, parts: Sequence[Part], stamp: Sequence[str]) -> str:
     """`text` (a rendered report) with each part's section replaced, or added after the
-    last numbered part before "Memory", under `stamp`; "How the run works" becomes `method`;
-    the numbered parts are numbered again in order. Every other section is kept as it is."""
+    last numbered part before "Memory", under `stamp`; the numbered parts are numbered
+    again in order. Every other section, "How the run works" too, is kept as it is: it
+    describes the run the rest of the page came from."""
     preamble, *chunks = re.split(r"(?m)^(?=## )", text)
     sections: list[tuple[str, bool, str]] = []  # (title, numbered, text)
     for chunk in chunks:
@@ -150,9 +151,7 @@ def splice_text(text: str, parts: Sequence[Part], stamp: Sequence[str], method: 
         sections.insert(spots[-1] + 1 if spots else len(sections), new)
     out, number = [preamble], 0
     for title, numbered, chunk in sections:
-        if title == "How the run works":
-            chunk = method.rstrip("\n") + "\n\n"
-        elif numbered:
+        if numbered:
             number += 1
             chunk = f"## {number}. {title}" + chunk[chunk.index("\n") :]
         out.append(chunk if chunk.endswith("\n") else chunk + "\n")
@@ -165,7 +164,7 @@ def splice(path: Path, parts: Sequence[Part], header: Sequence[str]) -> None:
         "Measured apart from the rest of this page (`python -m benchmarks --splice`):",
         *header,
     ]
-    path.write_text(splice_text(path.read_text(), parts, stamp, METHOD.read_text()))
+    path.write_text(splice_text(path.read_text(), parts, stamp))
 
 
 def write(path: Path, parts: Sequence[Part], header: Sequence[str], summary: Table) -> None:
