@@ -416,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         print(ordered[-1].tables[0].text())
     header = report.machine_lines(peers.versions(), settings.mode)
     if args.splice:
-        report.splice(args.output, ordered, header)
+        command = f"python -m benchmarks --parts {','.join(args.parts)} --splice"
+        report.splice(args.output, ordered, header, command)
         print(f"spliced {', '.join(p.title for p in ordered)} into {args.output}")
         return 0
     summary = headline.headline([table for part in ordered for table in part.tables])

@@ -158,12 +158,10 @@ def splice_text(text: str, parts: Sequence[Part], stamp: Sequence[str]) -> str:
     return "".join(out)
 
 
-def splice(path: Path, parts: Sequence[Part], header: Sequence[str]) -> None:
-    """Write `parts` into the report at `path` (`splice_text`), stamped with `header`."""
-    stamp = [
-        "Measured apart from the rest of this page (`python -m benchmarks --splice`):",
-        *header,
-    ]
+def splice(path: Path, parts: Sequence[Part], header: Sequence[str], command: str) -> None:
+    """Write `parts` into the report at `path` (`splice_text`), stamped with `header` and
+    the `command` that measured them."""
+    stamp = [f"Measured apart from the rest of this page (`{command}`):", *header]
     path.write_text(splice_text(path.read_text(), parts, stamp))
 
 
