@@ -123,6 +123,19 @@ def all_nodes_up(router_url: str) -> bool:
     return bool(health.get("nodes_total")) and health["nodes_up"] == health["nodes_total"]
 
 
+def all_channels_open(router_url: str, nodes: int) -> bool:
+    """True when the router counts a report channel open for each of `nodes` edges
+    (`georouter_channels_open`). Until then an edge that started before its router is still
+    backing off its first report, and a crash of it would be noticed by the probes only."""
+    try:
+        with urllib.request.urlopen(f"{router_url}/metrics", timeout=1.0) as response:
+            text = response.read().decode()
+    except OSError:
+        return False
+    found = re.search(r"(?m)^georouter_channels_open ([0-9.e+]+)$", text)
+    return found is not None and float(found.group(1)) >= nodes
+
+
 @dataclass(frozen=True, slots=True)
 class Cdn:
     """Six edges of the shipped topology and a router that probes them and takes their reports."""
@@ -153,6 +166,9 @@ def cdn(config: RouterConfig, workdir: Path, origin_url: str) -> Iterator[Cdn]:
             (bound,) = _bound(service, "dns")
             dns = Endpoint("georouter", bound.host, bound.port, service.pid)
             service.wait_ready(lambda: all_nodes_up(router_url), timeout_s=NODES_UP_TIMEOUT_S)
+            service.wait_ready(
+                lambda: all_channels_open(router_url, len(edges)), timeout_s=NODES_UP_TIMEOUT_S
+            )
             yield Cdn(Router(dns, router_url, service), edges)
     finally:
         for started in edges.values():

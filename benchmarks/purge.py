@@ -30,12 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import statistics
 import sys
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -70,7 +68,6 @@ START_WORKERS = 4  # edges started at once: more only makes each slower on two c
 START_TIMEOUT_S = 180.0  # the whole fleet
 NODES_UP_TIMEOUT_S = 60.0
 SHARED_SHARE = 0.25  # other work above this share of one core marks the machine shared
-REPORT_FRESH_S = 1.5  # a report this recent: the edge reports at its 1 s interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,11 +222,10 @@ def fleet(
     router_url = f"http://{cdn.LOOPBACK}:{control_port}"
     edges: dict[str, cdn.Edge] = {}
     links: dict[str, tuple[CutLink, CutLink]] = {}
+    to_router: dict[str, CutLink] = {}  # node → its relay in front of the router
     try:
-        to_router = {}
-        for node in config.nodes:
-            if cut:
-                to_router[node.name] = CutLink(cdn.LOOPBACK, control_port).start()
+        for node in config.nodes if cut else ():
+            to_router[node.name] = CutLink(cdn.LOOPBACK, control_port).start()
         with ThreadPoolExecutor(START_WORKERS) as pool:
             deadline = time.monotonic() + START_TIMEOUT_S
             futures = {
@@ -266,27 +262,20 @@ def fleet(
             service.ready()
             note("georouter", service.pid)
             service.wait_ready(lambda: cdn.all_nodes_up(router_url), timeout_s=NODES_UP_TIMEOUT_S)
-            # Steady state: every edge has reported too. An edge started before the router
-            # backs its reports off; until one lands, the router counts it up on probes alone.
-            service.wait_ready(lambda: all_reported(router_url), timeout_s=NODES_UP_TIMEOUT_S)
+            # Steady state: every edge reports over its channel. An edge started before the
+            # router backs its reports off; until one lands, the router counts it up on probes
+            # alone (and a purge it owes would wait for that report).
+            service.wait_ready(
+                lambda: cdn.all_channels_open(router_url, count), timeout_s=NODES_UP_TIMEOUT_S
+            )
             yield Fleet(router_url, service, edges, links)
     finally:
         for started in edges.values():
             started.service.stop()
-        for pair in links.values():
-            pair[0].stop()
-        for link in to_router.values() if cut else ():
+        for to_edge, _ in links.values():
+            to_edge.stop()
+        for link in to_router.values():
             link.stop()
-
-
-def all_reported(router_url: str) -> bool:
-    """True when every node's latest report is fresh (the router's GET /api/v1/nodes)."""
-    try:
-        with urllib.request.urlopen(f"{router_url}/api/v1/nodes", timeout=1.0) as response:
-            nodes = json.load(response)["nodes"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return all(n["seq"] is not None and n["report_age_s"] < REPORT_FRESH_S for n in nodes)
 
 
 def _start_edge(name: str, origin_url: str, router_url: str, deadline: float) -> cdn.Edge:
