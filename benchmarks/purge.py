@@ -31,9 +31,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +54,9 @@ from georouter.config import RouterConfig, load_config
 
 T = TypeVar("T")
 SITE = "img.example.com"
+APPLIED = re.compile(
+    r'(?m)^edge_fleet_purges_total\{(?=[^}]*result="applied")[^}]*via="(\w+)"[^}]*\} (\S+)$'
+)
 OBJECT_PATH = "/purge-bench/picture.jpg"
 OBJECT_URL = f"http://{SITE}{OBJECT_PATH}"
 OBJECT_BYTES = 16 * 1024  # a profile picture
@@ -125,6 +130,7 @@ class CutTrial:
     up_after_s: float  # restore → the router counts it up again
     stale_after_up: int  # old answers sent once the router may have counted it up
     stale_before_new: int  # old answers between the restore and the first new one
+    via: str  # how the victim got the purge: "report" (a report's reply) or "fanout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +339,13 @@ class Client:
             nodes = (await response.json())["nodes"]
         return str(next(n["state"] for n in nodes if n["name"] == node))
 
+    async def applied(self, control_url: str) -> dict[str, float]:
+        """An edge's purges applied so far, by way (edge_fleet_purges: fanout, report)."""
+        async with self.session.get(f"{control_url}/metrics") as response:
+            text = await response.text()
+        found = APPLIED.findall(text)
+        return {via: float(value) for via, value in found}
+
     async def settle(self, urls: list[str], version: int) -> None:
         """Until every edge answers `version` from its cache (a miss first stores it)."""
         deadline = time.monotonic() + TRIAL_TIMEOUT_S
@@ -423,6 +436,8 @@ async def _cut_trial(
     await client.settle(urls, picture.version)
     picture.write(picture.version + 1)
     links = fleet.links[victim]
+    control = fleet.edges[victim].control_url  # direct: the harness is not cut off
+    applied_before = await client.applied(control)
     cut_at = time.monotonic()
     for link in links:
         await asyncio.to_thread(link.cut)
@@ -477,6 +492,8 @@ async def _cut_trial(
 
     await asyncio.gather(watch_edge(), watch_router())
     assert new_at is not None and up_from is not None
+    applied = await client.applied(control)
+    ways = [w for w, n in sorted(applied.items()) if n > applied_before.get(w, 0.0)]
     trial = CutTrial(
         victim=victim,
         result=result,
@@ -485,6 +502,7 @@ async def _cut_trial(
         up_after_s=max(0.0, up_from - restored),
         stale_after_up=sum(1 for sent, v in answers if sent >= up_from and v < picture.version),
         stale_before_new=sum(1 for sent, v in answers if sent < new_at and v < picture.version),
+        via=" and ".join(ways) or "none",
     )
     return trial, cut_s
 
@@ -594,6 +612,7 @@ def cut_table(result: CutResult) -> Table:
         str(len(trials)),
         f"{statistics.median(result.cut_s):.1f}",
         ", ".join(results),
+        ", ".join(f"{way} {n}" for way, n in sorted(Counter(t.via for t in trials).items())),
         f"{sum(t.went_out for t in trials)} of {len(trials)}",
         f"{_ms(statistics.median(new))} / **{_ms(max(new))}**",
         f"{_ms(statistics.median(up))} / {_ms(max(up))}",
@@ -613,9 +632,13 @@ def cut_table(result: CutResult) -> Table:
         "stale answers once the router counts it up.",
         "Old answers before the new one are expected: the edge was cut off and kept serving "
         "its copy to the clients that still reach it.",
+        "Applied via: how the edge got the purge, from its `edge_fleet_purges` counter "
+        "(`report`: with the router's reply to one of its load reports; `fanout`: the "
+        "router's direct request).",
     ]
     columns = [
-        "edges", "trials", "cut s (median)", "router's answer for it", "left answers",
+        "edges", "trials", "cut s (median)", "router's answer for it", "applied via (trials)",
+        "left answers",
         "restore → new version: median / max ms", "restore → counted up: median / max ms",
         "stale after up", "old answers after restore, before new", "other work",
     ]  # fmt: skip

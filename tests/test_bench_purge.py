@@ -56,6 +56,7 @@ def test_quick_mode_measures_both_tables_and_stops_every_process(tmp_path: Path)
     trial = results.cut.trials[0]
     assert trial.result != "done"  # the cut link kept the fan-out from it
     assert trial.new_after_s >= 0 and trial.up_after_s >= 0 and trial.stale_after_up >= 0
+    assert trial.via != "none"  # the edge applied the purge, one way or the other
 
     purge_table, cut_table = purge.tables(results)
     for table in (purge_table, cut_table):
@@ -66,7 +67,8 @@ def test_quick_mode_measures_both_tables_and_stops_every_process(tmp_path: Path)
     for cell in row[2:7]:
         assert all(FIGURE.match(f) for f in figures(cell)), cell
     (cut_row,) = cut_table.rows
-    for cell in (cut_row[5], cut_row[6], cut_row[7], cut_row[8]):
+    assert re.fullmatch(r"(fanout|report)( and \w+)? 1", cut_row[4]), cut_row[4]
+    for cell in (cut_row[6], cut_row[7], cut_row[8], cut_row[9]):
         assert all(FIGURE.match(f) for f in figures(cell)), cell
     assert "%" in row[-1] and "%" in cut_row[-1]  # the other work on the machine
 
