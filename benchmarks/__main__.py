@@ -418,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.splice:
         command = f"python -m benchmarks --parts {','.join(args.parts)} --splice"
         report.splice(args.output, ordered, header, command)
+        headline.rebuild(args.output, headline.README if args.output == OUTPUT else None)
         print(f"spliced {', '.join(p.title for p in ordered)} into {args.output}")
         return 0
     summary = headline.headline([table for part in ordered for table in part.tables])

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import purge
+from benchmarks import headline, purge
 from benchmarks.__main__ import PARTS
 from benchmarks.cdn import TOPOLOGY
 from benchmarks.cut_link import CutLink
 from benchmarks.processes import BenchError
-from benchmarks.report import Part, Table, splice_text
+from benchmarks.report import Part, Table, render, splice_text
 from georouter.config import load_config
 
 FIGURE = re.compile(r"^\**[\d,]+(\.\d+)?\**$")
@@ -198,3 +198,64 @@ def test_splice_adds_a_part_before_memory_and_renumbers() -> None:
     again = splice_text(text, [Part("Purge everywhere", "second", [])], [])
     assert again.count("Purge everywhere") == 1 and "second" in again and "### T" not in again
     assert re.findall(r"(?m)^## (.+)$", again) == headings
+
+
+FAILOVER = Table(
+    "Failover: a killed or frozen edge leaves the answers",
+    ["system", "detection settings", "time until a dead node leaves answers", "source"],
+    [
+        ["georouter, kill -9 (cdn.toml)", "x", "measured: median 6 ms, max 11 ms", "this run"],
+        ["georouter, SIGSTOP (cdn.toml)", "x", "measured: median 1409 ms, max 1442 ms", "run"],
+        ["Route 53 health checks", "x", "≈ 90 s", "AWS"],
+    ],
+)
+
+
+def test_headline_reads_each_fault_of_ours_and_only_the_peers_as_defaults() -> None:
+    (row,) = headline.headline([FAILOVER]).rows
+    assert row == [
+        "a crashed or frozen edge leaves the answers",
+        "kill -9: median 6 ms, max 11 ms; SIGSTOP: median 1409 ms, max 1442 ms; "
+        "documented defaults: Route 53 health checks ≈ 90 s",
+    ]
+
+
+def purge_results(others: float) -> purge.PurgeResults:
+    machine = purge.Machine(ours=50.0, others=others, stolen=0.0)
+    fleet = purge.FleetResult(
+        edges=50, poll_s=0.04, answered_s=[0.05, 0.06], last_s=[0.08, 0.2],
+        last_low_s=[0.04, 0.1], first_purge_s=0.3, first_s=[0.01, 0.02], not_done=0,
+        machine=machine,
+    )  # fmt: skip
+    trial = purge.CutTrial("edge-na-1", "pending", True, 0.4, 1.5, 0, 40, "report")
+    return purge.PurgeResults([fleet], purge.CutResult(6, [3.0], [trial], machine))
+
+
+def test_headline_reads_the_purge_tables_back_from_the_rendered_report() -> None:
+    part = Part("Purge everywhere", "", purge.tables(purge_results(others=120.0)))
+    text = render([part], ["- Date: today"], Table("Headline", ["a"], []), "", "")
+    rows = {row[0]: row[1] for row in headline.headline(headline.tables_in(text)).rows}
+    shared = " (the machine shared with other work)"
+    assert rows["purge everywhere, until the last edge serves the new object, p50 / p99"] == (
+        "50 edges 80 / 200 ms" + shared
+    )
+    assert rows["an edge cut off during a purge, once reachable again"] == (
+        "new object 400 ms after (max 400 ms), 0 stale answers once counted up" + shared
+    )
+    quiet = render(
+        [Part("Purge everywhere", "", purge.tables(purge_results(others=5.0)))],
+        ["- Date: today"], Table("Headline", ["a"], []), "", "",
+    )  # fmt: skip
+    assert "shared" not in str(headline.headline(headline.tables_in(quiet)).rows)
+
+
+def test_the_headline_section_is_rebuilt_from_the_page_itself(tmp_path: Path) -> None:
+    report = tmp_path / "benchmarks.md"
+    report.write_text(splice_text(REPORT, [Part("Failover time", "", [FAILOVER])], []))
+    headline.rebuild(report, None)
+    text = report.read_text()
+    section = text.split("## Headline\n", 1)[1].split("\n## ", 1)[0]
+    assert "a crashed or frozen edge" in section and "| a | b |" not in section
+    assert "## How the run works\n\nold method" in text  # the rest as it was
+    headline.rebuild(report, None)
+    assert report.read_text() == text  # rebuilt from itself: the same again
