@@ -180,7 +180,7 @@ def version_of(body: bytes) -> int:
 def fleet_toml(shipped_text: str, shipped: RouterConfig, count: int, router: str = "") -> str:
     """The shipped topology with `count` nodes round-robin over its regions (`router`:
     extra [router] settings)."""
-    head = shipped_text.split("[[nodes]]", 1)[0]
+    head = shipped_text.split("\n[[nodes]]\n", 1)[0] + "\n"
     if router:
         head = head.replace("[router]\n", f"[router]\n{router}\n", 1)
     regions = [r.name for r in shipped.regions]
@@ -190,7 +190,7 @@ def fleet_toml(shipped_text: str, shipped: RouterConfig, count: int, router: str
         nodes.append(
             f'[[nodes]]\nname = "edge-{region}-{ordinal}"\nregion = "{region}"\n'
             f'ipv4 = "127.0.0.{11 + index}"\ncapacity_rps = {2000 if ordinal % 2 else 1000}\n'
-            f'control_url = "http://127.0.0.1:9"\n'
+            f'control_url = "http://127.0.0.1:9"\ntoken = "bench-edge-{region}-{ordinal}"\n'
         )
     return head + "\n".join(nodes)
 
