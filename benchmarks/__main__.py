@@ -3,8 +3,9 @@ its headline also into README.md.
 
 BENCH_QUICK=1 shortens every part (about 4 minutes in all) for development; the full run
 stays under 20 minutes on 2 cores (the scaling part adds about 6, 1 in quick mode).
-`--parts bias,dns,hit,failover,return,prewarm,balance,cache,disk,offload,hostile,scaling`
-picks parts.
+`--parts bias,dns,hit,failover,return,prewarm,balance,cache,disk,offload,hostile,scaling,purge`
+picks parts; with `--splice` only the parts run are written into the existing report, the
+rest is kept.
 The bias check (benchmarks/fairness.py) runs first and stops the run, exit 1, if the harness
 would measure a server started its way differently from one started plainly; every started
 process is checked against the harness's own scheduling (session autogroup, nice, cores).
@@ -38,6 +39,7 @@ from benchmarks import (
     offload,
     peers,
     prewarm_failover,
+    purge,
     report,
     return_to_region,
     scaling,
@@ -58,8 +60,7 @@ from georouter.config import RouterConfig, load_config
 OUTPUT = cdn.REPO / "docs" / "benchmarks.md"
 PARTS = (
     "bias", "dns", "hit", "failover", "return", "prewarm", "balance", "cache", "disk", "offload",
-    "hostile",
-    "scaling",
+    "hostile", "scaling", "purge",
 )  # fmt: skip
 LATENCY_LOAD_SHARE = 0.5  # the fixed-rate run offers half of georouter's max q/s
 DNS_WORKERS = 2  # the second georouter configuration measured: one UDP worker per core
@@ -318,6 +319,16 @@ def hostile_part(run: Run) -> None:
     run.emit("hostile", part, hostile.hostile_table(hostile.run(cdn.TOPOLOGY, load)))
 
 
+def purge_part(run: Run) -> None:
+    """Purge everywhere, and an edge cut off during a purge (benchmarks/purge.py)."""
+    part = Part("Purge everywhere", report.intro(purge.__doc__))
+    plan = purge.QUICK if run.settings is QUICK else purge.FULL
+    workdir = run.workdir / "purge"
+    workdir.mkdir()
+    for table in purge.tables(purge.measure(workdir, plan, run.note_start)):
+        run.emit("purge", part, table)
+
+
 def memory_table(memory: dict[str, int]) -> Table:
     rows = [[label, f"{size / 2**20:,.1f}"] for label, size in memory.items()]
     notes = [
@@ -331,6 +342,12 @@ def _selected(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset")
     parser.add_argument("--output", type=Path, default=OUTPUT, help="Markdown report")
+    parser.add_argument(
+        "--splice",
+        action="store_true",
+        help="write only the parts run into the existing report (their sections replaced "
+        "or added, each stamped with this run's date and machine); README untouched",
+    )
     args = parser.parse_args(argv)
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if unknown := set(args.parts) - set(PARTS):
@@ -408,17 +425,25 @@ def main(argv: list[str] | None = None) -> int:
                 hostile_part(run)
             if "scaling" in args.parts:
                 scaling_part(run, args.output.parent / "img")
+            if "purge" in args.parts:
+                purge_part(run)
         except (BenchError, DemoError) as exc:  # DemoError: a server did not start
             print(f"benchmarks: {exc}", file=sys.stderr)
             return 1
-        if run.started:
+        if run.started and not (args.splice and "bias" not in args.parts):
             started = fairness.started_table(run.started, run.workdir)
             run.emit("bias", harness_part(run), started)
     ordered = [run.parts[key] for key in PARTS if key in run.parts]
-    if run.memory:
+    if run.memory and not args.splice:  # a spliced run keeps the full run's memory table
         ordered.append(Part("Memory", "", [memory_table(run.memory)]))
         print(ordered[-1].tables[0].text())
     header = report.machine_lines(peers.versions(), settings.mode)
+    if args.splice:
+        command = f"python -m benchmarks --parts {','.join(args.parts)} --splice"
+        report.splice(args.output, ordered, header, command)
+        headline.rebuild(args.output, headline.README if args.output == OUTPUT else None)
+        print(f"spliced {', '.join(p.title for p in ordered)} into {args.output}")
+        return 0
     summary = headline.headline([table for part in ordered for table in part.tables])
     report.write(args.output, ordered, header, summary)
     print(f"wrote {args.output}")

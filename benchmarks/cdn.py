@@ -37,10 +37,10 @@ def _bound(service: Running, *keys: str) -> list[HostPort]:
 
 
 @contextlib.contextmanager
-def origin() -> Iterator[Endpoint]:
-    """The demo origin (cdnlab.origin) serving the packaged cdnlab/content/."""
+def origin(root: Path = DEMO_ROOT) -> Iterator[Endpoint]:
+    """The demo origin (cdnlab.origin) serving `root` (the packaged cdnlab/content/)."""
     argv = [sys.executable, "-m", "cdnlab.origin", "--listen", f"{LOOPBACK}:0"]
-    with running("origin", [*argv, "--root", str(DEMO_ROOT)], ready_event=READY_EVENT) as service:
+    with running("origin", [*argv, "--root", str(root)], ready_event=READY_EVENT) as service:
         (bound,) = _bound(service, "origin")
         yield Endpoint("origin", bound.host, bound.port, service.pid)
 
@@ -100,14 +100,17 @@ def edge(name: str, origin_url: str, routers: list[str] | None = None) -> Iterat
         started.service.stop()
 
 
-def bench_topology(config: RouterConfig, control_urls: dict[str, str]) -> str:
-    """georouter/data/cdn.toml with each node's control_url replaced and one shared bench
-    token (router.token) in place of the nodes' own: every bench edge runs with it."""
-    text = TOPOLOGY.read_text()
+def bench_topology(
+    config: RouterConfig, control_urls: dict[str, str], base: str | None = None
+) -> str:
+    """georouter/data/cdn.toml (or `base`, a topology in its shape) with each node's
+    control_url replaced and one shared bench token (router.token) in place of the nodes'
+    and the operator's own: every bench edge, and the harness's purges and pre-warms, use it."""
+    text = TOPOLOGY.read_text() if base is None else base
     for node in config.nodes:
         pattern = rf'(name = "{re.escape(node.name)}"[^\[]*?control_url = )"[^"]*"'
         text = re.sub(pattern, rf'\1"{control_urls[node.name]}"', text, count=1)
-    text = re.sub(r'(?m)^token = "[^"]*".*\n', "", text)
+    text = re.sub(r'(?m)^(operator_)?token = "[^"]*".*\n', "", text)
     return text.replace("[router]\n", f'[router]\ntoken = "{BENCH_TOKEN}"\n', 1)
 
 
@@ -128,6 +131,19 @@ def all_nodes_up(router_url: str) -> bool:
     except (OSError, ValueError):
         return False
     return bool(health.get("nodes_total")) and health["nodes_up"] == health["nodes_total"]
+
+
+def all_channels_open(router_url: str, nodes: int) -> bool:
+    """True when the router counts a report channel open for each of `nodes` edges
+    (`georouter_channels_open`). Until then an edge that started before its router is still
+    backing off its first report, and a crash of it would be noticed by the probes only."""
+    try:
+        with urllib.request.urlopen(f"{router_url}/metrics", timeout=1.0) as response:
+            text = response.read().decode()
+    except OSError:
+        return False
+    found = re.search(r"(?m)^georouter_channels_open ([0-9.e+]+)$", text)
+    return found is not None and float(found.group(1)) >= nodes
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +177,9 @@ def cdn(config: RouterConfig, workdir: Path, origin_url: str) -> Iterator[Cdn]:
             (bound,) = _bound(service, "dns")
             dns = Endpoint("georouter", bound.host, bound.port, service.pid)
             service.wait_ready(lambda: all_nodes_up(router_url), timeout_s=NODES_UP_TIMEOUT_S)
+            service.wait_ready(
+                lambda: all_channels_open(router_url, len(edges)), timeout_s=NODES_UP_TIMEOUT_S
+            )
             yield Cdn(Router(dns, router_url, service), edges)
     finally:
         for started in edges.values():

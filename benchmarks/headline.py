@@ -3,8 +3,9 @@
 `make bench` writes it at the top of docs/benchmarks.md and into README.md between the
 `<!-- bench:headline -->` and `<!-- /bench:headline -->` markers, so the README never
 quotes a stale run. Every figure is read from a rendered table (by title and column name),
-so `python -m benchmarks.headline` can rebuild the README's copy from docs/benchmarks.md
-alone. A part that did not run (or was skipped) leaves its rows out.
+so `python -m benchmarks.headline` can rebuild the page's headline and the README's copy
+from docs/benchmarks.md alone, as `python -m benchmarks --splice` does after it replaced
+some parts. A part that did not run (or was skipped) leaves its rows out.
 """
 
 from __future__ import annotations
@@ -92,11 +93,57 @@ def _hits(table: Table) -> list[Row]:
 
 
 def _failover(table: Table) -> list[Row]:
+    """Our rows (one per fault: kill -9, SIGSTOP) first, then the peers' defaults."""
     column = "time until a dead node leaves answers"
-    ours, *peers = _records(table)
+    records = _records(table)
+    ours = [r for r in records if r["system"].startswith("georouter")]
+    peers = [r for r in records if not r["system"].startswith("georouter")]
     defaults = ", ".join(f"{p['system']} {p[column].split(' (')[0].split(';')[0]}" for p in peers)
-    result = ours[column] + (f"; documented defaults: {defaults}" if defaults else "")
-    return [("a crashed edge leaves the answers", result)]
+    if len(ours) == 1:
+        result = ours[0][column]
+    else:  # "georouter, SIGSTOP (georouter/data/cdn.toml)" → "SIGSTOP"
+        faults = [r["system"].removeprefix("georouter, ").split(" (")[0] for r in ours]
+        result = "; ".join(
+            f"{fault}: {r[column].removeprefix('measured: ')}"
+            for fault, r in zip(faults, ours, strict=True)
+        )
+    result += f"; documented defaults: {defaults}" if defaults else ""
+    what = "a crashed edge" if len(ours) == 1 else "a crashed or frozen edge"
+    return [(f"{what} leaves the answers", result)]
+
+
+def _figures(cell: str) -> list[str]:
+    """ "80 / **213** / 225" → ["80", "213", "225"]."""
+    return [part.strip().strip("*") for part in cell.split(" / ")]
+
+
+SHARED = "**shared**"  # how the purge tables mark a machine shared with other work
+
+
+def _shared(records: list[dict[str, str]]) -> str:
+    shared = any(r.get("other work", "").startswith(SHARED) for r in records)
+    return " (the machine shared with other work)" if shared else ""
+
+
+def _purge(table: Table) -> list[Row]:
+    cells = []
+    records = _records(table)
+    for r in records:
+        p50, p99, _ = _figures(r["last edge serves new: p50 / p99 / max ms"])
+        cells.append(f"{r['edges']} edges {p50} / {p99} ms")
+    cells[-1] += _shared(records)
+    return [
+        ("purge everywhere, until the last edge serves the new object, p50 / p99", ", ".join(cells))
+    ]
+
+
+def _cut(table: Table) -> list[Row]:
+    (r,) = _records(table)
+    median, most = _figures(r["restore → new version: median / max ms"])
+    stale = r["stale after up"].strip("*")
+    result = f"new object {median} ms after (max {most} ms), {stale} stale answers once counted up"
+    result += _shared([r])
+    return [("an edge cut off during a purge, once reachable again", result)]
 
 
 def _balance(table: Table) -> list[Row]:
@@ -130,6 +177,8 @@ RULES: tuple[tuple[str, Callable[[Table], list[Row]]], ...] = (
     ("Failover", _failover),
     ("Load spread", _balance),
     ("Eviction policy", _cache),
+    ("Purge everywhere", _purge),
+    ("An edge cut off", _cut),
     ("Resident memory", _memory),
 )
 
@@ -174,6 +223,24 @@ def update_readme(readme: Path, header: Sequence[str], summary: Table) -> None:
     readme.write_text(replace_block(readme.read_text(), readme_block(header, summary)))
 
 
+def with_headline(markdown: str, summary: Table) -> str:
+    """A rendered report with its headline section rebuilt from `summary`."""
+    start = markdown.index(f"## {TITLE}\n")
+    end = markdown.index("\n## ", start + 1) + 1
+    section = "\n".join([f"## {TITLE}", "", *table_lines(summary), "", ""])
+    return markdown[:start] + section + markdown[end:]
+
+
+def rebuild(report: Path, readme: Path | None) -> None:
+    """The headline of `report` (and `readme`'s copy) rebuilt from the report's own tables:
+    after `--splice` replaced some parts, or by hand (no benchmark is run)."""
+    text = report.read_text()
+    summary = headline(tables_in(text))
+    report.write_text(with_headline(text, summary))
+    if readme is not None:
+        update_readme(readme, header_in(text), summary)
+
+
 def tables_in(markdown: str) -> list[Table]:
     """The `### title` tables of a rendered report, read back (cells hold no `|`)."""
     tables = []
@@ -194,10 +261,10 @@ def header_in(markdown: str) -> list[str]:
 
 
 def main() -> int:
-    """Rebuild README.md's headline from docs/benchmarks.md (no benchmark is run)."""
-    text = REPORT.read_text()
+    """Rebuild the headline of docs/benchmarks.md and README.md's copy from the tables of
+    docs/benchmarks.md (no benchmark is run)."""
     try:
-        update_readme(README, header_in(text), headline(tables_in(text)))
+        rebuild(REPORT, README)
     except HeadlineError as exc:
         print(f"benchmarks.headline: {exc}", file=sys.stderr)
         return 1

@@ -119,6 +119,52 @@ def render(
     return "\n".join(lines)
 
 
+NUMBERED = re.compile(r"^(\d+)\. ")
+
+
+def _section(heading: str, part: Part, stamp: Sequence[str]) -> str:
+    lines = [f"## {heading}", ""]
+    if stamp:
+        lines += [*stamp, ""]
+    lines += [part.intro, ""] + [table.markdown() for table in part.tables]
+    return "\n".join(lines) + "\n"
+
+
+def splice_text(text: str, parts: Sequence[Part], stamp: Sequence[str]) -> str:
+    """`text` (a rendered report) with each part's section replaced, or added after the
+    last numbered part before "Memory", under `stamp`; the numbered parts are numbered
+    again in order. Every other section, "How the run works" too, is kept as it is: it
+    describes the run the rest of the page came from."""
+    preamble, *chunks = re.split(r"(?m)^(?=## )", text)
+    sections: list[tuple[str, bool, str]] = []  # (title, numbered, text)
+    for chunk in chunks:
+        heading = chunk.split("\n", 1)[0][3:].strip()
+        title = NUMBERED.sub("", heading)
+        sections.append((title, title != heading, chunk))
+    for part in parts:
+        new = (part.title, part.numbered, _section(part.title, part, stamp))
+        at = next((i for i, s in enumerate(sections) if s[0] == part.title), None)
+        if at is not None:
+            sections[at] = new
+            continue
+        spots = [i for i, s in enumerate(sections) if s[1] and s[0] != "Memory"]
+        sections.insert(spots[-1] + 1 if spots else len(sections), new)
+    out, number = [preamble], 0
+    for title, numbered, chunk in sections:
+        if numbered:
+            number += 1
+            chunk = f"## {number}. {title}" + chunk[chunk.index("\n") :]
+        out.append(chunk if chunk.endswith("\n") else chunk + "\n")
+    return "".join(out)
+
+
+def splice(path: Path, parts: Sequence[Part], header: Sequence[str], command: str) -> None:
+    """Write `parts` into the report at `path` (`splice_text`), stamped with `header` and
+    the `command` that measured them."""
+    stamp = [f"Measured apart from the rest of this page (`{command}`):", *header]
+    path.write_text(splice_text(path.read_text(), parts, stamp))
+
+
 def write(path: Path, parts: Sequence[Part], header: Sequence[str], summary: Table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(parts, header, summary, METHOD.read_text(), IMPROVEMENTS.read_text()))

@@ -117,8 +117,8 @@ def _node_tables(regions: Sequence[Region], count: int, health_url: str) -> Iter
         yield (
             f'[[nodes]]\nname = "edge-{region}-{ordinal}"\nregion = "{region}"\n'
             f'ipv4 = "{NODE_BLOCK[index + 1]}"\ncapacity_rps = {2000 if ordinal % 2 else 1000}\n'
-            f'control_url = "{health_url}"\n'
-        )
+            f'control_url = "{health_url}"\ntoken = "scaling-edge-{region}-{ordinal}"\n'
+        )  # each node its own credential, as in the shipped topology
 
 
 def _override_tables(regions: Sequence[Region], count: int, rng: random.Random) -> Iterator[str]:

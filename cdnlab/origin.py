@@ -81,11 +81,22 @@ def cache_control_for(path: str) -> str:
     return OTHER_CACHE_CONTROL
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StaticFile:
     path: Path
     cache_control: str
-    repr_digest: str  # RFC 9530 Repr-Digest field value of the file's bytes
+    # RFC 9530 Repr-Digest of the file's bytes, with the (inode, mtime, size) it was taken
+    # at: a file replaced in place (a new profile picture at the same URL) is hashed again.
+    repr_digest: str = ""
+    hashed_as: tuple[int, int, int] | None = None
+
+    def current_digest(self) -> str:
+        """The Repr-Digest of the file as it is now on disk."""
+        st = self.path.stat()
+        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if seen != self.hashed_as:
+            self.repr_digest, self.hashed_as = repr_digest(self.path.read_bytes()), seen
+        return self.repr_digest
 
 
 def repr_digest(body: bytes) -> str:
@@ -103,10 +114,11 @@ def index_files(root: Path) -> dict[str, StaticFile]:
     for path in sorted(root.rglob("*")):
         if path.is_file():
             url = "/" + path.relative_to(root).as_posix()
-            # Hashed once at start; no pre-compressed siblings are served (no .gz files),
-            # so the bytes sent are the file's, whatever the Accept-Encoding.
-            digest = repr_digest(path.read_bytes())
-            files[url] = StaticFile(path, cache_control_for(url), digest)
+            # Hashed at start and again when replaced; no pre-compressed siblings are
+            # served (no .gz files), so the bytes sent are the file's, whatever the
+            # Accept-Encoding.
+            files[url] = StaticFile(path, cache_control_for(url))
+            files[url].current_digest()
     if "/index.html" in files:
         files["/"] = files["/index.html"]
     return files
@@ -175,7 +187,7 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     if found is None:
         raise web.HTTPNotFound(headers={"Cache-Control": OTHER_CACHE_CONTROL})
     # FileResponse adds ETag and Last-Modified and answers conditional requests with 304.
-    headers = {"Cache-Control": found.cache_control, "Repr-Digest": found.repr_digest}
+    headers = {"Cache-Control": found.cache_control, "Repr-Digest": found.current_digest()}
     return web.FileResponse(found.path, headers=headers)
 
 

@@ -3,12 +3,14 @@
 The decisions are edge/parents.py's; this shell walks its candidates. A request to a
 parent keeps the client's Host (so the shield keys, routes by site and purges exactly as
 an edge does); only the origin gets the origin's own host. A parent fails a fetch when it
-cannot be reached or answered in time (OriginError) or answers 502, 503 or 504: those
-are a proxy's own failures (RFC 9110 §15.6.3-5), and the next parent or the origin may
-well do better. Any other answer, a 500 included, is the origin's word relayed by the
-parent and counts as a success. The last candidate's answer is taken as it is, a 503
-included. Once a response head is handed to the proxy the choice is final: a body that
-breaks later is the proxy's to handle, as from an origin.
+cannot be reached or answered in time (OriginError) or makes a 502, 503 or 504 itself: a
+proxy's own failures (RFC 9110 §15.6.3-5), after which the next parent or the origin may
+well do better. A 5xx the parent relays from the origin (its Cache-Status member, the last,
+carries ``fwd-status``, RFC 9211 §2.3) is the origin's word, as is any other answer: it
+counts as a success and is final, since asking the origin again would only repeat it. The
+last candidate's answer is taken as it is, a 503 included. Once a response head is handed
+to the proxy the choice is final: a body that breaks later is the proxy's to handle, as
+from an origin.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Final
 from multidict import CIMultiDict
 
 from edge.config import Limits, ParentSettings
+from edge.directives import Headers, split_list
 from edge.errors import OriginError
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginClient, OriginResponse
@@ -31,6 +34,17 @@ log = logging.getLogger("edge.upstream")
 # A proxy's own failures (RFC 9110 §15.6.3 Bad Gateway, .4 Service Unavailable, .5 Gateway
 # Timeout): the next parent is asked.
 PARENT_FAILURES: Final = frozenset({502, 503, 504})
+
+
+def parent_failure(status: int, headers: Headers) -> bool:
+    """Is this a parent's own 502/503/504, not one it relayed from the origin? A relayed
+    answer's last Cache-Status member (the parent's) names the origin's status in
+    ``fwd-status`` (RFC 9211 §2.3); a parent's own error, or a non-cache in front of it,
+    does not."""
+    if status not in PARENT_FAILURES:
+        return False
+    members = split_list(headers.getall("Cache-Status", []))
+    return not members or "fwd-status=" not in members[-1]
 
 
 class Upstream:
@@ -94,7 +108,7 @@ class Upstream:
                     if last:
                         raise
                     continue
-                if resp.status in PARENT_FAILURES and not last:
+                if parent_failure(resp.status, resp.headers) and not last:
                     self._failed(url, "unavailable")
                     continue
                 self._succeeded(url)

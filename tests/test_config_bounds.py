@@ -60,7 +60,9 @@ def assert_one_line(result: subprocess.CompletedProcess[str], *parts: str) -> No
 def test_georouter_check_and_serve_exit_2_with_one_line(tmp_path: Path, case: str) -> None:
     value, reason = CASES[case]
     path = router_config(tmp_path, value)
-    expected = (f"{path}: policy.answer_ttl: {reason} (line 11)",)
+    lines = path.read_text().splitlines()
+    line = 1 + next(i for i, text in enumerate(lines) if text.startswith("answer_ttl = "))
+    expected = (f"{path}: policy.answer_ttl: {reason} (line {line})",)
     assert_one_line(run("georouter", "check", "--config", str(path)), *expected)
     serve = ("serve", "--config", str(path), "--dns", "127.0.0.1:0", "--control", "127.0.0.1:0")
     assert_one_line(run("georouter", *serve), *expected)

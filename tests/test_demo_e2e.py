@@ -251,6 +251,18 @@ def test_content_is_small_and_images_are_valid() -> None:
     assert sizes[0] < 8 * 1024 and sizes[-1] > 512 * 1024  # a few KB to most of a MB
 
 
+def test_a_file_replaced_at_the_origin_gets_its_new_digest_rfc9530(tmp_path: Path) -> None:
+    # A new profile picture at the same URL: the Repr-Digest follows the bytes on disk.
+    picture = tmp_path / "img" / "me.jpg"
+    picture.parent.mkdir()
+    picture.write_bytes(b"old picture")
+    found = origin.index_files(tmp_path)["/img/me.jpg"]
+    assert found.current_digest() == origin.repr_digest(b"old picture")
+    (tmp_path / "next").write_bytes(b"the new picture")
+    os.replace(tmp_path / "next", picture)
+    assert found.current_digest() == origin.repr_digest(b"the new picture")
+
+
 def test_every_workload_object_exists() -> None:
     files = origin.index_files(ORIGIN_ROOT)
     assert all(p in files or p.startswith("/api/") for p in OBJECTS)

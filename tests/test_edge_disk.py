@@ -1,7 +1,8 @@
 """The disk level under the memory store: restarts recover objects, corrupt or torn
 records are never served, eviction by bytes, purges reach the disk, /healthz waits for
 the index and for the router's missed purges; a real `edge serve` killed with SIGKILL
-while writing leaves nothing torn to serve.
+while writing leaves nothing torn to serve, and one stopped and started again serves its
+intact records as hits and never a corrupt one.
 """
 
 from __future__ import annotations
@@ -321,3 +322,40 @@ async def test_unusable_disk_path_is_one_config_error(
     with pytest.raises(ConfigError, match=r"^test: cache\.disk_path: cannot use .*/file/cache"):
         async with running_edge(origin.url, disk_path=str(blocker / "cache")):
             pass
+
+
+async def test_real_edge_restart_serves_disk_objects_and_never_a_corrupt_one(
+    origin: ScriptedOrigin, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # `edge serve` stopped and started again over its disk directory: every intact record
+    # is a hit with no origin fetch; the one with a flipped body byte is dropped at the
+    # index scan or on its read (its checksum), fetched again and served whole.
+    bodies = {f"/r{i}": bytes([65 + i]) * (50_000 + i) for i in range(5)}
+    for path, body in bodies.items():
+        origin.script(path, headers=CACHEABLE, body=body)
+    disk = tmp_path / "disk"
+    config = tmp_path / "edge.toml"
+    config.write_text(f'[cache]\ndisk_path = "{disk}"\n')
+    argv = [*edge_argv("edge-eu-1", origin.url, [], drain_s="0"), "--config", str(config)]
+    edge = await spawn(argv)
+    try:
+        for path in bodies:
+            assert await _read(client, f"http://{edge.fields['content']}{path}") == bodies[path]
+        await poll(lambda: len(_records(disk)) == len(bodies))
+    finally:
+        await stop(edge)
+    victim = _records(disk)[0]
+    data = bytearray(victim.read_bytes())
+    data[-1000] ^= 0x01
+    victim.write_bytes(bytes(data))
+    before = dict(origin.fetches)
+    edge = await spawn(argv)
+    try:
+        await poll(lambda: any("event=disk_index_loaded" in line for line in edge.log))
+        for path, body in bodies.items():
+            async with client.get(f"http://{edge.fields['content']}{path}", headers=HOST) as resp:
+                assert (resp.status, await resp.read()) == (200, body)
+    finally:
+        await stop(edge)
+    again = [path for path in bodies if origin.fetches[path] != before[path]]
+    assert len(again) == 1, again  # the corrupt one only, fetched once more

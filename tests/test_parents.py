@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from multidict import CIMultiDict
 
 from edge.cdn_loop import from_our_cdn, loop_id, names, with_loop_id
 from edge.cli import _parser as edge_parser
@@ -15,6 +16,7 @@ from edge.cli import config_from_args
 from edge.config import PARENT_FAIL_AFTER, PARENT_RETRY_S, load_config
 from edge.errors import ConfigError
 from edge.parents import ParentHealth, rank, weight
+from edge.upstream import parent_failure
 
 PARENTS = st.lists(
     st.from_regex(r"http://127\.0\.0\.[0-9]{1,3}:[0-9]{2,5}", fullmatch=True),
@@ -154,3 +156,21 @@ def test_bad_parent_settings_are_one_line(tmp_path: Path, extra: str, message: s
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert str(error.value).startswith(f"edge.toml: {message}") and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "cache_status", "failed"),
+    [
+        (502, None, True),  # no cache member at all: a load balancer's, or a dead shield's
+        (504, "shield-1; fwd=miss; detail=origin-timeout", True),  # the shield's own
+        (503, "shield-1; fwd=uri-miss; fwd-status=503", False),  # the origin's, relayed
+        (503, "origin-cache; hit, shield-1; fwd=miss; detail=origin-connect", True),
+        (500, None, False),  # not a proxy's failure: the origin's word
+        (200, None, False),
+    ],
+)
+def test_only_a_parents_own_502_503_504_fails_it_rfc9110_15_6_rfc9211_2_3(
+    status: int, cache_status: str | None, failed: bool
+) -> None:
+    headers = CIMultiDict({"Cache-Status": cache_status} if cache_status else {})
+    assert parent_failure(status, headers) is failed

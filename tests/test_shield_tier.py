@@ -169,3 +169,45 @@ async def test_without_go_direct_a_dead_parent_is_502(
     async with running_edge(origin.url, clock, name="edge-1", parents=settings) as edge:
         assert (await get(client, edge, "/x"))[0] == 502
         assert origin.fetches["/x"] == 0
+
+
+async def test_an_origin_5xx_relayed_by_the_shield_is_final_rfc9211_2_3(
+    origin: ScriptedOrigin, client: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    origin.script("/busy", status=503, headers={"Retry-After": "5"})
+    async with tier(origin, clock, fail_after=1) as (shield, edge):
+        status, headers, _ = await get(client, edge, "/busy")
+        assert status == 503 and "fwd-status=503" in headers["Cache-Status"]
+        assert origin.fetches["/busy"] == 1  # not asked again directly: it would repeat
+        parent = {"parent": f"http://{shield.content}"}
+        assert metric(edge.metrics, "edge_parent_up", parent) == 1
+        assert metric(edge.metrics, "edge_parent_go_direct_total") == 0
+
+
+async def test_a_parent_that_fails_is_marked_down_then_up_again_with_log_lines(
+    origin: ScriptedOrigin,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="edge.upstream")
+    async with ScriptedOrigin() as sick:  # a "shield" answering its own 503 (no Cache-Status)
+        url = sick.url
+        settings = ParentSettings(urls=(url,), fail_after=2, retry_s=5)
+        async with running_edge(origin.url, clock, name="edge-1", parents=settings) as edge:
+            for i in range(3):
+                sick.script(f"/p{i}", status=503)
+                origin.script(f"/p{i}", headers=CACHEABLE, body=b"from the origin")
+                status, _, body = await get(client, edge, f"/p{i}")
+                assert (status, body) == (200, b"from the origin")  # no client error
+            assert sick.fetches["/p2"] == 0  # down after two: not asked
+            assert metric(edge.metrics, "edge_parent_up", {"parent": url}) == 0
+            assert metric(edge.metrics, "edge_parent_requests_total",
+                          {"parent": url, "result": "unavailable"}) == 2  # fmt: skip
+            assert f"event=parent_down parent={url}" in caplog.text
+            clock.advance(5)  # retry_s: asked again, and it answers now
+            sick.script("/p3", headers=CACHEABLE, body=b"from the shield")
+            status, _, body = await get(client, edge, "/p3")
+            assert (status, body) == (200, b"from the shield")
+            assert metric(edge.metrics, "edge_parent_up", {"parent": url}) == 1
+            assert f"event=parent_up parent={url}" in caplog.text

@@ -117,9 +117,11 @@ async def nodes(session: aiohttp.ClientSession, control: str) -> dict[str, dict[
 
 
 async def all_up(session: aiohttp.ClientSession, control: str, names: set[str]) -> None:
+    """Wait until every node of `names` is up on the router at `control` (other nodes, a
+    shield tier for one, may be in any state)."""
     await poll(
         lambda: nodes(session, control),
-        lambda found: {n for n, s in found.items() if s["state"] == "up"} == names,
+        lambda found: names <= {n for n, s in found.items() if s["state"] == "up"},
         15.0,
         f"every node up on {control}",
     )
