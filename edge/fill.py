@@ -64,10 +64,13 @@ class Filling:
         self._ended = False
         self._error: OriginError | None = None
         self._changed = asyncio.Event()
+        self._abandoned = False
 
     def publish(self, head: FillHead | PassOn | None) -> None:
         if not self._head.done():
             self._head.set_result(head)
+            if self._abandoned and isinstance(head, PassOn):
+                head.relayed.set()  # its client has left already: nobody will relay it
 
     def add(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
@@ -94,7 +97,9 @@ class Filling:
             self.fail(OriginError("invalid", "background fill stopped"))
 
     def abandon(self) -> None:
-        """The waiting client is done (or gone): a handed-on answer is released."""
+        """The waiting client is done (or gone): a handed-on answer is released, now
+        or when it is published (the client may leave before the fill's head)."""
+        self._abandoned = True
         if self._head.done() and not self._head.cancelled() and self._head.exception() is None:
             head = self._head.result()
             if isinstance(head, PassOn):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from edge.errors import OriginError
-from edge.fill import Filling
+from edge.fill import Filling, PassOn
+from edge.origin import OriginResponse
 
 
 async def _read_while_filling(chunks: list[bytes], first: int, last: int) -> bytes:
@@ -53,3 +55,17 @@ async def test_close_before_a_head_releases_the_waiter() -> None:
     filling = Filling()
     filling.close()
     assert await filling.head() is None
+
+
+async def _pass_on_after_client_left() -> bool:
+    filling = Filling()
+    filling.abandon()  # the client left before the fill had a head
+    handed = PassOn(cast(OriginResponse, None), "miss", asyncio.Event())
+    filling.publish(handed)
+    return handed.relayed.is_set()
+
+
+def test_pass_on_published_after_client_left_is_released_rfc9110_14_2() -> None:
+    # A not-storable answer handed to a Range client (RFC 9110 §14.2) that has already
+    # gone must be released at once, or the fill holds the origin response for ever.
+    assert asyncio.run(_pass_on_after_client_left())
