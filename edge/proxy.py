@@ -426,7 +426,7 @@ class Proxy:
                     self.cfg.name, "fwd", fwd=step.fwd, stored=True, fwd_status=resp.status
                 )
                 length = early_length(resp.status, resp.headers, limit)
-                filling.publish(FillHead(resp.status, resp.headers, length, member))
+                filling.publish(FillHead(resp.status, step.headers, length, member))
                 async for chunk in resp.chunks():
                     filling.add(chunk)
                     if filling.size > limit:

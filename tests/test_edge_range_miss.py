@@ -30,12 +30,14 @@ class PausingOrigin:
         self.fetches = 0
         self.ranges: list[str | None] = []
         self.url = ""
+        self.extra: dict[str, str] = {}  # more response fields
         self._runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.fetches += 1
         self.ranges.append(request.headers.get("Range"))
         headers = {"Cache-Control": "max-age=60", "Repr-Digest": field("sha-256", OBJECT)}
+        headers.update(self.extra)
         response = web.StreamResponse(headers=headers)
         response.content_length = len(OBJECT)
         await response.prepare(request)
@@ -102,6 +104,24 @@ async def test_range_miss_is_206_before_the_whole_object_rfc9110_14_2(
     assert "hit" in headers["Cache-Status"]
     assert pausing.fetches == 1
     assert await metric(client, edge_process, "edge_digests_verified_total") == 1
+
+
+async def test_range_miss_sends_only_stored_fields_rfc9111_5_2_2_4_and_5_2_2_7(
+    pausing: PausingOrigin, edge_process: Process, client: aiohttp.ClientSession
+) -> None:
+    # A 206 cut from a fill is a cache's answer: fields the store drops (Set-Cookie, those
+    # named by no-cache="..." and private="...") are not sent, to this client or a follower.
+    pausing.extra = {
+        "Cache-Control": 'max-age=60, no-cache="Set-Cookie", private="X-Secret"',
+        "Set-Cookie": "session=leader",
+        "X-Secret": "leader's",
+    }
+    for _ in range(2):  # the leader, then a follower served from the same fill
+        status, headers, body = await fetch(client, edge_process, "/c", Range="bytes=0-9")
+        assert (status, body) == (206, OBJECT[:10])
+        assert "Set-Cookie" not in headers
+        assert "X-Secret" not in headers
+    assert pausing.fetches == 1
 
 
 async def test_range_miss_past_the_first_part_waits_for_its_bytes(
