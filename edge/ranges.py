@@ -150,13 +150,24 @@ def _multipart(ranges: list[ByteRange], content_type: str | None, body: bytes) -
     return RangeAnswer(206, headers, b"".join(parts))
 
 
+# Evaluated before Range (RFC 9110 §13.2.2): an early range would skip them.
+_PRECONDITIONS = (
+    "If-Match",
+    "If-Unmodified-Since",
+    "If-None-Match",
+    "If-Modified-Since",
+    "If-Range",
+)
+
+
 def early_range(method: str, req_headers: Headers) -> Spec | None:
     """The one range a request for an uncached object can be answered with before the
     whole object is in (the edge fills it in the background meanwhile), or None to
-    answer as usual: not a GET, no Range, an If-Range (it needs the stored validator),
-    an invalid set, or several ranges (multipart waits for the whole object)."""
+    answer as usual: not a GET, no Range, an If-Range or any other precondition (RFC
+    9110 §13.2.2 evaluates them before Range, against the stored validators), an invalid
+    set, or several ranges (multipart waits for the whole object)."""
     value = req_headers.get("Range")
-    if value is None or method != "GET" or "If-Range" in req_headers:
+    if value is None or method != "GET" or any(f in req_headers for f in _PRECONDITIONS):
         return None
     specs = parse_range(value)
     if specs is None or len(specs) != 1:

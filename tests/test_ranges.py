@@ -178,10 +178,15 @@ def test_byte_range_content_range_rfc9110_14_4() -> None:
         ("HEAD", {"Range": "bytes=0-99"}, None),
         ("GET", {"Range": "bytes=0-1, 5-6"}, None),  # multipart waits for the whole object
         ("GET", {"Range": "bytes=0-99", "If-Range": '"v1"'}, None),  # needs the validator
+        # RFC 9110 §13.2.2: preconditions are evaluated first, against the stored validators
+        ("GET", {"Range": "bytes=0-99", "If-Match": '"v1"'}, None),
+        ("GET", {"Range": "bytes=0-99", "If-None-Match": '"v1"'}, None),
+        ("GET", {"Range": "bytes=0-99", "If-Modified-Since": LAST_MODIFIED}, None),
+        ("GET", {"Range": "bytes=0-99", "If-Unmodified-Since": LAST_MODIFIED}, None),
         ("GET", {"Range": "items=0-1"}, None),
     ],
 )
-def test_early_range_on_a_miss_rfc9110_14_2(
+def test_early_range_on_a_miss_rfc9110_14_2_and_13_2_2(
     method: str, fields: dict[str, str], expected: tuple[int | None, int | None] | None
 ) -> None:
     assert early_range(method, CIMultiDict(fields)) == expected
