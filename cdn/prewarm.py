@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from cdn.errors import ReportError
 from cdn.purge import MAX_ID_CHARS, PurgeError, url_host
@@ -69,7 +70,8 @@ def valid_site(value: Any) -> str | None:
 
 def valid_urls(value: Any, site: str | None, max_urls: int) -> tuple[str, ...]:
     """Absolute http(s) URLs like the purge url selector, at most max_urls, each once;
-    with a site, each URL's host must be it."""
+    printable ASCII (RFC 3986 §2: no controls, no spaces) with a host and port that
+    parse, as the edge's fetch will need them; with a site, each URL's host must be it."""
     if not isinstance(value, list) or not value:
         raise PrewarmError("urls: expected a non-empty list of absolute URLs")
     if len(value) > max_urls:
@@ -78,6 +80,12 @@ def valid_urls(value: Any, site: str | None, max_urls: int) -> tuple[str, ...]:
     for url in value:
         if not isinstance(url, str) or not 0 < len(url) <= MAX_URL_CHARS:
             raise PrewarmError(f"urls: expected strings of at most {MAX_URL_CHARS} characters")
+        if not all("!" <= c <= "~" for c in url):
+            raise PrewarmError(f"urls: expected printable ASCII without spaces, got {url!r}")
+        try:
+            urlsplit(url).port  # noqa: B018 - raises ValueError if the port does not parse
+        except ValueError as exc:  # also an unbalanced "[" in the host
+            raise PrewarmError(f"urls: cannot parse {url!r}: {exc}") from None
         host = url_host(url)  # PurgeError (a PrewarmError's parent) if not absolute
         if site is not None and host != site:
             raise PrewarmError(f"site: {site!r} is not the host of {url!r}")

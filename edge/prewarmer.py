@@ -128,6 +128,9 @@ class Prewarmer:
                     self._metrics.prewarm_waits.inc()
                     await asyncio.sleep(BUSY_WAIT_S)
                 outcome, status = await self._fetch(job)
+            except Exception as exc:  # one URL's failure must not end this fetcher
+                log.warning("event=prewarm_fetch_failed url=%r error=%r", job.url, exc)
+                outcome, status = "failed", 0
             finally:
                 self.running -= 1
             self.queue.record(job, outcome, status, self._clock())

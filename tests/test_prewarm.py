@@ -66,6 +66,13 @@ def order(task_id: str, n: int) -> PrewarmOrder:
         ({"id": "t", "urls": [url(1)], "site": "other.example.com"}, "not the host"),
         ({"id": "", "urls": [url(1)]}, "task id"),
         ({"id": "t", "urls": [url(1)], "more": 1}, "expected"),
+        # RFC 3986 §2: no controls or spaces; a host and port that parse (§3.2.2, §3.2.3)
+        ({"id": "t", "urls": ["http://a\u0000b/x"]}, "printable ASCII"),
+        ({"id": "t", "urls": ["http://a b/x"]}, "printable ASCII"),
+        ({"id": "t", "urls": ["http://caf\u00e9.example/x"]}, "printable ASCII"),
+        ({"id": "t", "urls": ["http://[::1/x"]}, "cannot parse"),
+        ({"id": "t", "urls": ["http://a:99999/x"]}, "cannot parse"),
+        ({"id": "t", "urls": ["http://a:b/x"]}, "cannot parse"),
     ],
 )
 def test_bad_orders_are_named(raw: object, error: str) -> None:
@@ -330,6 +337,31 @@ async def test_prewarm_fetches_at_most_prewarm_concurrency_at_once(concurrency: 
             assert progress == PrewarmProgress("task-1", fetched=12)
             # Background work is not client load and not popularity.
             assert edge.snapshot().rps == 0 and edge.prewarmer.hot.top(time.monotonic()) == ()
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.timeout(60)
+async def test_a_url_the_fetch_cannot_use_fails_alone_and_fetching_goes_on() -> None:
+    origin = CountingOrigin()
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", origin.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with running_edge(base, prewarm_concurrency=1) as edge:
+            prewarmer = edge.prewarmer
+            # Queued directly (the order check refuses it): the HTTP client raises ValueError.
+            bad = PrewarmOrder("bad", ("http://a\u0000b/x", url(1)))
+            assert prewarmer.queue.admit(bad, time.monotonic()) == "queued"
+            prewarmer._work.set()
+            await poll(lambda: fetched(edge) == 1, 30.0)
+            progress = prewarmer.queue.get("bad")
+            assert progress is not None
+            assert (progress.fetched, progress.failed, progress.queued) == (1, 1, 0)
+            assert prewarmer.running == 0
     finally:
         await runner.cleanup()
 
