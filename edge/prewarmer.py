@@ -32,7 +32,7 @@ from cdn.report import LoadReport
 from edge.load import LoadSnapshot
 from edge.metrics import EdgeMetrics
 from edge.prewarm import HotSet, Job, PrewarmQueue, classify, may_fetch
-from edge.proxy import PREWARM_HEADER
+from edge.relay import PREWARM_HEADER
 
 BUSY_WAIT_S = 0.2  # a busy edge is looked at again this often
 FETCH_TIMEOUT_S = 30.0

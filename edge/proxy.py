@@ -38,6 +38,7 @@ than its TLS connection presented, is answered 421 (RFC 9110 §15.5.20).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -64,7 +65,7 @@ from edge.metrics import EdgeMetrics
 from edge.origin import OriginClient, OriginResponse
 from edge.prewarm import HotSet
 from edge.ranges import Spec, early_length, early_range, satisfiable
-from edge.relay import Relay, Reply, UploadBody, narrowed, origin_headers
+from edge.relay import PREWARM_HEADER, Relay, Reply, UploadBody, narrowed, origin_headers
 from edge.response_step import Freshen, OriginAnswer, Pass, ResponseStep, ServeStale, Store
 from edge.routing import Routing
 from edge.sites import cache_host, misdirected
@@ -77,7 +78,6 @@ log = logging.getLogger("edge.proxy")
 
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 _POPULAR = frozenset({"hit", "stale", "revalidated", "miss"})  # answers the cache could give
-PREWARM_HEADER = "Edge-Prewarm"  # with the process's secret: edge/prewarmer.py
 _METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
@@ -166,8 +166,9 @@ class Proxy:
         start = self._clock()
         # This edge's own pre-warm fetch (edge/prewarmer.py) is background work: neither
         # client load nor popularity.
-        own = self.prewarm_secret is not None and (
-            request.headers.get(PREWARM_HEADER) == self.prewarm_secret
+        own = self.prewarm_secret is not None and hmac.compare_digest(
+            request.headers.get(PREWARM_HEADER, "").encode(errors="replace"),
+            self.prewarm_secret.encode(),
         )
         if not own:
             self.tracker.begin(start)

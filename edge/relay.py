@@ -82,6 +82,11 @@ class Prebuffered:
     rest: AsyncIterator[bytes]
 
 
+# With the process's secret, marks this edge's own pre-warm fetch (edge/prewarmer.py):
+# the edge's business alone, never sent to a parent or the origin.
+PREWARM_HEADER = "Edge-Prewarm"
+
+
 def origin_headers(request: web.Request, name: str, *, fill: bool) -> CIMultiDict[str]:
     """The request header fields to send to the origin (RFC 9110 §7.6).
 
@@ -89,7 +94,7 @@ def origin_headers(request: web.Request, name: str, *, fill: bool) -> CIMultiDic
     and Range are not forwarded (the edge answers them from the full response).
     """
     headers = strip_hop_by_hop(request.headers)
-    for field in ("Host", "Content-Length", *(_CLIENT_ONLY if fill else ())):
+    for field in ("Host", "Content-Length", PREWARM_HEADER, *(_CLIENT_ONLY if fill else ())):
         headers.popall(field, None)
     headers["X-Forwarded-Host"] = request.host
     peer = request.remote or "unknown"

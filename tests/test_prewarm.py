@@ -289,11 +289,13 @@ class CountingOrigin:
         self.now = 0
         self.peak = 0
         self.paths: list[str] = []
+        self.marked = 0  # requests that carried the edge's own pre-warm field
 
     async def handle(self, request: web.Request) -> web.Response:
         self.now += 1
         self.peak = max(self.peak, self.now)
         self.paths.append(request.path)
+        self.marked += "Edge-Prewarm" in request.headers
         try:
             await asyncio.sleep(0.05)  # a slow origin, so that fetches overlap if they can
         finally:
@@ -333,6 +335,7 @@ async def test_prewarm_fetches_at_most_prewarm_concurrency_at_once(concurrency: 
             await poll(lambda: fetched(edge) == 12, 30.0)
             assert origin.peak == concurrency
             assert sorted(origin.paths) == sorted(f"/p/{i}" for i in range(12))
+            assert origin.marked == 0  # the edge's secret stays on the edge (RFC 9110 §7.6)
             progress = edge.prewarmer.queue.get("task-1")
             assert progress == PrewarmProgress("task-1", fetched=12)
             # Background work is not client load and not popularity.
