@@ -162,6 +162,8 @@ class Proxy:
         if self.gate is not None and (screened := self.gate.screen(request)) is not None:
             return screened
         if self.tunnels is not None and wants_websocket(request.method, request.headers):
+            if self._looped(request):  # tunnel.py names this node too: a loop of tunnels
+                return (await self._relay.error(request, 508, "error", "cdn-loop")).response
             return await self._tunnel(request, self.tunnels)
         start = self._clock()
         # This edge's own pre-warm fetch (edge/prewarmer.py) is background work: neither
@@ -216,12 +218,17 @@ class Proxy:
             request, site.origin, enabled=site.websocket, ssl=route.origin.tls
         )
 
+    def _looped(self, request: web.Request) -> bool:
+        """RFC 8586 §2: the request already passed this node; forwarding it would loop."""
+        if not names(request.headers.getall("CDN-Loop", []), self._loop_id):
+            return False
+        self.metrics.cdn_loops.inc()
+        log.warning("event=cdn_loop target=%r cdn_loop=%r", request.raw_path,
+                    ", ".join(request.headers.getall("CDN-Loop", [])))  # fmt: skip
+        return True
+
     async def _answer(self, request: web.Request) -> Reply:
-        if names(request.headers.getall("CDN-Loop", []), self._loop_id):
-            # RFC 8586 §2: the request already passed this node; forwarding it would loop.
-            self.metrics.cdn_loops.inc()
-            log.warning("event=cdn_loop target=%r cdn_loop=%r", request.raw_path,
-                        ", ".join(request.headers.getall("CDN-Loop", [])))  # fmt: skip
+        if self._looped(request):
             return await self._relay.error(request, 508, "error", "cdn-loop")
         host = cache_host(self.route.site, request.host)
         req = RequestInfo(

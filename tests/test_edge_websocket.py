@@ -411,6 +411,21 @@ async def test_load_report_carries_open_tunnels(
         await poll(lambda: router.reports[-1].tunnels == 0)
 
 
+async def test_an_upgrade_that_already_passed_this_node_is_508_rfc8586_2(
+    tmp_path: Path, origin: WebSocketOrigin, client: aiohttp.ClientSession
+) -> None:
+    # The tunnel adds this node to CDN-Loop: without the check, a loop would open tunnel
+    # after tunnel until max_tunnels.
+    async with running_edge(tmp_path, origin.url) as edge:
+        loop = {"CDN-Loop": "other-cdn, georouter-edge-ws-1; v=1"}
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await client.ws_connect(ws_url(edge), headers=loop)
+        assert refused.value.status == 508
+        text = await scrape(client, edge)
+    assert sample(text, "edge_cdn_loops_total") == 1
+    assert origin.seen.handshakes == 0
+
+
 async def test_a_site_with_websockets_off_answers_403_rfc6455_4_2_2(
     origin: WebSocketOrigin, client: aiohttp.ClientSession
 ) -> None:
