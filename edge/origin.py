@@ -91,10 +91,21 @@ class OriginResponse:
             return
         check = DigestCheck(expected)
         held = b""
+        # A stream relayed at once with a declared length would be complete (RFC 9112 §6.3)
+        # before the check: its last byte waits for the check.
+        length = self.headers.get("Content-Length", "").strip()
+        left = int(length) if self.at_once and length.isdigit() else -1
         async for chunk in self._chunks():
             check.update(chunk)
             if self.at_once:
-                yield chunk
+                if held:
+                    yield held  # more than declared: the framing ends it anyway
+                    held = b""
+                left -= len(chunk)
+                if left == 0:
+                    chunk, held = chunk[:-1], chunk[-1:]
+                if chunk:
+                    yield chunk
                 continue
             if held:
                 yield held

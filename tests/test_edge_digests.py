@@ -132,6 +132,29 @@ async def test_large_body_with_wrong_digest_is_cut_before_its_end_rfc9530(
     assert await metric(client, edge_process, mismatches) == 2
 
 
+@pytest.mark.parametrize(
+    "stream", [{"Content-Type": "text/event-stream"}, {"X-Accel-Buffering": "no"}]
+)
+async def test_stream_with_a_length_and_wrong_digest_is_cut_before_its_end_rfc9112_6_3(
+    origin: ScriptedOrigin,
+    edge_process: Process,
+    client: aiohttp.ClientSession,
+    stream: dict[str, str],
+) -> None:
+    # Relayed as it arrives, but with a Content-Length: sending every byte before the
+    # check would deliver the corrupt body complete (RFC 9112 §6.3); its last byte waits.
+    origin.script(
+        "/live", headers={**stream, "Content-Digest": field("sha-256", b"other")}, body=SMALL
+    )
+    received = bytearray()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with client.get(f"http://{edge_process.fields['content']}/live") as resp:
+            assert resp.status == 200
+            async for chunk in resp.content.iter_any():
+                received += chunk
+    assert len(received) < len(SMALL)
+
+
 async def test_unknown_algorithm_is_ignored_rfc9530_2(
     origin: ScriptedOrigin, edge_process: Process, client: aiohttp.ClientSession
 ) -> None:
