@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-from cdn.report import EdgeStatus
+from cdn.report import MAX_UTILIZATION, EdgeStatus
 
 BUCKET_S = 1.0
 WINDOW_S = 5.0
@@ -117,7 +117,12 @@ class LoadTracker:
             status=self.status(now),
             inflight=self.inflight,
             rps=round(rps, 3),
-            utilization=round(max(rps / self.capacity_rps, self._tunnel_share(tunnels)), 4),
+            # Clamped to what a router accepts: an overloaded edge reports itself saturated
+            # rather than a report the router refuses (and so the edge as down).
+            utilization=min(
+                round(max(rps / self.capacity_rps, self._tunnel_share(tunnels)), 4),
+                MAX_UTILIZATION,
+            ),
             cache_hit_ratio=round(hits / cacheable, 4) if cacheable else 0.0,
             tunnels=tunnels,
         )

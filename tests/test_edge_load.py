@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cdn.report import MAX_UTILIZATION
 from edge.coalesce import Coalescer
 from edge.load import DEGRADED_HOLD_S, WINDOW_S, LoadTracker
 
@@ -29,6 +30,14 @@ def test_rps_over_the_sliding_window() -> None:
     assert snap.utilization == 0.5
     # Five seconds later the window holds none of those requests.
     assert tracker.snapshot(T0 + 4 + WINDOW_S).rps == 0.0
+
+
+def test_an_overloaded_edge_reports_the_highest_utilization_a_router_takes() -> None:
+    tracker = LoadTracker(capacity_rps=0.01, started=T0 - 60)
+    for second in range(5):
+        served(tracker, T0 + second, "hit", n=50)
+    snap = tracker.snapshot(T0 + 4.5)
+    assert snap.utilization == MAX_UTILIZATION  # 5000 unclamped: the router refuses that
 
 
 def test_young_process_averages_over_its_age() -> None:
