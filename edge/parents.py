@@ -11,7 +11,9 @@ when the chosen parent fails, the next heaviest one is asked, then the origin
 
 Health is passive, counted from real fetches: a parent is marked down after
 ``fail_after`` consecutive failures and left out of the ranking; once ``retry_s`` has
-passed it is ranked again, and the next fetch decides (a success marks it up, a failure
+passed it is ranked again for the next fetch alone (half-open: handing out that probe
+leaves it out for another ``retry_s``, so concurrent fetches do not all pay the connect
+timeout of a blackholed parent), and that fetch decides (a success marks it up, a failure
 keeps it down for another ``retry_s``). When every parent is down there is no candidate
 with ``go_direct`` (the origin is asked at once); without it the whole ranking is offered
 anyway: trying a parent that may have come back beats refusing the request.
@@ -67,11 +69,16 @@ class ParentHealth:
         return self._states[parent].down_until is None
 
     def candidates(self, key: str, now: float) -> list[str]:
-        """The parents to try for ``key``, in order: healthy ones and those due for a retry,
-        by rendezvous rank; if none qualifies, none (go_direct) or every parent."""
+        """The parents to try for ``key``, in order: healthy ones and those due for a retry
+        (each handed to this call only, see the module docstring), by rendezvous rank; if
+        none qualifies, none (go_direct) or every parent."""
         usable = [p for p in self.parents if self._usable(p, now)]
         if not usable and not self._go_direct:
-            usable = list(self.parents)
+            return rank(self.parents, key)
+        for parent in usable:
+            state = self._states[parent]
+            if state.down_until is not None:  # due for a retry: this call has the one probe
+                state.down_until = now + self._retry_s
         return rank(usable, key)
 
     def failed(self, parent: str, now: float) -> Transition | None:

@@ -83,6 +83,17 @@ def test_down_after_consecutive_failures_then_retried() -> None:
     assert sorted(health.candidates("k", now=23)) == [a, b]
 
 
+@given(st.lists(st.floats(min_value=0, max_value=9.99), min_size=1, max_size=20))
+def test_a_parent_due_for_a_retry_is_handed_to_one_fetch_per_period(offsets: list[float]) -> None:
+    # Half-open: fetches while the probe is out go elsewhere, not to a blackholed shield.
+    a, b = "http://127.0.0.21:8080", "http://127.0.0.22:8080"
+    health = ParentHealth([a, b], fail_after=1, retry_s=10)
+    assert health.failed(a, now=0) == "down"
+    probes = [t for t in sorted(offsets) if a in health.candidates("k", now=10 + t)]
+    assert probes == [min(offsets)]
+    assert a in health.candidates("k", now=30)  # the probe never answered: due again
+
+
 def test_every_parent_down_goes_direct_or_offers_them_all() -> None:
     parents = ["http://127.0.0.21:8080", "http://127.0.0.22:8080"]
     direct = ParentHealth(parents, fail_after=1, retry_s=10)
