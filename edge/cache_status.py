@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import lru_cache
 from typing import Final
 
 __all__ = ["CACHE_NAME", "cache_status"]
@@ -49,7 +50,12 @@ def cache_status(
         params.append(f"ttl={math.floor(ttl)}")
     if detail is not None:
         params.append(f"detail={_sf_string_or_token(detail)}")
-    return "; ".join([_sf_string_or_token(cache), *params])
+    return "; ".join([_node_item(cache), *params])
+
+
+@lru_cache(maxsize=16)  # a process has one node name: serialised once, not per answer
+def _node_item(name: str) -> str:
+    return _sf_string_or_token(name)
 
 
 def _sf_string_or_token(value: str) -> str:

@@ -172,6 +172,8 @@ class HotSet:
         self._counts: dict[str, float] = {}
         self._capacity = capacity
         self._decayed_at = now
+        self._floor = 0.0  # the smallest count at the last scan
+        self._floor_urls: list[str] = []  # the URLs that had it (some may have moved on)
 
     def __len__(self) -> int:
         return len(self._counts)
@@ -179,17 +181,35 @@ class HotSet:
     def add(self, url: str, now: float) -> None:
         """Count one request; URLs that are long or would grow in JSON are not counted
         (each reported URL must cost one byte per character: the report is bounded)."""
+        # Called for every GET hit and miss: a URL already counted was checked when it
+        # came in, so the common case is one dict lookup and one store.
+        if now - self._decayed_at >= HOT_HALF_LIFE_S:
+            self._decay(now)
+        counts = self._counts
+        count = counts.get(url)
+        if count is not None:
+            counts[url] = count + 1.0
+            return
         if len(url) > MAX_HOT_URL_CHARS or not _PLAIN.fullmatch(url):
             return
-        self._decay(now)
-        counts = self._counts
-        if url in counts:
-            counts[url] += 1.0
-        elif len(counts) < self._capacity:
+        if len(counts) < self._capacity:
             counts[url] = 1.0
-        else:  # the new URL takes over the smallest counter (O(capacity), capacity is small)
-            smallest = min(counts, key=counts.__getitem__)
+        else:  # the new URL takes over the smallest counter
+            smallest = self._smallest()
             counts[url] = counts.pop(smallest) + 1.0
+
+    def _smallest(self) -> str:
+        """A URL with the smallest count. One O(capacity) scan notes every URL at the
+        floor; each takeover uses one of them (the new URL counts floor + 1, counts only
+        grow between decays), so a long tail of unseen URLs costs O(1) amortised."""
+        counts = self._counts
+        while self._floor_urls:
+            url = self._floor_urls.pop()
+            if counts.get(url) == self._floor:
+                return url
+        self._floor = min(counts.values())
+        self._floor_urls = [u for u, n in counts.items() if n == self._floor]
+        return self._floor_urls.pop()
 
     def top(self, now: float, k: int = MAX_HOT) -> tuple[HotObject, ...]:
         self._decay(now)
@@ -203,3 +223,4 @@ class HotSet:
         self._decayed_at += halvings * HOT_HALF_LIFE_S
         factor = 0.5 ** min(halvings, 64)
         self._counts = {u: n * factor for u, n in self._counts.items() if n * factor >= 0.5}
+        self._floor_urls = []  # counts changed: the next takeover scans again

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,6 +31,7 @@ from cdn.prewarm import (
 )
 from cdn.purge import PurgeError
 from cdn.report import MAX_ACKS, MAX_REPORT_BYTES, LoadReport
+from edge import prewarm as prewarm_module
 from edge.prewarm import HotSet, PrewarmQueue, classify, may_fetch
 from edge.server import EdgeServer
 from georouter.prewarm import (
@@ -192,6 +194,33 @@ def test_space_saving_keeps_bounded_counters_and_every_heavy_hitter(stream: list
     for n, c in counts.items():
         if c > len(stream) / 16:
             assert top.get(url(n), 0) >= c
+
+
+class _CountingPattern:
+    """Stands in for edge.prewarm's URL pattern and counts its uses."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+        self.calls = 0
+
+    def fullmatch(self, text: str) -> re.Match[str] | None:
+        self.calls += 1
+        return self.pattern.fullmatch(text)
+
+
+def test_a_url_already_counted_is_not_checked_again_on_the_hit_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every GET answer counts here: a repeated URL costs a dict lookup, not the check.
+    counting = _CountingPattern(prewarm_module._PLAIN)
+    monkeypatch.setattr(prewarm_module, "_PLAIN", counting)
+    hot = HotSet(0.0, capacity=4)
+    for _ in range(100):
+        hot.add(url(1), 1.0)
+    for n in range(2, 50):  # a long tail of URLs seen once each: takeovers
+        hot.add(url(n), 2.0)
+    assert counting.calls == 1 + 48
+    assert hot.top(2.0)[0] == HotObject(url(1), 100)
 
 
 def test_hot_counts_halve_with_time_and_long_urls_are_not_counted() -> None:
