@@ -380,13 +380,14 @@ def _parents(t: Table) -> ParentSettings:
 
 
 def _parent_url(text: str) -> str:
-    """A parent's content URL: http://host:port, no path (the request's own is sent)."""
+    """A parent's content URL: http://host:port, no path (the request's own is sent), no
+    userinfo (never sent as credentials); lower-cased, so a duplicate is found."""
     url = http_url(text, ("http",)).rstrip("/")
-    if url.count("/") > 2:
+    if url.count("/") > 2 or "@" in url:
         raise ValueError(
-            f"expected a content URL like http://127.0.0.21:8080 (no path), got {text!r}"
+            f"expected a content URL like http://127.0.0.21:8080 (no path, no user), got {text!r}"
         )
-    return url
+    return url.lower()  # scheme and host compare case-insensitively (RFC 3986 §6.2.2.1)
 
 
 def _sites(tables: list[Table], here: Path) -> tuple[SiteConfig, ...]:

@@ -156,6 +156,8 @@ def test_parent_flags_repeat() -> None:
         ('parents = ["https://127.0.0.21:8443"]', "edge.parents[0]: expected an http://"),
         ('parents = ["http://127.0.0.21:8080/s"]', "edge.parents[0]: expected a content URL"),
         ('parents = ["http://a:1", "http://a:1"]', "edge.parents[1]: http://a:1 is listed twice"),
+        ('parents = ["http://a:1", "http://A:1"]', "edge.parents[1]: http://a:1 is listed twice"),
+        ('parents = ["http://u@127.0.0.21:8080"]', "edge.parents[0]: expected a content URL"),
         ("parent_fail_after = 0", "edge.parent_fail_after: expected an integer in 1..1000"),
         ("parent_retry_s = 0", "edge.parent_retry_s: expected a number in (0"),
         ('go_direct = "yes"', "edge.go_direct: expected"),
