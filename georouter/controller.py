@@ -30,8 +30,8 @@ from typing import Any
 
 import aiohttp
 
-from cdn.prewarm import PREWARM_PATH, PrewarmError
-from cdn.purge import Purge, new_purge_id
+from cdn.prewarm import PREWARM_PATH
+from cdn.purge import Purge, PurgeError, new_purge_id
 from cdn.report import MAX_REPLY_PURGES, LoadReport
 from georouter.bus import Bus, BusUnavailable, Overrides
 from georouter.config import Node, RouterConfig
@@ -271,7 +271,7 @@ class Controller:
         self._dirty = True
         try:
             task = PrewarmTask.from_message(raw)
-        except PrewarmError as exc:
+        except PurgeError as exc:  # PrewarmError, or url_host's PurgeError for a bad URL
             log.warning("event=bus_bad_prewarm error=%r", str(exc))
             return
         task, created = self.prewarms.add(task)

@@ -77,6 +77,12 @@ def body(node: str = "edge-eu-1", seq: int = 1, utilization: float = 0.3) -> byt
     return LoadReport(node, seq, "up", 4, 600.0, 2000.0, utilization, 0.8).to_json()
 
 
+def hot_body(url: str) -> bytes:
+    report = json.loads(body())
+    report["hot"] = [[url, 1]]
+    return json.dumps(report).encode()
+
+
 def sample(text: str, name: str) -> float | None:
     """The value of one exposition line by its exact series name, None if absent."""
     for line in text.splitlines():
@@ -172,6 +178,8 @@ async def test_previous_tokens_are_accepted_during_a_rotation(
         (b'{"node": "edge-eu-1"}', "seq"),
         (body().replace(b'"up"', b'"sideways"'), "status"),
         (b" " * (MAX_REPORT_BYTES + 1), "larger than"),
+        # urlsplit raises ValueError ("Invalid IPv6 URL"), not a ReportError: was a 500
+        (hot_body("http://[::1/x"), "hot: expected an absolute http:// URL"),
     ],
 )
 async def test_bad_report_body_is_400_with_the_reason(
@@ -456,5 +464,20 @@ async def test_an_unreachable_node_gets_the_purge_on_its_report_reply(
         assert sample(text, 'georouter_purges_total{result="incomplete"}') == 1.0
         assert (await client.get("/api/v1/purge/nope")).status == 404
         assert (await client.post("/api/v1/purge", json={"x": 1}, headers=AUTH)).status == 400
+        # urlsplit's ValueError ("Invalid IPv6 URL") is a bad request, not a 500
+        bad = await client.post("/api/v1/purge", json={"url": "http://[::1/x"}, headers=AUTH)
+        assert bad.status == 400 and "absolute http" in (await bad.json())["error"]
     finally:
         await plane.controller.stop()
+
+
+@pytest.mark.parametrize("bad_url", ["/img/a.png", "http://[::1/x"])
+async def test_a_task_from_the_bus_with_a_bad_url_is_logged_and_skipped(
+    plane: ControlPlane, bad_url: str
+) -> None:
+    """The bus reader caught PrewarmError only: url_host's PurgeError (a relative URL) or
+    urlsplit's ValueError ("Invalid IPv6 URL") escaped it."""
+    raw = {"id": "t", "urls": [bad_url], "region": "eu", "origin": "api", "created_at": 1.0,
+           "targets": ["edge-eu-1"]}  # fmt: skip
+    await plane.controller._adopt_prewarm(raw, 1)
+    assert len(plane.controller.prewarms) == 0
