@@ -89,7 +89,8 @@ class QueryLog:
             placement, decision = decided
             fields["region"] = decision.region
             fields["client_region"] = placement.region
-            fields["answer"] = [str(n.ipv4 or n.ipv6) for n in decision.nodes]
+            aaaa = fields["type"] == "AAAA"  # a dual-stack node answers with the asked family
+            fields["answer"] = [str(n.ipv6 if aaaa else n.ipv4 or n.ipv6) for n in decision.nodes]
             fields["reason"] = decision.reason
         self._log.write(**fields)
 
