@@ -51,6 +51,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import assert_never
 
@@ -294,11 +295,25 @@ class _Worker:
                 self.apply(message, _database(fds, message))
 
 
-def _exit(worker: _Worker) -> None:
-    """SIGTERM: write the queued query log lines, then go."""
+_EXITING = threading.Lock()
+
+
+def _on_sigterm(worker: _Worker, exit: Callable[[int], object] = os._exit) -> threading.Thread:
+    """SIGTERM. Python runs the handler on the main thread between two bytecodes, maybe
+    inside Queue.put_nowait with the queue's lock held: stopping the query log there
+    would wait for that lock forever. So another thread stops it, then exits."""
+    thread = threading.Thread(target=_exit, args=(worker, exit), daemon=True)
+    thread.start()
+    return thread
+
+
+def _exit(worker: _Worker, exit: Callable[[int], object]) -> None:
+    """Write the queued query log lines, then go (once, however many SIGTERMs came)."""
+    if not _EXITING.acquire(blocking=False):
+        return
     if worker.query_log is not None:
         worker.query_log.stop()
-    os._exit(0)
+    exit(0)
 
 
 def _query_log(config: RouterConfig, index: int, tallies: HotPathTallies) -> QueryLog | None:
@@ -387,7 +402,7 @@ def serve(udp_fds: list[int], control_fd: int, fds_fd: int, index: int) -> None:
     if geoip is None:
         sys.exit(2)
     worker = _Worker(first.config, geoip, index)
-    signal.signal(signal.SIGTERM, lambda signum, frame: _exit(worker))
+    signal.signal(signal.SIGTERM, lambda signum, frame: _on_sigterm(worker))
     udps = [socket.socket(fileno=fd) for fd in udp_fds]
     shells = [(udp, UdpShell(udp, worker, worker.tallies)) for udp in udps]
     threading.Thread(target=worker.follow, args=(control, fds), daemon=True).start()
