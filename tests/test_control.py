@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from ipaddress import IPv4Address
@@ -15,6 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from cdn.prewarm import HotObject
 from cdn.report import MAX_REPORT_BYTES, LoadReport
 from cdnlab.simulation import make_config
 from georouter.config import HealthSettings, Node, Policy, Region
@@ -481,3 +483,39 @@ async def test_a_task_from_the_bus_with_a_bad_url_is_logged_and_skipped(
            "targets": ["edge-eu-1"]}  # fmt: skip
     await plane.controller._adopt_prewarm(raw, 1)
     assert len(plane.controller.prewarms) == 0
+
+
+async def test_routers_make_one_popularity_task_for_one_change(tmp_path: Path) -> None:
+    """Every router sees the change and makes its popularity task: with an id of its own
+    each, N routers made N tasks and sent each to every target (N^2 POSTs). The id comes
+    from the region, targets and popularity_interval_s period, so they are one task."""
+    planes = [make_plane(Clock(), tmp_path / name) for name in ("a", "b")]
+    now = [1000.0]
+    urls = ("http://cdn.example.com/a.png",)
+    for plane in planes:
+        plane.controller._clock = lambda: now[0]
+        await plane.controller.start()
+    try:
+        a, b = (plane.controller for plane in planes)
+        made_a = await a._new_prewarm("eu", urls, None, "popularity", ("edge-eu-2", "edge-eu-1"))
+        made_b = await b._new_prewarm("eu", urls, None, "popularity", ("edge-eu-1", "edge-eu-2"))
+        assert made_a.id == made_b.id
+        again = await a._new_prewarm("eu", urls, None, "popularity", ("edge-eu-1", "edge-eu-2"))
+        assert again is made_a and len(a.prewarms) == 1  # known: not made or sent again
+        now[0] += CONFIG.prewarm.popularity_interval_s
+        later = await a._new_prewarm("eu", urls, None, "popularity", ("edge-eu-1",))
+        assert later.id != made_a.id and len(a.prewarms) == 2  # the next period's
+    finally:
+        for plane in planes:
+            await plane.controller.stop()
+
+
+def test_a_shield_s_hot_set_is_not_its_region_s_popularity(plane: ControlPlane) -> None:
+    """A shield's hot set is its children's misses from every region: counting it would
+    pre-warm its region's edges with other regions' objects."""
+    hot = (HotObject("http://cdn.example.com/a.png", 5),)
+    report = replace(LoadReport("edge-eu-1", 1, "up", 4, 600.0, 2000.0, 0.3, 0.8), hot=hot)
+    plane.controller.on_prewarm_report(report, replace(NODES[0], role="shield"))
+    assert plane.controller.popularity.hot_set("eu", time.monotonic(), 5) == ()
+    plane.controller.on_prewarm_report(report, NODES[0])
+    assert plane.controller.popularity.hot_set("eu", time.monotonic(), 5) == (hot[0].url,)

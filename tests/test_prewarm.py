@@ -33,12 +33,14 @@ from cdn.report import MAX_ACKS, MAX_REPORT_BYTES, LoadReport
 from edge.prewarm import HotSet, PrewarmQueue, classify, may_fetch
 from edge.server import EdgeServer
 from georouter.prewarm import (
+    MIN_ID_PERIOD_S,
     QUOTA_WINDOW_S,
     NodeProgress,
     Popularity,
     PrewarmLimits,
     PrewarmLog,
     PrewarmTask,
+    popularity_task_id,
     quota_refusal,
 )
 from georouter.state import ControlState, StateFile
@@ -401,3 +403,23 @@ def test_the_state_file_keeps_prewarm_tasks_with_their_progress(tmp_path: Path) 
     files = StateFile(tmp_path)
     files.save(ControlState(prewarms=(t,)))
     assert files.load().prewarms == (t,)
+
+
+@given(
+    st.sampled_from(["eu", "na"]),
+    st.lists(st.sampled_from(["e1", "e2", "e3"]), min_size=1, unique=True),
+    st.floats(0, 2e9),
+    st.sampled_from([0.0, 0.5, 5.0, 60.0]),
+)
+def test_a_popularity_task_id_is_the_same_on_every_router_for_one_change_and_period(
+    region: str, targets: list[str], now_s: float, interval_s: float
+) -> None:
+    """Every router makes the popularity task for one change: one id makes it one task."""
+    period_s = max(interval_s, MIN_ID_PERIOD_S)
+    start_s = (now_s // period_s) * period_s
+    task_id = popularity_task_id(region, targets, now_s, interval_s)
+    assert task_id == popularity_task_id(region, reversed(targets), start_s, interval_s)
+    assert task_id != popularity_task_id(region, targets, start_s + period_s, interval_s)
+    assert task_id != popularity_task_id(region, [*targets, "x"], now_s, interval_s)
+    assert int(task_id[:8] + task_id[9:13], 16) == int(start_s * 1000)  # UUIDv7, RFC 9562 §5.7
+    PrewarmOrder.from_dict({"id": task_id, "urls": [url(1)]})  # a valid task id
