@@ -71,3 +71,12 @@ async def test_the_dns_flag_takes_several_addresses(tmp_path: Path) -> None:
         assert [a.host for a in addresses] == ["::1", "127.0.0.1"]
         for where in addresses:
             assert await a_records(where, tcp=False) == EU
+
+
+async def test_a_lone_ipv6_wildcard_also_answers_ipv4(tmp_path: Path) -> None:
+    """ "[::]:PORT" alone is dual-stack (IPV6_V6ONLY off, RFC 3493 §5.3), as before the
+    option was set on every IPv6 socket: a config listing only it kept serving IPv4."""
+    async with running_router(tmp_path, dns="[::]:0") as router:
+        (where,) = [parse_host_port(text) for text in router.dns_listening]
+        for tcp in (False, True):
+            assert await a_records(HostPort("127.0.0.1", where.port), tcp=tcp) == EU, tcp
