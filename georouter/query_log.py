@@ -11,8 +11,9 @@ Fields: time, client (the resolver's address), transport, ecs (the client subnet
 query carried, "192.0.2.0/24", or null), name, type, rcode, region (the answering region
 of a geo-routed name: the client's own unless spilled or failed over; null otherwise),
 client_region (where the client was placed), answer (the node addresses handed out),
-reason (the selector's decision: geo, spill, failover, fail_open, ...; "static" for a
-name answered from the zone data; null for a malformed query).
+reason (the selector's decision: geo, drained, spillover, failover, fail_open or
+fail_closed; "static" for a name answered from the zone data; null for a malformed
+query).
 
 Every DNS worker process writes its own file (`worker_path`): several processes appending
 to one file would interleave rotations. The main process (TCP, and UDP without workers)

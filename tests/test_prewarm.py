@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -43,6 +44,7 @@ from georouter.prewarm import (
     popularity_task_id,
     quota_refusal,
 )
+from georouter.prewarm_command import prewarm_command
 from georouter.state import ControlState, StateFile
 from tests.origin_app import metric, poll, running_edge
 
@@ -423,3 +425,23 @@ def test_a_popularity_task_id_is_the_same_on_every_router_for_one_change_and_per
     assert task_id != popularity_task_id(region, [*targets, "x"], now_s, interval_s)
     assert int(task_id[:8] + task_id[9:13], 16) == int(start_s * 1000)  # UUIDv7, RFC 9562 §5.7
     PrewarmOrder.from_dict({"id": task_id, "urls": [url(1)]})  # a valid task id
+
+
+async def test_georouter_prewarm_fails_cleanly_on_an_answer_without_a_task_id(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`georouter prewarm --wait` polled /api/v1/prewarm/{id} with the answer's "id": an
+    answer without one raised KeyError (a traceback) instead of a one-line failure."""
+    unfinished = {"nodes": {"edge-eu-1": {"delivery": "pending"}}}
+
+    async def accept(request: web.Request) -> web.Response:
+        return web.json_response(unfinished)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/prewarm", accept)
+    config = Path(__file__).resolve().parent.parent / "georouter" / "data" / "cdn.toml"
+    async with TestServer(app, host="127.0.0.1") as server:
+        where = f"127.0.0.1:{server.port}"
+        body = {"region": "eu", "urls": [url(1)]}
+        code = await asyncio.to_thread(prewarm_command, config, body, where, 5.0)
+    assert code == 1 and "no task id" in capsys.readouterr().err
