@@ -27,6 +27,7 @@ from cdn.tomltable import Table
 LOG_MAX_BYTES = 100 * 1024 * 1024  # per file before it rotates
 LOG_BACKUPS = 5  # rotated files kept (path.1 ... path.5)
 LOG_QUEUE = 10_000  # lines waiting for the writer thread; more are dropped
+STOP_WAIT_S = 0.5  # stop() waits that long for the writer to make room for its end marker
 MAX_LOG_BYTES = 1 << 40
 MAX_LOG_BACKUPS = 1000
 MAX_LOG_QUEUE = 10_000_000
@@ -82,6 +83,33 @@ class _File(RotatingFileHandler):
         self._on_write()
 
 
+class _Listener(QueueListener):
+    """Stops even when its queue is full (the stalled disk this log is built for):
+    QueueListener puts its end marker with put_nowait, which raises queue.Full then."""
+
+    def __init__(self, q: queue.Queue[logging.LogRecord], file: _File, on_drop: Callable[[], None]):
+        super().__init__(q, file)
+        self._q = q
+        self._on_drop = on_drop
+
+    def enqueue_sentinel(self) -> None:
+        try:  # the writer has STOP_WAIT_S to make room
+            self._q.put(self._sentinel, timeout=STOP_WAIT_S)  # type: ignore[attr-defined]
+            return
+        except queue.Full:
+            pass
+        while True:  # then the oldest lines make room, counted as dropped
+            try:
+                self._q.put_nowait(self._sentinel)  # type: ignore[attr-defined]
+                return
+            except queue.Full:
+                try:
+                    self._q.get_nowait()
+                    self._on_drop()
+                except queue.Empty:
+                    pass
+
+
 class JsonLinesLog:
     """Started with its program, stopped with it (stop() writes what is queued)."""
 
@@ -101,15 +129,17 @@ class JsonLinesLog:
         self._queue: queue.Queue[logging.LogRecord] = queue.Queue(settings.queue_size)
         self._enqueue = _Queue(self._queue, on_drop)
         self.file = _File(settings, where, on_write)
-        self._listener = QueueListener(self._queue, self.file)
+        self._listener = _Listener(self._queue, self.file, on_drop)
 
     def start(self) -> None:
         self._listener.start()
 
     def stop(self) -> None:
-        if self._listener._thread is not None:  # started
-            self._listener.stop()
-        self.file.close()
+        try:
+            if self._listener._thread is not None:  # started
+                self._listener.stop()
+        finally:
+            self.file.close()
 
     def wanted(self) -> bool:
         """Whether this line is kept (the sample)."""

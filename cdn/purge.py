@@ -76,7 +76,10 @@ class Purge:
 
 def url_host(url: str) -> str:
     """The lower-case host[:port] of an absolute http(s) URL (PurgeError otherwise)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. "Invalid IPv6 URL": an unclosed "[" (RFC 3986 §3.2.2)
+        raise PurgeError(f"expected an absolute http:// URL, got {url!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PurgeError(f"expected an absolute http:// URL, got {url!r}")
     return parts.netloc.rpartition("@")[2].lower()

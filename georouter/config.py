@@ -307,8 +307,23 @@ def _check_credentials(top: Table, router: RouterSettings, nodes: tuple[Node, ..
         for token in tokens:
             if token in owners:
                 raise top.error(f"router.{key}", f"same token as node {owners[token]!r}")
-    if router.operator_token and router.operator_token == router.token:
-        raise top.error("router.operator_token", "must differ from router.token (edges hold it)")
+    _check_operator_not_shared(top, router)
+
+
+def _check_operator_not_shared(top: Table, router: RouterSettings) -> None:
+    """No operator token (current or previous) is one of the shared tokens (current or
+    previous): edges without their own token hold those, and would act as operators."""
+    shared = {router.token: "router.token"} if router.token else {}
+    for j, token in enumerate(router.previous_tokens):
+        shared.setdefault(token, f"router.previous_tokens[{j}]")
+    operator = [("router.operator_token", router.operator_token)]
+    operator += [
+        (f"router.previous_operator_tokens[{i}]", token)
+        for i, token in enumerate(router.previous_operator_tokens)
+    ]
+    for key, token in operator:
+        if token in shared:
+            raise top.error(key, f"must differ from {shared[token]} (edges hold it)")
 
 
 def default_state_dir(config_path: Path) -> Path:

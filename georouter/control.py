@@ -226,7 +226,7 @@ def _accept(
         return Receipt(404, _error(f"unknown node {report.node!r}"))
     reply = ReportReply(result, plane.controller.on_report(report.node, report.acks))
     if result == "accepted":
-        plane.controller.on_prewarm_report(report, plane.fleet.statuses[report.node].node.region)
+        plane.controller.on_prewarm_report(report, plane.fleet.statuses[report.node].node)
     return Receipt(200, reply.to_json(), report)
 
 

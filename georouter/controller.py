@@ -30,8 +30,8 @@ from typing import Any
 
 import aiohttp
 
-from cdn.prewarm import PREWARM_PATH, PrewarmError
-from cdn.purge import Purge, new_purge_id
+from cdn.prewarm import PREWARM_PATH
+from cdn.purge import Purge, PurgeError, new_purge_id
 from cdn.report import MAX_REPLY_PURGES, LoadReport
 from georouter.bus import Bus, BusUnavailable, Overrides
 from georouter.config import Node, RouterConfig
@@ -46,6 +46,7 @@ from georouter.prewarm import (
     PrewarmLog,
     PrewarmTask,
     TaskOrigin,
+    popularity_task_id,
     quota_refusal,
 )
 from georouter.purge import DONE, PurgeLog, PurgeRecord
@@ -252,11 +253,17 @@ class Controller:
         targets: tuple[str, ...],
     ) -> PrewarmTask:
         now = self._clock()
+        if origin == "popularity":  # every router makes it: one id for all of them
+            interval_s = self.config.prewarm.popularity_interval_s
+            task_id = popularity_task_id(region, targets, now, interval_s)
+        else:
+            task_id = new_purge_id(now, self._rng)
         task = PrewarmTask(
-            new_purge_id(now, self._rng), region, urls, origin, now, site,
-            {name: NodeProgress() for name in targets},
-        )  # fmt: skip
-        self.prewarms.add(task)
+            task_id, region, urls, origin, now, site, {name: NodeProgress() for name in targets}
+        )
+        task, created = self.prewarms.add(task)
+        if not created:  # another router's, heard on the bus: sent already
+            return task
         self._dirty = True
         self._metrics.prewarm_tasks.labels(origin).inc()
         log.info("event=prewarm id=%s origin=%s region=%s urls=%d nodes=%s", task.id, origin,
@@ -271,7 +278,7 @@ class Controller:
         self._dirty = True
         try:
             task = PrewarmTask.from_message(raw)
-        except PrewarmError as exc:
+        except PurgeError as exc:  # PrewarmError, or url_host's PurgeError for a bad URL
             log.warning("event=bus_bad_prewarm error=%r", str(exc))
             return
         task, created = self.prewarms.add(task)
@@ -297,15 +304,17 @@ class Controller:
         if self.prewarms.deliver(task_id, node, result):
             self._dirty = True
 
-    def on_prewarm_report(self, report: LoadReport, region: str) -> None:
-        """Note a report's pre-warm progress and hot set."""
+    def on_prewarm_report(self, report: LoadReport, node: Node) -> None:
+        """Note a report's pre-warm progress and, from an edge, its hot set (a shield's is
+        its children's misses from every region, not its region's popularity)."""
         if report.prewarm:
             news = self.prewarms.report(report.node, report.prewarm)
             for outcome, n in news.items():
                 if n:
                     self._metrics.prewarm_urls.labels(outcome).inc(n)
                     self._dirty = True
-        self.popularity.note(report.node, region, report.hot, time.monotonic())
+        if node.role == "edge":
+            self.popularity.note(report.node, node.region, report.hot, time.monotonic())
 
     def on_snapshot(self, snapshot: FleetSnapshot) -> None:
         """A new fleet snapshot: pre-warm the nodes that now take a region's clients."""

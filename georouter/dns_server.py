@@ -239,8 +239,12 @@ class DnsService:
             raise
 
     async def _start_one(self, where: HostPort, serve_udp: bool) -> None:
+        # IPv6-only if an IPv4 address on the same port is listed too ("[::]:53" and
+        # "0.0.0.0:53"); else dual-stack, as "[::]:53" alone always served IPv4 on Linux
+        # (RFC 3493 §5.3, IPV6_V6ONLY).
+        v6only = any(":" not in other.host and other.port == where.port for other in self._listen)
         try:
-            udp_sock, tcp_sock = _bind_pair(where)
+            udp_sock, tcp_sock = _bind_pair(where, v6only=v6only)
         except OSError as exc:
             raise CannotListen(where, exc) from None
         self._udp.append(udp_sock)
@@ -378,12 +382,12 @@ def _client_of(peer: str) -> str:
     return str(ipaddress.ip_network((address, IPV6_CLIENT_PREFIX), strict=False))
 
 
-def _bind_pair(listen: HostPort) -> tuple[socket.socket, socket.socket]:
+def _bind_pair(listen: HostPort, *, v6only: bool) -> tuple[socket.socket, socket.socket]:
     """A UDP and a TCP socket bound to one address and port."""
     for _ in range(BIND_ATTEMPTS):
-        udp = _bound(listen.host, listen.port, socket.SOCK_DGRAM)
+        udp = _bound(listen.host, listen.port, socket.SOCK_DGRAM, v6only)
         try:
-            return udp, _bound(listen.host, udp.getsockname()[1], socket.SOCK_STREAM)
+            return udp, _bound(listen.host, udp.getsockname()[1], socket.SOCK_STREAM, v6only)
         except OSError as exc:
             udp.close()
             if listen.port or exc.errno != errno.EADDRINUSE:
@@ -391,12 +395,12 @@ def _bind_pair(listen: HostPort) -> tuple[socket.socket, socket.socket]:
     raise OSError(errno.EADDRINUSE, f"no port free for both UDP and TCP on {listen.host}")
 
 
-def _bound(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
+def _bound(host: str, port: int, kind: socket.SocketKind, v6only: bool) -> socket.socket:
     family, _, _, _, address = socket.getaddrinfo(host, port, type=kind)[0]
     sock = socket.socket(family, kind)
     try:
-        if family == socket.AF_INET6:  # "[::]:53" and "0.0.0.0:53" may both be listed
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         else:

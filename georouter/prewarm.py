@@ -15,10 +15,14 @@ Quotas ([prewarm] in the config) bound API tasks: URLs per task, and URLs per sl
 24 hours over every API task in the log (shared by all routers through the bus, so the
 quota is the fleet's, within the bus's delay). Popularity tasks are bounded by their
 nature (the top popularity_top_k URLs, at most one per region per
-popularity_interval_s) and count against no quota.
+popularity_interval_s) and count against no quota. Every router sees the same change and
+makes its task, so a popularity task's id is derived from what it is
+(`popularity_task_id`: the region, its targets and the popularity_interval_s period it
+falls in): the routers' tasks share one id, which the bus and the edges keep once.
 
-Popularity. Each report's hot set (an edge's top objects with decayed counts) is kept per
-node with its time; a region's hot set is the sum over the region's nodes heard within
+Popularity. Each report's hot set (an edge's top objects with decayed counts; a
+shield's, the misses of children in every region, is not counted) is kept per node with
+its time; a region's hot set is the sum over the region's nodes heard within
 HOT_MAX_AGE_S (a node that just died still counts: its clients are the ones moving).
 `Popularity.changes` compares which nodes each region answers with now against before:
 a node that left (down, drained, saturated) sends its own hot set (the objects its clients,
@@ -29,20 +33,35 @@ the region's hot set.
 
 from __future__ import annotations
 
+import hashlib
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cdn.prewarm import OUTCOMES, HotObject, PrewarmError, PrewarmOrder, PrewarmProgress
+from cdn.purge import new_purge_id
 
 PREWARM_RETENTION_S = 24 * 3600.0
 QUOTA_WINDOW_S = 24 * 3600.0
 MAX_TASKS = 10_000
 MAX_ERRORS_SHOWN = 100  # failed URLs listed per node in the API
 HOT_MAX_AGE_S = 60.0
+MIN_ID_PERIOD_S = 1.0  # popularity task ids' period when popularity_interval_s is shorter
 SENT, PENDING = "sent", "pending"
 TaskOrigin = Literal["api", "popularity"]
 TASK_ORIGINS: tuple[TaskOrigin, ...] = ("api", "popularity")
+
+
+def popularity_task_id(region: str, targets: Iterable[str], now_s: float, interval_s: float) -> str:
+    """The id of a popularity task: the same on every router for one region, one set of
+    targets and one period of `interval_s` (Unix time), so N routers' tasks are one. A
+    UUIDv7 (RFC 9562 §5.7) of the period's start, its other bits from a hash."""
+    period_s = max(interval_s, MIN_ID_PERIOD_S)
+    start_s = (now_s // period_s) * period_s
+    what = "\0".join((region, ",".join(sorted(targets)), repr(start_s))).encode()
+    seed = int.from_bytes(hashlib.sha256(what).digest())
+    return new_purge_id(start_s, random.Random(seed))
 
 
 @dataclass(frozen=True, slots=True)

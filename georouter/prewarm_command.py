@@ -15,16 +15,13 @@ import json
 import sys
 import time
 import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from georouter.config import load_config
-from georouter.credentials import Credentials
+from georouter.control_client import EXIT_FAILED, call, refused
 
 EXIT_INCOMPLETE = 3
-EXIT_FAILED = 1
-REQUEST_TIMEOUT_S = 30.0
 POLL_S = 0.25
 
 
@@ -33,32 +30,17 @@ def prewarm_command(
 ) -> int:
     config = load_config(config_path)
     where = control or str(config.router.control_listen)
-    headers = {
-        "Authorization": f"Bearer {Credentials.of(config).operator[0]}",
-        "Content-Type": "application/json",
-    }
-    request = urllib.request.Request(
-        f"http://{where}/api/v1/prewarm",
-        data=json.dumps(body).encode(),
-        headers=headers,
-        method="POST",
-    )
     try:
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
-            task = json.loads(response.read())
-        deadline = time.monotonic() + wait_s
+        task = call(config, where, "/api/v1/prewarm", body)
+        if not isinstance(task, dict) or not isinstance(task.get("id"), str):
+            print(f"georouter: the router's answer has no task id: {task!r}", file=sys.stderr)
+            return EXIT_FAILED
+        task_id, deadline = task["id"], time.monotonic() + wait_s
         while wait_s > 0 and not _finished(task) and time.monotonic() < deadline:
             time.sleep(POLL_S)
-            url = f"http://{where}/api/v1/prewarm/{task['id']}"
-            with urllib.request.urlopen(url, timeout=REQUEST_TIMEOUT_S) as response:
-                task = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        print(f"georouter: prewarm refused ({exc.code}): {exc.read().decode(errors='replace')}",
-              file=sys.stderr)  # fmt: skip
-        return EXIT_FAILED
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(f"georouter: cannot reach the router at {where}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+            task = call(config, where, f"/api/v1/prewarm/{task_id}")
+    except (urllib.error.URLError, OSError, ValueError) as exc:  # HTTPError is a URLError
+        return refused(exc, "prewarm", where)
     print(json.dumps(task, indent=2))
     return 0 if wait_s <= 0 or _finished(task) else EXIT_INCOMPLETE
 

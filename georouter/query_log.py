@@ -11,8 +11,9 @@ Fields: time, client (the resolver's address), transport, ecs (the client subnet
 query carried, "192.0.2.0/24", or null), name, type, rcode, region (the answering region
 of a geo-routed name: the client's own unless spilled or failed over; null otherwise),
 client_region (where the client was placed), answer (the node addresses handed out),
-reason (the selector's decision: geo, spill, failover, fail_open, ...; "static" for a
-name answered from the zone data; null for a malformed query).
+reason (the selector's decision: geo, drained, spillover, failover, fail_open or
+fail_closed; "static" for a name answered from the zone data; null for a malformed
+query).
 
 Every DNS worker process writes its own file (`worker_path`): several processes appending
 to one file would interleave rotations. The main process (TCP, and UDP without workers)
@@ -89,7 +90,8 @@ class QueryLog:
             placement, decision = decided
             fields["region"] = decision.region
             fields["client_region"] = placement.region
-            fields["answer"] = [str(n.ipv4 or n.ipv6) for n in decision.nodes]
+            aaaa = fields["type"] == "AAAA"  # a dual-stack node answers with the asked family
+            fields["answer"] = [str(n.ipv6 if aaaa else n.ipv4 or n.ipv6) for n in decision.nodes]
             fields["reason"] = decision.reason
         self._log.write(**fields)
 

@@ -3,10 +3,11 @@
 Theory of operation. With `router.dns_workers` = N > 1 the main process binds the DNS
 sockets as usual and keeps TCP, the control API, the prober and the fleet, but leaves UDP
 to N `python -m georouter.workers` processes. Each inherits the UDP socket (one per
-`router.dns_listen` address, each read by its own thread) and one end of
-a private socketpair, builds its own Selector and answering pipeline
-(georouter/pipeline.py), and answers with a
-blocking loop (`UdpShell.serve_blocking`). The socket is shared rather than one per worker
+`router.dns_listen` address) and one end of a private socketpair, builds its own
+Selector and answering pipeline (georouter/pipeline.py), and answers on one thread: a
+blocking loop (`UdpShell.serve_blocking`) for one socket, an epoll loop draining each
+readable socket in batches (`UdpShell.read_ready`) for several; that state is not
+thread-safe. The socket is shared rather than one per worker
 with SO_REUSEPORT: the kernel wakes one blocked reader per datagram, so the load spreads
 evenly even over the few client flows of a benchmark or a handful of resolvers, where
 SO_REUSEPORT's 4-tuple hash can put every flow on one worker (measured on two cores: two
@@ -50,6 +51,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import assert_never
 
@@ -293,11 +295,25 @@ class _Worker:
                 self.apply(message, _database(fds, message))
 
 
-def _exit(worker: _Worker) -> None:
-    """SIGTERM: write the queued query log lines, then go."""
+_EXITING = threading.Lock()
+
+
+def _on_sigterm(worker: _Worker, exit: Callable[[int], object] = os._exit) -> threading.Thread:
+    """SIGTERM. Python runs the handler on the main thread between two bytecodes, maybe
+    inside Queue.put_nowait with the queue's lock held: stopping the query log there
+    would wait for that lock forever. So another thread stops it, then exits."""
+    thread = threading.Thread(target=_exit, args=(worker, exit), daemon=True)
+    thread.start()
+    return thread
+
+
+def _exit(worker: _Worker, exit: Callable[[int], object]) -> None:
+    """Write the queued query log lines, then go (once, however many SIGTERMs came)."""
+    if not _EXITING.acquire(blocking=False):
+        return
     if worker.query_log is not None:
         worker.query_log.stop()
-    os._exit(0)
+    exit(0)
 
 
 def _query_log(config: RouterConfig, index: int, tallies: HotPathTallies) -> QueryLog | None:
@@ -349,10 +365,30 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
     return data
 
 
+def _read(shells: list[tuple[socket.socket, UdpShell]]) -> None:
+    """Answer datagrams off every socket on this one thread, so the worker's guard, rate
+    limiter, caches and tallies are never touched by two threads at once. One socket:
+    blocking reads (the kernel wakes one worker per datagram). Several: epoll over them,
+    each readable one drained in batches of UDP_BATCH (UdpShell.read_ready);
+    EPOLLEXCLUSIVE wakes one of the workers waiting on a socket, not all."""
+    if len(shells) == 1:
+        shells[0][0].setblocking(True)
+        shells[0][1].serve_blocking()
+        return
+    poller = select.epoll()
+    ready = {}
+    for udp, shell in shells:
+        udp.setblocking(False)
+        poller.register(udp.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        ready[udp.fileno()] = shell.read_ready
+    while True:
+        for fd, _ in poller.poll():
+            ready[fd]()
+
+
 def serve(udp_fds: list[int], control_fd: int, fds_fd: int, index: int) -> None:
-    """A worker's life: answer UDP until SIGTERM or until main goes away. Each socket (one
-    per router.dns_listen address) has its own thread blocked in its reads; the last one
-    is this thread."""
+    """A worker's life: answer UDP until SIGTERM or until main goes away, reading every
+    socket (one per router.dns_listen address) on this thread (`_read`)."""
     # Terminal signals reach the whole process group; main decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -366,16 +402,11 @@ def serve(udp_fds: list[int], control_fd: int, fds_fd: int, index: int) -> None:
     if geoip is None:
         sys.exit(2)
     worker = _Worker(first.config, geoip, index)
-    signal.signal(signal.SIGTERM, lambda signum, frame: _exit(worker))
-    shells = []
-    for fd in udp_fds:
-        udp = socket.socket(fileno=fd)
-        udp.setblocking(True)
-        shells.append(UdpShell(udp, worker, worker.tallies))
+    signal.signal(signal.SIGTERM, lambda signum, frame: _on_sigterm(worker))
+    udps = [socket.socket(fileno=fd) for fd in udp_fds]
+    shells = [(udp, UdpShell(udp, worker, worker.tallies)) for udp in udps]
     threading.Thread(target=worker.follow, args=(control, fds), daemon=True).start()
-    for shell in shells[:-1]:
-        threading.Thread(target=shell.serve_blocking, daemon=True).start()
-    shells[-1].serve_blocking()
+    _read(shells)
 
 
 if __name__ == "__main__":

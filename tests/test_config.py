@@ -144,6 +144,13 @@ CASES = [
      "router.operator_token", "same token as node 'edge-1'"),
     ("operator_is_the_shared_token", edited(TOKEN, TOKEN + '\noperator_token = "t0ken"'),
      "router.operator_token", "must differ from router.token"),
+    # a previous operator token an edge holds as router.token would let it act as operator
+    ("previous_operator_is_the_shared_token",
+     edited(TOKEN, OPERATOR_A + '\nprevious_operator_tokens = ["t0ken"]'),
+     "router.previous_operator_tokens[0]", "must differ from router.token (edges hold it)"),
+    ("operator_is_a_previous_shared_token",
+     edited(TOKEN, OPERATOR_A + '\nprevious_tokens = ["a"]'),
+     "router.operator_token", "must differ from router.previous_tokens[0] (edges hold it)"),
     ("previous_without_token", edited(CAPACITY, CAPACITY + 'previous_tokens = ["b"]\n'),
      "nodes[0].previous_tokens", "expected a token to rotate to"),
     ("no_operator", with_node_token("a").replace(TOKEN + "\n", ""),

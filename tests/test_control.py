@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from ipaddress import IPv4Address
@@ -15,6 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from cdn.prewarm import HotObject
 from cdn.report import MAX_REPORT_BYTES, LoadReport
 from cdnlab.simulation import make_config
 from georouter.config import HealthSettings, Node, Policy, Region
@@ -75,6 +77,12 @@ async def client(plane: ControlPlane) -> AsyncIterator[TestClient[web.Request, w
 
 def body(node: str = "edge-eu-1", seq: int = 1, utilization: float = 0.3) -> bytes:
     return LoadReport(node, seq, "up", 4, 600.0, 2000.0, utilization, 0.8).to_json()
+
+
+def hot_body(url: str) -> bytes:
+    report = json.loads(body())
+    report["hot"] = [[url, 1]]
+    return json.dumps(report).encode()
 
 
 def sample(text: str, name: str) -> float | None:
@@ -172,6 +180,8 @@ async def test_previous_tokens_are_accepted_during_a_rotation(
         (b'{"node": "edge-eu-1"}', "seq"),
         (body().replace(b'"up"', b'"sideways"'), "status"),
         (b" " * (MAX_REPORT_BYTES + 1), "larger than"),
+        # urlsplit raises ValueError ("Invalid IPv6 URL"), not a ReportError: was a 500
+        (hot_body("http://[::1/x"), "hot: expected an absolute http:// URL"),
     ],
 )
 async def test_bad_report_body_is_400_with_the_reason(
@@ -456,5 +466,56 @@ async def test_an_unreachable_node_gets_the_purge_on_its_report_reply(
         assert sample(text, 'georouter_purges_total{result="incomplete"}') == 1.0
         assert (await client.get("/api/v1/purge/nope")).status == 404
         assert (await client.post("/api/v1/purge", json={"x": 1}, headers=AUTH)).status == 400
+        # urlsplit's ValueError ("Invalid IPv6 URL") is a bad request, not a 500
+        bad = await client.post("/api/v1/purge", json={"url": "http://[::1/x"}, headers=AUTH)
+        assert bad.status == 400 and "absolute http" in (await bad.json())["error"]
     finally:
         await plane.controller.stop()
+
+
+@pytest.mark.parametrize("bad_url", ["/img/a.png", "http://[::1/x"])
+async def test_a_task_from_the_bus_with_a_bad_url_is_logged_and_skipped(
+    plane: ControlPlane, bad_url: str
+) -> None:
+    """The bus reader caught PrewarmError only: url_host's PurgeError (a relative URL) or
+    urlsplit's ValueError ("Invalid IPv6 URL") escaped it."""
+    raw = {"id": "t", "urls": [bad_url], "region": "eu", "origin": "api", "created_at": 1.0,
+           "targets": ["edge-eu-1"]}  # fmt: skip
+    await plane.controller._adopt_prewarm(raw, 1)
+    assert len(plane.controller.prewarms) == 0
+
+
+async def test_routers_make_one_popularity_task_for_one_change(tmp_path: Path) -> None:
+    """Every router sees the change and makes its popularity task: with an id of its own
+    each, N routers made N tasks and sent each to every target (N^2 POSTs). The id comes
+    from the region, targets and popularity_interval_s period, so they are one task."""
+    planes = [make_plane(Clock(), tmp_path / name) for name in ("a", "b")]
+    now = [1000.0]
+    urls = ("http://cdn.example.com/a.png",)
+    for plane in planes:
+        plane.controller._clock = lambda: now[0]
+        await plane.controller.start()
+    try:
+        a, b = (plane.controller for plane in planes)
+        made_a = await a._new_prewarm("eu", urls, None, "popularity", ("edge-eu-2", "edge-eu-1"))
+        made_b = await b._new_prewarm("eu", urls, None, "popularity", ("edge-eu-1", "edge-eu-2"))
+        assert made_a.id == made_b.id
+        again = await a._new_prewarm("eu", urls, None, "popularity", ("edge-eu-1", "edge-eu-2"))
+        assert again is made_a and len(a.prewarms) == 1  # known: not made or sent again
+        now[0] += CONFIG.prewarm.popularity_interval_s
+        later = await a._new_prewarm("eu", urls, None, "popularity", ("edge-eu-1",))
+        assert later.id != made_a.id and len(a.prewarms) == 2  # the next period's
+    finally:
+        for plane in planes:
+            await plane.controller.stop()
+
+
+def test_a_shield_s_hot_set_is_not_its_region_s_popularity(plane: ControlPlane) -> None:
+    """A shield's hot set is its children's misses from every region: counting it would
+    pre-warm its region's edges with other regions' objects."""
+    hot = (HotObject("http://cdn.example.com/a.png", 5),)
+    report = replace(LoadReport("edge-eu-1", 1, "up", 4, 600.0, 2000.0, 0.3, 0.8), hot=hot)
+    plane.controller.on_prewarm_report(report, replace(NODES[0], role="shield"))
+    assert plane.controller.popularity.hot_set("eu", time.monotonic(), 5) == ()
+    plane.controller.on_prewarm_report(report, NODES[0])
+    assert plane.controller.popularity.hot_set("eu", time.monotonic(), 5) == (hot[0].url,)

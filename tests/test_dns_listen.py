@@ -4,6 +4,7 @@ dnspython; and the --dns flag, one address or several."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dns.asyncquery
@@ -14,6 +15,7 @@ import pytest
 
 from cdn.config import HostPort, parse_host_port
 from tests.test_router_e2e import EU, running_router
+from tests.test_workers import children
 
 V4_V6 = 'dns_listen = ["127.0.0.1:0", "[::1]:0"]'
 
@@ -48,9 +50,33 @@ async def test_one_router_answers_on_ipv4_and_ipv6_over_udp_and_tcp(
                 assert await a_records(where, tcp=tcp) == EU, (where, tcp)
 
 
+async def test_a_worker_reads_every_address_on_one_thread(tmp_path: Path) -> None:
+    """Two addresses, two workers: both answered, and each worker has two threads (its
+    reader and the one following main). A reader thread per socket shared the worker's
+    guard, rate limiter, caches and tallies, which are not thread-safe."""
+    async with running_router(
+        tmp_path, router_settings="dns_workers = 2", dns=None, edit=listen_both
+    ) as router:
+        for where in [parse_host_port(text) for text in router.dns_listening]:
+            for _ in range(10):
+                assert await a_records(where, tcp=False) == EU, where
+        workers = children(router.process.pid)
+        assert len(workers) == 2
+        assert [len(os.listdir(f"/proc/{pid}/task")) for pid in workers] == [2, 2]
+
+
 async def test_the_dns_flag_takes_several_addresses(tmp_path: Path) -> None:
     async with running_router(tmp_path, dns="[::1]:0,127.0.0.1:0") as router:
         addresses = [parse_host_port(text) for text in router.dns_listening]
         assert [a.host for a in addresses] == ["::1", "127.0.0.1"]
         for where in addresses:
             assert await a_records(where, tcp=False) == EU
+
+
+async def test_a_lone_ipv6_wildcard_also_answers_ipv4(tmp_path: Path) -> None:
+    """ "[::]:PORT" alone is dual-stack (IPV6_V6ONLY off, RFC 3493 §5.3), as before the
+    option was set on every IPv6 socket: a config listing only it kept serving IPv4."""
+    async with running_router(tmp_path, dns="[::]:0") as router:
+        (where,) = [parse_host_port(text) for text in router.dns_listening]
+        for tcp in (False, True):
+            assert await a_records(HostPort("127.0.0.1", where.port), tcp=tcp) == EU, tcp

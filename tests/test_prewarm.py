@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,14 +36,17 @@ from edge import prewarm as prewarm_module
 from edge.prewarm import HotSet, PrewarmQueue, classify, may_fetch
 from edge.server import EdgeServer
 from georouter.prewarm import (
+    MIN_ID_PERIOD_S,
     QUOTA_WINDOW_S,
     NodeProgress,
     Popularity,
     PrewarmLimits,
     PrewarmLog,
     PrewarmTask,
+    popularity_task_id,
     quota_refusal,
 )
+from georouter.prewarm_command import prewarm_command
 from georouter.state import ControlState, StateFile
 from tests.origin_app import metric, poll, running_edge
 
@@ -465,3 +469,43 @@ def test_the_state_file_keeps_prewarm_tasks_with_their_progress(tmp_path: Path) 
     files = StateFile(tmp_path)
     files.save(ControlState(prewarms=(t,)))
     assert files.load().prewarms == (t,)
+
+
+@given(
+    st.sampled_from(["eu", "na"]),
+    st.lists(st.sampled_from(["e1", "e2", "e3"]), min_size=1, unique=True),
+    st.floats(0, 2e9),
+    st.sampled_from([0.0, 0.5, 5.0, 60.0]),
+)
+def test_a_popularity_task_id_is_the_same_on_every_router_for_one_change_and_period(
+    region: str, targets: list[str], now_s: float, interval_s: float
+) -> None:
+    """Every router makes the popularity task for one change: one id makes it one task."""
+    period_s = max(interval_s, MIN_ID_PERIOD_S)
+    start_s = (now_s // period_s) * period_s
+    task_id = popularity_task_id(region, targets, now_s, interval_s)
+    assert task_id == popularity_task_id(region, reversed(targets), start_s, interval_s)
+    assert task_id != popularity_task_id(region, targets, start_s + period_s, interval_s)
+    assert task_id != popularity_task_id(region, [*targets, "x"], now_s, interval_s)
+    assert int(task_id[:8] + task_id[9:13], 16) == int(start_s * 1000)  # UUIDv7, RFC 9562 §5.7
+    PrewarmOrder.from_dict({"id": task_id, "urls": [url(1)]})  # a valid task id
+
+
+async def test_georouter_prewarm_fails_cleanly_on_an_answer_without_a_task_id(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`georouter prewarm --wait` polled /api/v1/prewarm/{id} with the answer's "id": an
+    answer without one raised KeyError (a traceback) instead of a one-line failure."""
+    unfinished = {"nodes": {"edge-eu-1": {"delivery": "pending"}}}
+
+    async def accept(request: web.Request) -> web.Response:
+        return web.json_response(unfinished)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/prewarm", accept)
+    config = Path(__file__).resolve().parent.parent / "georouter" / "data" / "cdn.toml"
+    async with TestServer(app, host="127.0.0.1") as server:
+        where = f"127.0.0.1:{server.port}"
+        body = {"region": "eu", "urls": [url(1)]}
+        code = await asyncio.to_thread(prewarm_command, config, body, where, 5.0)
+    assert code == 1 and "no task id" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import dns.asyncquery
@@ -16,7 +17,10 @@ import dns.message
 import pytest
 
 from cdn.jsonlog import JsonLogSettings
+from georouter.config import Node
+from georouter.geo import Placement
 from georouter.query_log import QueryLog, worker_path
+from georouter.selector import Decision
 from georouter.tallies import HotPathTallies
 from tests.test_router_e2e import EU, ROOT, RouterProcess, _metrics, poll, running_router
 
@@ -112,6 +116,22 @@ def test_a_full_queue_drops_and_counts_never_blocks(tmp_path: Path) -> None:
     log.start()
     log.stop()
     assert len(lines(path)) == 2 and tallies.query_log["written"] == 2
+
+
+def test_an_aaaa_answer_logs_the_ipv6_address_of_a_dual_stack_node(tmp_path: Path) -> None:
+    """The answer of an AAAA query is the node's IPv6 address (RFC 3596 §2.2), not its
+    IPv4 address, which `ipv4 or ipv6` logged for every dual-stack node."""
+    path = tmp_path / "q.jsonl"
+    log = QueryLog(JsonLogSettings(str(path)), HotPathTallies())
+    node = Node("edge-eu-1", "eu", 100.0, "http://127.0.0.1:1",
+                ipv4=IPv4Address("192.0.2.1"), ipv6=IPv6Address("2001:db8::1"))  # fmt: skip
+    decided = (Placement("eu", 24), Decision("eu", (node,), "geo"))
+    for qtype in ("AAAA", "A"):
+        query = dns.message.make_query("cdn.example.com", qtype).to_wire()
+        log.record(query, "192.0.2.9", "udp", "NOERROR", decided)
+    log.start()
+    log.stop()
+    assert [line["answer"] for line in lines(path)] == [["2001:db8::1"], ["192.0.2.1"]]
 
 
 def test_sample_keeps_that_fraction_and_a_malformed_query_is_logged_without_a_name(

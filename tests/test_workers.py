@@ -13,12 +13,17 @@ import re
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 import dns.asyncquery
 import dns.message
 import pytest
 
+from cdn.jsonlog import JsonLogSettings
+from georouter import workers
+from georouter.query_log import QueryLog
 from georouter.tallies import HotPathTallies
 from georouter.worker_messages import TallyReport, frame, to_main
 from tests.test_router_e2e import (
@@ -174,3 +179,19 @@ def test_tallies_travel_and_fold_together() -> None:
     assert a.dropped == {"oversized": 1} and a.geoip_lookups == 5
     assert a.durations["udp"].counts[1] == 2 and a.durations["udp"].total == 60e-6
     assert sum(a.ecs_scopes.counts) == 1
+
+
+def test_sigterm_while_the_query_log_queue_is_locked_still_exits(tmp_path: Path) -> None:
+    """The SIGTERM handler runs on the main thread, maybe inside Queue.put_nowait with the
+    queue's lock held: stopping the log there deadlocked until SIGKILL. It must return at
+    once, and the exit follow once the lock is free."""
+    tallies = HotPathTallies()
+    query_log = QueryLog(JsonLogSettings(str(tmp_path / "q.jsonl")), tallies)
+    query_log.start()
+    exits: list[int] = []
+    worker: Any = SimpleNamespace(query_log=query_log)
+    with query_log._log._queue.mutex:  # this thread was interrupted inside put_nowait
+        thread = workers._on_sigterm(worker, exits.append)  # returns: no deadlock
+        assert exits == []
+    thread.join(timeout=10)
+    assert exits == [0] and not thread.is_alive()
