@@ -6,7 +6,10 @@ STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
 # Debian packages the end-to-end tests and the benchmarks drive (installed by scripts/install-packages).
-TEST_PACKAGES  := unbound prometheus knot-dnsutils bind9-dnsutils nats-server chromium chromium-driver nodejs npm
+TEST_PACKAGES  := unbound prometheus knot-dnsutils bind9-dnsutils nats-server chromium chromium-driver
+# Node.js and npm run the cache-tests suite; a machine may already have them from another
+# source (NodeSource's nodejs bundles npm, and Debian's npm package conflicts with it).
+NODE_PACKAGES  := nodejs npm
 BENCH_PACKAGES := dnsperf gdnsd pdns-server pdns-backend-geoip nginx wrk
 
 .PHONY: demo demo-load test lint typecheck bench fuzz cache-tests test-packages bench-packages clean
@@ -30,6 +33,7 @@ demo-load: $(STAMP)
 
 test-packages:
 	scripts/install-packages $(TEST_PACKAGES)
+	command -v npm >/dev/null || scripts/install-packages $(NODE_PACKAGES)
 
 bench-packages:
 	scripts/install-packages $(BENCH_PACKAGES)
