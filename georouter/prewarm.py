@@ -9,7 +9,7 @@ bus) sends it to those nodes; a node's "delivery" says whether that worked ("sen
 "pending", "failed: reason"). What each node then did comes in its load reports
 (PrewarmProgress, absolute figures): every router hears every edge's reports, so every
 router shows the same progress. Tasks are kept PREWARM_RETENTION_S (a day) and at most
-MAX_TASKS.
+MAX_TASKS, of which at most MAX_POPULARITY_TASKS popularity ones.
 
 Quotas ([prewarm] in the config) bound API tasks: URLs per task, and URLs per sliding
 24 hours over every API task in the log (shared by all routers through the bus, so the
@@ -45,6 +45,7 @@ from cdn.purge import new_purge_id
 PREWARM_RETENTION_S = 24 * 3600.0
 QUOTA_WINDOW_S = 24 * 3600.0
 MAX_TASKS = 10_000
+MAX_POPULARITY_TASKS = 500  # kept of those made by popularity: the latest, for the API
 MAX_ERRORS_SHOWN = 100  # failed URLs listed per node in the API
 HOT_MAX_AGE_S = 60.0
 MIN_ID_PERIOD_S = 1.0  # popularity task ids' period when popularity_interval_s is shorter
@@ -237,13 +238,19 @@ class PrewarmLog:
         )
 
     def prune(self, now: float) -> int:
-        old = [i for i, t in self._tasks.items() if now - t.created_at > PREWARM_RETENTION_S]
-        excess = len(self._tasks) - len(old) - MAX_TASKS
+        """Forget tasks older than a day; then the oldest popularity tasks past
+        MAX_POPULARITY_TASKS (a flapping node makes them fast: they must not push the API
+        tasks that the daily quota counts out of the log, nor grow the state file); then
+        the oldest of any past MAX_TASKS."""
+        gone = {i for i, t in self._tasks.items() if now - t.created_at > PREWARM_RETENTION_S}
+        popular = [i for i, t in self._tasks.items() if t.origin == "popularity" and i not in gone]
+        gone.update(popular[: max(0, len(popular) - MAX_POPULARITY_TASKS)])
+        excess = len(self._tasks) - len(gone) - MAX_TASKS
         if excess > 0:
-            old += [i for i in self._tasks if i not in old][:excess]
-        for task_id in old:
+            gone.update([i for i in self._tasks if i not in gone][:excess])
+        for task_id in gone:
             del self._tasks[task_id]
-        return len(old)
+        return len(gone)
 
 
 def quota_refusal(log: PrewarmLog, urls: int, limits: PrewarmLimits, now: float) -> str | None:

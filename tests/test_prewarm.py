@@ -36,6 +36,7 @@ from edge import prewarm as prewarm_module
 from edge.prewarm import HotSet, PrewarmQueue, classify, may_fetch
 from edge.server import EdgeServer
 from georouter.prewarm import (
+    MAX_POPULARITY_TASKS,
     MIN_ID_PERIOD_S,
     QUOTA_WINDOW_S,
     NodeProgress,
@@ -248,6 +249,20 @@ def task(
         task_id, "eu", tuple(url(i) for i in range(urls)), "api", created, None,
         {n: NodeProgress() for n in nodes},
     )  # fmt: skip
+
+
+def test_popularity_tasks_cannot_push_api_tasks_out_of_the_quota_window() -> None:
+    # A flapping node makes popularity tasks fast; the log keeps only the latest of them,
+    # so the API tasks the daily quota counts stay (and the state file stays small).
+    log = PrewarmLog()
+    log.add(task("api-1", 40, 0.0))
+    for i in range(MAX_POPULARITY_TASKS + 50):
+        made = task(f"pop-{i:05d}", 2, 1.0 + i)
+        log.add(PrewarmTask(made.id, made.region, made.urls, "popularity", made.created_at,
+                            None, made.nodes))  # fmt: skip
+    assert log.prune(now=1000.0) == 50
+    assert log.get("api-1") is not None and log.get("pop-00000") is None
+    assert log.urls_in_window(1000.0) == 40
 
 
 def test_log_takes_reported_progress_and_counts_only_news() -> None:
