@@ -55,6 +55,7 @@ from georouter.state import ControlState, StateFile
 BUS_START_WAIT_S = 2.0  # a starting router waits this long for the shared state
 FLUSH_INTERVAL_S = 0.25
 PRUNE_INTERVAL_S = 60.0
+PREWARM_RESEND_S = 5.0  # how often a reporting node that was not sent a pre-warm task is sent it
 
 log = logging.getLogger("georouter.control")
 _EMPTY = Pool((), (), False, (), ())
@@ -112,6 +113,7 @@ class Controller:
             metrics.bus_connected.set(1)
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._resent: dict[str, float] = {}  # node → when its owed pre-warm tasks were resent
         self._dirty = False
         self._save_lock = asyncio.Lock()
 
@@ -286,10 +288,15 @@ class Controller:
             log.info("event=prewarm_heard id=%s", task.id)
             self._spawn(self._send_prewarm(task), f"prewarm-{task.id}")
 
-    async def _send_prewarm(self, task: PrewarmTask) -> None:
+    async def _send_prewarm(self, task: PrewarmTask, only: str | None = None) -> None:
+        """Send `task` to its nodes that do not have it yet (with `only`, to that one)."""
         assert self._session is not None
         urls = {n.name: n.control_url for n in self.config.nodes}
-        owed = {n: urls[n] for n, p in task.nodes.items() if p.delivery != SENT and n in urls}
+        owed = {
+            n: urls[n]
+            for n, p in task.nodes.items()
+            if p.delivery != SENT and n in urls and only in (None, n)
+        }
         results = await post_all(
             self._session, path=PREWARM_PATH, body=task.order.to_dict(), nodes=owed,
             token=Credentials.of(self.config).node_token,
@@ -315,6 +322,23 @@ class Controller:
                     self._dirty = True
         if node.role == "edge":
             self.popularity.note(report.node, node.region, report.hot, time.monotonic())
+        self._resend_owed(report.node)
+
+    def _resend_owed(self, node: str) -> None:
+        """A node that reports is reachable: send it the pre-warm tasks it was not sent (it
+        was unreachable when they were made), at most every PREWARM_RESEND_S. The edge
+        keeps a task once, by id, so a task that reached it meanwhile costs nothing."""
+        now = time.monotonic()
+        if now - self._resent.get(node, -PREWARM_RESEND_S) < PREWARM_RESEND_S:
+            return
+        owed = self.prewarms.owed(node)
+        if owed:
+            self._resent[node] = now
+            self._spawn(self._send_owed(node, owed), f"prewarm-owed-{node}")
+
+    async def _send_owed(self, node: str, tasks: list[PrewarmTask]) -> None:
+        for task in tasks:
+            await self._send_prewarm(task, only=node)
 
     def on_snapshot(self, snapshot: FleetSnapshot) -> None:
         """A new fleet snapshot: pre-warm the nodes that now take a region's clients."""

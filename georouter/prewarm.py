@@ -183,7 +183,10 @@ class PrewarmLog:
     """Pre-warm tasks by id, in arrival order (ids are time-ordered too)."""
 
     def __init__(self, tasks: Iterable[PrewarmTask] = ()) -> None:
-        self._tasks: dict[str, PrewarmTask] = {t.id: t for t in tasks}
+        self._tasks: dict[str, PrewarmTask] = {}
+        self._owed: dict[str, dict[str, None]] = {}  # node → ids of tasks not sent to it
+        for task in tasks:
+            self.add(task)
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -200,7 +203,17 @@ class PrewarmLog:
         if known is not None:
             return known, False
         self._tasks[task.id] = task
+        for node, entry in task.nodes.items():
+            if entry.delivery != SENT:
+                self._owed.setdefault(node, {})[task.id] = None
         return task, True
+
+    def owed(self, node: str) -> list[PrewarmTask]:
+        """The tasks `node` has not been sent yet (oldest first)."""
+        return [self._tasks[i] for i in self._owed.get(node, ())]
+
+    def _sent(self, task_id: str, node: str) -> None:
+        self._owed.get(node, {}).pop(task_id, None)
 
     def deliver(self, task_id: str, node: str, result: str) -> bool:
         """A fan-out result; "sent" is final. True if anything changed."""
@@ -209,6 +222,8 @@ class PrewarmLog:
         if entry is None or entry.delivery in (SENT, result):
             return False
         entry.delivery = result
+        if result == SENT:
+            self._sent(task_id, node)
         return True
 
     def report(
@@ -226,6 +241,7 @@ class PrewarmLog:
                 old = 0 if before is None else getattr(before, outcome)
                 news[outcome] += max(0, getattr(p, outcome) - old)
             entry.delivery = SENT  # the node has it, whichever router sent it
+            self._sent(p.id, node)
             entry.progress = p
         return news
 
@@ -249,7 +265,8 @@ class PrewarmLog:
         if excess > 0:
             gone.update([i for i in self._tasks if i not in gone][:excess])
         for task_id in gone:
-            del self._tasks[task_id]
+            for node in self._tasks.pop(task_id).nodes:
+                self._sent(task_id, node)
         return len(gone)
 
 

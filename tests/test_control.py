@@ -25,8 +25,10 @@ from georouter.controller import Controller
 from georouter.credentials import Credentials
 from georouter.fleet import Fleet
 from georouter.metrics import RouterMetrics
+from georouter.prewarm import PrewarmTask
 from georouter.prober import Prober
 from georouter.selector import Selector
+from tests.origin_app import poll
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -519,3 +521,35 @@ def test_a_shield_s_hot_set_is_not_its_region_s_popularity(plane: ControlPlane) 
     assert plane.controller.popularity.hot_set("eu", time.monotonic(), 5) == ()
     plane.controller.on_prewarm_report(report, NODES[0])
     assert plane.controller.popularity.hot_set("eu", time.monotonic(), 5) == (hot[0].url,)
+
+
+async def test_a_node_unreachable_when_a_task_was_made_is_sent_it_when_it_reports(
+    plane: ControlPlane,
+) -> None:
+    """As with purges: a node that missed a pre-warm task (its control port refused) gets
+    it once it is reachable again, which its next load report shows; at most every
+    PREWARM_RESEND_S, and never a task it already has."""
+    controller = plane.controller
+    await controller.start()
+    try:
+        task = await controller._new_prewarm(
+            "eu", ("http://cdn.example.com/a.png",), None, "api", ("edge-eu-1", "edge-eu-2")
+        )
+        assert task.nodes["edge-eu-1"].delivery.startswith("failed")  # port 1 refuses
+        sent: list[tuple[str, str | None]] = []
+
+        async def record(t: PrewarmTask, only: str | None = None) -> None:
+            sent.append((t.id, only))
+
+        controller._send_prewarm = record  # type: ignore[method-assign]
+        report = LoadReport("edge-eu-1", 1, "up", 4, 600.0, 2000.0, 0.3, 0.8)
+        controller.on_prewarm_report(report, NODES[0])
+        controller.on_prewarm_report(replace(report, seq=2), NODES[0])  # within the period
+        await poll(lambda: bool(sent))
+        assert sent == [(task.id, "edge-eu-1")]
+        controller.prewarms.deliver(task.id, "edge-eu-2", "sent")
+        controller._resent.clear()
+        controller.on_prewarm_report(replace(report, node="edge-eu-2", seq=3), NODES[1])
+        assert controller.prewarms.owed("edge-eu-2") == []
+    finally:
+        await controller.stop()

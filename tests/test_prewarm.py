@@ -524,3 +524,15 @@ async def test_georouter_prewarm_fails_cleanly_on_an_answer_without_a_task_id(
         body = {"region": "eu", "urls": [url(1)]}
         code = await asyncio.to_thread(prewarm_command, config, body, where, 5.0)
     assert code == 1 and "no task id" in capsys.readouterr().err
+
+
+def test_the_log_knows_which_tasks_each_node_was_not_sent() -> None:
+    log = PrewarmLog([task("t1", 1, 0.0), task("t2", 1, 1.0)])
+    assert [t.id for t in log.owed("e1")] == ["t1", "t2"]
+    log.deliver("t1", "e1", "failed: ClientConnectorError")
+    assert [t.id for t in log.owed("e1")] == ["t1", "t2"]  # still owed
+    log.deliver("t1", "e1", "sent")
+    log.report("e1", [PrewarmProgress("t2", fetched=1, cached=0, failed=0, queued=0)])
+    assert log.owed("e1") == [] and [t.id for t in log.owed("e2")] == ["t1", "t2"]
+    log.prune(now=10 * QUOTA_WINDOW_S)
+    assert log.owed("e2") == []
