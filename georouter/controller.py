@@ -54,6 +54,7 @@ from georouter.state import ControlState, StateFile
 
 BUS_START_WAIT_S = 2.0  # a starting router waits this long for the shared state
 FLUSH_INTERVAL_S = 0.25
+PROGRESS_FLUSH_S = 5.0
 PRUNE_INTERVAL_S = 60.0
 PREWARM_RESEND_S = 5.0  # how often a reporting node that was not sent a pre-warm task is sent it
 
@@ -115,6 +116,7 @@ class Controller:
         self._tasks: set[asyncio.Task[None]] = set()
         self._resent: dict[str, float] = {}  # node → when its owed pre-warm tasks were resent
         self._dirty = False
+        self._progressed = False  # pre-warm progress to save (less urgent than _dirty)
         self._save_lock = asyncio.Lock()
 
     def targets(self) -> dict[str, str]:
@@ -305,11 +307,11 @@ class Controller:
         )  # fmt: skip
         for node, result in results.items():
             self.prewarms.deliver(task.id, node, result)
-        self._dirty = True
+        self._progressed = True
 
     def _delivered(self, task_id: str, node: str, result: str) -> None:
         if self.prewarms.deliver(task_id, node, result):
-            self._dirty = True
+            self._progressed = True
 
     def on_prewarm_report(self, report: LoadReport, node: Node) -> None:
         """Note a report's pre-warm progress and, from an edge, its hot set (a shield's is
@@ -319,7 +321,7 @@ class Controller:
             for outcome, n in news.items():
                 if n:
                     self._metrics.prewarm_urls.labels(outcome).inc(n)
-                    self._dirty = True
+                    self._progressed = True
         if node.role == "edge":
             self.popularity.note(report.node, node.region, report.hot, time.monotonic())
         self._resend_owed(report.node)
@@ -368,21 +370,25 @@ class Controller:
     # --- the state file ----------------------------------------------------------------------
 
     async def _flusher(self) -> None:
-        last_prune = time.monotonic()
+        last_prune = last_save = time.monotonic()
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
-            if time.monotonic() - last_prune > PRUNE_INTERVAL_S:
-                last_prune = time.monotonic()
+            now = time.monotonic()
+            if now - last_prune > PRUNE_INTERVAL_S:
+                last_prune = now
                 self._dirty |= self.log.prune(self._clock()) > 0
                 self._dirty |= self.prewarms.prune(self._clock()) > 0
-            if self._dirty:
+            # Pre-warm progress changes with every report while tasks run: it is saved at
+            # most every PROGRESS_FLUSH_S, since the file is serialised on the event loop.
+            if self._dirty or (self._progressed and now - last_save >= PROGRESS_FLUSH_S):
+                last_save = now
                 try:
                     await self._save()
                 except OSError as exc:
                     log.error("event=state_save_failed file=%s error=%r", self._file.path, str(exc))
 
     async def _save(self) -> None:
-        self._dirty = False
+        self._dirty = self._progressed = False
         state = ControlState(
             drained=self.drained,
             weights=dict(self.weights),
