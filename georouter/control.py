@@ -220,11 +220,14 @@ def _accept(
         reports.labels("unauthorized").inc()
         plane.metrics.auth_refused.labels("channel" if channel else "report", refusal.reason).inc()
         return Receipt(refusal.status, _error(_FORBIDDEN.get(refusal.reason, auth.UNAUTHORIZED)))
-    result = plane.fleet.apply_report(report, plane.clock(), channel=channel)
+    owed = plane.controller.on_report(report.node, report.acks)  # after this report's acks
+    result = plane.fleet.apply_report(
+        report, plane.clock(), channel=channel, owes_purges=bool(owed)
+    )
     reports.labels(result).inc()
     if result == "unknown_node":
         return Receipt(404, _error(f"unknown node {report.node!r}"))
-    reply = ReportReply(result, plane.controller.on_report(report.node, report.acks))
+    reply = ReportReply(result, owed)
     if result == "accepted":
         plane.controller.on_prewarm_report(report, plane.fleet.statuses[report.node].node)
     return Receipt(200, reply.to_json(), report)

@@ -76,6 +76,7 @@ class NodeStatus:
     channel_last_close: float | None = None
     channel_closes: int = 0  # closes in a row, each within FLAP_WINDOW_S of the one before
     channel_hold_until: float = 0.0  # a flapping node stays out at least until then
+    purge_hold: bool = False  # came back owing purges: out until a report acks them
 
     @property
     def utilization(self) -> float:
@@ -161,15 +162,25 @@ class Fleet:
         return self._config
 
     def apply_report(
-        self, report: LoadReport, now: float, *, channel: bool = False
+        self, report: LoadReport, now: float, *, channel: bool = False, owes_purges: bool = False
     ) -> ReportResult:
+        """Apply one report. `owes_purges`: the node has not applied every purge yet (the
+        reply to this report carries them). A node that is not serving when it reports so
+        (back from a cut link, a restart, a router's restart) stays out of answers until a
+        report acks them: it may still hold objects purged while it was away."""
         status = self._statuses.get(report.node)
         if status is None:
             return "unknown_node"
         if not self._acceptable(status, report.seq, now):
             return "stale"
+        serving = status.state in ("up", "saturated")
         fresh = replace(
-            status, report=report, report_at=now, report_expired=False, report_on_channel=channel
+            status,
+            report=report,
+            report_at=now,
+            report_expired=False,
+            report_on_channel=channel,
+            purge_hold=owes_purges and not serving,
         )
         self._set(_reopened(fresh, now), publish=True)
         return "accepted"
@@ -347,6 +358,8 @@ def _derive(s: NodeStatus, threshold: float) -> tuple[NodeState, str]:
         return "down", "report_expired"
     if s.channel_closed_at is not None:
         return "down", "channel_closed"
+    if s.purge_hold:
+        return "down", "purges_owed"
     if s.report is not None and s.report.status == "draining":
         return "draining", "edge_draining"
     if s.probe_health == "unknown" and s.report is None:

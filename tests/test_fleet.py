@@ -389,3 +389,30 @@ def test_within_expiry_an_old_seq_stays_stale(rec: Recorder) -> None:
     fleet.apply_report(report(seq=1000), 0.0)
     assert fleet.apply_report(report(seq=6), 2.5) == "stale"  # exactly at expiry: not yet
     assert fleet.apply_report(report(seq=6), 2.6) == "accepted"
+
+
+def test_a_node_back_while_owing_purges_stays_out_until_it_acks_them(rec: Recorder) -> None:
+    # Its report's reply carries the purges it missed while cut off: until a later report
+    # acks them it may still serve purged objects, so it takes no clients.
+    fleet = rec.fleet()
+    fleet.apply_probe("edge-eu-1", True, 0.0)
+    fleet.apply_report(report(seq=1), 0.0)
+    fleet.tick(3.0)  # cut off: its reports expired
+    fleet.apply_report(report(seq=2), 4.0, owes_purges=True)
+    status = fleet.statuses["edge-eu-1"]
+    assert (status.state, status.reason) == ("down", "purges_owed")
+    assert eligible(fleet) == set()
+    fleet.apply_report(report(seq=3), 5.0, owes_purges=True)  # not applied yet: still out
+    assert fleet.statuses["edge-eu-1"].reason == "purges_owed"
+    fleet.apply_report(report(seq=4), 6.0)  # acked
+    assert fleet.statuses["edge-eu-1"].state == "up" and eligible(fleet) == {"edge-eu-1"}
+
+
+def test_a_serving_node_that_owes_a_purge_in_flight_keeps_its_clients(rec: Recorder) -> None:
+    # A purge being fanned out is owed by every node for a few milliseconds; a node that
+    # was serving applies it from this reply at once and is not taken out for it.
+    fleet = rec.fleet()
+    fleet.apply_probe("edge-eu-1", True, 0.0)
+    fleet.apply_report(report(seq=1), 0.0)
+    fleet.apply_report(report(seq=2), 1.0, owes_purges=True)
+    assert fleet.statuses["edge-eu-1"].state == "up"
