@@ -29,33 +29,10 @@ import asyncio
 import contextlib
 import socket
 import struct
-import threading
-from collections.abc import Coroutine
-from concurrent.futures import Future
-from typing import Any, TypeVar
+
+from cdnlab.supervisor import run_blocking
 
 READ_BYTES = 64 * 1024
-T = TypeVar("T")
-
-
-class _Loop:
-    """One event loop in a daemon thread, started on first use, for every link."""
-
-    _lock = threading.Lock()
-    _loop: asyncio.AbstractEventLoop | None = None
-
-    @classmethod
-    def submit(cls, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        with cls._lock:
-            if cls._loop is None:
-                cls._loop = asyncio.new_event_loop()
-                name = "bench-cut-link"
-                threading.Thread(target=cls._loop.run_forever, name=name, daemon=True).start()
-        return asyncio.run_coroutine_threadsafe(coro, cls._loop)
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    return _Loop.submit(coro).result()
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
@@ -100,19 +77,19 @@ class CutLink:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> CutLink:
-        _run(self._start())
+        run_blocking(self._start())
         return self
 
     def stop(self) -> None:
-        _run(self._stop())
+        run_blocking(self._stop())
 
     def cut(self) -> None:
         """From now on drop everything, tell nobody."""
-        _run(self._cut())
+        run_blocking(self._cut())
 
     def restore(self) -> None:
         """Reset every connection that saw the cut; pass traffic again."""
-        _run(self._restore())
+        run_blocking(self._restore())
 
     async def _start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)

@@ -315,7 +315,9 @@ class _LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, cls._loop)
 
 
-def _blocking(coro: Coroutine[Any, Any, T]) -> T:
+def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` on the shared supervisor loop thread and wait for its result (for
+    blocking callers: the benchmarks' processes and their helpers)."""
     return _LoopThread.submit(coro).result()
 
 
@@ -350,14 +352,14 @@ class Running:
                 failure = f"not listening after {timeout_s:g} s"
                 raise DemoError(self.supervisor.failure(self.child, failure)) from None
 
-        return _blocking(wait())
+        return run_blocking(wait())
 
     def wait_ready(self, probe: Callable[[], bool], timeout_s: float = START_TIMEOUT_S) -> None:
         """Poll `probe` until true; DemoError if the child exits first or after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while not probe():
             if not self.alive():
-                raise DemoError(_blocking(self.supervisor.obituary(self.child)))
+                raise DemoError(run_blocking(self.supervisor.obituary(self.child)))
             if time.monotonic() > deadline:
                 failure = f"not ready after {timeout_s:g} s"
                 raise DemoError(self.supervisor.failure(self.child, failure))
@@ -370,11 +372,11 @@ class Running:
             self.supervisor.kill(self.child)
             await self.supervisor.stop(self.child)
 
-        _blocking(kill())
+        run_blocking(kill())
 
     def stop(self) -> None:
         """SIGTERM by PID, SIGKILL to its group after the grace period; always reaps."""
-        _blocking(self.supervisor.stop(self.child))
+        run_blocking(self.supervisor.stop(self.child))
         if self._scratch is not None:
             self._scratch.cleanup()
 
@@ -396,7 +398,7 @@ def spawn(
     scratch = None if log_dir else tempfile.TemporaryDirectory(prefix="cdnlab-")
     supervisor = Supervisor(log_dir or Path(scratch.name if scratch else "."))
     try:
-        child = _blocking(supervisor.spawn(spec))
+        child = run_blocking(supervisor.spawn(spec))
     except BaseException:
         if scratch is not None:
             scratch.cleanup()
