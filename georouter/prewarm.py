@@ -117,18 +117,13 @@ class PrewarmTask:
 
     def to_dict(self) -> dict[str, Any]:
         """The API's view (and, with `nodes` as targets, the state file's and the bus's)."""
-        return {
-            "id": self.id,
-            "region": self.region,
-            "origin": self.origin,
-            "site": self.site,
-            "created_at": self.created_at,
-            "urls": list(self.urls),
-            "nodes": {n: p.to_dict(self.urls) for n, p in self.nodes.items()},
-        }
+        return self._fields() | {"nodes": {n: p.to_dict(self.urls) for n, p in self.nodes.items()}}
 
     def to_message(self) -> dict[str, Any]:
         """What the bus and the state file keep: the task and its targets, not progress."""
+        return self._fields() | {"targets": sorted(self.nodes)}
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "region": self.region,
@@ -136,7 +131,6 @@ class PrewarmTask:
             "site": self.site,
             "created_at": self.created_at,
             "urls": list(self.urls),
-            "targets": sorted(self.nodes),
         }
 
     def to_state(self) -> dict[str, Any]:
