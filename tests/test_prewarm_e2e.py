@@ -131,7 +131,7 @@ async def test_prewarm_refuses_bad_input_and_enforces_its_quotas(tmp_path: Path)
             ({"region": "eu", "urls": ["/img/dog.jpg"]}, "absolute"),
             ({"region": "eu", "urls": []}, "non-empty"),
             # urlsplit raises ValueError ("Invalid IPv6 URL") here: was a 500
-            ({"region": "eu", "urls": ["http://[::1/x"]}, "absolute"),
+            ({"region": "eu", "urls": ["http://[::1/x"]}, "cannot parse"),
             ({"region": "eu", "urls": [OBJECT], "site": "other.example.com"}, "not the host"),
             ({"region": "eu", "urls": [f"{OBJECT}?{i}" for i in range(4)]}, "3 per task"),
         ]:
