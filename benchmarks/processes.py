@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -269,6 +269,9 @@ def run_tool(argv: Sequence[str], timeout_s: float) -> ToolRun:
             list(argv), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT
         )
         started = placement(proc.pid)
+        if started is not None and not started.argv:
+            # /proc/PID/cmdline reads empty while the kernel is still setting up the exec.
+            started = replace(started, argv=tuple(argv))
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
