@@ -117,12 +117,8 @@ class _Purge:
         self._tokens = tokens
 
     async def handle(self, request: web.Request) -> web.Response:
-        given = request.headers.get("Authorization")
-        # An edge without a token refuses every purge rather than allowing any.
-        if not auth.authorized(given, self._tokens):
-            return _error(
-                401, auth.UNAUTHORIZED, {"WWW-Authenticate": auth.challenge("edge", given)}
-            )
+        if (refused := refusal(request, self._tokens)) is not None:
+            return refused
         try:
             body = await request.read()
             kind, value = _selector(
@@ -187,6 +183,15 @@ def _split_url(url: str) -> tuple[str, str]:
     host = parts.netloc.rpartition("@")[2]
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return host, target
+
+
+def refusal(request: web.Request, tokens: tuple[str, ...]) -> web.Response | None:
+    """None if the request carries one of this edge's tokens, else its 401 with an RFC 6750
+    challenge. An edge without a token refuses every purge and pre-warm, never allows any."""
+    given = request.headers.get("Authorization")
+    if auth.authorized(given, tokens):
+        return None
+    return _error(401, auth.UNAUTHORIZED, {"WWW-Authenticate": auth.challenge("edge", given)})
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:

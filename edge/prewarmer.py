@@ -23,12 +23,12 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from cdn import auth
 from cdn.config import HostPort
 from cdn.jsonbody import decode_json_object, read_limited
 from cdn.prewarm import MAX_ORDER_URLS, MAX_URL_CHARS, Outcome, PrewarmOrder
 from cdn.purge import PurgeError
 from cdn.report import LoadReport
+from edge.control import refusal
 from edge.load import LoadSnapshot
 from edge.metrics import EdgeMetrics
 from edge.prewarm import HotSet, Job, PrewarmQueue, classify, may_fetch
@@ -96,10 +96,8 @@ class Prewarmer:
 
     async def handle(self, request: web.Request) -> web.Response:
         """POST /api/v1/prewarm from a router."""
-        given = request.headers.get("Authorization")
-        if not auth.authorized(given, self._tokens):
-            headers = {"WWW-Authenticate": auth.challenge("edge", given)}
-            return web.json_response({"error": auth.UNAUTHORIZED}, status=401, headers=headers)
+        if (refused := refusal(request, self._tokens)) is not None:
+            return refused
         try:
             raw = await read_limited(request.content.read, MAX_BODY_BYTES)  # over the app's cap
             body = decode_json_object(raw, max_bytes=MAX_BODY_BYTES, max_depth=MAX_DEPTH)

@@ -17,12 +17,11 @@ from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
-from cdn import auth
 from cdn.jsonbody import decode_json_object
 from cdn.purge import Purge, PurgeError
 from cdn.report import MAX_ACKS
 from edge.cache import Cache
-from edge.control import purge_slot
+from edge.control import purge_slot, refusal
 from edge.metrics import EdgeMetrics
 from edge.sites import SiteTable, cache_host
 
@@ -102,10 +101,8 @@ class FleetPurges:
 
     async def handle(self, request: web.Request) -> web.Response:
         """POST /api/v1/purge from a router: {"id", selector, "site"?} → {"purged": n}."""
-        given = request.headers.get("Authorization")
-        if not auth.authorized(given, self._tokens):
-            headers = {"WWW-Authenticate": auth.challenge("edge", given)}
-            return web.json_response({"error": auth.UNAUTHORIZED}, status=401, headers=headers)
+        if (refused := refusal(request, self._tokens)) is not None:
+            return refused
         try:
             body = decode_json_object(
                 await request.read(), max_bytes=MAX_PURGE_BODY_BYTES, max_depth=MAX_PURGE_DEPTH
