@@ -229,6 +229,18 @@ class Cache:
             only_if_cached=only,
         )
 
+    def fresh_plain(self, host: str, target: str, now: float) -> CacheEntry | None:
+        """``lookup``'s fresh entry for a GET with no field it reads (edge/fast_hit.py),
+        if the newest variant varies on nothing and needs no revalidation; else None."""
+        newest = self._store.newest(host, target)
+        if newest is None:
+            return None
+        variant, entry = newest
+        if entry.vary or entry.no_cache or entry.current_age(now) >= entry.freshness_lifetime:
+            return None
+        self._store.touch((host, target, variant))
+        return entry
+
     def respond(self, lookup: Lookup, answer: OriginAnswer, now: float) -> ResponseStep:
         """The response step: what the origin's ``answer`` to the fill or revalidation
         ``lookup`` asked for means (RFC 9111 §3, §4.3.3, §4.3.4; RFC 5861 §4).

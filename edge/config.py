@@ -42,6 +42,7 @@ A config file looks like::
     disk_path = "cache"               # a second level on disk (unset: memory only)
     disk_size = "1G"
     disk_fsync = false
+    fast_path = true                  # plain fresh hits answered before aiohttp (edge/fast_hit.py)
 
     [limits]
     max_line_bytes = 8190
@@ -186,6 +187,7 @@ class CacheSettings:
     disk_path: str | None = None  # the second level's directory; None: memory only
     disk_size_bytes: int = DISK_BYTES
     disk_fsync: bool = False  # fsync each record before its rename (power-loss safety)
+    fast_path: bool = True  # plain fresh hits skip aiohttp's request objects (edge/fast_hit.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,6 +485,7 @@ def _cache(t: Table, here: Path) -> CacheSettings:
             disk_path=_file(t, "disk_path", here),
             disk_size_bytes=t.amount("disk_size", _positive_size, DISK_BYTES),
             disk_fsync=t.get("disk_fsync", bool, False),
+            fast_path=t.get("fast_path", bool, True),
             size_bytes=t.amount("size", _positive_size, CACHE_BYTES),
             max_object_bytes=t.amount("max_object", _positive_size, MAX_OBJECT_BYTES),
             eviction=t.parsed("eviction", _eviction, EVICTION),

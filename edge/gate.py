@@ -36,6 +36,8 @@ log = logging.getLogger("edge.gate")
 # Methods that ask a cache to forget (Varnish's PURGE and BAN; Squid and Fastly's PURGE).
 PURGE_METHODS = {"PURGE": "url", "BAN": "prefix"}
 MAX_LOGGED_TARGET_CHARS = 160  # of a client's request target in a log line
+# GET targets remembered as matching no filter rule (the fast path's; cleared when full).
+MAX_CLEAN_TARGETS = 65536
 
 
 class Gate:
@@ -56,6 +58,7 @@ class Gate:
         self._sites = sites
         self._settings = settings
         self._policies: dict[tuple[str, ...], FilterPolicy] = {}
+        self._clean: dict[tuple[FilterPolicy, str], None] = {}  # GET targets no rule matches
         self._limiter = RateLimiter(settings.rate)
         self._clock = clock
 
@@ -87,6 +90,22 @@ class Gate:
             return None
         headers = {"Allow": ", ".join(policy.methods)} if verdict.refused_by == "method" else {}
         return _answer(verdict.status, f"refused by rule {verdict.refused_by}", headers)
+
+    def admits(self, target: str, peer: str, methods: tuple[str, ...]) -> bool:
+        """Whether ``screen`` would let a plain GET (edge/fast_hit.py: no header field it
+        reads) through untouched: no filter rule matches, and the rate limit, if any, has
+        a token for the client (taken)."""
+        policy = self._policy(methods)
+        if (policy, target) not in self._clean:
+            if inspect("GET", target, (), policy).matched:
+                return False
+            if len(self._clean) >= MAX_CLEAN_TARGETS:
+                self._clean.clear()
+            self._clean[(policy, target)] = None
+        if not self._limiter.enabled:
+            return True
+        client = client_address(peer, (), self._limiter.settings.trusted_proxies)
+        return client is None or self._limiter.check(client, self._clock()) is None
 
     def _rate_limited(self, request: web.Request) -> web.Response | None:
         client = client_address(

@@ -15,6 +15,12 @@ guard is a RequestHandler subclass, per connection:
                       firing closes the connection (the request fails)
     idle           -> aiohttp's keep-alive timeout (set from armour.keepalive_timeout_s)
 
+A plain fresh hit is answered here, before aiohttp sees its head (edge/fast_hit.py): while
+aiohttp is idle, heads are gathered and answered in order; the first the fast path does
+not take goes to aiohttp with everything after it, and the fast path waits until aiohttp
+has answered it (and only if that was one bodiless request on a kept-alive connection:
+then aiohttp's parser holds nothing and its handler waits for the next head).
+
 The client address is the socket's peer, never a header: a cap must hold against anyone.
 """
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 from typing import Any
 
 from aiohttp import web
@@ -30,11 +37,19 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from edge.armour import ArmourSettings
+from edge.fast_hit import FastHits, parse_plain_get
 from edge.metrics import EdgeMetrics
 
 # Written before closing a refused or timed-out connection: short, final, no body.
 _REFUSED = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 _HEAD_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+# A head the fast path gathers may be this long; a longer one is aiohttp's (its limits
+# answer 400/431).
+MAX_FAST_HEAD_BYTES = 8192
+_GET = b"GET /"
+# A request aiohttp answers on behalf of the fast path leaves its parser clean only if it
+# had no body and did not switch protocols.
+_BODY_OR_UPGRADE = re.compile(rb"\r\n(?:content-length|transfer-encoding|upgrade)[ \t]*:", re.I)
 
 
 class ConnectionTable:
@@ -74,6 +89,7 @@ class Guard:
         self.connections = ConnectionTable(
             settings.max_connections, settings.max_connections_per_client
         )
+        self.fast: FastHits | None = None  # plain fresh hits answered before aiohttp
 
 
 class GuardedHandler(RequestHandler):
@@ -86,6 +102,10 @@ class GuardedHandler(RequestHandler):
         self._timer: asyncio.TimerHandle | None = None
         self._awaiting_head = True
         self._body: Any = None  # the StreamReader of a body still being received
+        self._fast = guard.fast is not None  # heads go to the fast path first
+        self._gathered = b""  # the start of a head the fast path waits to complete
+        self._resumable = False  # aiohttp answers one bodiless request for the fast path
+        self._ssl_object: object = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -98,6 +118,7 @@ class GuardedHandler(RequestHandler):
             transport.close()
             return
         self._client = client
+        self._ssl_object = transport.get_extra_info("ssl_object")
         self._guard.metrics.connections_open.inc()
         super().connection_made(transport)
         self._arm(self._guard.settings.head_timeout_s, self._head_expired)
@@ -111,10 +132,16 @@ class GuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        resumable = False
+        if self._fast:
+            data, resumable = self._answer_fast(data)
+            if not data:
+                return
         if self._awaiting_head and self._timer is None:
             self._arm(self._guard.settings.head_timeout_s, self._head_expired)
         parsed = len(self._messages)
         super().data_received(data)
+        self._resumable = resumable
         if len(self._messages) > parsed:  # a complete head (or the parser's 400)
             self._awaiting_head = False
             self._disarm()
@@ -131,6 +158,45 @@ class GuardedHandler(RequestHandler):
             elif not self._reading_paused:
                 self._arm(self._guard.settings.body_read_timeout_s, self._body_expired)
 
+    def _answer_fast(self, data: bytes) -> tuple[bytes, bool]:
+        """Answer the plain hits at the front of the gathered bytes; the rest is aiohttp's,
+        and whether the fast path may resume once aiohttp has answered it."""
+        fast, pending = self._guard.fast, self._gathered + data
+        self._gathered = b""
+        assert fast is not None
+        answered = False
+        while True:
+            end = pending.find(b"\r\n\r\n")
+            if end < 0:
+                if len(pending) > MAX_FAST_HEAD_BYTES or not _GET.startswith(pending[:5]):
+                    break  # aiohttp answers what cannot become a plain GET, at once
+                self._gathered = pending
+                if answered or self._timer is None:  # a head started: its deadline runs
+                    self._awaiting_head = True
+                    self._arm(self._guard.settings.head_timeout_s, self._head_expired)
+                return b"", False
+            if self._close or self._force_close or self._paused or self.transport is None:
+                break  # closing, or the client is not reading: aiohttp waits for it
+            request = parse_plain_get(pending[:end])
+            answer = (
+                None
+                if request is None
+                else fast.answer(request, self._ssl_object, self._client or "-")
+            )
+            if answer is None:
+                break
+            self.transport.write(answer)
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+            self._disarm()
+            answered = True
+            pending = pending[end + 4 :]
+            if not pending:
+                self._awaiting_head = True
+                return b"", False
+        self._fast = False
+        one_head = end >= 0 and end + 4 == len(pending) and pending.startswith((b"GET ", b"HEAD "))
+        return pending, one_head and _BODY_OR_UPGRADE.search(pending) is None
+
     def pause_reading(self) -> None:
         super().pause_reading()
         if self._body is not None:
@@ -145,6 +211,9 @@ class GuardedHandler(RequestHandler):
         self, request: BaseRequest, resp: StreamResponse, start_time: float | None
     ) -> tuple[StreamResponse, bool]:
         answer = await super().finish_response(request, resp, start_time)
+        if self._resumable and not self._messages and resp.keep_alive and not self._upgraded:
+            self._fast = True  # aiohttp's parser holds nothing: heads are ours again
+        self._resumable = False
         # The next head's deadline starts at its first byte (idle is keep-alive's business);
         # a pipelined head already parsed needs none.
         self._body = None

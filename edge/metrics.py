@@ -128,6 +128,12 @@ class EdgeMetrics:
             ["level"],
             registry=r,
         )
+        self.fast_path_hits = Counter(
+            "edge_fast_path_hits",
+            "Fresh memory hits answered before aiohttp built request objects (edge/fast_hit.py);"
+            ' also counted in edge_requests_total{result="hit"}.',
+            registry=r,
+        )
         self.cache_level_evictions = Counter(
             "edge_cache_level_evictions",
             "Responses evicted to make room, per cache level (memory, disk).",

@@ -35,6 +35,7 @@ from edge.config import EdgeConfig, reload_config
 from edge.control import control_app
 from edge.disk import DiskLevel
 from edge.errors import ConfigError, EdgeError
+from edge.fast_hit import FastHits
 from edge.gate import Gate
 from edge.guard import Guard, GuardedRunner
 from edge.http_log import ServerLog
@@ -110,6 +111,8 @@ class EdgeServer:
             else AccessLog(cfg.access_log, self.metrics.access_log_dropped)
         )
         self.guard = Guard(cfg.armour, self.metrics)  # caps and deadlines of the content port
+        if cfg.cache.fast_path:
+            self.guard.fast = FastHits(self.proxy, self.proxy.gate, self.access_log, clock)
         self._runners: list[web.AppRunner] = []
         self._reporter_task: asyncio.Task[None] | None = None
         self.content: HostPort | None = None

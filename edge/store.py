@@ -72,6 +72,14 @@ class Store(Generic[V]):
         variants = self._hosts.get(host, {}).get(target, {})
         return [(v, self._slots[(host, target, v)].value) for v in reversed(variants)]
 
+    def newest(self, host: str, target: str) -> tuple[Hashable, V] | None:
+        """The newest variant stored for host+target (no policy touch)."""
+        variants = self._hosts.get(host, {}).get(target)
+        if not variants:
+            return None
+        variant = next(reversed(variants))
+        return variant, self._slots[(host, target, variant)].value
+
     def touch(self, key: SlotKey) -> None:
         """Record a use of a present slot (a cache hit)."""
         self._policy.touch(key)

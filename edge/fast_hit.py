@@ -1,0 +1,222 @@
+"""The fast path of a plain fresh hit: the request head read and the stored answer written
+to the transport without aiohttp's request and response objects.
+
+Why: a cache hit through aiohttp costs a request object, a header multidict, a task, a
+response object and its header serialisation, every time; the profile of a 1 KiB hit showed
+them at about two thirds of the CPU (docs/benchmarks.md, "Edge hit path"). Here the head is
+split once, the stored entry is looked up by host and target, and the answer's head is
+rendered once per entry and Age value, then reused byte for byte.
+
+A request takes this path only when nothing in it could change the answer, so the answer
+is the one the full path (edge/proxy.py) would give:
+
+    GET, HTTP/1.1, origin-form target, one Host, no body
+    none of the fields the full path reads: conditionals and Range, Cache-Control,
+    CDN-Loop, Upgrade, Want-*-Digest, the pre-warm mark, X-Forwarded-For (rate limits
+    may trust it), Expect, Connection other than keep-alive
+    a site for the Host, the same certificate as the TLS connection presented
+    the site's filters and the rate limit pass (edge/gate.py's checks)
+    a fresh entry in memory that varies on nothing and needs no revalidation
+
+Everything else, and every head this parser is unsure of (a control byte, an odd field
+name, a folded line), goes to aiohttp as received: `parse_plain_get` returning None is
+always safe. The split is pure; `FastHits` does the bookkeeping the full path does (load,
+popularity, metrics, the access log).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from aiohttp.http import SERVER_SOFTWARE
+from prometheus_client import Counter
+
+from edge.access_log import MAX_PATH_CHARS
+from edge.cache_status import cache_status
+from edge.entry import CacheEntry
+from edge.relay import client_headers
+from edge.sites import cache_host, misdirected
+
+if TYPE_CHECKING:
+    from edge.access_log import AccessLog
+    from edge.gate import Gate
+    from edge.proxy import Proxy
+
+__all__ = ["FastHits", "PlainGet", "parse_plain_get"]
+
+# Fields whose presence sends a request down the full path (lower-case names).
+_FULL_PATH_FIELDS = frozenset(
+    {
+        b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since",
+        b"if-unmodified-since", b"cache-control", b"cdn-loop", b"upgrade",
+        b"want-repr-digest", b"want-content-digest", b"edge-prewarm", b"x-forwarded-for",
+        b"expect", b"transfer-encoding", b"content-length", b"te", b"http2-settings",
+    }
+)  # fmt: skip
+# Bytes no head of this path has: controls other than CR, LF and HTAB (llhttp refuses
+# most of them; the full path gives the verdict), and DEL.
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Rendered heads kept, by entry; a new Age or entry renders again.
+MAX_RENDERED_HEADS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class PlainGet:
+    """A GET head the fast path may answer."""
+
+    target: str  # origin-form, as sent
+    host: str  # the Host field's value
+
+
+def parse_plain_get(head: bytes) -> PlainGet | None:
+    """``head``: a request head up to, not including, its empty line. The request if it
+    is a plain GET (module doc), else None."""
+    if not head.startswith(b"GET /") or _CONTROL.search(head) is not None:
+        return None
+    lines = head.split(b"\r\n")
+    if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1:
+        return None  # a bare CR or LF
+    method_target, space, version = lines[0].rpartition(b" ")
+    if not space or version != b"HTTP/1.1" or method_target.count(b" ") != 1:
+        return None
+    host: bytes | None = None
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name.replace(b"-", b"").isalnum():
+            return None  # not a token we know, or obs-fold: the parser decides
+        name = name.lower()
+        if name in _FULL_PATH_FIELDS:
+            return None
+        if name == b"host":
+            if host is not None:
+                return None
+            host = value.strip(b" \t")
+        elif name == b"connection" and value.strip(b" \t").lower() != b"keep-alive":
+            return None
+    if not host:
+        return None
+    target = method_target[4:].decode("utf-8", "surrogateescape")
+    return PlainGet(target, host.decode("latin-1"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Rendered:
+    entry: CacheEntry
+    age: int
+    head: bytes  # status line and fields, without Date if the entry has none
+    dated: bool  # the entry has its own Date
+
+
+class FastHits:
+    """Answers plain fresh hits for one edge; `answer` gives the bytes or None."""
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        gate: Gate | None,
+        access_log: AccessLog | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._proxy = proxy
+        self._gate = gate
+        self._access_log = access_log
+        self._clock = clock
+        self._via = f"1.1 {proxy.cfg.name}"
+        self._rendered: dict[int, _Rendered] = {}
+        self._date_second = -1
+        self._date_line = b""
+        metrics = proxy.metrics
+        self._duration = metrics.request_duration.labels("hit")
+        self._memory_hits = metrics.cache_level_hits.labels("memory")
+        self._bytes_served = metrics.bytes_served
+        self._fast_hits = metrics.fast_path_hits
+        # Children of edge_requests_total and edge_site_requests_total, by site and status.
+        self._counters: dict[tuple[str, int], tuple[Counter, Counter]] = {}
+
+    def answer(self, request: PlainGet, ssl_object: object, peer: str) -> bytes | None:
+        """The whole response to ``request`` (head and body), or None: the full path's.
+        ``ssl_object``: the TLS connection's (None on plain TCP); ``peer``: its address."""
+        proxy = self._proxy
+        routing = proxy.routing
+        site = routing.sites.choose(request.host)
+        if site is None:
+            return None
+        tls = proxy.tls
+        if ssl_object is not None and tls is not None:
+            sni = tls.sni(ssl_object)
+            if misdirected(sni, request.host, routing.certificate_of):
+                return None
+        start = self._clock()
+        entry = proxy.cache.fresh_plain(cache_host(site, request.host), request.target, start)
+        if entry is None:
+            return None
+        if self._gate is not None and not self._gate.admits(request.target, peer, site.methods):
+            return None
+        age = entry.age(start)
+        rendered = self._rendered.get(id(entry))
+        if rendered is None or rendered.entry is not entry or rendered.age != age:
+            rendered = self._render(entry, age)
+        head = rendered.head if rendered.dated else rendered.head + self._date(start)
+        data = head + b"\r\n" + entry.body
+        self._count(request, site.name, entry, start, peer, len(data))
+        return data
+
+    def _render(self, entry: CacheEntry, age: int) -> _Rendered:
+        # As Relay.stored and aiohttp's StreamResponse would write them: the stored fields
+        # with Age, Via and Cache-Status, Content-Length, and Date and Server if missing.
+        ttl = entry.freshness_lifetime - age
+        member = cache_status(self._proxy.cfg.name, "hit", ttl=ttl)
+        headers = client_headers(entry.headers, self._via, member)
+        headers["Age"] = str(age)
+        headers["Content-Length"] = str(len(entry.body))
+        headers.setdefault("Server", SERVER_SOFTWARE)
+        status = HTTPStatus(entry.status)
+        lines = [f"HTTP/1.1 {status.value} {status.phrase}\r\n"]
+        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+        rendered = _Rendered(entry, age, "".join(lines).encode("latin-1"), "Date" in headers)
+        if len(self._rendered) >= MAX_RENDERED_HEADS:
+            self._rendered.clear()
+        self._rendered[id(entry)] = rendered
+        return rendered
+
+    def _date(self, now: float) -> bytes:
+        second = int(now)
+        if second != self._date_second:
+            self._date_second = second
+            self._date_line = f"Date: {formatdate(second, usegmt=True)}\r\n".encode()
+        return self._date_line
+
+    def _count(
+        self, request: PlainGet, site: str, entry: CacheEntry, start: float, peer: str, sent: int
+    ) -> None:
+        """What Proxy.handle and the relay count for a hit."""
+        proxy = self._proxy
+        end = self._clock()
+        proxy.tracker.begin(start)
+        proxy.tracker.end(end, "hit")
+        if proxy.hot is not None:
+            proxy.hot.add(f"http://{request.host}{request.target}", end)
+        counters = self._counters.get((site, entry.status))
+        if counters is None:
+            counters = self._counters[(site, entry.status)] = (
+                proxy.metrics.requests.labels("hit", "GET", str(entry.status)),
+                proxy.metrics.site_requests.labels(site, "hit"),
+            )
+        self._memory_hits.inc()
+        self._fast_hits.inc()
+        counters[0].inc()
+        counters[1].inc()
+        self._duration.observe(max(0.0, end - start))
+        self._bytes_served.inc(len(entry.body))
+        if self._access_log is not None and self._access_log.wanted():
+            self._access_log.write(
+                client=peer, site=site, method="GET", path=request.target[:MAX_PATH_CHARS],
+                status=entry.status, bytes=sent, cache="hit", origin_s=0.0,
+                total_s=round(end - start, 6),
+            )  # fmt: skip
