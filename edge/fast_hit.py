@@ -26,8 +26,10 @@ popularity, metrics, the access log).
 
 from __future__ import annotations
 
+import collections
 import re
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -35,11 +37,11 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from aiohttp.http import SERVER_SOFTWARE
-from prometheus_client import Counter
 
 from edge.access_log import MAX_PATH_CHARS
 from edge.cache_status import cache_status
 from edge.entry import CacheEntry
+from edge.metrics import REQUEST_BUCKETS
 from edge.relay import client_headers
 from edge.sites import cache_host, misdirected
 
@@ -131,13 +133,13 @@ class FastHits:
         self._rendered: dict[int, _Rendered] = {}
         self._date_second = -1
         self._date_line = b""
-        metrics = proxy.metrics
-        self._duration = metrics.request_duration.labels("hit")
-        self._memory_hits = metrics.cache_level_hits.labels("memory")
-        self._bytes_served = metrics.bytes_served
-        self._fast_hits = metrics.fast_path_hits
-        # Children of edge_requests_total and edge_site_requests_total, by site and status.
-        self._counters: dict[tuple[str, int], tuple[Counter, Counter]] = {}
+        # Counted per hit in plain ints, folded into the metrics when they are read:
+        # prometheus_client takes a lock per increment, which cost ~10 µs a hit here.
+        self._hits: collections.Counter[tuple[str, int]] = collections.Counter()  # site, status
+        self._bytes = 0
+        self._durations = [0] * (len(REQUEST_BUCKETS) + 1)  # per bucket, +Inf last
+        self._duration_sum = 0.0
+        proxy.metrics.before_collect(self.fold)
 
     def answer(self, request: PlainGet, ssl_object: object, peer: str) -> bytes | None:
         """The whole response to ``request`` (head and body), or None: the full path's.
@@ -185,6 +187,27 @@ class FastHits:
         self._rendered[id(entry)] = rendered
         return rendered
 
+    def fold(self) -> None:
+        """Add the hits counted since the last fold to the edge's metrics."""
+        metrics = self._proxy.metrics
+        hits, self._hits = self._hits, collections.Counter()
+        for (site, status), n in hits.items():
+            metrics.requests.labels("hit", "GET", str(status)).inc(n)
+            metrics.site_requests.labels(site, "hit").inc(n)
+        total = hits.total()
+        metrics.cache_level_hits.labels("memory").inc(total)
+        metrics.fast_path_hits.inc(total)
+        metrics.bytes_served.inc(self._bytes)
+        self._bytes = 0
+        # Histogram.observe per hit, in bulk: its bucket and sum values, as it adds them.
+        duration = metrics.request_duration.labels("hit")
+        for bucket, n in zip(duration._buckets, self._durations, strict=True):
+            if n:
+                bucket.inc(n)
+        duration._sum.inc(self._duration_sum)
+        self._durations = [0] * len(self._durations)
+        self._duration_sum = 0.0
+
     def _date(self, now: float) -> bytes:
         second = int(now)
         if second != self._date_second:
@@ -202,18 +225,11 @@ class FastHits:
         proxy.tracker.end(end, "hit")
         if proxy.hot is not None:
             proxy.hot.add(f"http://{request.host}{request.target}", end)
-        counters = self._counters.get((site, entry.status))
-        if counters is None:
-            counters = self._counters[(site, entry.status)] = (
-                proxy.metrics.requests.labels("hit", "GET", str(entry.status)),
-                proxy.metrics.site_requests.labels(site, "hit"),
-            )
-        self._memory_hits.inc()
-        self._fast_hits.inc()
-        counters[0].inc()
-        counters[1].inc()
-        self._duration.observe(max(0.0, end - start))
-        self._bytes_served.inc(len(entry.body))
+        self._hits[(site, entry.status)] += 1
+        self._bytes += len(entry.body)
+        took = max(0.0, end - start)
+        self._durations[bisect_left(REQUEST_BUCKETS, took)] += 1  # `le`: a bound is in
+        self._duration_sum += took
         if self._access_log is not None and self._access_log.wanted():
             self._access_log.write(
                 client=peer, site=site, method="GET", path=request.target[:MAX_PATH_CHARS],

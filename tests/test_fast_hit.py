@@ -111,6 +111,19 @@ async def test_fast_and_full_path_answer_alike(
             answers.append(await get(client, edge, "/p"))
             hits = metric(edge.metrics, "edge_fast_path_hits_total")
             assert hits == (1.0 if fast else 0.0)
+            # Counted alike on both paths (the fast one folds its counts in when read).
+            counts = [
+                metric(edge.metrics, name, labels)
+                for name, labels in (
+                    ("edge_requests_total", {"cache": "hit", "method": "GET", "code": "200"}),
+                    ("edge_site_requests_total", {"site": "default", "cache": "hit"}),
+                    ("edge_cache_level_hits_total", {"level": "memory"}),
+                    ("edge_request_duration_seconds_count", {"cache": "hit"}),
+                    ("edge_request_duration_seconds_bucket", {"cache": "hit", "le": "0.0005"}),
+                )
+            ]
+            assert counts == [1.0] * 5
+            assert metric(edge.metrics, "edge_bytes_served_total") == 2 * len(b"origin body")
     (fast_status, fast_headers, fast_body), (full_status, full_headers, full_body) = answers
     assert (fast_status, fast_body) == (full_status, full_body) == (200, b"origin body")
     assert fast_headers["Age"] == "3" and "hit; ttl=57" in fast_headers["Cache-Status"]
