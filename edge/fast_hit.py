@@ -111,7 +111,7 @@ def parse_plain_get(head: bytes) -> PlainGet | None:
 class _Rendered:
     entry: CacheEntry
     age: int
-    head: bytes  # status line and fields, without Date if the entry has none
+    head: bytes  # status line and fields; the empty line too, unless Date is to be added
     dated: bool  # the entry has its own Date
 
 
@@ -141,8 +141,10 @@ class FastHits:
         self._duration_sum = 0.0
         proxy.metrics.before_collect(self.fold)
 
-    def answer(self, request: PlainGet, ssl_object: object, peer: str) -> bytes | None:
-        """The whole response to ``request`` (head and body), or None: the full path's.
+    def answer(
+        self, request: PlainGet, ssl_object: object, peer: str
+    ) -> tuple[bytes, bytes] | None:
+        """The response to ``request``, head and body, or None: the full path's.
         ``ssl_object``: the TLS connection's (None on plain TCP); ``peer``: its address."""
         proxy = self._proxy
         routing = proxy.routing
@@ -164,10 +166,9 @@ class FastHits:
         rendered = self._rendered.get(id(entry))
         if rendered is None or rendered.entry is not entry or rendered.age != age:
             rendered = self._render(entry, age)
-        head = rendered.head if rendered.dated else rendered.head + self._date(start)
-        data = head + b"\r\n" + entry.body
-        self._count(request, site.name, entry, start, peer, len(data))
-        return data
+        head = rendered.head if rendered.dated else rendered.head + self._date(start) + b"\r\n"
+        self._count(request, site.name, entry, start, peer, len(head) + len(entry.body))
+        return head, entry.body
 
     def _render(self, entry: CacheEntry, age: int) -> _Rendered:
         # As Relay.stored and aiohttp's StreamResponse would write them: the stored fields
@@ -181,7 +182,10 @@ class FastHits:
         status = HTTPStatus(entry.status)
         lines = [f"HTTP/1.1 {status.value} {status.phrase}\r\n"]
         lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
-        rendered = _Rendered(entry, age, "".join(lines).encode("latin-1"), "Date" in headers)
+        dated = "Date" in headers
+        if dated:
+            lines.append("\r\n")
+        rendered = _Rendered(entry, age, "".join(lines).encode("latin-1"), dated)
         if len(self._rendered) >= MAX_RENDERED_HEADS:
             self._rendered.clear()
         self._rendered[id(entry)] = rendered

@@ -185,7 +185,7 @@ class GuardedHandler(RequestHandler):
             )
             if answer is None:
                 break
-            self.transport.write(answer)
+            self.transport.writelines(answer)  # one send (scatter/gather on Python 3.12+)
             self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
             self._disarm()
             answered = True

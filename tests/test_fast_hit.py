@@ -227,3 +227,27 @@ async def test_pipelined_hits_and_misses_answer_in_order_rfc9112_9_3_2(
             writer.close()
         labels = {"cache": "hit", "method": "GET", "code": "200"}
         assert metric(edge.metrics, "edge_requests_total", labels) == 5
+
+
+async def test_a_stored_answer_without_date_gets_one_on_both_paths_rfc9110_6_6_1(
+    client: aiohttp.ClientSession,
+) -> None:
+    async def undated_origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nhi")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(undated_origin, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for fast in (True, False):
+            async with running_edge(f"http://127.0.0.1:{port}", fast_path=fast) as edge:
+                await get(client, edge, "/u")
+                status, headers, body = await get(client, edge, "/u")
+                assert (status, body) == (200, b"hi")
+                assert len(headers.getall("Date")) == 1 and headers["Date"].endswith(" GMT")
+                assert metric(edge.metrics, "edge_fast_path_hits_total") == float(fast)
+    finally:
+        server.close()
+        await server.wait_closed()
