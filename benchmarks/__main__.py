@@ -261,7 +261,11 @@ def hit_part(run: Run, origin: Endpoint) -> None:
     objects = edge_hit.pick_objects()
     with contextlib.ExitStack() as stack:
         ours = stack.enter_context(cdn.edge("edge-bench", origin_url)).content
-        servers = [ours]
+        # The same edge with every hit on aiohttp's full path: the fast path's before/after.
+        full_path = run.workdir / "edge-full-path.toml"
+        full_path.write_text("[cache]\nfast_path = false\n")
+        slow = stack.enter_context(cdn.edge(edge_hit.FULL_PATH_EDGE, origin_url, config=full_path))
+        servers = [ours, slow.content]
         if shutil.which("nginx"):
             (run.workdir / "nginx").mkdir()
             servers.append(stack.enter_context(peers.nginx(origin.port, run.workdir / "nginx")))

@@ -66,9 +66,10 @@ def start_edge(
     routers: list[str],
     ports: tuple[int, int] = (0, 0),
     parents: tuple[str, ...] = (),
+    config: Path | None = None,
 ) -> Edge:
     """`edge serve` on `host` (content and control `ports`, 0: the kernel's choice), filling
-    from `parents` (shields' content URLs) if any.
+    from `parents` (shields' content URLs) if any; `config`: an edge TOML under the flags.
 
     The caller stops it by PID (`Edge.service`).
     """
@@ -76,6 +77,8 @@ def start_edge(
     argv += ["--listen", f"{host}:{ports[0]}", "--control", f"{host}:{ports[1]}"]
     # No drain on SIGTERM: the default 25 s would outlast the supervisor's grace (a SIGKILL).
     argv += ["--token", BENCH_TOKEN, "--drain-s", "0"]
+    if config is not None:
+        argv += ["--config", str(config)]
     for router in routers:
         argv += ["--router", router]
     for parent in parents:
@@ -92,8 +95,10 @@ def start_edge(
 
 
 @contextlib.contextmanager
-def edge(name: str, origin_url: str, routers: list[str] | None = None) -> Iterator[Edge]:
-    started = start_edge(name, LOOPBACK, origin_url, routers or [])
+def edge(
+    name: str, origin_url: str, routers: list[str] | None = None, config: Path | None = None
+) -> Iterator[Edge]:
+    started = start_edge(name, LOOPBACK, origin_url, routers or [], config=config)
     try:
         yield started
     finally:

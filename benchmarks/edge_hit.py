@@ -24,6 +24,8 @@ WRK_CONNECTIONS = 32
 OBJECT_TARGETS = (1024, 100 * 1024)  # the sizes the issue asks for, in bytes
 CACHEABLE_DIRS = ("img", "static")  # long max-age: nothing expires during a run
 HIT_MARKERS = ("hit", "HIT")
+# The bench edge again with cache.fast_path = false: every hit through aiohttp's objects.
+FULL_PATH_EDGE = "edge-full-path"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +122,8 @@ def hit_table(runs: Sequence[HitRun], ours: str) -> Table:
                 f"{path} ({chosen[0].size:,} B)", server, fmt(rps),
                 fmt(statistics.median(r.p50_ms for r in chosen), 2),
                 fmt(statistics.median(r.p99_ms for r in chosen), 2),
-                str(sum(r.errors for r in chosen)), fmt(cpu.server), fmt(cpu.tool),
+                str(sum(r.errors for r in chosen)), fmt(cpu.server),
+                fmt(cpu.server * 1e4 / rps if rps else 0.0, 1), fmt(cpu.tool),
                 fmt(cpu.others), fmt(cpu.stolen), bottleneck(cpu, "wrk"),
                 "" if server == ours else ratio(baseline, rps),
             ])  # fmt: skip
@@ -130,9 +133,13 @@ def hit_table(runs: Sequence[HitRun], ours: str) -> Table:
         f"checked first); medians of {rounds} alternating round(s).",
         "The demo objects closest to 1 KiB and 100 KiB; nginx runs one worker process, "
         "like one edge process.",
+        f"{FULL_PATH_EDGE} is the same edge with `cache.fast_path = false`: every hit through "
+        "aiohttp's request and response objects, as before the fast path (docs/caching.md).",
+        "CPU µs/hit: the server's CPU time over the run divided by the requests answered.",
         CPU_NOTE,
         EQUAL_TERMS_NOTE,
     ]
     columns = ["object", "server", "req/s", "p50 ms", "p99 ms", "errors", "server CPU %"]
+    columns += ["CPU µs/hit"]
     columns += ["wrk CPU %", "others CPU %", "stolen CPU %", "limited by", "edge / server"]
     return Table("Cache hits (wrk)", columns, rows, notes)
