@@ -25,7 +25,7 @@ _NO_STALE: Final = ("must-revalidate", "proxy-revalidate", "s-maxage")
 Vary = tuple[tuple[str, str | None], ...]  # selecting header name -> normalised value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class CacheEntry:
     """One stored response (a complete response; never a 206 partial).
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import re
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,8 +65,12 @@ _FULL_PATH_FIELDS = frozenset(
 # Bytes no head of this path has: controls other than CR, LF and HTAB (llhttp refuses
 # most of them; the full path gives the verdict), and DEL.
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-# Rendered heads kept, by entry; a new Age or entry renders again.
-MAX_RENDERED_HEADS = 4096
+# Rendered heads kept, by entry (a few hundred bytes each; cleared when full); a new Age
+# or entry renders again.
+MAX_RENDERED_HEADS = 16384
+# Statuses whose answers have no content and no Content-Length (RFC 9110 §8.6): the full
+# path's.
+_NO_CONTENT = frozenset({204, 304})
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +114,7 @@ def parse_plain_get(head: bytes) -> PlainGet | None:
 
 @dataclass(frozen=True, slots=True)
 class _Rendered:
-    entry: CacheEntry
+    entry: weakref.ref[CacheEntry]  # not kept alive by this: an evicted body is freed
     age: int
     head: bytes  # status line and fields; the empty line too, unless Date is to be added
     dated: bool  # the entry has its own Date
@@ -158,13 +163,13 @@ class FastHits:
                 return None
         start = self._clock()
         entry = proxy.cache.fresh_plain(cache_host(site, request.host), request.target, start)
-        if entry is None:
+        if entry is None or entry.status in _NO_CONTENT:
             return None
         if self._gate is not None and not self._gate.admits(request.target, peer, site.methods):
             return None
         age = entry.age(start)
         rendered = self._rendered.get(id(entry))
-        if rendered is None or rendered.entry is not entry or rendered.age != age:
+        if rendered is None or rendered.entry() is not entry or rendered.age != age:
             rendered = self._render(entry, age)
         head = rendered.head if rendered.dated else rendered.head + self._date(start) + b"\r\n"
         self._count(request, site.name, entry, start, peer, len(head) + len(entry.body))
@@ -185,7 +190,7 @@ class FastHits:
         dated = "Date" in headers
         if dated:
             lines.append("\r\n")
-        rendered = _Rendered(entry, age, "".join(lines).encode("latin-1"), dated)
+        rendered = _Rendered(weakref.ref(entry), age, "".join(lines).encode("latin-1"), dated)
         if len(self._rendered) >= MAX_RENDERED_HEADS:
             self._rendered.clear()
         self._rendered[id(entry)] = rendered

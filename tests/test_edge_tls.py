@@ -317,10 +317,17 @@ async def test_host_needing_another_certificate_than_sni_is_421_rfc9110_15_5_20(
         # Matching names are served, over the same kind of connection.
         assert (await tls_get(tls, setup.ca_file, API_HOST, "/api", API_HOST)).status == 200
         assert (await tls_get(tls, setup.ca_file, SITE_HOST, "/a", SITE_HOST)).status == 200
+        # Cached now: a hit over TLS (the fast path's), and still 421 when crossed.
+        hit = await tls_get(tls, setup.ca_file, SITE_HOST, "/a", SITE_HOST)
+        assert hit.status == 200 and "hit" in hit.headers["Cache-Status"]
+        crossed = await tls_get(tls, setup.ca_file, API_HOST, "/a", SITE_HOST)
+        assert crossed.status == 421 and origin.fetches["/a"] == 1
+        control = child.fields["control"]
+        assert await scrape(control, "edge_fast_path_hits_total", {}) == 1
         misdirected = await scrape(
-            child.fields["control"], "edge_misdirected_requests_total", {"reason": "certificate"}
+            control, "edge_misdirected_requests_total", {"reason": "certificate"}
         )
-        assert misdirected == 2
+        assert misdirected == 3
     finally:
         await stop(child)
 

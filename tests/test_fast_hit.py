@@ -251,3 +251,15 @@ async def test_a_stored_answer_without_date_gets_one_on_both_paths_rfc9110_6_6_1
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_stored_204_is_the_full_paths_without_content_length_rfc9110_8_6(
+    origin: ScriptedOrigin, client: aiohttp.ClientSession
+) -> None:
+    origin.script("/empty", status=204, headers=CACHEABLE, body=b"")
+    async with running_edge(origin.url) as edge:
+        await get(client, edge, "/empty")
+        status, headers, _ = await get(client, edge, "/empty")
+        assert status == 204 and "hit" in headers["Cache-Status"]
+        assert "Content-Length" not in headers
+        assert metric(edge.metrics, "edge_fast_path_hits_total") == 0
