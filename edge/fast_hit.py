@@ -3,7 +3,7 @@ to the transport without aiohttp's request and response objects.
 
 Why: a cache hit through aiohttp costs a request object, a header multidict, a task, a
 response object and its header serialisation, every time; the profile of a 1 KiB hit showed
-them at about two thirds of the CPU (docs/benchmarks.md, "Edge hit path"). Here the head is
+them at about two thirds of the CPU (docs/benchmarks.md, "The edge's hit path"). Here the head is
 split once, the stored entry is looked up by host and target, and the answer's head is
 rendered once per entry and Age value, then reused byte for byte.
 
