@@ -80,7 +80,7 @@ class Settings:
     bias_rounds: int  # per way, of fairness.ROUND_S each; a multiple of 3 rotates fully
 
 
-FULL = Settings("full", rounds=3, latency_rounds=5, run_s=10.0, failover_trials=20,
+FULL = Settings("full", rounds=3, latency_rounds=5, run_s=5.0, failover_trials=10,
                 cache_requests=1_000_000, balance_seeds=3, bias_rounds=6)  # fmt: skip
 QUICK = Settings("quick (BENCH_QUICK=1)", rounds=1, latency_rounds=1, run_s=3.0,
                  failover_trials=5, cache_requests=100_000, balance_seeds=1,
@@ -251,7 +251,7 @@ def return_part(run: Run, fleet: cdn.Cdn, origin_url: str) -> None:
     part = Part("Return to region", report.intro(return_to_region.__doc__))
     region = next(n.region for n in run.config.nodes if n.name == FAILOVER_VICTIM)
     subnet = dns.subnets_by_region(run.config, run.geoip)[region][0]
-    trials = 1 if run.settings is QUICK else 3
+    trials = 1 if run.settings is QUICK else 2
     config_path = run.workdir / "cdn.toml"  # written by cdn.cdn; reloaded with SIGHUP
     results = return_to_region.measure(
         fleet, run.config, config_path, region, subnet, origin_url, trials
