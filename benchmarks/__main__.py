@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,7 @@ class Settings:
     bias_rounds: int  # per way, of fairness.ROUND_S each; a multiple of 3 rotates fully
 
 
-FULL = Settings("full", rounds=3, latency_rounds=5, run_s=10.0, failover_trials=20,
+FULL = Settings("full", rounds=3, latency_rounds=5, run_s=5.0, failover_trials=10,
                 cache_requests=1_000_000, balance_seeds=3, bias_rounds=6)  # fmt: skip
 QUICK = Settings("quick (BENCH_QUICK=1)", rounds=1, latency_rounds=1, run_s=3.0,
                  failover_trials=5, cache_requests=100_000, balance_seeds=1,
@@ -99,6 +100,18 @@ class Run:
     harness: Placement
     started: dict[str, Placement] = field(default_factory=dict)
     mixes: tuple[dns.Mix, ...] = ()
+    durations: dict[str, float] = field(default_factory=dict)  # wall seconds per part
+
+    @contextlib.contextmanager
+    def timed(self, key: str) -> Iterator[None]:
+        """Record the wall time of part `key` (added up if it runs in pieces) and print it."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            took = time.monotonic() - start
+            self.durations[key] = self.durations.get(key, 0.0) + took
+            print(f"[{key}: {_minutes(took)}]", flush=True)
 
     def query_mixes(self) -> tuple[dns.Mix, ...]:
         """The dnsperf query files, built once (the bias check and part 1 share them)."""
@@ -137,6 +150,10 @@ class Run:
 
     def note_memory(self, label: str, pid: int) -> None:
         self.memory[label] = rss_bytes(pid)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:04.1f} s"
 
 
 def _missing(*tools: str) -> list[str]:
@@ -234,7 +251,7 @@ def return_part(run: Run, fleet: cdn.Cdn, origin_url: str) -> None:
     part = Part("Return to region", report.intro(return_to_region.__doc__))
     region = next(n.region for n in run.config.nodes if n.name == FAILOVER_VICTIM)
     subnet = dns.subnets_by_region(run.config, run.geoip)[region][0]
-    trials = 1 if run.settings is QUICK else 3
+    trials = 1 if run.settings is QUICK else 2
     config_path = run.workdir / "cdn.toml"  # written by cdn.cdn; reloaded with SIGHUP
     results = return_to_region.measure(
         fleet, run.config, config_path, region, subnet, origin_url, trials
@@ -342,6 +359,20 @@ def memory_table(memory: dict[str, int]) -> Table:
     return Table("Resident memory", ["process", "RSS MiB"], rows, notes)
 
 
+def runtime_table(durations: dict[str, float], total: float) -> Table:
+    """Wall time of each part in run order, the shared set-up between them, and the total."""
+    rows = [[key, _minutes(took)] for key, took in durations.items()]
+    rows.append(
+        ["set-up and teardown between parts", _minutes(max(0.0, total - sum(durations.values())))]
+    )
+    rows.append(["**total**", f"**{_minutes(total)}**"])
+    notes = [
+        "Wall time from the harness's clock (time.monotonic); set-up is the shared origin "
+        "and CDN, the GeoIP file and the scratch space.",
+    ]
+    return Table("Run time per part", ["part", "wall time"], rows, notes)
+
+
 def _selected(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset")
@@ -372,17 +403,21 @@ def _with_servers(run: Run, parts: list[str]) -> None:
                 for started in fleet.edges.values():
                     run.note_start("edge (one of the CDN's six)", started.service.pid)
                 if "dns" in parts:
-                    dns_part(run, fleet)
+                    with run.timed("dns"):
+                        dns_part(run, fleet)
                 run.note_memory("georouter (GeoLite2-City loaded)", fleet.router.service.pid)
                 run.note_memory(
                     "edge (one of the CDN's six)", fleet.edges[FAILOVER_VICTIM].service.pid
                 )
                 if "failover" in parts:
-                    failover_part(run, fleet, origin_url)
+                    with run.timed("failover"):
+                        failover_part(run, fleet, origin_url)
                 if "return" in parts:
-                    return_part(run, fleet, origin_url)
+                    with run.timed("return"):
+                        return_part(run, fleet, origin_url)
         if "hit" in parts:
-            hit_part(run, origin)
+            with run.timed("hit"):
+                hit_part(run, origin)
 
 
 def _pure_parts(run: Run, parts: list[str]) -> None:
@@ -402,11 +437,13 @@ def _pure_parts(run: Run, parts: list[str]) -> None:
     ]
     for key, part, make in simulations:
         if key in parts:
-            run.emit(key, part, make())
+            with run.timed(key):
+                run.emit(key, part, make())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _selected(argv)
+    began = time.monotonic()
     settings = QUICK if os.environ.get("BENCH_QUICK") == "1" else FULL
     config = load_config(cdn.TOPOLOGY)
     geoip = Path(_maxminddb_geolite2.geolite2_database())
@@ -416,31 +453,39 @@ def main(argv: list[str] | None = None) -> int:
         run = Run(settings, config, geoip, Path(scratch), {}, {}, harness)
         try:
             if "bias" in args.parts:
-                bias_part(run)
+                with run.timed("bias"):
+                    bias_part(run)
             _with_servers(run, args.parts)
             if "prewarm" in args.parts:
-                prewarm_part(run)
+                with run.timed("prewarm"):
+                    prewarm_part(run)
             _pure_parts(run, args.parts)
-            if "disk" in args.parts:
-                disk_part(run)
-            if "offload" in args.parts:
-                offload_part(run)
-            if "hostile" in args.parts:
-                hostile_part(run)
-            if "scaling" in args.parts:
-                scaling_part(run, args.output.parent / "img")
-            if "purge" in args.parts:
-                purge_part(run)
+            later: list[tuple[str, Callable[[], None]]] = [
+                ("disk", lambda: disk_part(run)),
+                ("offload", lambda: offload_part(run)),
+                ("hostile", lambda: hostile_part(run)),
+                ("scaling", lambda: scaling_part(run, args.output.parent / "img")),
+                ("purge", lambda: purge_part(run)),
+            ]
+            for key, measure in later:
+                if key in args.parts:
+                    with run.timed(key):
+                        measure()
         except (BenchError, DemoError) as exc:  # DemoError: a server did not start
             print(f"benchmarks: {exc}", file=sys.stderr)
             return 1
         if run.started and not (args.splice and "bias" not in args.parts):
             started = fairness.started_table(run.started, run.workdir)
             run.emit("bias", harness_part(run), started)
+    total = time.monotonic() - began
     ordered = [run.parts[key] for key in PARTS if key in run.parts]
     if run.memory and not args.splice:  # a spliced run keeps the full run's memory table
         ordered.append(Part("Memory", "", [memory_table(run.memory)]))
         print(ordered[-1].tables[0].text())
+    runtime = runtime_table(run.durations, total)
+    print(runtime.text(), flush=True)
+    if not args.splice:  # a spliced run's times are not the whole run's
+        ordered.append(Part("Run time", "", [runtime], numbered=False))
     header = report.machine_lines(peers.versions(), settings.mode)
     if args.splice:
         command = f"python -m benchmarks --parts {','.join(args.parts)} --splice"

@@ -46,7 +46,7 @@ class Plan:
 
 QUICK = Plan(run_s=3.0, restart_bytes=64 * MiB, restart_object_bytes=256 * KiB,
              workload_requests=2_000)  # fmt: skip
-FULL = Plan(run_s=10.0, restart_bytes=1024 * MiB, restart_object_bytes=256 * KiB,
+FULL = Plan(run_s=5.0, restart_bytes=1024 * MiB, restart_object_bytes=256 * KiB,
             workload_requests=20_000)  # fmt: skip
 
 
@@ -177,12 +177,22 @@ def _zipf(objects: int, requests: int) -> list[int]:
     return rng.choices(range(objects), weights, k=requests)
 
 
+async def _get_all(session: aiohttp.ClientSession, edge: _Edge, paths: list[str]) -> None:
+    """Every path asked once, in order, by CLIENTS concurrent clients."""
+    todo = iter(paths)
+
+    async def client() -> None:
+        for path in todo:  # shared: each path goes to the next free client
+            async with session.get(f"http://{edge.content}{path}", headers=HOST) as resp:
+                await resp.read()
+
+    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+
+
 async def _hit_ratio(session: aiohttp.ClientSession, edge: _Edge, origin: _Origin,
                      paths: list[str]) -> float:  # fmt: skip
     before = origin.fetches
-    for path in paths:
-        async with session.get(f"http://{edge.content}{path}", headers=HOST) as resp:
-            await resp.read()
+    await _get_all(session, edge, paths)
     return 1 - (origin.fetches - before) / len(paths)
 
 
@@ -196,9 +206,8 @@ async def _restart(workdir: Path, origin: _Origin, plan: Plan) -> list[list[str]
     async with aiohttp.ClientSession() as session:
         try:
             await _until_ready(session, edge)
-            for n in range(objects):  # fill: every object once, so the disk holds them all
-                async with session.get(f"http://{edge.content}/o/{size}/{n}", headers=HOST) as resp:
-                    await resp.read()
+            # fill: every object once, so the disk holds them all
+            await _get_all(session, edge, [f"/o/{size}/{n}" for n in range(objects)])
             warm = await _hit_ratio(session, edge, origin, paths)
             await asyncio.sleep(2.0)  # let the last writes reach the disk
         finally:
@@ -233,7 +242,8 @@ async def _measure(workdir: Path, plan: Plan) -> tuple[Table, Table]:
                       ["object", "level", "hits/s", "MiB/s"], hits, notes)  # fmt: skip
     restart_notes = [
         f"Zipf alpha = {ZIPF_ALPHA:g} workload of {plan.workload_requests:,} requests over the "
-        "stored objects, before and after the restart; ready = start of the new process "
+        f"stored objects ({CLIENTS} concurrent clients, as the fill), before and after the "
+        "restart; ready = start of the new process "
         "until /healthz answers 200 (disk index loaded).",
     ]
     restart_table = Table(

@@ -3,7 +3,7 @@
 One router (`georouter serve` on georouter/data/cdn.toml, loopback, ports chosen by the kernel; no
 edges, so it answers from the configured nodes) takes at least 1,000,000 UDP datagrams
 made by the fuzz mutator (fuzz/mutator.py) from dnspython-made queries (ECS, OPT, DO,
-0x20 case; fuzz/dns_target.py), a tenth of them plain random bytes, sent at 10,000/s for
+0x20 case; fuzz/dns_target.py), a tenth of them plain random bytes, sent at 20,000/s for
 at most 150 s (a sender too slow for the million fails the verdict, saying so), then
 10,000 TCP streams of five kinds: a garbage length prefix, an oversized message, a valid
 query left half-sent (slowloris-style, then abandoned), a valid query dribbled a few
@@ -70,7 +70,7 @@ class Load:
     max_udp_s: float = 150.0  # a sender slower than the rate stops here (the verdict says so)
 
 
-FULL_LOAD = Load(1_000_000, 10_000.0, 10_000, 64, held_idle=16)
+FULL_LOAD = Load(1_000_000, 20_000.0, 10_000, 64, held_idle=16)
 QUICK_LOAD = Load(20_000, 10_000.0, 1_000, 64, held_idle=0, max_udp_s=10.0)
 
 

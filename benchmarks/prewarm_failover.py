@@ -60,7 +60,7 @@ class Plan:
     trials: int
 
 
-FULL = Plan(warm_s=20.0, measure_s=10.0, trials=3)
+FULL = Plan(warm_s=12.0, measure_s=10.0, trials=2)
 QUICK = Plan(warm_s=8.0, measure_s=10.0, trials=1)
 
 

@@ -549,3 +549,25 @@ def test_prewarm_bench_table_says_the_share_of_steady_state() -> None:
     assert table.rows[0][3].startswith("90%") and "goal" in table.rows[0][3]
     assert table.rows[1][3] == "75%" and table.rows[1][4] == "30.0%"
     assert "prewarm" in bench_main.PARTS
+
+
+def test_run_time_table_lists_each_part_the_set_up_between_and_the_total() -> None:
+    table = bench_main.runtime_table({"dns": 290.0, "scaling": 61.5}, 400.0)
+    assert [row[0] for row in table.rows] == [
+        "dns",
+        "scaling",
+        "set-up and teardown between parts",
+        "**total**",
+    ]
+    assert table.rows[0][1] == "4 min 50.0 s" and table.rows[1][1] == "1 min 01.5 s"
+    assert table.rows[2][1] == "0 min 48.5 s" and table.rows[3][1] == "**6 min 40.0 s**"
+
+
+def test_a_timed_part_adds_up_its_pieces(tmp_path: Path) -> None:
+    harness = placement(os.getpid())
+    assert harness is not None
+    run = Run(QUICK, load_config(TOPOLOGY), GEOIP, tmp_path, {}, {}, harness)
+    for _ in range(2):
+        with run.timed("balance"):
+            pass
+    assert list(run.durations) == ["balance"] and 0.0 <= run.durations["balance"] < 1.0
