@@ -278,11 +278,13 @@ class Responder:
                 return None  # the bug struck while rejecting a malformed query: drop it
             response = self._response(query, self._servfail, 0, transport)
         tallies = self._tallies
-        tallies.queries[response.tally] += 1
+        queries = tallies.queries
+        queries[response.tally] = queries.get(response.tally, 0) + 1
         if response.scope is not None:
             tallies.ecs_scopes.observe(response.scope)
+        answers = tallies.answers
         for key in response.answers:
-            tallies.answers[key] += 1
+            answers[key] = answers.get(key, 0) + 1
         if self._query_log is not None:
             self._query_log.record(data, client_ip, transport, response.tally[2], decided)
         return data[:2] + response.tail
@@ -349,7 +351,8 @@ class Responder:
             if hot is not None and hot.route.generation == router.generation:
                 self._caching.reused()
                 index = router.draw(hot.route)
-                self._tallies.decisions[hot.decision_tally] += 1
+                decisions = self._tallies.decisions
+                decisions[hot.decision_tally] = decisions.get(hot.decision_tally, 0) + 1
                 return hot.responses[index], hot.decided[index]
         placement = self._placer.place(shape.address or client_ip, shape.source_prefix)
         question = shape.question
@@ -361,10 +364,14 @@ class Responder:
                     shape.hot.clear()
                 shape.hot["" if shape.address else client_ip] = hot
                 index = router.draw(route)
-                self._tallies.decisions[hot.decision_tally] += 1
+                decisions = self._tallies.decisions
+                decisions[hot.decision_tally] = decisions.get(hot.decision_tally, 0) + 1
                 return hot.responses[index], hot.decided[index]
         decision = self._picker.pick(placement.region, question.family, question.service)
-        self._tallies.decisions[question.label, decision.reason] += 1
+        decisions = self._tallies.decisions
+        decisions[question.label, decision.reason] = (
+            decisions.get((question.label, decision.reason), 0) + 1
+        )
         decided = (placement, decision)
         return self._geo_response(shape, placement, decision), decided
 
