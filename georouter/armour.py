@@ -3,8 +3,9 @@ responder. Pure but for the injected clock; one `Guard` per process, kept across
 
 The COOKIE option is cut from the query before the responder sees it (its shape cache then
 never holds, nor serves, one client's cookie to another) and the answer's cookie is appended
-to the response's OPT, which the responder always writes last. Queries without an OPT, the
-common case, cost one header check.
+to the response's OPT, which the responder always writes last. Without RRL, a query whose
+bytes after the header nowhere hold the COOKIE option code (two octets), the common case,
+costs one substring search; the others are parsed as far as their OPT.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ TYPE_OPT = 41
 FORMERR, NXDOMAIN, BADCOOKIE = 1, 3, 23  # BADCOOKIE: RFC 7873 §8
 MIN_UDP_PAYLOAD, MAX_UDP_PAYLOAD = 512, 1232  # as the responder's
 _U16 = struct.Struct(">H")
+_COOKIE_CODE = _U16.pack(OPTION_COOKIE)
 _NX, _ERROR = b"\x00nxdomain", b"\x00error"  # response classes (no name starts with \0)
 _VALID = ("valid", "renewed")
 Transport = Literal["udp", "tcp"]
@@ -73,6 +75,15 @@ class Guard:
         self, data: bytes, client_ip: str, transport: Transport, responder: Answering
     ) -> bytes | None:
         """The responder's answer, with its cookie, unless rate limiting drops or slips it."""
+        if self._limiter is None and data.find(_COOKIE_CODE, HEADER.size) < 0:
+            # No COOKIE option code anywhere after the header, so no cookie to check or
+            # cut, and no limiter: the answer is the responder's (the common query).
+            return responder.respond(data, client_ip, transport)
+        return self._guarded(data, client_ip, transport, responder)
+
+    def _guarded(
+        self, data: bytes, client_ip: str, transport: Transport, responder: Answering
+    ) -> bytes | None:
         verdict: Verdict | None = None
         ecs = False
         limit = MIN_UDP_PAYLOAD

@@ -154,6 +154,13 @@ class Geo:
             return self._capped_at(placement.region, source_prefix)
         return placement
 
+    def reused(self) -> None:
+        """Count a placement the caller kept from an earlier `place` and uses again (the
+        responder keeps one per query shape): a location served from a cache."""
+        tallies = self._tallies
+        tallies.geoip_lookups += 1
+        tallies.geoip_cache_hits += 1
+
     def locate(self, address: str) -> Location:
         """The database's view of one address (uncached; for operators and tests)."""
         ip = ip_address(address)

@@ -12,8 +12,13 @@ cache of shapes: a `_Response` (the response less its ID) for a static answer, a
 for a geo-routed one, which keeps its ECS placement and its `_Response` per (scope, TTL,
 node list). A repeated query then costs one dict lookup and a concatenation (static), or a placement
 (by resolver address only), a pick and two lookups (geo); the parse, zone lookup and
-encoding run once per shape. Queries in 0x20 mixed case rarely repeat byte for byte:
-each is a miss, answered the same way at the cost of a parse.
+encoding run once per shape. With the Selector and Geo (a `RoutingPicker` and a
+`CachingPlacer`) a geo shape also keeps, per placement (per resolver address without ECS),
+the Selector's `Route` and the response for each outcome of its draw: while the fleet
+snapshot stands (`Route.generation`), a repeated geo query is one weighted draw and an
+index, and a new snapshot makes the next query place and route afresh. Queries in 0x20
+mixed case rarely repeat byte for byte: each is a miss, answered the same way at the cost
+of a parse.
 
 EDNS (RFC 6891): an OPT is answered with an OPT; the UDP payload size is clamped to
 [512, MAX_UDP_PAYLOAD]; VERSION > 0 gets BADVERS. An answer that does not fit is replaced by
@@ -26,14 +31,14 @@ geo answers and 0 for everything else, negative answers included (§7.2.1, §7.4
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol, runtime_checkable
 
 from dnslib.dns import QTYPE
 
 from georouter.config import Node, RouterConfig
 from georouter.geo import Placement
-from georouter.selector import Decision
+from georouter.selector import Decision, Route
 from georouter.tallies import HotPathTallies
 from georouter.wire import (
     AA,
@@ -73,6 +78,7 @@ MIN_UDP_PAYLOAD = 512  # RFC 1035 §4.2.1 without EDNS; RFC 6891 §6.2.5 floor w
 MAX_TCP_MESSAGE = 65535  # the two-octet length prefix (RFC 1035 §4.2.2)
 GEO_CACHE_ENTRIES = 4096  # encoded geo answers kept, oldest dropped first
 SHAPE_CACHE_ENTRIES = 8192  # query shapes kept per transport; the cache is cleared when full
+HOT_ENTRIES_PER_SHAPE = 64  # resolver addresses a geo shape keeps answers for; then cleared
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, BADVERS = 0, 1, 2, 3, 4, 5, 16
 _RCODE_LABELS = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP"}
@@ -92,6 +98,26 @@ class Placer(Protocol):
 
 class Picker(Protocol):
     def pick(self, region: str, family: Literal[4, 6], service: str) -> Decision: ...
+
+
+@runtime_checkable
+class RoutingPicker(Picker, Protocol):
+    """A picker that can say ahead what a region's draw chooses between (the Selector):
+    then a geo shape keeps, per placement, every answer the draw can give."""
+
+    generation: int  # a Route from an older generation no longer holds
+
+    def route(self, region: str, family: Literal[4, 6], service: str) -> Route | None: ...
+
+    def draw(self, route: Route) -> int: ...
+
+
+@runtime_checkable
+class CachingPlacer(Placer, Protocol):
+    """A placer whose answers are a function of its arguments (Geo): a placement may be
+    kept and reused, and `reused` counts a reuse as the placer counts a cache hit."""
+
+    def reused(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +186,20 @@ class _GeoShape:
     source_prefix: int | None
     scope_cap: int  # the address width with ECS (scope is at most that), else 0
     responses: dict[tuple[int, int, tuple[str, ...]], _Response]  # by (scope, TTL, node names)
+    # By resolver address ("" with ECS: the shape's own address decides): the placement,
+    # the picker's route and the response per draw outcome, while the route holds.
+    hot: dict[str, _Hot] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Hot:
+    """A geo shape's answering for one placement under one picker generation: the draw
+    is the only choice left, and each of its outcomes has its response ready."""
+
+    route: Route
+    responses: tuple[_Response, ...]  # by draw outcome
+    decided: tuple[tuple[Placement, Decision], ...]  # by draw outcome, for the query log
+    decision_tally: tuple[str, str]  # service label, reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +235,9 @@ class Responder:
         self._query_log = query_log
         self._placer = placer
         self._picker = picker
+        # Both a routing picker and a caching placer: geo shapes keep their answers ready.
+        self._router = picker if isinstance(picker, RoutingPicker) else None
+        self._caching = placer if isinstance(placer, CachingPlacer) else None
         self._tallies = tallies
         self._answer_count = config.policy.answers_per_response
         self._zones = Zones(config.zones)
@@ -235,11 +278,13 @@ class Responder:
                 return None  # the bug struck while rejecting a malformed query: drop it
             response = self._response(query, self._servfail, 0, transport)
         tallies = self._tallies
-        tallies.queries[response.tally] += 1
+        queries = tallies.queries
+        queries[response.tally] = queries.get(response.tally, 0) + 1
         if response.scope is not None:
             tallies.ecs_scopes.observe(response.scope)
+        answers = tallies.answers
         for key in response.answers:
-            tallies.answers[key] += 1
+            answers[key] = answers.get(key, 0) + 1
         if self._query_log is not None:
             self._query_log.record(data, client_ip, transport, response.tally[2], decided)
         return data[:2] + response.tail
@@ -300,13 +345,51 @@ class Responder:
     def _answer_geo(
         self, shape: _GeoShape, client_ip: str
     ) -> tuple[_Response, tuple[Placement, Decision]]:
+        router = self._router
+        if router is not None and self._caching is not None:
+            hot = shape.hot.get("" if shape.address else client_ip)
+            if hot is not None and hot.route.generation == router.generation:
+                self._caching.reused()
+                index = router.draw(hot.route)
+                decisions = self._tallies.decisions
+                decisions[hot.decision_tally] = decisions.get(hot.decision_tally, 0) + 1
+                return hot.responses[index], hot.decided[index]
         placement = self._placer.place(shape.address or client_ip, shape.source_prefix)
         question = shape.question
+        if router is not None and self._caching is not None:
+            route = router.route(placement.region, question.family, question.service)
+            if route is not None:
+                hot = self._hot(shape, placement, route)
+                if len(shape.hot) >= HOT_ENTRIES_PER_SHAPE:
+                    shape.hot.clear()
+                shape.hot["" if shape.address else client_ip] = hot
+                index = router.draw(route)
+                decisions = self._tallies.decisions
+                decisions[hot.decision_tally] = decisions.get(hot.decision_tally, 0) + 1
+                return hot.responses[index], hot.decided[index]
         decision = self._picker.pick(placement.region, question.family, question.service)
-        self._tallies.decisions[question.label, decision.reason] += 1
+        decisions = self._tallies.decisions
+        decisions[question.label, decision.reason] = (
+            decisions.get((question.label, decision.reason), 0) + 1
+        )
         decided = (placement, decision)
+        return self._geo_response(shape, placement, decision), decided
+
+    def _hot(self, shape: _GeoShape, placement: Placement, route: Route) -> _Hot:
+        decisions = route.decisions
+        return _Hot(
+            route,
+            tuple(self._geo_response(shape, placement, d) for d in decisions),
+            tuple((placement, d) for d in decisions),
+            (shape.question.label, decisions[0].reason),
+        )
+
+    def _geo_response(
+        self, shape: _GeoShape, placement: Placement, decision: Decision
+    ) -> _Response:
         if decision.reason == "fail_closed":
-            return self._response(shape.query, self._servfail, 0, shape.transport), decided
+            return self._response(shape.query, self._servfail, 0, shape.transport)
+        question = shape.question
         names = tuple([n.name for n in decision.nodes])
         key = (min(placement.prefix_len, shape.scope_cap), decision.ttl, names)
         response = shape.responses.get(key)
@@ -318,7 +401,7 @@ class Responder:
                 shape.query, geo.prepared, scope, shape.transport, geo.tally_keys
             )
             shape.responses[key] = response
-        return response, decided
+        return response
 
     def _geo_answer(self, question: GeoQuestion, ttl: int, nodes: tuple[Node, ...]) -> _GeoAnswer:
         key = (question, ttl, tuple([node.name for node in nodes]))

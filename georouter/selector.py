@@ -37,7 +37,10 @@ Up to policy.answers_per_response distinct nodes are drawn without replacement, 
    is configured ("fail_open"), "servfail" with no nodes ("fail_closed").
 
 Steps 2 and 3 read tables derived once per snapshot (`_Route`), so a query that leaves
-its region does no filtering either.
+its region does no filtering either.  Step 1 with one or two eligible nodes (the common
+region) is a `Route`, also derived once per snapshot: the candidates, their counts and
+every decision the draw can give, so `draw` is two weights, one random number and an
+index, and the responder can keep the answer for each outcome.
 
 Per-service policies. A geo-routed name may have its own pool (`[[zones.services]]`
 `nodes` or `regions`), TTLs, all-down policy and `max_spill_regions` (how many of the
@@ -100,6 +103,28 @@ class _Plan:
     fail_open: bool
 
 
+@dataclass(slots=True, eq=False)
+class _Load:
+    """One node's answer counts: the model's answers since its report and live answers."""
+
+    since: int = 0  # answers naming the node first since its latest report
+    live: float = 0.0  # decaying count of answers still in resolver caches
+    reported_at: float | None = None  # that report's time
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Route:
+    """A client region's own-region answer under one snapshot, derived once: its one or two
+    eligible candidates, their counts and weight floors, and every decision a draw can give
+    (`Selector.draw` returns its index), so a caller can prepare what each one answers."""
+
+    generation: int  # the Selector.generation it was derived under
+    candidates: tuple[Candidate, ...]
+    loads: tuple[_Load, ...]  # the candidates' counts (shared with the selector)
+    floors: tuple[float, ...]  # each candidate's weight floor
+    decisions: tuple[Decision, ...]  # by draw outcome: candidate i first
+
+
 EMPTY_SNAPSHOT = FleetSnapshot(0, {4: {}, 6: {}})
 DEFAULT_SERVICE = ""  # the plan of names without a policy of their own
 
@@ -116,10 +141,10 @@ class Selector:
     ) -> None:
         self._rng = rng
         self._snapshot = EMPTY_SNAPSHOT
-        self._since: dict[str, int] = {}  # answers naming the node first since its report
-        self._live: dict[str, float] = {}  # decaying count of answers still cached
-        self._reported_at: dict[str, float] = {}
+        self._loads: dict[str, _Load] = {}  # per node: the answer counts of the model
         self._plans: dict[str, _Plan] = {}
+        self._routes: dict[tuple[str, str, Family], Route | None] = {}
+        self.generation = 0  # bumped whenever a derived Route may no longer hold
         self.reconfigure(policy, regions, services)
 
     def reconfigure(
@@ -137,6 +162,8 @@ class Selector:
         plans = {DEFAULT_SERVICE: self._plan(ServicePolicy(DEFAULT_SERVICE))}
         plans.update((name, self._plan(s)) for name, s in self._services.items())
         self._plans = plans
+        self._routes = {}
+        self.generation += 1
 
     def _plan(self, service: ServicePolicy) -> _Plan:
         return plan(self._snapshot, self._failover, self._policy, service)
@@ -146,7 +173,8 @@ class Selector:
         return self._snapshot
 
     def answers_since_report(self, name: str) -> int:
-        return self._since.get(name, 0)
+        load = self._loads.get(name)
+        return load.since if load is not None else 0
 
     def update(self, snapshot: FleetSnapshot) -> None:
         """Adopt a new snapshot; a node with a newer report starts a new answer count."""
@@ -159,6 +187,9 @@ class Selector:
 
     def pick(self, region: str, family: Family, service: str = DEFAULT_SERVICE) -> Decision:
         """The nodes for a client of `region` asking for `service` (an absolute name)."""
+        ready = self.route(region, family, service)
+        if ready is not None:
+            return ready.decisions[self.draw(ready)]
         plan = self._plans.get(service) or self._plans[DEFAULT_SERVICE]
         region = plan.home.get(region, region)
         pools = plan.pools[family]
@@ -174,6 +205,66 @@ class Selector:
             reason = "spillover" if own is not None and own.saturated else "failover"
             return Decision(name, self._draw(candidates), reason, plan.short_ttl)
         return self._last_resort(region, pools, plan)
+
+    def route(self, region: str, family: Family, service: str = DEFAULT_SERVICE) -> Route | None:
+        """What `pick` would draw from, derived once per snapshot: a Route when the client's
+        (home) region has one or two eligible nodes of the family (the common case), else
+        None (ask `pick`). Valid while `generation` stays `route.generation`."""
+        key = (service, region, family)
+        try:
+            return self._routes[key]
+        except KeyError:
+            pass
+        plan = self._plans.get(service) or self._plans[DEFAULT_SERVICE]
+        home = plan.home.get(region, region)
+        own = plan.pools[family].get(home)
+        route = None
+        if own is not None and 0 < len(own.eligible) <= 2:
+            reason: DecisionReason = "drained" if own.draining else "geo"
+            route = self._route(home, own.eligible, reason, plan.geo_ttl[family][home])
+        self._routes[key] = route
+        return route
+
+    def _route(
+        self, region: str, candidates: tuple[Candidate, ...], reason: DecisionReason, ttl: int
+    ) -> Route:
+        nodes = [c.node for c in candidates]
+        orders = [nodes, nodes[::-1]] if len(nodes) == 2 else [nodes]
+        return Route(
+            generation=self.generation,
+            candidates=candidates,
+            loads=tuple(self._load(c.node.name) for c in candidates),
+            floors=tuple(max(c.capacity_rps * MIN_WEIGHT_SHARE, 1e-9) for c in candidates),
+            decisions=tuple(
+                Decision(region, tuple(order[: self._count]), reason, ttl) for order in orders
+            ),
+        )
+
+    def draw(self, route: Route) -> int:
+        """One weighted draw over a Route's candidates, counted as `pick` counts it: the
+        index of its decision (the same draw, and the same random number, as `_draw`)."""
+        loads = route.loads
+        if len(loads) == 1:
+            loads[0].since += 1
+            return 0
+        a, b = route.candidates
+        la, lb = loads
+        fa, fb = route.floors
+        ea = a.load_rps * la.since / la.live if la.since and la.live > 0.0 else 0.0
+        eb = b.load_rps * lb.since / lb.live if lb.since and lb.live > 0.0 else 0.0
+        wa = max(a.headroom_rps - ea, fa)
+        wb = max(b.headroom_rps - eb, fb)
+        if self._rng.random() * (wa + wb) >= wa:
+            lb.since += 1
+            return 1
+        la.since += 1
+        return 0
+
+    def _load(self, name: str) -> _Load:
+        load = self._loads.get(name)
+        if load is None:
+            load = self._loads[name] = _Load()
+        return load
 
     def _last_resort(self, region: str, pools: Mapping[str, Pool], plan: _Plan) -> Decision:
         order = (region, *plan.failover.get(region, ()))
@@ -228,9 +319,8 @@ class Selector:
 
     def _remaining(self, c: Candidate) -> float:
         """Spare capacity (rps) left once the answers given since its report bring load."""
-        name = c.node.name
-        since = self._since.get(name, 0)
-        live = self._live.get(name, 0.0)
+        load = self._loads.get(c.node.name)
+        since, live = (load.since, load.live) if load is not None else (0, 0.0)
         expected = c.load_rps * since / live if since and live > 0.0 else 0.0
         return c.headroom_rps - expected
 
@@ -239,19 +329,19 @@ class Selector:
 
     def _answer(self, nodes: tuple[Node, ...]) -> tuple[Node, ...]:
         # Clients use the first address; it is the one whose load this answer brings.
-        first = nodes[0].name
-        self._since[first] = self._since.get(first, 0) + 1
+        self._load(nodes[0].name).since += 1
         return nodes
 
     def _note_report(self, c: Candidate) -> None:
-        name = c.node.name
-        previous = self._reported_at.get(name)
+        load = self._load(c.node.name)
+        previous = load.reported_at
         if c.reported_at is None or c.reported_at == previous:
             return
         elapsed = c.reported_at - previous if previous is not None else 0.0
         decay = math.exp(-max(elapsed, 0.0) / self._ttl) if self._ttl > 0 else 0.0
-        self._live[name] = self._live.get(name, 0.0) * decay + self._since.pop(name, 0)
-        self._reported_at[name] = c.reported_at
+        load.live = load.live * decay + load.since
+        load.since = 0
+        load.reported_at = c.reported_at
 
 
 def plan(

@@ -72,3 +72,36 @@ def test_any_cookie_option_gets_a_readable_answer(cookie: bytes, ecs: bool) -> N
         assert len(cookies) == 1 and bytes(cookies[0].client) == cookie[:8]
     else:
         assert reply.rcode() == dns.rcode.FORMERR
+
+
+class Echo:
+    """Answers with the query it was given: what the guard passed on is the answer."""
+
+    def respond(self, data: bytes, client_ip: str, transport: str) -> bytes | None:
+        return data
+
+
+option_lists = st.lists(
+    st.tuples(st.sampled_from([8, 10, 10, 12, 65001]), st.binary(max_size=24)), max_size=3
+)
+
+
+@given(
+    option_lists,
+    st.sampled_from(["example.com", "cdn.example.com", "x.example.com"]),
+    st.integers(0, 65535),
+    st.binary(max_size=4),
+)
+def test_the_quick_path_answers_as_the_full_one(
+    options: list[tuple[int, bytes]], name: str, ident: int, tail: bytes
+) -> None:
+    # Without RRL, a query with no COOKIE option code after its header skips the OPT
+    # parse: every query must get what the full path (cut, check, append) gives it.
+    edns = [dns.edns.GenericOption(code, data) for code, data in options]
+    query = dns.message.make_query(name, "A", use_edns=0 if options else -1, options=edns)
+    data = ident.to_bytes(2) + query.to_wire()[2:] + tail
+    quick, full = guard(), guard()
+    expected = full._guarded(data, "192.0.2.9", "udp", Echo())
+    assert quick.respond(data, "192.0.2.9", "udp", Echo()) == expected
+    if any(code == 10 for code, _ in options):
+        assert expected != data  # the cookie was checked, so the full path did run

@@ -21,6 +21,7 @@ from georouter.commands import check
 from georouter.config import DEFAULT_CONFIG, RouterConfig, load_config
 from georouter.errors import ConfigError
 from georouter.geo import Geo, Location, Placement, open_geoip
+from georouter.responder import CachingPlacer
 from georouter.tallies import HotPathTallies
 from tests.geoip_fixture import TEST_NETWORKS, write_test_geoip
 
@@ -204,6 +205,9 @@ def test_tallies_count_lookups_and_cache_hits(
     geo.place("198.18.1.1")
     geo.place("198.18.200.1")  # same /16 network, but another /24 bucket: a miss
     assert (tallies.geoip_lookups, tallies.geoip_cache_hits) == (12, 9)
+    geo.reused()  # a placement the responder kept, given again: a lookup served by a cache
+    assert (tallies.geoip_lookups, tallies.geoip_cache_hits) == (13, 10)
+    assert isinstance(geo, CachingPlacer)  # so the responder keeps its placements
 
 
 def test_long_networks_are_cached_per_address(

@@ -766,3 +766,109 @@ def test_fail_open_answer_is_counted_in_decisions_total(config: RouterConfig) ->
     text = generate_latest(metrics.registry).decode()
     assert 'georouter_decisions_total{reason="fail_open",service="cdn.example.com"} 1.0' in text
     assert 'reason="geo"' not in text
+
+
+class KeptPlacer(FakePlacer):
+    """A FakePlacer whose placements may be kept (as Geo's): counts each reuse."""
+
+    def __init__(self, table: dict[str, Placement] | None = None) -> None:
+        super().__init__(table)
+        self.reuses = 0
+
+    def reused(self) -> None:
+        self.reuses += 1
+
+
+PLACES = {
+    "198.51.100.0": Placement("eu", 20),
+    "203.0.113.0": Placement("ap", 24),
+    CLIENT: Placement("na", 16),
+    "192.0.2.99": Placement("eu", 12),
+}
+geo_queries = st.builds(
+    lambda name, rdtype, subnet, ident: (
+        ident.to_bytes(2)
+        + dns.message.make_query(
+            name,
+            rdtype,
+            use_edns=0 if subnet else -1,
+            options=ecs(subnet[0], subnet[1]) if subnet else None,
+        ).to_wire()[2:]
+    ),
+    st.sampled_from(["cdn.example.com", "www.example.com", "img.example.com", "nope.example.com"]),
+    st.sampled_from(["A", "A", "AAAA", "TXT"]),
+    st.sampled_from([None, ("198.51.100.0", 24), ("203.0.113.0", 24), ("198.51.100.0", 16)]),
+    st.integers(0, 65535),
+)
+fleet_events = st.sampled_from(["none", "eu-1 down", "eu-2 down", "eu up", "na-1 down"])
+
+
+def _events(fleets: tuple[Fleet, Fleet], event: str, now: float) -> None:
+    named = {"eu-1 down": ["edge-eu-1"], "eu-2 down": ["edge-eu-2"], "na-1 down": ["edge-na-1"]}
+    names = named.get(event, ["edge-eu-1", "edge-eu-2"] if event == "eu up" else [])
+    for fleet in fleets:
+        for name in names:
+            for at in (now, now + 0.5):  # fall and rise are 2 probes each
+                fleet.apply_probe(name, event == "eu up", at)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(geo_queries, st.sampled_from([CLIENT, "192.0.2.99"]), fleet_events),
+        min_size=1,
+        max_size=30,
+    ),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_ready_geo_answers_are_the_answers_a_plain_pick_gives(
+    config: RouterConfig, steps: list[tuple[bytes, str, str]], seed: int
+) -> None:
+    # One responder keeps each geo shape's answers per placement (a keeping placer and the
+    # Selector's routes), the other places and picks every query: same fleet, same seed,
+    # so every response, count and placement must agree, across snapshot changes.
+    fleets, responders, placers, tallies = [], [], [], []
+    for placer in (KeptPlacer(PLACES), FakePlacer(PLACES)):
+        selector = Selector(config.policy, config.regions, random.Random(seed), config.services)
+        fleet = Fleet(config, selector.update)
+        for node in config.nodes:
+            fleet.apply_probe(node.name, True, 0.0)
+            fleet.apply_probe(node.name, True, 0.5)
+        counts = HotPathTallies()
+        fleets.append(fleet)
+        placers.append(placer)
+        tallies.append(counts)
+        responders.append(Responder(config, placer, selector, counts))
+    for now, (query, client, event) in enumerate(steps, start=1):
+        for when in ("before", "after"):  # the same shape across the fleet's change
+            if when == "after":
+                _events((fleets[0], fleets[1]), event, float(now))
+            kept, plain = (r.respond(query, client, "udp") for r in responders)
+            assert kept == plain
+    assert tallies[0] == tallies[1]
+    kept_placer = placers[0]
+    assert isinstance(kept_placer, KeptPlacer)
+    assert len(kept_placer.calls) + kept_placer.reuses == len(placers[1].calls)
+
+
+def test_a_kept_answer_follows_the_fleet(config: RouterConfig) -> None:
+    selector = Selector(config.policy, config.regions, random.Random(3), config.services)
+    fleet = Fleet(config, selector.update)
+    for node in config.nodes:
+        fleet.apply_probe(node.name, True, 0.0)
+        fleet.apply_probe(node.name, True, 0.5)
+    placer = KeptPlacer(PLACES)
+    responder = Responder(config, placer, selector, HotPathTallies())
+    query = dns.message.make_query(
+        "cdn.example.com", "A", use_edns=0, options=ecs("198.51.100.0", 24)
+    )
+    eu = {"127.0.0.13", "127.0.0.14"}
+    for _ in range(3):
+        assert {rr.address for rr in ask(responder, query).answer[0]} == eu
+    assert (len(placer.calls), placer.reuses) == (1, 2)  # placed once, then kept
+    for at in (1.0, 1.5):
+        fleet.apply_probe("edge-eu-1", False, at)
+    answer = ask(responder, query)
+    assert [rr.address for rr in answer.answer[0]] == ["127.0.0.14"]
+    assert answer.answer[0].ttl == config.policy.degraded_ttl
+    assert len(placer.calls) == 2  # a new snapshot: placed and routed again

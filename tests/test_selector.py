@@ -390,3 +390,61 @@ def test_region_without_nodes_is_served_by_its_nearest_region() -> None:
     up(fleet)
     decisions = {(d.region, d.reason) for d in (selector.pick("sa", 4) for _ in range(20))}
     assert decisions == {("na", "failover")}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    rounds=st.lists(
+        st.tuples(st.floats(0.0, 0.84), st.floats(0.0, 0.84), st.integers(0, 40)),
+        min_size=1,
+        max_size=4,
+    ),
+    answers=st.sampled_from([1, 2]),
+)
+def test_a_routed_draw_is_the_general_draw(
+    seed: int, rounds: list[tuple[float, float, int]], answers: int
+) -> None:
+    # Reports and picks interleaved, so the counts since each report and the live
+    # (decaying) counts vary; at every pick the routed draw must choose what `_draw`
+    # chooses from the same random state and counts, and count it the same way.
+    fleet, selector = setup(config(answers=answers), seed)
+    up(fleet)
+    for seq, (eu1, eu2, picks) in enumerate(rounds, start=1):
+        load(fleet, "eu-1", eu1, seq, float(seq))
+        load(fleet, "eu-2", eu2, seq, float(seq))
+        for _ in range(picks + 1):
+            route = selector.route("eu", 4)
+            assert route is not None and route.generation == selector.generation
+            state = selector._rng.getstate()
+            before = {n: selector.answers_since_report(n) for n in ("eu-1", "eu-2")}
+            decision = selector.pick("eu", 4)
+            after = {n: selector.answers_since_report(n) for n in ("eu-1", "eu-2")}
+            selector._rng.setstate(state)
+            for name, count in before.items():
+                selector._loads[name].since = count
+            assert decision.nodes == selector._draw(route.candidates)
+            assert after == {n: selector.answers_since_report(n) for n in ("eu-1", "eu-2")}
+            assert (decision.region, decision.reason, decision.ttl) == ("eu", "geo", 20)
+            assert len(decision.nodes) == answers
+
+
+def test_a_route_lasts_one_snapshot_and_covers_small_own_pools_only() -> None:
+    fleet, selector = setup()
+    up(fleet)
+    route = selector.route("eu", 4)
+    assert route is not None and selector.route("eu", 4) is route  # derived once
+    assert [n.name for n in route.decisions[1].nodes] == ["eu-2", "eu-1"]
+    assert selector.route("na", 4) is None  # three eligible nodes: `pick` draws
+    assert selector.route("na", 6) is not None  # na-2 has no IPv6 address
+    generation = selector.generation
+    fleet.apply_probe("eu-1", False, 1.0)
+    fleet.apply_probe("eu-1", False, 2.0)
+    assert selector.generation > generation  # a new snapshot: routes derived again
+    fresh = selector.route("eu", 4)
+    assert fresh is not None and [d.nodes for d in fresh.decisions] == [(NODES[4],)]
+    assert fresh.decisions[0].ttl == 5  # degraded region: the short TTL
+    fleet.apply_probe("eu-2", False, 1.0)
+    fleet.apply_probe("eu-2", False, 2.0)
+    assert selector.route("eu", 4) is None  # no eligible node left: failover is `pick`'s
+    assert selector.pick("eu", 4).reason == "failover"

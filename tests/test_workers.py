@@ -164,10 +164,11 @@ async def test_workers_exit_when_main_dies(router: RouterProcess) -> None:
 
 def test_tallies_travel_and_fold_together() -> None:
     a, b = HotPathTallies(), HotPathTallies()
-    a.queries[("udp", "A", "NOERROR")] += 2
+    a.queries[("udp", "A", "NOERROR")] = 2
     a.durations["udp"].observe(30e-6)
     a.ecs_scopes.observe(24)
-    b.queries[("udp", "A", "NOERROR")] += 1
+    b.queries[("udp", "A", "NOERROR")] = 1
+    b.answers[("eu", "edge-eu-1")] = 1
     b.dropped["oversized"] += 1
     b.geoip_lookups = 5
     b.durations["udp"].observe(30e-6)
@@ -175,7 +176,7 @@ def test_tallies_travel_and_fold_together() -> None:
     assert to_main(sent[4:]) == TallyReport(b)
     assert int.from_bytes(sent[:4]) == len(sent) - 4
     a.add(b)
-    assert a.queries == {("udp", "A", "NOERROR"): 3}
+    assert a.queries == {("udp", "A", "NOERROR"): 3} and a.answers == {("eu", "edge-eu-1"): 1}
     assert a.dropped == {"oversized": 1} and a.geoip_lookups == 5
     assert a.durations["udp"].counts[1] == 2 and a.durations["udp"].total == 60e-6
     assert sum(a.ecs_scopes.counts) == 1
