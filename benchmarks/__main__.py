@@ -2,7 +2,9 @@
 its headline also into README.md.
 
 BENCH_QUICK=1 shortens every part (about 4 minutes in all) for development; the full run
-stays under 20 minutes on 2 cores (the scaling part adds about 6, 1 in quick mode).
+takes about 22 minutes on 2 cores (the scaling part about 5.5 of them, 1 in quick mode).
+Each part's wall time is printed as it finishes; the report lists them with the total
+("Run time per part").
 `--parts bias,dns,hit,failover,return,prewarm,balance,cache,disk,offload,hostile,scaling,purge`
 picks parts; with `--splice` only the parts run are written into the existing report, the
 rest is kept.
