@@ -96,7 +96,7 @@ class Plan:
 FULL = Plan(nodes=(6, 600, 6000), regions=(3, 10, 50), overrides=(0, 1000, 10_000),
             clients=(100, 1000, 10_000, 100_000, 1_000_000),
             objects=(1000, 10_000, 100_000, 1_000_000), run_s=5.0, fill_budget_s=150.0,
-            start_budget_s=45.0)  # fmt: skip
+            start_budget_s=60.0)  # fmt: skip
 QUICK = Plan(nodes=(6, 600), regions=(3, 50), overrides=(0, 1000), clients=(100, 100_000),
              objects=(1000, 10_000), run_s=2.0, fill_budget_s=20.0,
              start_budget_s=30.0)  # fmt: skip

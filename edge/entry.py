@@ -7,7 +7,7 @@ Age again on every hit.
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from multidict import CIMultiDict
@@ -25,7 +25,7 @@ _NO_STALE: Final = ("must-revalidate", "proxy-revalidate", "s-maxage")
 Vary = tuple[tuple[str, str | None], ...]  # selecting header name -> normalised value
 
 
-@dataclass(frozen=True, slots=True, weakref_slot=True)
+@dataclass(frozen=True, slots=True)
 class CacheEntry:
     """One stored response (a complete response; never a 206 partial).
 
@@ -46,6 +46,9 @@ class CacheEntry:
     no_stale: bool = False  # §4.2.4: no-cache/must-revalidate/proxy-revalidate/s-maxage
     stale_while_revalidate: float | None = None  # RFC 5861 §3 window, seconds
     stale_if_error: float | None = None  # RFC 5861 §4 window, seconds
+    # The fast path's rendering of this entry for the wire (edge/fast_hit.py), made on its
+    # first hit: kept with the entry, it lives and dies with it. Not copied by replace().
+    wire: list[object] = field(default_factory=list, init=False, compare=False, repr=False)
 
     def current_age(self, now: float) -> float:
         """RFC 9111 §4.2.3 current_age at ``now``."""

@@ -29,13 +29,12 @@ from __future__ import annotations
 import collections
 import re
 import time
-import weakref
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from aiohttp.http import SERVER_SOFTWARE
 
@@ -65,9 +64,6 @@ _FULL_PATH_FIELDS = frozenset(
 # Bytes no head of this path has: controls other than CR, LF and HTAB (llhttp refuses
 # most of them; the full path gives the verdict), and DEL.
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-# Rendered heads kept, by entry (a few hundred bytes each; cleared when full); a new Age
-# or entry renders again.
-MAX_RENDERED_HEADS = 16384
 # Statuses whose answers have no content and no Content-Length (RFC 9110 §8.6): the full
 # path's.
 _NO_CONTENT = frozenset({204, 304})
@@ -112,12 +108,10 @@ def parse_plain_get(head: bytes) -> PlainGet | None:
     return PlainGet(target, host.decode("latin-1"))
 
 
-@dataclass(frozen=True, slots=True)
-class _Rendered:
-    entry: weakref.ref[CacheEntry]  # not kept alive by this: an evicted body is freed
-    age: int
-    head: bytes  # status line and fields; the empty line too, unless Date is to be added
-    dated: bool  # the entry has its own Date
+# CacheEntry.wire: the status line and fields without Age and Cache-Status, the prior
+# caches' Cache-Status members, whether the entry has a Date, and the last Age rendered
+# with its whole head.
+_Wire = tuple[bytes, str, bool, int, bytes]
 
 
 class FastHits:
@@ -135,7 +129,6 @@ class FastHits:
         self._access_log = access_log
         self._clock = clock
         self._via = f"1.1 {proxy.cfg.name}"
-        self._rendered: dict[int, _Rendered] = {}
         self._date_second = -1
         self._date_line = b""
         # Counted per hit in plain ints, folded into the metrics when they are read:
@@ -167,34 +160,40 @@ class FastHits:
             return None
         if self._gate is not None and not self._gate.admits(request.target, peer, site.methods):
             return None
-        age = entry.age(start)
-        rendered = self._rendered.get(id(entry))
-        if rendered is None or rendered.entry() is not entry or rendered.age != age:
-            rendered = self._render(entry, age)
-        head = rendered.head if rendered.dated else rendered.head + self._date(start) + b"\r\n"
+        head = self._head(entry, entry.age(start), start)
         self._count(request, site.name, entry, start, peer, len(head) + len(entry.body))
         return head, entry.body
 
-    def _render(self, entry: CacheEntry, age: int) -> _Rendered:
-        # As Relay.stored and aiohttp's StreamResponse would write them: the stored fields
-        # with Age, Via and Cache-Status, Content-Length, and Date and Server if missing.
-        ttl = entry.freshness_lifetime - age
-        member = cache_status(self._proxy.cfg.name, "hit", ttl=ttl)
-        headers = client_headers(entry.headers, self._via, member)
-        headers["Age"] = str(age)
+    def _head(self, entry: CacheEntry, age: int, now: float) -> bytes:
+        """The answer's head: the entry's fields rendered once (`CacheEntry.wire`), Age and
+        Cache-Status once per Age value, Date per second if the entry has none."""
+        wire = entry.wire
+        if not wire:
+            wire.extend(self._render(entry))
+        static, prior, dated, last_age, last = cast(_Wire, wire)
+        if last_age != age:
+            member = cache_status(self._proxy.cfg.name, "hit", ttl=entry.freshness_lifetime - age)
+            lines = f"Age: {age}\r\nCache-Status: {prior}{member}\r\n".encode("latin-1")
+            last = static + lines + (b"\r\n" if dated else b"")
+            wire[3:] = (age, last)
+        return last if dated else last + self._date(now) + b"\r\n"
+
+    def _render(self, entry: CacheEntry) -> _Wire:
+        # As Relay.stored and aiohttp's StreamResponse write them: the stored fields with
+        # Via, Content-Length, and Server if missing; Age and Cache-Status (the prior
+        # caches' members, then ours) follow per Age. Plain bytes, str and ints only: the
+        # garbage collector has nothing more to track per entry.
+        headers = client_headers(entry.headers, self._via, "")
+        headers.popall("Cache-Status", None)
+        headers.popall("Age", None)
         headers["Content-Length"] = str(len(entry.body))
         headers.setdefault("Server", SERVER_SOFTWARE)
         status = HTTPStatus(entry.status)
         lines = [f"HTTP/1.1 {status.value} {status.phrase}\r\n"]
         lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
-        dated = "Date" in headers
-        if dated:
-            lines.append("\r\n")
-        rendered = _Rendered(weakref.ref(entry), age, "".join(lines).encode("latin-1"), dated)
-        if len(self._rendered) >= MAX_RENDERED_HEADS:
-            self._rendered.clear()
-        self._rendered[id(entry)] = rendered
-        return rendered
+        prior = ", ".join(entry.headers.getall("Cache-Status", []))
+        static = "".join(lines).encode("latin-1")
+        return static, f"{prior}, " if prior else "", "Date" in headers, -1, b""
 
     def fold(self) -> None:
         """Add the hits counted since the last fold to the edge's metrics."""

@@ -58,7 +58,7 @@ class Gate:
         self._sites = sites
         self._settings = settings
         self._policies: dict[tuple[str, ...], FilterPolicy] = {}
-        self._clean: dict[tuple[FilterPolicy, str], None] = {}  # GET targets no rule matches
+        self._clean: dict[FilterPolicy, dict[str, None]] = {}  # GET targets no rule matches
         self._limiter = RateLimiter(settings.rate)
         self._clock = clock
 
@@ -96,12 +96,13 @@ class Gate:
         reads) through untouched: no filter rule matches, and the rate limit, if any, has
         a token for the client (taken)."""
         policy = self._policy(methods)
-        if (policy, target) not in self._clean:
+        clean = self._clean.setdefault(policy, {})
+        if target not in clean:
             if inspect("GET", target, (), policy).matched:
                 return False
-            if len(self._clean) >= MAX_CLEAN_TARGETS:
-                self._clean.clear()
-            self._clean[(policy, target)] = None
+            if len(clean) >= MAX_CLEAN_TARGETS:
+                clean.clear()
+            clean[target] = None  # a str: nothing more for the garbage collector to track
         if not self._limiter.enabled:
             return True
         client = client_address(peer, (), self._limiter.settings.trusted_proxies)
