@@ -46,8 +46,14 @@ class Prober:
         The first round completes before start() returns, so the router can bind DNS
         knowing which nodes are up instead of failing open on its first queries."""
         # No cookies, no proxies from the environment: probes go straight to the node.
+        # No pool limit: a round probes every node at once, and aiohttp's default of 100
+        # connections made the rest wait inside their probe timeout (a fleet of 600 never
+        # came up). One connection per node, kept alive between rounds.
         self._session = aiohttp.ClientSession(
-            cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, raise_for_status=False
+            connector=aiohttp.TCPConnector(limit=0),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+            raise_for_status=False,
         )
         started = asyncio.get_running_loop().time()
         await self.probe_all()

@@ -553,3 +553,24 @@ async def test_a_node_unreachable_when_a_task_was_made_is_sent_it_when_it_report
         assert controller.prewarms.owed("edge-eu-2") == []
     finally:
         await controller.stop()
+
+
+async def test_a_round_probes_more_nodes_than_a_connection_pool_holds_at_once() -> None:
+    """Every node of a large fleet is probed within one probe timeout, however slow each
+    answer: no pool of connections makes the later probes wait inside their timeout
+    (aiohttp's default of 100 would take 2 waves of 0.3 s for 120 nodes: 0.6 s)."""
+    slow = await _fake_edge(200, delay=0.3)
+    url = str(slow.make_url(""))
+    nodes = tuple(
+        Node(f"edge-{i}", "eu", 1000.0, url, IPv4Address("127.0.0.1")) for i in range(120)
+    )
+    health = HealthSettings(probe_interval_s=600.0, probe_timeout_s=0.5, rise=1)
+    config = make_config((Region("eu", 0.0, 0.0),), nodes, Policy("eu"), health)
+    fleet = Fleet(config, lambda _: None)
+    prober = Prober(fleet, health, RouterMetrics())
+    await prober.start()  # its first round
+    try:
+        assert {s.state for s in fleet.statuses.values()} == {"up"}
+    finally:
+        await prober.stop()
+        await slow.close()
