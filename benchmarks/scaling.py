@@ -519,7 +519,7 @@ START_GROWS = (
     "publishes the whole fleet snapshot (georouter/fleet.py `Fleet._set`; the selector "
     "re-derives its routes from it): n nodes coming up cost O(n²), and so would n edges' "
     "load reports each second. And a probe round is n HTTP requests at once from the one "
-    "process (georouter/prober.py): 6,000 of them took 2.4–3 s of one core in aiohttp (with "
+    "process (georouter/prober.py): 6,000 of them took 2.4 to 3 s of one core in aiohttp (with "
     "the stub answering in the same process), past the 0.5 s probe timeout, so late probes "
     "fail and the fleet does not come up."
 )
