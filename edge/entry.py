@@ -86,7 +86,9 @@ def make_entry(
         freshness_lifetime=freshness_lifetime(status, headers, cc, response_time),
         vary=vary,
         surrogate_keys=keys,
-        size=len(body) + header_bytes + ENTRY_OVERHEAD_BYTES,
+        # The fields count three times: as stored, and as the fast path renders them for
+        # the wire (CacheEntry.wire: without and with Age and Cache-Status).
+        size=len(body) + 3 * header_bytes + ENTRY_OVERHEAD_BYTES,
         no_cache=no_cache,
         no_stale=no_cache or any(d in cc for d in _NO_STALE),
         stale_while_revalidate=None if swr is None else float(swr),

@@ -33,10 +33,10 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
 
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.web_response import REASON_PHRASES
 
 from edge.access_log import MAX_PATH_CHARS
 from edge.cache_status import cache_status
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from edge.gate import Gate
     from edge.proxy import Proxy
 
-__all__ = ["FastHits", "PlainGet", "parse_plain_get"]
+__all__ = ["FastHits", "HeadLimits", "PlainGet", "could_be_plain", "parse_plain_get"]
 
 # Fields whose presence sends a request down the full path (lower-case names).
 _FULL_PATH_FIELDS = frozenset(
@@ -59,6 +59,7 @@ _FULL_PATH_FIELDS = frozenset(
         b"if-unmodified-since", b"cache-control", b"cdn-loop", b"upgrade",
         b"want-repr-digest", b"want-content-digest", b"edge-prewarm", b"x-forwarded-for",
         b"expect", b"transfer-encoding", b"content-length", b"te", b"http2-settings",
+        b"proxy-connection",
     }
 )  # fmt: skip
 # Bytes no head of this path has: controls other than CR, LF and HTAB (llhttp refuses
@@ -77,7 +78,30 @@ class PlainGet:
     host: str  # the Host field's value
 
 
-def parse_plain_get(head: bytes) -> PlainGet | None:
+_GET = b"GET /"
+
+
+def could_be_plain(partial: bytes) -> bool:
+    """Whether a head still arriving may become a plain GET: it starts as one and has no
+    control byte, bare CR or bare LF so far (else aiohttp answers it now, 400)."""
+    if not _GET.startswith(partial[:5]) or _CONTROL.search(partial) is not None:
+        return False
+    crlf = partial.count(b"\r\n")
+    cr = partial.count(b"\r") - partial.endswith(b"\r")  # a CR may await its LF
+    return partial.count(b"\n") == crlf and cr == crlf
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """aiohttp's limits on a head (edge.limits): a head past one is the full path's, which
+    answers 400."""
+
+    max_line_bytes: int
+    max_field_bytes: int
+    max_headers: int
+
+
+def parse_plain_get(head: bytes, limits: HeadLimits) -> PlainGet | None:
     """``head``: a request head up to, not including, its empty line. The request if it
     is a plain GET (module doc), else None."""
     if not head.startswith(b"GET /") or _CONTROL.search(head) is not None:
@@ -85,6 +109,10 @@ def parse_plain_get(head: bytes) -> PlainGet | None:
     lines = head.split(b"\r\n")
     if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1:
         return None  # a bare CR or LF
+    if len(lines) - 1 > limits.max_headers or len(lines[0]) > limits.max_line_bytes:
+        return None
+    if any(len(line) > limits.max_field_bytes for line in lines[1:]):
+        return None
     method_target, space, version = lines[0].rpartition(b" ")
     if not space or version != b"HTTP/1.1" or method_target.count(b" ") != 1:
         return None
@@ -129,6 +157,8 @@ class FastHits:
         self._access_log = access_log
         self._clock = clock
         self._via = f"1.1 {proxy.cfg.name}"
+        limits = proxy.cfg.limits
+        self.limits = HeadLimits(limits.max_line_bytes, limits.max_field_bytes, limits.max_headers)
         self._date_second = -1
         self._date_line = b""
         # Counted per hit in plain ints, folded into the metrics when they are read:
@@ -154,13 +184,19 @@ class FastHits:
             sni = tls.sni(ssl_object)
             if misdirected(sni, request.host, routing.certificate_of):
                 return None
+        gate = self._gate
+        if gate is not None and not gate.passes_filters(request.target, site.methods):
+            return None
         start = self._clock()
         entry = proxy.cache.fresh_plain(cache_host(site, request.host), request.target, start)
         if entry is None or entry.status in _NO_CONTENT:
             return None
-        if self._gate is not None and not self._gate.admits(request.target, peer, site.methods):
+        if gate is not None and not gate.within_rate(peer):
             return None
-        head = self._head(entry, entry.age(start), start)
+        try:
+            head = self._head(entry, entry.age(start), start)
+        except (UnicodeError, ValueError):  # a field aiohttp cannot write either: its answer
+            return None
         self._count(request, site.name, entry, start, peer, len(head) + len(entry.body))
         return head, entry.body
 
@@ -173,7 +209,7 @@ class FastHits:
         static, prior, dated, last_age, last = cast(_Wire, wire)
         if last_age != age:
             member = cache_status(self._proxy.cfg.name, "hit", ttl=entry.freshness_lifetime - age)
-            lines = f"Age: {age}\r\nCache-Status: {prior}{member}\r\n".encode("latin-1")
+            lines = f"Age: {age}\r\nCache-Status: {prior}{member}\r\n".encode()
             last = static + lines + (b"\r\n" if dated else b"")
             wire[3:] = (age, last)
         return last if dated else last + self._date(now) + b"\r\n"
@@ -187,12 +223,13 @@ class FastHits:
         headers.popall("Cache-Status", None)
         headers.popall("Age", None)
         headers["Content-Length"] = str(len(entry.body))
+        if entry.body:
+            headers.setdefault("Content-Type", "application/octet-stream")  # RFC 9110 §8.3
         headers.setdefault("Server", SERVER_SOFTWARE)
-        status = HTTPStatus(entry.status)
-        lines = [f"HTTP/1.1 {status.value} {status.phrase}\r\n"]
+        lines = [f"HTTP/1.1 {entry.status} {REASON_PHRASES.get(entry.status, '')}\r\n"]
         lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
         prior = ", ".join(entry.headers.getall("Cache-Status", []))
-        static = "".join(lines).encode("latin-1")
+        static = "".join(lines).encode()  # UTF-8, as aiohttp writes fields
         return static, f"{prior}, " if prior else "", "Date" in headers, -1, b""
 
     def fold(self) -> None:

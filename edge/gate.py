@@ -36,8 +36,10 @@ log = logging.getLogger("edge.gate")
 # Methods that ask a cache to forget (Varnish's PURGE and BAN; Squid and Fastly's PURGE).
 PURGE_METHODS = {"PURGE": "url", "BAN": "prefix"}
 MAX_LOGGED_TARGET_CHARS = 160  # of a client's request target in a log line
-# GET targets remembered as matching no filter rule (the fast path's; cleared when full).
-MAX_CLEAN_TARGETS = 65536
+# GET targets remembered as matching no filter rule (the fast path's; cleared when full),
+# each at most this long: at most 8 MiB of strings.
+MAX_CLEAN_TARGETS = 16384
+MAX_CLEAN_TARGET_CHARS = 512
 
 
 class Gate:
@@ -91,18 +93,24 @@ class Gate:
         headers = {"Allow": ", ".join(policy.methods)} if verdict.refused_by == "method" else {}
         return _answer(verdict.status, f"refused by rule {verdict.refused_by}", headers)
 
-    def admits(self, target: str, peer: str, methods: tuple[str, ...]) -> bool:
-        """Whether ``screen`` would let a plain GET (edge/fast_hit.py: no header field it
-        reads) through untouched: no filter rule matches, and the rate limit, if any, has
-        a token for the client (taken)."""
+    def passes_filters(self, target: str, methods: tuple[str, ...]) -> bool:
+        """Whether no filter rule matches a plain GET of ``target`` (edge/fast_hit.py: no
+        header field it reads); short targets that pass are remembered."""
         policy = self._policy(methods)
         clean = self._clean.setdefault(policy, {})
-        if target not in clean:
-            if inspect("GET", target, (), policy).matched:
-                return False
+        if target in clean:
+            return True
+        if inspect("GET", target, (), policy).matched:
+            return False
+        if len(target) <= MAX_CLEAN_TARGET_CHARS:
             if len(clean) >= MAX_CLEAN_TARGETS:
                 clean.clear()
             clean[target] = None  # a str: nothing more for the garbage collector to track
+        return True
+
+    def within_rate(self, peer: str) -> bool:
+        """Whether the rate limit, if any, has a token for a request from ``peer`` with no
+        X-Forwarded-For (taken), as ``screen`` would."""
         if not self._limiter.enabled:
             return True
         client = client_address(peer, (), self._limiter.settings.trusted_proxies)

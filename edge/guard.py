@@ -37,7 +37,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from edge.armour import ArmourSettings
-from edge.fast_hit import FastHits, parse_plain_get
+from edge.fast_hit import FastHits, could_be_plain, parse_plain_get
 from edge.metrics import EdgeMetrics
 
 # Written before closing a refused or timed-out connection: short, final, no body.
@@ -46,7 +46,6 @@ _HEAD_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-L
 # A head the fast path gathers may be this long; a longer one is aiohttp's (its limits
 # answer 400/431).
 MAX_FAST_HEAD_BYTES = 8192
-_GET = b"GET /"
 # A request aiohttp answers on behalf of the fast path leaves its parser clean only if it
 # had no body and did not switch protocols.
 _BODY_OR_UPGRADE = re.compile(rb"\r\n(?:content-length|transfer-encoding|upgrade)[ \t]*:", re.I)
@@ -168,7 +167,7 @@ class GuardedHandler(RequestHandler):
         while True:
             end = pending.find(b"\r\n\r\n")
             if end < 0:
-                if len(pending) > MAX_FAST_HEAD_BYTES or not _GET.startswith(pending[:5]):
+                if len(pending) > MAX_FAST_HEAD_BYTES or not could_be_plain(pending):
                     break  # aiohttp answers what cannot become a plain GET, at once
                 self._gathered = pending
                 if answered or self._timer is None:  # a head started: its deadline runs
@@ -177,7 +176,9 @@ class GuardedHandler(RequestHandler):
                 return b"", False
             if self._close or self._force_close or self._paused or self.transport is None:
                 break  # closing, or the client is not reading: aiohttp waits for it
-            request = parse_plain_get(pending[:end])
+            if end > MAX_FAST_HEAD_BYTES:
+                break
+            request = parse_plain_get(pending[:end], fast.limits)
             answer = (
                 None
                 if request is None

@@ -4,6 +4,7 @@ a real edge answering alike with and without it, pipelined requests included."""
 from __future__ import annotations
 
 import asyncio
+from email.utils import formatdate
 
 import aiohttp
 import h11
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.fast_hit import PlainGet, parse_plain_get
+from edge.fast_hit import HeadLimits, PlainGet, could_be_plain, parse_plain_get
 from tests.origin_app import CACHEABLE, FakeClock, ScriptedOrigin, get, metric, running_edge
 
 pytest_plugins = ("tests.edge_fixtures",)
@@ -20,8 +21,9 @@ FULL_PATH_FIELDS = (
     "Range", "If-Range", "If-Match", "If-None-Match", "If-Modified-Since",
     "If-Unmodified-Since", "Cache-Control", "CDN-Loop", "Upgrade", "Want-Repr-Digest",
     "Want-Content-Digest", "Edge-Prewarm", "X-Forwarded-For", "Expect", "Transfer-Encoding",
-    "Content-Length", "TE", "HTTP2-Settings",
+    "Content-Length", "TE", "HTTP2-Settings", "Proxy-Connection",
 )  # fmt: skip
+LIMITS = HeadLimits(max_line_bytes=8190, max_field_bytes=8190, max_headers=100)
 
 
 @pytest.mark.parametrize(
@@ -45,13 +47,36 @@ FULL_PATH_FIELDS = (
     ],
 )
 def test_plain_get_examples(head: bytes, expected: PlainGet | None) -> None:
-    assert parse_plain_get(head) == expected
+    assert parse_plain_get(head, LIMITS) == expected
 
 
 @pytest.mark.parametrize("field", FULL_PATH_FIELDS)
 def test_every_field_the_full_path_reads_sends_the_request_there(field: str) -> None:
     for name in (field, field.lower(), field.upper()):
-        assert parse_plain_get(f"GET / HTTP/1.1\r\nHost: x\r\n{name}: 1".encode()) is None
+        head = f"GET / HTTP/1.1\r\nHost: x\r\n{name}: 1".encode()
+        assert parse_plain_get(head, LIMITS) is None
+
+
+def test_heads_past_aiohttps_limits_are_its_own() -> None:
+    small = HeadLimits(max_line_bytes=20, max_field_bytes=10, max_headers=2)
+    assert parse_plain_get(b"GET /a HTTP/1.1\r\nHost: x\r\nA: 1", small) is not None
+    assert parse_plain_get(b"GET /a HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2", small) is None
+    assert parse_plain_get(b"GET /a HTTP/1.1\r\nHost: x\r\nA: 123456789", small) is None
+    assert parse_plain_get(b"GET /0123456789 HTTP/1.1\r\nHost: x", small) is None
+
+
+@pytest.mark.parametrize(
+    ("partial", "expected"),
+    [
+        (b"G", True), (b"GET /a HTTP/1.1\r", True), (b"GET /a HTTP/1.1\r\nHo", True),
+        (b"POST", False), (b"GET http://x/", False), (b"GET /a HTTP/1.1\nHost", False),
+        (b"GET /a HTTP/1.1\r\nHost: x\rY", False), (b"GET /\x01", False),
+    ],
+)  # fmt: skip
+def test_a_head_still_arriving_waits_only_while_it_may_be_plain(
+    partial: bytes, expected: bool
+) -> None:
+    assert could_be_plain(partial) is expected
 
 
 _NAMES = st.sampled_from(
@@ -76,7 +101,7 @@ def test_what_the_fast_path_takes_h11_reads_the_same_rfc9112_3(
     """Every head parse_plain_get accepts is a valid HTTP/1.1 GET to h11, with the same
     target and Host, and none of the fields the full path reads."""
     head = newline.join([line, *fields])
-    plain = parse_plain_get(head)
+    plain = parse_plain_get(head, LIMITS)
     if plain is None:
         return
     server = h11.Connection(h11.SERVER)
@@ -263,3 +288,67 @@ async def test_a_stored_204_is_the_full_paths_without_content_length_rfc9110_8_6
         assert status == 204 and "hit" in headers["Cache-Status"]
         assert "Content-Length" not in headers
         assert metric(edge.metrics, "edge_fast_path_hits_total") == 0
+
+
+RAW_ANSWERS = {
+    "utf8-field": b"HTTP/1.1 200 OK\r\nX-Name: caf\xc3\xa9 \xe2\x82\xac\r\n"
+    b"Content-Type: text/plain\r\n",
+    "unknown-status": b"HTTP/1.1 299 Whatever\r\n",
+    "no-content-type": b"HTTP/1.1 200 OK\r\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(RAW_ANSWERS))
+async def test_unusual_stored_answers_alike_on_both_paths(
+    kind: str, client: aiohttp.ClientSession
+) -> None:
+    date = formatdate(usegmt=True)
+
+    async def raw_origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            RAW_ANSWERS[kind]
+            + f"Date: {date}\r\nCache-Control: max-age=60\r\nContent-Length: 4\r\n\r\nbody".encode()
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(raw_origin, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    answers = []
+    try:
+        for fast in (True, False):
+            async with running_edge(f"http://127.0.0.1:{port}", fast_path=fast) as edge:
+                await get(client, edge, "/r")
+                url = f"http://{edge.content}/r"
+                async with client.get(url) as resp:
+                    raw = [(k.decode(), v) for k, v in resp.raw_headers]
+                    answers.append((resp.status, resp.reason, sorted(raw), await resp.read()))
+                hits = metric(edge.metrics, "edge_fast_path_hits_total")
+                assert hits == float(fast)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /p HTTP/1.1\nHost: x\n\n",  # bare LF
+        b"GET /p HTTP/1.1\r\nHost: x\r\n" + b"X-n: 1\r\n" * 150 + b"\r\n",  # > max_headers
+    ],
+)
+async def test_heads_the_full_path_refuses_are_refused_at_once(
+    origin: ScriptedOrigin, client: aiohttp.ClientSession, head: bytes
+) -> None:
+    origin.script("/p", headers=CACHEABLE)
+    async with running_edge(origin.url) as edge:
+        await get(client, edge, "/p")  # cached: the fast path would have it
+        reader, writer = await asyncio.open_connection(edge.content.host, edge.content.port)
+        try:
+            writer.write(head)
+            answer = await asyncio.wait_for(reader.read(), 0.9)  # well before the 408
+        finally:
+            writer.close()
+    assert answer.startswith((b"HTTP/1.0 400 ", b"HTTP/1.1 400 ")), answer[:80]
