@@ -350,10 +350,7 @@ class Responder:
             hot = shape.hot.get("" if shape.address else client_ip)
             if hot is not None and hot.route.generation == router.generation:
                 self._caching.reused()
-                index = router.draw(hot.route)
-                decisions = self._tallies.decisions
-                decisions[hot.decision_tally] = decisions.get(hot.decision_tally, 0) + 1
-                return hot.responses[index], hot.decided[index]
+                return self._drawn(router, hot)
         placement = self._placer.place(shape.address or client_ip, shape.source_prefix)
         question = shape.question
         if router is not None and self._caching is not None:
@@ -363,17 +360,22 @@ class Responder:
                 if len(shape.hot) >= HOT_ENTRIES_PER_SHAPE:
                     shape.hot.clear()
                 shape.hot["" if shape.address else client_ip] = hot
-                index = router.draw(route)
-                decisions = self._tallies.decisions
-                decisions[hot.decision_tally] = decisions.get(hot.decision_tally, 0) + 1
-                return hot.responses[index], hot.decided[index]
+                return self._drawn(router, hot)
         decision = self._picker.pick(placement.region, question.family, question.service)
         decisions = self._tallies.decisions
-        decisions[question.label, decision.reason] = (
-            decisions.get((question.label, decision.reason), 0) + 1
-        )
+        key = (question.label, decision.reason)
+        decisions[key] = decisions.get(key, 0) + 1
         decided = (placement, decision)
         return self._geo_response(shape, placement, decision), decided
+
+    def _drawn(
+        self, router: RoutingPicker, hot: _Hot
+    ) -> tuple[_Response, tuple[Placement, Decision]]:
+        """The draw of a kept route: its outcome's prepared response, counted."""
+        index = router.draw(hot.route)
+        decisions = self._tallies.decisions
+        decisions[hot.decision_tally] = decisions.get(hot.decision_tally, 0) + 1
+        return hot.responses[index], hot.decided[index]
 
     def _hot(self, shape: _GeoShape, placement: Placement, route: Route) -> _Hot:
         decisions = route.decisions
