@@ -43,7 +43,7 @@ from edge.cache_status import cache_status
 from edge.entry import CacheEntry
 from edge.metrics import REQUEST_BUCKETS
 from edge.relay import client_headers
-from edge.sites import cache_host, misdirected
+from edge.sites import cache_host
 
 if TYPE_CHECKING:
     from edge.access_log import AccessLog
@@ -175,15 +175,9 @@ class FastHits:
         """The response to ``request``, head and body, or None: the full path's.
         ``ssl_object``: the TLS connection's (None on plain TCP); ``peer``: its address."""
         proxy = self._proxy
-        routing = proxy.routing
-        site = routing.sites.choose(request.host)
-        if site is None:
-            return None
-        tls = proxy.tls
-        if ssl_object is not None and tls is not None:
-            sni = tls.sni(ssl_object)
-            if misdirected(sni, request.host, routing.certificate_of):
-                return None
+        site = proxy.site_for(request.host, ssl_object)
+        if isinstance(site, str):
+            return None  # misdirected: the full path answers 421 and counts it
         gate = self._gate
         if gate is not None and not gate.passes_filters(request.target, site.methods):
             return None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
@@ -111,20 +111,15 @@ class Gate:
     def within_rate(self, peer: str) -> bool:
         """Whether the rate limit, if any, has a token for a request from ``peer`` with no
         X-Forwarded-For (taken), as ``screen`` would."""
-        if not self._limiter.enabled:
-            return True
-        client = client_address(peer, (), self._limiter.settings.trusted_proxies)
-        return client is None or self._limiter.check(client, self._clock()) is None
+        return not self._limiter.enabled or self._limited(peer, ()) is None
+
+    def _limited(self, peer: str, forwarded_for: Iterable[str]) -> tuple[str, float] | None:
+        """The limiter's verdict on a request's client (a token taken if it has one)."""
+        client = client_address(peer, forwarded_for, self._limiter.settings.trusted_proxies)
+        return None if client is None else self._limiter.check(client, self._clock())
 
     def _rate_limited(self, request: web.Request) -> web.Response | None:
-        client = client_address(
-            request.remote or "",
-            request.headers.getall("X-Forwarded-For", ()),
-            self._limiter.settings.trusted_proxies,
-        )
-        if client is None:
-            return None
-        limited = self._limiter.check(client, self._clock())
+        limited = self._limited(request.remote or "", request.headers.getall("X-Forwarded-For", ()))
         if limited is None:
             return None
         scope, wait_s = limited

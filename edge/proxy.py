@@ -145,17 +145,28 @@ class Proxy:
 
     def route_for(self, request: web.Request) -> Route | str:
         """The request's route, or why it is misdirected (RFC 9110 §15.5.20)."""
+        transport = request.transport
+        ssl_object = None if transport is None else transport.get_extra_info("ssl_object")
+        site = self.site_for(request.host, ssl_object)
+        if isinstance(site, str):
+            return site
+        return Route(site, self.routing.origins[site.name])
+
+    def site_for(self, host: str, ssl_object: object) -> SiteConfig | str:
+        """The site of a request's ``host`` on a connection (``ssl_object``: its TLS,
+        None on plain TCP), or why it is misdirected: "no_site", "certificate"."""
         routing = self.routing
-        site = routing.sites.choose(request.host)
+        site = routing.sites.choose(host)
         if site is None:
             return "no_site"
-        if self.tls is not None and request.transport is not None:
-            ssl_object = request.transport.get_extra_info("ssl_object")
-            if ssl_object is not None and misdirected(
-                self.tls.sni(ssl_object), request.host, routing.certificate_of
-            ):
-                return "certificate"
-        return Route(site, routing.origins[site.name])
+        tls = self.tls
+        if (
+            ssl_object is not None
+            and tls is not None
+            and misdirected(tls.sni(ssl_object), host, routing.certificate_of)
+        ):
+            return "certificate"
+        return site
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # Before any site's cache or origin: PURGE is the edge's, filtered requests stop.

@@ -285,3 +285,39 @@ async def test_reload_moves_a_site_without_cutting_a_request_in_flight(tmp_path:
                 await poll(lambda: replaced.closed)
         finally:
             await server.stop()
+
+
+async def test_a_reload_that_drops_a_site_misdirects_what_it_had_cached_rfc9110_15_5_20(
+    tmp_path: Path, origins: tuple[ScriptedOrigin, ScriptedOrigin]
+) -> None:
+    img, api = origins
+    path = write_sites(tmp_path, img.url, api.url, default=None)
+    server = EdgeServer(load_config(path))
+    await server.start()
+    registry = server.metrics.registry
+    try:
+        async with aiohttp.ClientSession() as client:
+
+            async def fetch(host: str) -> tuple[int, str]:
+                url = f"http://{server.content}/same"
+                async with client.get(url, headers={"Host": host}) as resp:
+                    return resp.status, resp.headers.get("Cache-Status", "")
+
+            for host in ("api.example.com", "img.example.com"):
+                await fetch(host)
+                status, cache_status = await fetch(host)  # a hit: the fast path's
+                assert status == 200 and "hit" in cache_status
+            assert registry.get_sample_value("edge_fast_path_hits_total") == 2
+            path.write_text(path.read_text().partition('[[sites]]\nname = "api"')[0])
+            assert await server.reload()
+            # The api site is gone: its cached object is not served under any Host.
+            assert (await fetch("api.example.com"))[0] == 421
+            misdirected = registry.get_sample_value(
+                "edge_misdirected_requests_total", {"reason": "no_site"}
+            )
+            assert misdirected == 1
+            status, cache_status = await fetch("img.example.com")
+            assert status == 200 and "hit" in cache_status
+            assert registry.get_sample_value("edge_fast_path_hits_total") == 3
+    finally:
+        await server.stop()
